@@ -1,0 +1,175 @@
+"""Archive configuration (`pacsctl.toml`): local AE settings, policies and known remote nodes.
+
+Precedence for the archive folder: `--archive DIR`, else `PACSCTL_ARCHIVE`, else the platform's
+user data folder. Everything else lives in the archive's own `pacsctl.toml`, so an archive can be
+moved or backed up as one folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from pacsctl.errors import UsageError
+
+CONFIG_NAME = "pacsctl.toml"
+DEFAULT_AE_TITLE = "PACSCTL"
+DEFAULT_PORT = 11112
+ON_CONFLICT_POLICIES = ("keep", "replace")
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars of the DICOM default repertoire, no backslash
+
+
+@dataclass
+class Node:
+    """A remote DICOM node: a name for humans, and where and how to reach it."""
+
+    name: str
+    aet: str
+    host: str
+    port: int
+    tls: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.aet}@{self.host}:{self.port}"
+
+
+@dataclass
+class Config:
+    """What `pacsctl.toml` holds. Unknown keys in the file are an error, not silently ignored."""
+
+    ae_title: str = DEFAULT_AE_TITLE
+    port: int = DEFAULT_PORT
+    host: str = "0.0.0.0"
+    on_conflict: str = "keep"
+    allow: list[str] = field(default_factory=list)
+    max_associations: int = 32
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+
+SETTABLE_KEYS = ("ae_title", "port", "host", "on_conflict", "allow", "max_associations")
+
+
+def default_archive_dir() -> Path:
+    """The platform's per-user data folder for the default archive."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("pacsctl", appauthor=False)) / "archive"
+
+
+def resolve_archive_dir(option: str | os.PathLike | None) -> Path:
+    """The archive folder from the option, else `PACSCTL_ARCHIVE`, else the default."""
+    if option:
+        return Path(option).expanduser()
+    env = os.environ.get("PACSCTL_ARCHIVE")
+    if env:
+        return Path(env).expanduser()
+    return default_archive_dir()
+
+
+def validate_ae_title(aet: str) -> str:
+    """Return `aet` if it is a valid AE title, else raise UsageError."""
+    if not _AE_TITLE.match(aet) or not aet.strip():
+        raise UsageError(f"invalid AE title {aet!r}", hint="use 1-16 ASCII characters, no backslash")
+    return aet
+
+
+def validate_port(port: int) -> int:
+    """Return `port` if it is a TCP port number, else raise UsageError."""
+    if not 0 < int(port) < 65536:
+        raise UsageError(f"invalid port {port}", hint="use 1-65535")
+    return int(port)
+
+
+def parse_node_spec(spec: str, config: Config) -> Node:
+    """Resolve a node given as a configured name or inline as `AET@host:port`."""
+    if spec in config.nodes:
+        return config.nodes[spec]
+    match = re.fullmatch(r"(?P<aet>[^@]+)@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d+)", spec)
+    if not match:
+        known = ", ".join(sorted(config.nodes)) or "none configured"
+        raise UsageError(
+            f"unknown node {spec!r}",
+            hint=f"give a node name ({known}) or AET@host:port; add one with `pacsctl nodes add`",
+        )
+    return Node(
+        name=spec,
+        aet=validate_ae_title(match["aet"]),
+        host=match["host"].strip("[]"),
+        port=validate_port(int(match["port"])),
+    )
+
+
+def load_config(path: Path) -> Config:
+    """Read `pacsctl.toml`; a missing file gives the defaults."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Config()
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: invalid TOML: {exc}", hint="fix or remove the file") from exc
+    nodes_raw = raw.pop("nodes", {})
+    known = {f.name for f in fields(Config)} - {"nodes"}
+    unknown = set(raw) - known
+    if unknown:
+        raise UsageError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
+    config = Config(**raw)
+    for name, node in nodes_raw.items():
+        try:
+            config.nodes[name] = Node(name=name, **node)
+        except TypeError as exc:
+            raise UsageError(f"{path}: node {name!r}: {exc}") from exc
+    return config
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def dump_config(config: Config) -> str:
+    """Serialise a Config as TOML (flat settings, then one `[nodes.NAME]` table per node)."""
+    lines = [f"{key} = {_toml_value(getattr(config, key))}" for key in SETTABLE_KEYS]
+    for name, node in sorted(config.nodes.items()):
+        lines.append("")
+        lines.append(f"[nodes.{_toml_value(name)}]")
+        for key, value in asdict(node).items():
+            if key != "name" and value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def coerce_setting(key: str, value: str) -> object:
+    """Turn `config set KEY VALUE` text into the setting's type, validating it."""
+    if key not in SETTABLE_KEYS:
+        raise UsageError(f"unknown setting {key!r}", hint=f"one of: {', '.join(SETTABLE_KEYS)}")
+    if key == "ae_title":
+        return validate_ae_title(value)
+    if key == "port":
+        try:
+            return validate_port(int(value))
+        except ValueError as exc:
+            raise UsageError(f"invalid port {value!r}") from exc
+    if key == "max_associations":
+        if not value.isdigit() or int(value) < 1:
+            raise UsageError(f"invalid max_associations {value!r}", hint="a positive integer")
+        return int(value)
+    if key == "on_conflict":
+        if value not in ON_CONFLICT_POLICIES:
+            raise UsageError(f"invalid on_conflict {value!r}", hint="keep or replace")
+        return value
+    if key == "allow":
+        return [validate_ae_title(v.strip()) for v in value.split(",") if v.strip()]
+    return value

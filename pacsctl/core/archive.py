@@ -1,0 +1,220 @@
+"""The local archive: one folder that every pacsctl command shares.
+
+Layout (everything private to the owner, 0700/0600)::
+
+    ARCHIVE/
+      pacsctl.toml             settings and known nodes
+      objects/hh/hh/UID.dcm    the DICOM files, as received (source of truth)
+      index/                   the catalog (rebuildable from objects/ with `pacsctl reindex`)
+      quarantine/DATE/H.dcm    input that could not be stored (named by its hash), H.json: why
+      tmp/                     temp files of writes in progress (same file system)
+      audit.log                who sent, asked for and took what (NDJSON)
+
+Objects are spread over 65,536 folders by a hash of their SOP Instance UID, so no folder grows
+past a few thousand entries even at a hundred million instances, and a duplicate is found by
+name alone, across processes, without asking the index.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from pacsctl.config import CONFIG_NAME, ON_CONFLICT_POLICIES, Config, dump_config, load_config, resolve_archive_dir
+from pacsctl.core.dicomfile import DicomdirError, Instance, NotDicomError, read_instance
+from pacsctl.core.records import index_record
+from pacsctl.errors import InvalidDicomError, StorageFullError, UsageError
+from pacsctl.storage import files
+from pacsctl.storage.index import Index
+
+OBJECTS, INDEX, QUARANTINE, TMP, AUDIT_LOG = "objects", "index", "quarantine", "tmp", "audit.log"
+
+STORED, DUPLICATE, QUARANTINED, SKIPPED = "stored", "duplicate", "quarantined", "skipped"
+
+
+@dataclass
+class IngestResult:
+    """What happened to one input. `reason` says why for quarantined and skipped input."""
+
+    status: str
+    origin: str
+    sop_instance_uid: str = ""
+    path: str = ""
+    reason: str = ""
+    size: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Archive:
+    """An open archive. Use as a context manager, or call `close()` to fold the index."""
+
+    def __init__(self, root: Path, config: Config) -> None:
+        self.root = root
+        self.config = config
+        self.tmp_dir = root / TMP
+        self.index = Index(root / INDEX, self.tmp_dir)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike | None = None, create: bool = True) -> "Archive":
+        """Open the archive at `root` (else `PACSCTL_ARCHIVE`, else the default), creating it."""
+        path = resolve_archive_dir(root).absolute()
+        if not (path / CONFIG_NAME).exists():
+            if not create:
+                raise UsageError(f"no archive at {path}", hint="run `pacsctl import` or `pacsctl serve` to create one")
+            if path.exists() and any(path.iterdir()) and not (path / OBJECTS).exists():
+                raise UsageError(f"{path} is not empty and not a pacsctl archive", hint="choose an empty or new folder")
+        for sub in (OBJECTS, INDEX, QUARANTINE, TMP):
+            files.ensure_dir(path / sub)
+        config = load_config(path / CONFIG_NAME)
+        archive = cls(path, config)
+        if not (path / CONFIG_NAME).exists():
+            archive.save_config()
+        return archive
+
+    def __enter__(self) -> "Archive":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Fold this process's journal into the index (also done by the next writer if we die)."""
+        self.index.close()
+
+    def save_config(self) -> None:
+        """Write `pacsctl.toml` atomically."""
+        files.write_atomic(self.tmp_dir, self.root / CONFIG_NAME, dump_config(self.config).encode())
+
+    # -- paths -------------------------------------------------------------------------------
+
+    @staticmethod
+    def object_relpath(sop_instance_uid: str) -> str:
+        """Where an instance lives, relative to the archive root."""
+        digest = hashlib.sha1(sop_instance_uid.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{OBJECTS}/{digest[:2]}/{digest[2:4]}/{files.safe_file_name(sop_instance_uid)}.dcm"
+
+    def path_of(self, relpath: str) -> Path:
+        """Absolute path of an archive-relative path from the index."""
+        return self.root / relpath
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def ingest(self, items: Sequence[tuple[bytes, str]], on_conflict: str | None = None) -> list[IngestResult]:
+        """Store a batch of inputs `(bytes, origin)`; durable and indexed when this returns.
+
+        One round of fsyncs covers the whole batch (group commit). Non-DICOM input is skipped,
+        unreadable DICOM is quarantined with its reason; a DICOMDIR is skipped here (media are
+        followed by the importer). Raises StorageFullError when the disk is full; nothing of the
+        batch is then acknowledged, and no temp file is left behind.
+        """
+        policy = on_conflict or self.config.on_conflict
+        if policy not in ON_CONFLICT_POLICIES:
+            raise UsageError(f"invalid on-conflict policy {policy!r}", hint="keep or replace")
+        results: list[IngestResult | None] = [None] * len(items)
+        checked: list[tuple[int, Instance]] = []
+        for i, (data, origin) in enumerate(items):
+            try:
+                checked.append((i, read_instance(data)))
+            except NotDicomError as exc:
+                results[i] = IngestResult(SKIPPED, origin, reason=str(exc))
+            except DicomdirError:
+                results[i] = IngestResult(SKIPPED, origin, reason="DICOMDIR (media index, not an instance)")
+            except InvalidDicomError as exc:
+                results[i] = self.quarantine(data, str(exc), origin)
+        staged: list[tuple[int, Instance, files.StagedFile]] = []
+        try:
+            for i, inst in checked:
+                staged.append((i, inst, files.stage(self.tmp_dir, [inst.data], fsync=False)))
+            files.make_durable(s.temp_path for _, _, s in staged)
+        except OSError as exc:
+            for _, _, s in staged:
+                s.temp_path.unlink(missing_ok=True)
+            raise _storage_error(exc) from None
+        records, dirs = [], set()
+        for i, inst, stage in staged:
+            result, record = self._publish(inst, stage, items[i][1], policy)
+            results[i] = result
+            if record is not None:
+                records.append(record)
+                dirs.add(self.path_of(result.path).parent)
+        for folder in dirs:
+            files.fsync_dir(folder)
+        self.index.add(records, durable=True)
+        return [r for r in results if r is not None]
+
+    def _publish(self, inst: Instance, stage: files.StagedFile, origin: str, policy: str):
+        """Give a staged instance its name, applying the duplicate policy. Returns (result, record)."""
+        relpath = self.object_relpath(inst.sop_instance_uid)
+        target = self.path_of(relpath)
+        uid = inst.sop_instance_uid
+        if files.publish(stage, target, replace=False):
+            return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
+        try:
+            _size, existing_sha = files.sha256_file(target)
+        except FileNotFoundError:  # removed since: take its place
+            files.publish(stage, target, replace=True)
+            return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
+        if existing_sha == stage.sha256:
+            stage.temp_path.unlink(missing_ok=True)
+            return IngestResult(DUPLICATE, origin, uid, relpath, size=stage.size), None
+        if policy == "keep":
+            quarantined = self._quarantine_file(stage.temp_path, "conflict: same SOP Instance UID, different bytes; kept the archived copy", origin, uid)
+            return quarantined, None
+        # replace: the archived copy goes to quarantine first (a hard link), so a name always exists
+        self._quarantine_file(target, "conflict: replaced by a newer copy with different bytes", relpath, uid, keep_source=True)
+        files.publish(stage, target, replace=True)
+        return IngestResult(STORED, origin, uid, relpath, size=stage.size, reason="replaced a different copy"), self._record(inst, relpath, stage)
+
+    @staticmethod
+    def _record(inst: Instance, relpath: str, stage: files.StagedFile) -> dict:
+        return index_record(inst.dataset, transfer_syntax_uid=inst.transfer_syntax_uid, path=relpath, size=stage.size, sha256=stage.sha256)
+
+    # -- quarantine --------------------------------------------------------------------------
+
+    def quarantine(self, data: bytes, reason: str, origin: str, sop_instance_uid: str = "") -> IngestResult:
+        """Keep bytes that could not be stored, with the reason beside them; durable."""
+        try:
+            staged = files.stage(self.tmp_dir, [data], fsync=True)
+        except OSError as exc:
+            raise _storage_error(exc) from None
+        return self._quarantine_file(staged.temp_path, reason, origin, sop_instance_uid)
+
+    def _quarantine_file(self, source: Path, reason: str, origin: str, sop_instance_uid: str, keep_source: bool = False) -> IngestResult:
+        now = dt.datetime.now(dt.timezone.utc)
+        folder = files.ensure_dir(self.root / QUARANTINE / now.strftime("%Y-%m-%d"))
+        # Named by content, so quarantining the same bytes again (a re-run import) adds nothing.
+        name = files.sha256_file(source)[1][:40]
+        target = folder / f"{name}.dcm"
+        if keep_source:
+            if not target.exists():
+                os.link(source, target)
+        else:
+            os.replace(source, target)
+        info = {"time": now.isoformat(timespec="seconds"), "reason": reason, "origin": origin, "SOPInstanceUID": sop_instance_uid}
+        files.write_atomic(self.tmp_dir, folder / f"{name}.json", json.dumps(info).encode())
+        relpath = str(target.relative_to(self.root))
+        return IngestResult(QUARANTINED, origin, sop_instance_uid, relpath, reason, size=target.stat().st_size)
+
+    def quarantined(self) -> Iterable[dict]:
+        """Every quarantined item's reason record, with its `path`, oldest first."""
+        for info in sorted((self.root / QUARANTINE).glob("*/*.json")):
+            try:
+                record = json.loads(info.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            record["path"] = str(info.with_suffix(".dcm").relative_to(self.root))
+            yield record
+
+
+def _storage_error(exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError("the archive's disk is full", hint="free space or move the archive; nothing was half-written")
+    return exc

@@ -1,0 +1,162 @@
+"""Atomic, durable file writes inside the archive, and private permissions.
+
+Every write goes to a temp file in the archive's `tmp/` folder (same file system), is fsynced,
+then linked or renamed into place, and the parent folder is fsynced. Only then is the write
+durable and may be acknowledged. Writes can be committed in batches (group commit), so one round
+of fsyncs covers many files.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+TMP_SUFFIX = ".part"
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create `path` and missing parents as private folders (0700), durably; return it."""
+    if path.is_dir():
+        return path
+    ensure_dir(path.parent)
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        return path
+    fsync_dir(path.parent)  # the new folder's name must survive a crash like the files in it
+    return path
+
+
+def safe_file_name(uid: str) -> str:
+    """A file name for a UID: the UID itself when it is digits and dots, else a hash of it."""
+    if uid and len(uid) <= 64 and all(c.isdigit() or c == "." for c in uid):
+        return uid
+    return "x" + hashlib.sha1(uid.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (new names, renames) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(tmp_dir: Path) -> Path:
+    """A fresh temp file name; the writer's pid in it tells a leftover from a write in progress."""
+    return tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}{TMP_SUFFIX}"
+
+
+def temp_owner_alive(path: Path) -> bool:
+    """Whether the process that created temp file `path` still runs (so it is not a leftover)."""
+    try:
+        pid = int(path.name.split("-", 1)[0])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class StagedFile:
+    """A fully written (not yet durable) temp file with its size and SHA-256."""
+
+    temp_path: Path
+    size: int
+    sha256: str
+
+
+def stage(tmp_dir: Path, chunks: Iterable[bytes], fsync: bool = True) -> StagedFile:
+    """Write `chunks` to a new private temp file, hashing on the way.
+
+    With `fsync=False` the caller must pass the file to `make_durable` before publishing it.
+    Raises OSError (ENOSPC when the disk is full); the temp file is removed on any failure.
+    """
+    path = temp_name(tmp_dir)
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            digest.update(chunk)
+            size += len(chunk)
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return StagedFile(path, size, digest.hexdigest())
+
+
+def make_durable(paths: Iterable[Path]) -> None:
+    """fsync the data of files written with `stage(..., fsync=False)` (group commit)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def publish(staged: StagedFile, target: Path, replace: bool) -> bool:
+    """Give a staged temp file its final name. Returns False if `target` exists and not `replace`.
+
+    Without `replace` this is an atomic create-if-absent (hard link), safe between processes.
+    The caller fsyncs the parent folders afterwards (`fsync_dir`), once per batch.
+    """
+    ensure_dir(target.parent)
+    if replace:
+        os.replace(staged.temp_path, target)
+        return True
+    try:
+        os.link(staged.temp_path, target)
+    except FileExistsError:
+        return False
+    except OSError as exc:  # file systems without hard links: fall back to a checked rename
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+            raise
+        if target.exists():
+            return False
+        os.rename(staged.temp_path, target)
+        return True
+    os.unlink(staged.temp_path)
+    return True
+
+
+def write_atomic(tmp_dir: Path, target: Path, data: bytes) -> None:
+    """Replace `target` with `data` atomically and durably (used for small metadata files)."""
+    staged = stage(tmp_dir, [data], fsync=True)
+    publish(staged, target, replace=True)
+    fsync_dir(target.parent)
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> tuple[int, str]:
+    """Size and SHA-256 of a file, read once."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()

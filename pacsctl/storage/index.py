@@ -1,0 +1,423 @@
+"""The archive index: which patients, studies, series and instances the archive holds.
+
+Built on TinyDB, shaped so that it stays fast at millions of instances:
+
+- Writers never rewrite a big file per instance. Each writing process appends one JSON line per
+  instance to its own journal (`journal/<pid>-<id>.ndjson`, locked while the process lives), and
+  the journals are folded into TinyDB shards in batches ("compaction").
+- Shards are small TinyDB files: `patients/<hh>.json` (PatientID -> its studies),
+  `studies/<hh>.json` (study attributes, its series and counts) and one manifest per series,
+  `series/<hh>/<SeriesInstanceUID>.json` (its instances with path, size and SHA-256). A lookup by
+  PatientID or StudyInstanceUID reads one shard; nothing ever loads the whole index.
+- Readers see shards plus the journals not folded in yet, under a shared lock, so they always see
+  every indexed instance, also from other processes writing at the same moment.
+- Folding is idempotent (a record is put by its SOP Instance UID and counts are recomputed), so a
+  crash mid-compaction is repaired by the next one. The index is derived from the files and can
+  always be rebuilt (`pacsctl reindex`).
+
+This module is the only user of TinyDB; its interface (`Index`) is small so it can be swapped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from tinydb import TinyDB
+from tinydb.middlewares import CachingMiddleware
+from tinydb.storages import Storage
+
+from pacsctl.storage.files import FILE_MODE, ensure_dir, safe_file_name, temp_owner_alive, write_atomic
+
+Record = dict[str, Any]
+
+PATIENT_FIELDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
+STUDY_FIELDS = (
+    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+    "StudyDescription", "ReferringPhysicianName",
+)
+SERIES_FIELDS = (
+    "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate",
+    "BodyPartExamined",
+)
+INSTANCE_FIELDS = (
+    "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "TransferSyntaxUID",
+    "SpecificCharacterSet", "path", "size", "sha256",
+)
+JOURNAL_LIMIT = 2000  # records a writer journals before it folds them into the shards
+
+
+def shard_of(key: str) -> str:
+    """The two-hex-digit shard a key belongs to (256 shards per kind)."""
+    return hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:2]
+
+
+class _AtomicJSONStorage(Storage):
+    """TinyDB storage whose writes are atomic, durable and private (0600)."""
+
+    def __init__(self, path: str, tmp_dir: Path) -> None:
+        self.path = Path(path)
+        self.tmp_dir = tmp_dir
+
+    def read(self) -> dict | None:
+        try:
+            with open(self.path, "rb") as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            return None
+
+    def write(self, data: dict) -> None:
+        ensure_dir(self.path.parent)
+        payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        write_atomic(self.tmp_dir, self.path, payload)
+
+    def close(self) -> None:
+        pass
+
+
+class _Shard:
+    """One TinyDB file holding documents keyed by one field."""
+
+    TABLE = "docs"
+
+    def __init__(self, path: Path, key: str, tmp_dir: Path) -> None:
+        self.path, self.key, self.tmp_dir = path, key, tmp_dir
+        self.docs: dict[str, Record] = {}
+        if path.exists():
+            db = TinyDB(str(path), storage=_AtomicJSONStorage, tmp_dir=tmp_dir)
+            self.docs = {doc[key]: dict(doc) for doc in db.table(self.TABLE).all()}
+            db.close()
+        self.dirty = False
+
+    def save(self) -> None:
+        db = TinyDB(str(self.path), storage=CachingMiddleware(_AtomicJSONStorage), tmp_dir=self.tmp_dir)
+        table = db.table(self.TABLE)
+        table.truncate()
+        table.insert_multiple(self.docs.values())
+        db.close()  # the caching middleware writes the file once, here
+        self.dirty = False
+
+
+class _Catalog:
+    """A working set of loaded shards; applies instance records the same way for reads and folds."""
+
+    def __init__(self, root: Path, tmp_dir: Path) -> None:
+        self.root, self.tmp_dir = root, tmp_dir
+        self._patients: dict[str, _Shard] = {}
+        self._studies: dict[str, _Shard] = {}
+        self._manifests: dict[str, _Shard] = {}
+
+    def patient_shard(self, patient_id: str) -> _Shard:
+        return self.shard("patients", shard_of(patient_id))
+
+    def study_shard(self, study_uid: str) -> _Shard:
+        return self.shard("studies", shard_of(study_uid))
+
+    def shard(self, kind: str, name: str) -> _Shard:
+        """Shard `name` of kind "patients" or "studies", loaded once."""
+        cache, key = (self._patients, "PatientID") if kind == "patients" else (self._studies, "StudyInstanceUID")
+        if name not in cache:
+            cache[name] = _Shard(self.root / kind / f"{name}.json", key, self.tmp_dir)
+        return cache[name]
+
+    def all_shards(self, kind: str) -> list[_Shard]:
+        """Every shard of a kind: those on disk and those only pending journals created."""
+        loaded = self._patients if kind == "patients" else self._studies
+        names = {p.stem for p in (self.root / kind).glob("*.json")} | set(loaded)
+        return [self.shard(kind, name) for name in sorted(names)]
+
+    def manifest(self, series_uid: str) -> _Shard:
+        if series_uid not in self._manifests:
+            path = self.root / "series" / shard_of(series_uid) / f"{safe_file_name(series_uid)}.json"
+            self._manifests[series_uid] = _Shard(path, "SOPInstanceUID", self.tmp_dir)
+        return self._manifests[series_uid]
+
+    def apply(self, rec: Record) -> None:
+        """Put one instance record into its manifest, study and patient documents."""
+        study_uid, series_uid = rec["StudyInstanceUID"], rec["SeriesInstanceUID"]
+        manifest = self.manifest(series_uid)
+        manifest.docs[rec["SOPInstanceUID"]] = {k: rec.get(k) for k in INSTANCE_FIELDS}
+        manifest.dirty = True
+
+        studies = self.study_shard(study_uid)
+        study = studies.docs.setdefault(study_uid, {"StudyInstanceUID": study_uid, "series": {}})
+        _merge(study, rec, PATIENT_FIELDS + STUDY_FIELDS)
+        series = study["series"].setdefault(series_uid, {"SeriesInstanceUID": series_uid})
+        _merge(series, rec, SERIES_FIELDS)
+        series["NumberOfSeriesRelatedInstances"] = len(manifest.docs)
+        _recount(study)
+        studies.dirty = True
+
+        patients = self.patient_shard(rec.get("PatientID") or "")
+        patient = patients.docs.setdefault(rec.get("PatientID") or "", {"PatientID": rec.get("PatientID") or "", "studies": []})
+        _merge(patient, rec, PATIENT_FIELDS)
+        if study_uid not in patient["studies"]:
+            patient["studies"].append(study_uid)
+        patients.dirty = True
+
+    def save(self) -> None:
+        """Write every changed shard; manifests first, so counts never run ahead of instances."""
+        for cache in (self._manifests, self._studies, self._patients):
+            for shard in cache.values():
+                if shard.dirty:
+                    shard.save()
+
+
+def _merge(doc: Record, rec: Record, fields: Iterable[str]) -> None:
+    """Fill `doc` from `rec`: later non-empty values win, empty ones never erase."""
+    for field in fields:
+        value = rec.get(field)
+        if value not in (None, ""):
+            doc[field] = value
+        else:
+            doc.setdefault(field, "")
+
+
+def _recount(study: Record) -> None:
+    series = study["series"].values()
+    study["NumberOfStudyRelatedSeries"] = len(study["series"])
+    study["NumberOfStudyRelatedInstances"] = sum(s["NumberOfSeriesRelatedInstances"] for s in series)
+    study["ModalitiesInStudy"] = sorted({s["Modality"] for s in series if s.get("Modality")})
+
+
+class Index:
+    """The archive's index. Safe to use from several processes at once.
+
+    Write with `add()` (journaled at once) and `flush()` (fold into shards); read with
+    `patients()`, `studies()`, `series()`, `instances()` and `iter_instances()`.
+    """
+
+    def __init__(self, root: Path, tmp_dir: Path) -> None:
+        self.root = ensure_dir(root)
+        self.tmp_dir = tmp_dir
+        self._journal_dir = ensure_dir(root / "journal")
+        self._lock_path = root / "lock"
+        self._journal_fd: int | None = None
+        self._journal_path: Path | None = None
+        self._journaled = 0
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def add(self, records: Iterable[Record], durable: bool = True) -> None:
+        """Journal instance records. With `durable`, they survive a power cut once this returns."""
+        lines = b"".join(
+            json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+            for r in records
+        )
+        if not lines:
+            return
+        fd = self._journal()
+        os.write(fd, lines)
+        if durable:
+            os.fdatasync(fd)
+        self._journaled += lines.count(b"\n")
+        if self._journaled >= JOURNAL_LIMIT:
+            self.flush()
+
+    def flush(self) -> int:
+        """Fold this process's journal and any sealed or orphaned ones into the shards.
+
+        Returns the number of records folded. Safe to call at any time from any process.
+        """
+        self._seal_journal()
+        with self._locked(fcntl.LOCK_EX):
+            claimed = self._claim_journals()
+            catalog = _Catalog(self.root, self.tmp_dir)
+            count = 0
+            for _path, fd in claimed:
+                for rec in _read_journal(fd):
+                    catalog.apply(rec)
+                    count += 1
+            catalog.save()
+            for path, fd in claimed:
+                path.unlink(missing_ok=True)
+                os.close(fd)
+        return count
+
+    def close(self) -> None:
+        """Fold what this process journaled; the index is complete on disk afterwards."""
+        self.flush()
+
+    def clear(self) -> None:
+        """Drop the whole index (for `reindex`); journals of live writers are kept."""
+        self._seal_journal()
+        with self._locked(fcntl.LOCK_EX):
+            for kind in ("patients", "studies", "series"):
+                shutil.rmtree(self.root / kind, ignore_errors=True)
+            for path, fd in self._claim_journals():
+                path.unlink(missing_ok=True)
+                os.close(fd)
+
+    def _journal(self) -> int:
+        if self._journal_fd is None:
+            path = self._journal_dir / f"{os.getpid()}-{uuid.uuid4().hex}.ndjson"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held while we live: tells a live journal from an orphan
+            self._journal_fd, self._journal_path = fd, path
+        return self._journal_fd
+
+    def _seal_journal(self) -> None:
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)  # releases the lock: the journal is now sealed
+            self._journal_fd = self._journal_path = None
+            self._journaled = 0
+
+    def _claim_journals(self) -> list[tuple[Path, int]]:
+        """Lock every journal no live writer holds (sealed, or left by a killed process)."""
+        claimed = []
+        for path in sorted(self._journal_dir.glob("*.ndjson")):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            claimed.append((path, fd))
+        return claimed
+
+    @contextmanager
+    def _locked(self, mode: int) -> Iterator[None]:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _view(self) -> Iterator[_Catalog]:
+        """A catalog with every pending journal applied, consistent under the shared lock."""
+        with self._locked(fcntl.LOCK_SH):
+            catalog = _Catalog(self.root, self.tmp_dir)
+            for path in sorted(self._journal_dir.glob("*.ndjson")):
+                try:
+                    with open(path, "rb") as fh:
+                        for rec in _parse_lines(fh.read()):
+                            catalog.apply(rec)
+                except FileNotFoundError:
+                    continue
+            yield catalog
+
+    def patients(self, patient_ids: list[str] | None = None) -> list[Record]:
+        """Patient records (with study/series/instance counts), all or those with these IDs."""
+        with self._view() as cat:
+            docs = self._patient_docs(cat, patient_ids)
+            out = []
+            for patient in docs:
+                studies = [self._study(cat, uid) for uid in patient["studies"]]
+                studies = [s for s in studies if s]
+                rec = {k: patient.get(k, "") for k in PATIENT_FIELDS}
+                rec["NumberOfPatientRelatedStudies"] = len(studies)
+                rec["NumberOfPatientRelatedSeries"] = sum(s["NumberOfStudyRelatedSeries"] for s in studies)
+                rec["NumberOfPatientRelatedInstances"] = sum(s["NumberOfStudyRelatedInstances"] for s in studies)
+                out.append(rec)
+            return out
+
+    def studies(self, patient_ids: list[str] | None = None, study_uids: list[str] | None = None) -> list[Record]:
+        """Study records (patient fields, counts, ModalitiesInStudy), narrowed by exact keys."""
+        with self._view() as cat:
+            return [_public(s) for s in self._study_docs(cat, patient_ids, study_uids)]
+
+    def series(
+        self,
+        patient_ids: list[str] | None = None,
+        study_uids: list[str] | None = None,
+        series_uids: list[str] | None = None,
+    ) -> list[Record]:
+        """Series records, each with its StudyInstanceUID and the patient fields."""
+        with self._view() as cat:
+            out = []
+            for study in self._study_docs(cat, patient_ids, study_uids):
+                for uid, series in study["series"].items():
+                    if series_uids is None or uid in series_uids:
+                        out.append({**_context(study), **series})
+            return out
+
+    def instances(
+        self,
+        patient_ids: list[str] | None = None,
+        study_uids: list[str] | None = None,
+        series_uids: list[str] | None = None,
+    ) -> list[Record]:
+        """Instance records (path, size, sha256...) with their series, study and patient keys."""
+        with self._view() as cat:
+            out = []
+            for study in self._study_docs(cat, patient_ids, study_uids):
+                for uid, series in study["series"].items():
+                    if series_uids is not None and uid not in series_uids:
+                        continue
+                    context = {**_context(study), **series}
+                    out.extend({**context, **inst} for inst in cat.manifest(uid).docs.values())
+            return out
+
+    def iter_instances(self) -> Iterator[Record]:
+        """Every instance record (SOP UIDs, path, size, sha256), one series manifest at a time."""
+        with self._view() as cat:
+            seen: set[str] = set()
+            for uid, shard in list(cat._manifests.items()):  # pending ones first
+                seen.add(shard.path.name)
+                yield from (dict(d, SeriesInstanceUID=uid) for d in shard.docs.values())
+            for path in sorted((self.root / "series").glob("*/*.json")):
+                if path.name in seen:
+                    continue
+                shard = _Shard(path, "SOPInstanceUID", self.tmp_dir)
+                yield from shard.docs.values()
+
+    def _patient_docs(self, cat: _Catalog, patient_ids: list[str] | None) -> list[Record]:
+        if patient_ids is not None:
+            return [d for pid in patient_ids if (d := cat.patient_shard(pid).docs.get(pid))]
+        return [d for shard in cat.all_shards("patients") for d in shard.docs.values()]
+
+    def _study_docs(self, cat: _Catalog, patient_ids: list[str] | None, study_uids: list[str] | None) -> list[Record]:
+        if study_uids is None and patient_ids is not None:
+            study_uids = [uid for p in self._patient_docs(cat, patient_ids) for uid in p["studies"]]
+        if study_uids is not None:
+            docs = [d for uid in dict.fromkeys(study_uids) if (d := self._study(cat, uid))]
+        else:
+            docs = [d for shard in cat.all_shards("studies") for d in shard.docs.values()]
+        if patient_ids is not None:
+            docs = [d for d in docs if d.get("PatientID", "") in patient_ids]
+        return docs
+
+    @staticmethod
+    def _study(cat: _Catalog, uid: str) -> Record | None:
+        return cat.study_shard(uid).docs.get(uid)
+
+
+def _public(study: Record) -> Record:
+    return {k: v for k, v in study.items() if k != "series"}
+
+
+def _context(study: Record) -> Record:
+    return {k: study.get(k, "") for k in ("PatientID", "PatientName", "StudyInstanceUID", "StudyDate")}
+
+
+def _parse_lines(data: bytes) -> Iterator[Record]:
+    """Records of a journal; a torn last line (writer killed mid-append) is ignored."""
+    for line in data.splitlines():
+        try:
+            yield json.loads(line)
+        except ValueError:
+            continue
+
+
+def _read_journal(fd: int) -> Iterator[Record]:
+    with os.fdopen(os.dup(fd), "rb") as fh:
+        yield from _parse_lines(fh.read())
+
+
+def leftover_temp_files(tmp_dir: Path) -> list[Path]:
+    """Temp files whose writer is gone: interrupted writes, never acknowledged."""
+    return [p for p in tmp_dir.glob("*") if p.is_file() and not temp_owner_alive(p)]
