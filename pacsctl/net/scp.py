@@ -1,0 +1,533 @@
+"""A non-blocking DICOM listener (Verification, Storage, Query/Retrieve FIND/MOVE/GET).
+
+`start_scp(handlers, options)` returns a `RunningScp`; everything archive-specific happens in
+the `ScpHandlers` callables. Sub-operations of MOVE/GET, counting and Pending responses are
+pynetdicom's (its final response is only sent after the last sub-operation was answered).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom import dimse_messages as _dimse_messages
+from pynetdicom.association import Association
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
+from pacsctl.errors import NetworkError
+from pacsctl.net import sending, tls
+from pacsctl.net.types import (
+    STATUS_CANCEL,
+    STATUS_MOVE_DESTINATION_UNKNOWN,
+    STATUS_PENDING,
+    STATUS_PROCESSING_FAILURE,
+    STATUS_UNABLE_TO_PROCESS,
+    AssocInfo,
+    QueryContext,
+    QueryModel,
+    ScpHandlers,
+    ScpOptions,
+    StoreRequest,
+)
+
+LOG = logging.getLogger(__name__)
+
+_MODELS: dict[str, tuple[QueryModel, str]] = {
+    PatientRootQueryRetrieveInformationModelFind: ("P", "find"),
+    StudyRootQueryRetrieveInformationModelFind: ("S", "find"),
+    PatientRootQueryRetrieveInformationModelMove: ("P", "move"),
+    StudyRootQueryRetrieveInformationModelMove: ("S", "move"),
+    PatientRootQueryRetrieveInformationModelGet: ("P", "get"),
+    StudyRootQueryRetrieveInformationModelGet: ("S", "get"),
+}
+
+# Identifier keys safe to audit (UIDs and levels; never names or IDs).
+_AUDIT_KEYS = ("QueryRetrieveLevel", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+# pynetdicom streams each incoming data set into a NamedTemporaryFile in the process's default
+# temp dir; point it at a dir on the archive's file system so the file can be renamed into place.
+_store_temp_dir: str | None = None
+_NamedTemporaryFile = tempfile.NamedTemporaryFile
+
+
+def _temp_file(*args: Any, **kwargs: Any) -> Any:
+    kwargs.setdefault("dir", _store_temp_dir)
+    kwargs.setdefault("prefix", ".incoming-")
+    return _NamedTemporaryFile(*args, **kwargs)
+
+
+_dimse_messages.NamedTemporaryFile = _temp_file  # type: ignore[attr-defined]
+
+
+def assoc_info(assoc: Association) -> AssocInfo:
+    """Who is calling whom, from an acceptor association."""
+    return AssocInfo(
+        calling_aet=str(assoc.requestor.ae_title).strip(),
+        called_aet=str(assoc.acceptor.ae_title).strip(),
+        peer_host=str(assoc.requestor.address),
+        peer_port=int(assoc.requestor.port or 0),
+    )
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's server with three fixes: TCP_NODELAY on accepted sockets, the TLS
+    handshake moved off the accept loop (a silent client would otherwise block it), and a cap
+    on open connections so a flood of idle sockets cannot exhaust threads."""
+
+    max_connections: int = 256
+    handshake_timeout: float = 30.0
+    on_refused: Any = None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        try:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        open_now = sum(1 for t in threading.enumerate() if t.name.startswith("AcceptorThread"))
+        if open_now >= self.max_connections:
+            LOG.warning("refusing connection from %s: %d open", client_address[0], open_now)
+            if self.on_refused:
+                self.on_refused(client_address, "too many connections")
+            return False
+        return True
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(self.handshake_timeout)
+                request.do_handshake()
+            except (OSError, ssl.SSLError) as exc:
+                LOG.info("TLS handshake with %s failed: %s", client_address[0], exc)
+                if self.on_refused:
+                    self.on_refused(client_address, f"TLS handshake failed: {exc}")
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
+class RunningScp:
+    """A listener running in background threads."""
+
+    def __init__(self, ae: AE, server: _Server, options: ScpOptions) -> None:
+        self.ae = ae
+        self.server = server
+        self.options = options
+        self.port: int = int(server.server_address[1])
+        self.host: str = str(server.server_address[0])
+
+    @property
+    def active_associations(self) -> int:
+        """Associations currently open on this listener."""
+        return len(self.server.active_associations)
+
+    def stop(self, graceful: bool = True, timeout: float | None = None) -> bool:
+        """Stop accepting connections; when `graceful`, wait (up to `timeout` s) for in-flight
+        associations to finish, then abort whatever is left. True if none had to be aborted."""
+        self.server.shutdown()  # stops the accept loop and closes the listening socket
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while graceful and self.server.active_associations:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        left = self.server.active_associations
+        for assoc in left:
+            assoc.abort()
+        return not left
+
+    def __enter__(self) -> RunningScp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(graceful=False)
+
+
+class _Dispatcher:
+    """Turns pynetdicom events into calls of the `ScpHandlers` and audit records."""
+
+    def __init__(self, handlers: ScpHandlers, options: ScpOptions) -> None:
+        self.h = handlers
+        self.options = options
+
+    # -- audit -------------------------------------------------------------------------------
+    def audit(self, event: str, info: AssocInfo | None, **fields: Any) -> None:
+        """Hand one audit record to the audit callable; never lets it break the service."""
+        if self.h.audit is None:
+            return
+        record: dict[str, Any] = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "event": event,
+        }
+        if info is not None:
+            record.update(
+                calling_aet=info.calling_aet,
+                called_aet=info.called_aet,
+                peer=f"{info.peer_host}:{info.peer_port}",
+            )
+        record.update({k: v for k, v in fields.items() if v is not None})
+        try:
+            self.h.audit(record)
+        except Exception:  # an audit failure must not drop an association
+            LOG.exception("audit handler failed for %s", event)
+
+    def on_refused(self, address: Any, reason: str) -> None:
+        self.audit("refuse", None, peer=f"{address[0]}:{address[1]}", reason=reason)
+
+    def on_established(self, event: evt.Event) -> None:
+        if event.assoc.is_acceptor:
+            self.audit("associate", assoc_info(event.assoc))
+
+    def on_rejected(self, event: evt.Event) -> None:
+        info = assoc_info(event.assoc)
+        if self.options.allow and info.calling_aet not in self.options.allow:
+            reason = "calling AE title not allowed"
+        elif info.called_aet != self.options.ae_title:
+            reason = "called AE title mismatch"
+        else:
+            reason = "too many associations"
+        self.audit("reject", info, reason=reason)
+
+    def on_released(self, event: evt.Event) -> None:
+        if event.assoc.is_acceptor:
+            self.audit("release", assoc_info(event.assoc))
+
+    def on_aborted(self, event: evt.Event) -> None:
+        if event.assoc.is_acceptor:
+            self.audit("abort", assoc_info(event.assoc))
+
+    # -- services ----------------------------------------------------------------------------
+    def on_echo(self, event: evt.Event) -> int:
+        return 0x0000
+
+    def on_store(self, event: evt.Event) -> int:
+        req = event.request
+        info = assoc_info(event.assoc)
+        sop_class = str(req.AffectedSOPClassUID)
+        sop_instance = str(req.AffectedSOPInstanceUID)
+        ts = str(event.context.transfer_syntax)
+        if self.h.store is None:
+            status = 0x0122  # SOP class not supported
+        else:
+            path, offset = event.request._dataset_path, None
+            if isinstance(path, tuple):  # pynetdicom's (path, offset) form on the send side
+                path, offset = path
+            meta = event.file_meta
+            if offset is None:
+                offset = _data_offset(Path(path))
+            store_req = StoreRequest(
+                sop_class_uid=sop_class,
+                sop_instance_uid=sop_instance,
+                transfer_syntax_uid=ts,
+                assoc=info,
+                path=Path(path),
+                data_offset=offset,
+                file_meta=meta,
+                move_originator_aet=(
+                    str(req.MoveOriginatorApplicationEntityTitle).strip()
+                    if req.MoveOriginatorApplicationEntityTitle
+                    else None
+                ),
+            )
+            try:
+                status = int(self.h.store(store_req))
+            except Exception:
+                LOG.exception("store handler failed for %s", sop_instance)
+                status = STATUS_PROCESSING_FAILURE
+        self.audit(
+            "store",
+            info,
+            SOPClassUID=sop_class,
+            SOPInstanceUID=sop_instance,
+            TransferSyntaxUID=ts,
+            status=status,
+        )
+        return status
+
+    def _query(self, event: evt.Event) -> tuple[QueryModel, str, Dataset, QueryContext]:
+        model, service = _MODELS[str(event.request.AffectedSOPClassUID)]
+        ctx = QueryContext(assoc_info(event.assoc), is_cancelled=lambda: event.is_cancelled)
+        return model, service, event.identifier, ctx
+
+    def on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        model, _, identifier, ctx = self._query(event)
+        keys = _audit_keys(identifier)
+        matches, status = 0, 0x0000
+        try:
+            if self.h.find is None:
+                status = STATUS_UNABLE_TO_PROCESS
+                yield status, None
+                return
+            for ds in self.h.find(model, identifier, ctx):
+                if event.is_cancelled:
+                    status = STATUS_CANCEL
+                    yield status, None
+                    return
+                matches += 1
+                yield STATUS_PENDING, ds
+        except Exception:
+            LOG.exception("find handler failed")
+            status = STATUS_UNABLE_TO_PROCESS
+            yield status, None
+        finally:
+            self.audit("find", ctx.assoc, model=model, matches=matches, status=status, **keys)
+
+    def on_move(self, event: evt.Event) -> Iterator[Any]:
+        model, _, identifier, ctx = self._query(event)
+        dest_aet = str(event.move_destination).strip()
+        keys = _audit_keys(identifier)
+        dest = self.h.destination(dest_aet) if self.h.destination else None
+        if dest is None:
+            self.audit("move", ctx.assoc, destination=dest_aet,
+                       status=STATUS_MOVE_DESTINATION_UNKNOWN, reason="unknown destination",
+                       **keys)
+            yield None, None  # pynetdicom answers 0xA801
+            return
+        try:
+            paths = self.h.locate(model, identifier, ctx) if self.h.locate else []
+        except Exception:  # pynetdicom turns the exception into a failure response
+            LOG.exception("locate handler failed")
+            self.audit("move", ctx.assoc, destination=dest_aet, status="failed", **keys)
+            raise
+        tally = _SubopTally()
+        store_assoc: dict[str, Association] = {}
+
+        def _established(ev: evt.Event) -> None:
+            store_assoc["assoc"] = ev.assoc
+
+        infos = _infos(paths)
+        kwargs: dict[str, Any] = {
+            "contexts": sending.contexts_for(
+                (i.sop_class_uid, i.transfer_syntax_uid) for i in infos if i is not None
+            )
+            or [build_context(Verification)],
+            "evt_handlers": [
+                sending.NODELAY_HANDLER,
+                (evt.EVT_ESTABLISHED, _established),
+                (evt.EVT_DIMSE_RECV, tally.on_dimse_recv),
+            ],
+            "acse_timeout": self.options.acse_timeout,
+            "dimse_timeout": self.options.dimse_timeout,
+            "network_timeout": self.options.network_timeout,
+        }
+        if dest.tls is not None:
+            kwargs["tls_args"] = (tls.client_context(dest.tls), None)
+        yield dest.host, dest.port, kwargs
+        yield len(infos)
+        status = None
+        try:
+            for info in infos:
+                if event.is_cancelled:
+                    status = STATUS_CANCEL
+                    yield STATUS_CANCEL, None
+                    return
+                yield STATUS_PENDING, _dataset_for(store_assoc.get("assoc"), info)
+            status = tally.final_status(len(infos))
+        finally:
+            self.audit("move", ctx.assoc, destination=dest_aet, status=status,
+                       matches=len(infos), **tally.as_fields(), **keys)
+
+    def on_get(self, event: evt.Event) -> Iterator[Any]:
+        model, _, identifier, ctx = self._query(event)
+        keys = _audit_keys(identifier)
+        try:
+            paths = self.h.locate(model, identifier, ctx) if self.h.locate else []
+        except Exception:  # pynetdicom turns the exception into a failure response
+            LOG.exception("locate handler failed")
+            self.audit("get", ctx.assoc, status="failed", **keys)
+            raise
+        infos = _infos(paths)
+        tally = _SubopTally()
+        event.assoc.bind(evt.EVT_DIMSE_RECV, tally.on_dimse_recv)
+        yield len(infos)
+        status = None
+        try:
+            for info in infos:
+                if event.is_cancelled:
+                    status = STATUS_CANCEL
+                    yield STATUS_CANCEL, None
+                    return
+                yield STATUS_PENDING, _dataset_for(event.assoc, info)
+            status = tally.final_status(len(infos))
+        finally:
+            event.assoc.unbind(evt.EVT_DIMSE_RECV, tally.on_dimse_recv)
+            self.audit("get", ctx.assoc, status=status, matches=len(infos),
+                       **tally.as_fields(), **keys)
+
+
+class _SubopTally:
+    """Counts C-STORE responses seen on the sub-operation association (for the audit)."""
+
+    def __init__(self) -> None:
+        self.completed = self.failed = self.warning = 0
+
+    def on_dimse_recv(self, event: evt.Event) -> None:
+        msg = event.message
+        if type(msg).__name__ != "C_STORE_RSP":
+            return
+        status = int(getattr(msg.command_set, "Status", 0xC000))
+        if status == 0:
+            self.completed += 1
+        elif 0xB000 <= status <= 0xB0FF or status in (0x0107, 0x0116):
+            self.warning += 1
+        else:
+            self.failed += 1
+
+    def final_status(self, total: int) -> int:
+        # Same rule pynetdicom applies to the final response (PS3.4 C.4.2.1.5).
+        if self.failed == 0 and self.warning == 0:
+            return 0x0000
+        if self.failed == total:
+            return 0xA702
+        return 0xB000
+
+    def as_fields(self) -> dict[str, int]:
+        done = self.completed + self.failed + self.warning
+        return {"completed": self.completed, "failed": self.failed, "warning": self.warning,
+                "sent": done}
+
+
+def _audit_keys(identifier: Dataset | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if identifier is None:
+        return out
+    for key in _AUDIT_KEYS:
+        value = identifier.get(key)
+        if value not in (None, ""):
+            out[key] = str(value) if not isinstance(value, list) else [str(v) for v in value]
+    return out
+
+
+def _infos(paths: list[str]) -> list[sending.FileInfo | None]:
+    out: list[sending.FileInfo | None] = []
+    for p in paths:
+        try:
+            out.append(sending.file_info(p))
+        except Exception as exc:  # counted as a failed sub-operation when its turn comes
+            LOG.warning("cannot read %s for retrieve: %s", p, exc)
+            out.append(None)
+    return out
+
+
+def _dataset_for(assoc: Association | None, info: sending.FileInfo | None) -> Any:
+    """The data set to yield for one sub-operation; a non-Dataset makes pynetdicom count it
+    as failed (unreadable file, or nothing acceptable negotiated)."""
+    if info is None or assoc is None:
+        return "unavailable"
+    try:
+        payload, _ = sending.load_for_peer(
+            info, sending.accepted_syntaxes(assoc, info.sop_class_uid)
+        )
+        if not isinstance(payload, Dataset):
+            import pydicom
+
+            payload = pydicom.dcmread(payload)
+        return payload
+    except Exception as exc:
+        LOG.warning("cannot send %s: %s", info.sop_instance_uid, exc)
+        return "unavailable"
+
+
+def _data_offset(path: Path) -> int:
+    """Offset of the data set in a file pynetdicom wrote (preamble + DICM + meta group)."""
+    with open(path, "rb") as fh:
+        head = fh.read(144)
+    # (0002,0000) File Meta Information Group Length, UL, explicit VR: value at bytes 140..144
+    group_len = int.from_bytes(head[140:144], "little")
+    return 144 + group_len
+
+
+def start_scp(handlers: ScpHandlers, options: ScpOptions) -> RunningScp:
+    """Start a listener in background threads and return it; raises NetworkError when the
+    address cannot be bound."""
+    global _store_temp_dir
+    if options.temp_dir is not None:
+        Path(options.temp_dir).mkdir(parents=True, exist_ok=True)
+        _store_temp_dir = str(options.temp_dir)
+
+    ae = AE(ae_title=options.ae_title)
+    ae.maximum_associations = max(1, options.max_associations)
+    ae.maximum_pdu_size = options.maximum_pdu_size
+    ae.acse_timeout = options.acse_timeout
+    ae.dimse_timeout = options.dimse_timeout
+    ae.network_timeout = options.network_timeout
+    ae.require_called_aet = True
+    if options.allow:
+        ae.require_calling_aet = list(options.allow)
+    ae.add_supported_context(Verification)
+    for uid in _MODELS:
+        ae.add_supported_context(uid)
+    # Storage contexts are negotiated by UNRESTRICTED_STORAGE_SERVICE (any class, first
+    # proposed syntax, SCP/SCU role selection honoured for C-GET).
+
+    d = _Dispatcher(handlers, options)
+    handlers_list = [
+        (evt.EVT_C_ECHO, d.on_echo),
+        (evt.EVT_C_STORE, d.on_store),
+        (evt.EVT_C_FIND, d.on_find),
+        (evt.EVT_C_MOVE, d.on_move),
+        (evt.EVT_C_GET, d.on_get),
+        (evt.EVT_ESTABLISHED, d.on_established),
+        (evt.EVT_REJECTED, d.on_rejected),
+        (evt.EVT_RELEASED, d.on_released),
+        (evt.EVT_ABORTED, d.on_aborted),
+    ]
+    ssl_context = tls.server_context(options.tls) if options.tls else None
+    try:
+        server = ae.make_server(
+            (options.host, options.port),
+            ae_title=options.ae_title,
+            ssl_context=ssl_context,
+            evt_handlers=handlers_list,
+            server_class=_Server,
+        )
+    except OSError as exc:
+        raise NetworkError(
+            f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}",
+            hint="is another node using the port? pick another with --port",
+        ) from exc
+    server = _configure(server, options, d)
+    thread = threading.Thread(
+        target=partial(server.serve_forever, poll_interval=0.2),
+        name=f"pacsctl-scp-{server.server_address[1]}",
+        daemon=True,
+    )
+    thread.start()
+    ae._servers.append(server)
+    return RunningScp(ae, server, options)
+
+
+def _configure(server: Any, options: ScpOptions, d: _Dispatcher) -> _Server:
+    server.max_connections = max(16, options.max_associations * 4)
+    server.handshake_timeout = options.acse_timeout
+    server.on_refused = d.on_refused
+    return server

@@ -1,0 +1,277 @@
+"""SCU operations against a remote node: echo, store, find, move, get.
+
+Every function opens one association, does its job and releases it. Failing to connect, being
+rejected or aborted, and timeouts raise `NetworkError`; per-instance outcomes are returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
+from pacsctl.errors import NetworkError
+from pacsctl.net import scp as _scp  # noqa: F401  (temp dir for received data sets, C-GET)
+from pacsctl.net import sending, tls
+from pacsctl.net.types import (
+    STATUS_PENDING,
+    STATUS_PROCESSING_FAILURE,
+    NodeLike,
+    QueryModel,
+    RetrieveCounts,
+    StoreRequest,
+    StoreResult,
+    TlsOptions,
+)
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_CALLING_AET = "PACSCTL"
+
+_FIND = {"P": PatientRootQueryRetrieveInformationModelFind,
+         "S": StudyRootQueryRetrieveInformationModelFind}
+_MOVE = {"P": PatientRootQueryRetrieveInformationModelMove,
+         "S": StudyRootQueryRetrieveInformationModelMove}
+_GET = {"P": PatientRootQueryRetrieveInformationModelGet,
+        "S": StudyRootQueryRetrieveInformationModelGet}
+
+
+def node_tls(node: NodeLike) -> TlsOptions | None:
+    """The TLS options of a node, or None for plain TCP."""
+    if not getattr(node, "tls", False):
+        return None
+    return TlsOptions(cert=node.tls_cert, key=node.tls_key, ca=node.tls_ca)
+
+
+@contextmanager
+def associate(
+    node: NodeLike,
+    contexts: list[PresentationContext],
+    calling_aet: str = DEFAULT_CALLING_AET,
+    ext_neg: list[Any] | None = None,
+    evt_handlers: list[Any] | None = None,
+    timeout: float = 30.0,
+) -> Iterator[Association]:
+    """Open an association to `node`, yield it, release it (abort on error)."""
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = max(timeout, 60.0)
+    ae.network_timeout = max(timeout, 60.0)
+    ae.connection_timeout = timeout
+    ae.maximum_pdu_size = 0
+    ae.requested_contexts = contexts
+    tls_opts = node_tls(node)
+    kwargs: dict[str, Any] = {}
+    if tls_opts is not None:
+        kwargs["tls_args"] = (tls.client_context(tls_opts), None)
+    handlers = [sending.NODELAY_HANDLER, *(evt_handlers or [])]
+    assoc = ae.associate(node.host, int(node.port), ae_title=node.aet, ext_neg=ext_neg,
+                         evt_handlers=handlers, **kwargs)
+    if not assoc.is_established:
+        raise NetworkError(_why_not(assoc, node), hint=_hint(assoc))
+    try:
+        yield assoc
+    except BaseException:
+        if assoc.is_established:
+            assoc.abort()
+        raise
+    else:
+        if assoc.is_established:
+            assoc.release()
+    finally:
+        ae.shutdown()
+
+
+def _why_not(assoc: Association, node: NodeLike) -> str:
+    where = f"{node.aet}@{node.host}:{node.port}"
+    if assoc.is_rejected:
+        rsp = assoc.acceptor.primitive
+        reason = getattr(rsp, "reason_str", None) or getattr(rsp, "diagnostic", "")
+        return f"{where} rejected the association ({reason or 'no reason given'})"
+    if assoc.is_aborted:
+        return f"{where} aborted the association (TLS or protocol mismatch?)"
+    return f"{where} is unreachable or did not answer in time"
+
+
+def _hint(assoc: Association) -> str:
+    if assoc.is_rejected:
+        return "check the calling/called AE titles and the peer's allow-list"
+    return "check host, port, TLS settings and that the node is running"
+
+
+def echo(node: NodeLike, calling_aet: str = DEFAULT_CALLING_AET, timeout: float = 30.0) -> float:
+    """C-ECHO `node`; return the round trip in seconds. Raises NetworkError on failure."""
+    start = time.perf_counter()
+    with associate(node, [build_context(Verification)], calling_aet, timeout=timeout) as assoc:
+        rsp = assoc.send_c_echo()
+        status = getattr(rsp, "Status", None)
+    if status != 0x0000:
+        raise NetworkError(f"C-ECHO to {node.aet} failed (status {_hex(status)})")
+    return time.perf_counter() - start
+
+
+def store(
+    node: NodeLike,
+    paths: Iterable[str | Path],
+    calling_aet: str = DEFAULT_CALLING_AET,
+    progress: Callable[[StoreResult], None] | None = None,
+    timeout: float = 30.0,
+) -> list[StoreResult]:
+    """C-STORE files to `node` over one association; return one result per file.
+
+    Each file goes in its stored transfer syntax when the peer accepts it (sent from disk in
+    chunks), else decompressed to uncompressed. Unreadable files fail on their own."""
+    results: list[StoreResult] = []
+    infos: list[sending.FileInfo] = []
+    for p in paths:
+        try:
+            infos.append(sending.file_info(p))
+        except Exception as exc:
+            results.append(StoreResult(str(p), None, None, f"not readable as DICOM: {exc}"))
+    for r in results:
+        if progress:
+            progress(r)
+    if not infos:
+        return results
+    contexts = sending.contexts_for((i.sop_class_uid, i.transfer_syntax_uid) for i in infos)
+    with associate(node, contexts, calling_aet, timeout=timeout) as assoc:
+        for n, info in enumerate(infos):
+            if not assoc.is_established:
+                res = StoreResult(str(info.path), info.sop_instance_uid, None,
+                                  "association lost")
+            else:
+                status, used_ts, error = sending.send_file(assoc, info, msg_id=(n % 65535) + 1)
+                res = StoreResult(str(info.path), info.sop_instance_uid, status, error, used_ts)
+            results.append(res)
+            if progress:
+                progress(res)
+    return results
+
+
+def find(
+    node: NodeLike,
+    identifier: Dataset,
+    model: QueryModel = "S",
+    calling_aet: str = DEFAULT_CALLING_AET,
+    timeout: float = 30.0,
+) -> Iterator[Dataset]:
+    """C-FIND: yield each matching identifier. `identifier` must carry QueryRetrieveLevel.
+    Raises NetworkError when the peer answers a failure or the association breaks."""
+    uid = _FIND[model]
+    with associate(node, [build_context(uid)], calling_aet, timeout=timeout) as assoc:
+        final = None
+        for status, ds in assoc.send_c_find(identifier, uid):
+            code = getattr(status, "Status", None)
+            if code in (0xFF00, 0xFF01):
+                if ds is not None:
+                    yield ds
+                continue
+            final = code
+        if final not in (0x0000, 0xFE00):
+            raise NetworkError(f"C-FIND on {node.aet} ended with status {_hex(final)}")
+
+
+def move(
+    node: NodeLike,
+    destination_aet: str,
+    identifier: Dataset,
+    model: QueryModel = "S",
+    calling_aet: str = DEFAULT_CALLING_AET,
+    progress: Callable[[RetrieveCounts], None] | None = None,
+    timeout: float = 30.0,
+) -> RetrieveCounts:
+    """C-MOVE the matches of `identifier` from `node` to `destination_aet`; return the final
+    sub-operation counts as the peer reported them (count what arrived yourself too)."""
+    uid = _MOVE[model]
+    counts = RetrieveCounts()
+    with associate(node, [build_context(uid)], calling_aet, timeout=timeout) as assoc:
+        for status, ds in assoc.send_c_move(identifier, destination_aet, uid):
+            _update_counts(counts, status, ds)
+            if progress and counts.status == STATUS_PENDING:
+                progress(counts)
+    if counts.status is None:
+        raise NetworkError(f"C-MOVE on {node.aet}: no final response (timeout or abort)")
+    return counts
+
+
+def get(
+    node: NodeLike,
+    identifier: Dataset,
+    store_cb: Callable[[StoreRequest], int],
+    model: QueryModel = "S",
+    calling_aet: str = DEFAULT_CALLING_AET,
+    sop_classes: Iterable[str] | None = None,
+    transfer_syntaxes: list[str] | None = None,
+    progress: Callable[[RetrieveCounts], None] | None = None,
+    timeout: float = 30.0,
+) -> RetrieveCounts:
+    """C-GET the matches of `identifier` from `node`; each arriving instance is handed to
+    `store_cb` (a `StoreRequest` as the SCP gets one), whose return value is the C-STORE status.
+
+    Storage contexts are proposed with the SCP role for `sop_classes` (default: pynetdicom's
+    127 most common storage classes) in `transfer_syntaxes` (default: uncompressed, so the
+    peer decompresses when needed)."""
+    uid = _GET[model]
+    syntaxes = transfer_syntaxes or list(sending.UNCOMPRESSED)
+    classes = list(sop_classes) if sop_classes is not None else [
+        str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+    classes = classes[: sending.MAX_REQUESTED_CONTEXTS - 1]
+    contexts = [build_context(uid)] + [build_context(c, syntaxes) for c in classes]
+    roles = [build_role(c, scp_role=True) for c in classes]
+    counts = RetrieveCounts()
+
+    def on_store(event: evt.Event) -> int:
+        req = _scp._Dispatcher(_scp.ScpHandlers(store=store_cb), _scp.ScpOptions())
+        status = req.on_store(event)
+        if status == 0 or 0xB000 <= status <= 0xB0FF:
+            counts.received += 1
+        return status
+
+    with associate(node, contexts, calling_aet, ext_neg=roles,
+                   evt_handlers=[(evt.EVT_C_STORE, on_store)], timeout=timeout) as assoc:
+        for status, ds in assoc.send_c_get(identifier, uid):
+            _update_counts(counts, status, ds)
+            if progress and counts.status == STATUS_PENDING:
+                progress(counts)
+    if counts.status is None:
+        raise NetworkError(f"C-GET on {node.aet}: no final response (timeout or abort)")
+    return counts
+
+
+def _update_counts(counts: RetrieveCounts, status: Dataset, ds: Dataset | None) -> None:
+    code = getattr(status, "Status", None)
+    if code is None:  # timeout / abort: pynetdicom yields an empty Dataset
+        return
+    counts.status = int(code)
+    counts.remaining = int(getattr(status, "NumberOfRemainingSuboperations", 0) or 0)
+    counts.completed = int(getattr(status, "NumberOfCompletedSuboperations", 0) or 0)
+    counts.failed = int(getattr(status, "NumberOfFailedSuboperations", 0) or 0)
+    counts.warning = int(getattr(status, "NumberOfWarningSuboperations", 0) or 0)
+    if ds is not None and "FailedSOPInstanceUIDList" in ds:
+        value = ds.FailedSOPInstanceUIDList
+        counts.failed_uids = [str(v) for v in ([value] if isinstance(value, str) else value)]
+
+
+def _hex(status: int | None) -> str:
+    return "none" if status is None else f"0x{status:04X}"
+
+
+__all__ = ["echo", "store", "find", "move", "get", "associate", "STATUS_PROCESSING_FAILURE"]

@@ -1,0 +1,175 @@
+"""Sending stored instances: which presentation contexts to propose, and how to send one file.
+
+Policy (DESIGN.md): propose the stored transfer syntax plus uncompressed; send the stored bytes
+untouched when the peer accepted the stored syntax, else decompress and send uncompressed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dsutils import split_dataset
+from pynetdicom.presentation import PresentationContext, build_context
+
+import pacsctl.net.setup  # noqa: F401  (pynetdicom settings: chunked send, no identifier logs)
+
+LOG = logging.getLogger(__name__)
+
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+MAX_REQUESTED_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1..255
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """The identity and encoding of one DICOM file, read from its File Meta only."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    has_meta: bool = True
+
+
+def set_nodelay(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler: turn off Nagle on the association's socket.
+
+    pynetdicom leaves it on; with small DIMSE responses that costs ~40 ms per message."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # already closed by the peer
+            pass
+
+
+NODELAY_HANDLER: tuple[Any, Any] = (evt.EVT_CONN_OPEN, set_nodelay)
+
+
+def file_info(path: str | Path) -> FileInfo:
+    """Read the identity of a DICOM file cheaply (File Meta, or the data set head when the
+    file has no meta). Raises pydicom's InvalidDicomError / OSError for unreadable files."""
+    path = Path(path)
+    try:
+        meta, _ = split_dataset(path)
+        return FileInfo(
+            path,
+            str(meta.MediaStorageSOPClassUID),
+            str(meta.MediaStorageSOPInstanceUID),
+            str(meta.TransferSyntaxUID),
+        )
+    except (AttributeError, KeyError, ValueError, TypeError, EOFError):
+        pass
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None:
+        ts = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
+    return FileInfo(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ts), has_meta=False)
+
+
+def contexts_for(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
+    """Presentation contexts to propose for (SOP class, stored transfer syntax) pairs.
+
+    Each SOP class gets one uncompressed context (explicit + implicit VR little endian) and one
+    context per stored compressed/other syntax, so a peer may accept or refuse each on its own.
+    Capped at 128 contexts; SOP classes beyond that are left out (their sends fail per file).
+    """
+    by_class: dict[str, list[str]] = {}
+    for sop_class, ts in pairs:
+        syntaxes = by_class.setdefault(sop_class, [])
+        if ts not in UNCOMPRESSED and ts not in syntaxes:
+            syntaxes.append(ts)
+    contexts: list[PresentationContext] = []
+    for sop_class, syntaxes in by_class.items():
+        for ts in syntaxes:
+            contexts.append(build_context(sop_class, [ts]))
+        contexts.append(build_context(sop_class, list(UNCOMPRESSED)))
+    if len(contexts) > MAX_REQUESTED_CONTEXTS:
+        LOG.warning("%d presentation contexts needed, proposing the first 128", len(contexts))
+        contexts = contexts[:MAX_REQUESTED_CONTEXTS]
+    return contexts
+
+
+def accepted_syntaxes(assoc: Association, sop_class_uid: str, role: str = "scu") -> set[str]:
+    """Transfer syntaxes the peer accepted for `sop_class_uid` (for us acting in `role`)."""
+    out: set[str] = set()
+    for cx in assoc.accepted_contexts:
+        if cx.abstract_syntax != sop_class_uid or not cx.transfer_syntax:
+            continue
+        if role == "scp" and not cx.as_scp:
+            continue
+        if role == "scu" and not cx.as_scu:
+            continue
+        out.add(str(cx.transfer_syntax[0]))
+    return out
+
+
+def load_for_peer(info: FileInfo, accepted: set[str]) -> tuple[str | Path | Dataset, str]:
+    """What to hand `send_c_store` for this file given the syntaxes the peer accepted.
+
+    Returns (path or dataset, transfer syntax used). The path (sent as stored, in chunks) when
+    the stored syntax was accepted; else a decoded data set, decompressed when compressed.
+    Raises ValueError when nothing usable was accepted, or when decompression fails."""
+    ts = info.transfer_syntax_uid
+    if ts in accepted and info.has_meta:
+        return info.path, ts
+    ds = pydicom.dcmread(info.path, force=True)
+    if ts in accepted:  # no meta in the file: pydicom re-encodes in the same syntax
+        _ensure_meta(ds, info, ts)
+        return ds, ts
+    target = next((t for t in UNCOMPRESSED if t in accepted), None)
+    if target is None:
+        raise ValueError(f"peer accepted neither {UID(ts).name} nor an uncompressed syntax")
+    if UID(ts).is_compressed:
+        # Same instance, other encoding: keep the SOP Instance UID (pydicom would mint one).
+        ds.decompress(generate_instance_uid=False)
+    _ensure_meta(ds, info, target)
+    return ds, target
+
+
+def _ensure_meta(ds: Dataset, info: FileInfo, ts: str) -> None:
+    """Give `ds` the file meta pynetdicom reads the transfer syntax from."""
+    meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = info.sop_class_uid
+    meta.MediaStorageSOPInstanceUID = info.sop_instance_uid
+    meta.TransferSyntaxUID = ts
+    ds.file_meta = meta
+
+
+def send_file(
+    assoc: Association,
+    info: FileInfo,
+    msg_id: int = 1,
+    originator_aet: str | None = None,
+    originator_id: int | None = None,
+) -> tuple[int | None, str | None, str | None]:
+    """Send one file over an established association.
+
+    Returns (status or None, transfer syntax used, error text)."""
+    try:
+        payload, used_ts = load_for_peer(info, accepted_syntaxes(assoc, info.sop_class_uid))
+    except Exception as exc:  # unreadable file, no context, codec missing: this file fails
+        return None, None, str(exc)
+    try:
+        rsp = assoc.send_c_store(
+            payload, msg_id=msg_id, originator_aet=originator_aet, originator_id=originator_id
+        )
+    except Exception as exc:
+        return None, used_ts, str(exc)
+    status = getattr(rsp, "Status", None)
+    if status is None:
+        return None, used_ts, "no response (timeout or association lost)"
+    return int(status), used_ts, None

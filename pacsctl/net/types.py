@@ -1,0 +1,165 @@
+"""Plain data types shared by the SCP and SCU sides of `pacsctl.net`.
+
+`net` knows nothing about the archive: the server is driven by the callables in `ScpHandlers`,
+which `pacsctl.core.server` builds over the archive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydicom.dataset import Dataset
+
+QueryModel = Literal["P", "S"]  # Patient Root / Study Root
+
+# DICOM status codes used across the package (PS3.4 Annex B, C).
+STATUS_SUCCESS = 0x0000
+STATUS_CANCEL = 0xFE00
+STATUS_PENDING = 0xFF00
+STATUS_OUT_OF_RESOURCES = 0xA700  # C-STORE: refused, out of resources (disk full)
+STATUS_CANNOT_UNDERSTAND = 0xC000  # C-STORE: error, cannot understand (unparsable)
+STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801
+STATUS_IDENTIFIER_MISMATCH = 0xA900
+STATUS_UNABLE_TO_PROCESS = 0xC001
+
+
+class NodeLike(Protocol):
+    """What `net` needs to reach a remote node; `pacsctl.config.Node` has this shape."""
+
+    aet: str
+    host: str
+    port: int
+    tls: bool
+    tls_cert: str | None
+    tls_key: str | None
+    tls_ca: str | None
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """TLS material. On a server, `ca` makes client certificates mandatory; on a client, `ca`
+    verifies the server (None = system default store) and cert/key are the client identity."""
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a C-MOVE destination AE title lives."""
+
+    host: str
+    port: int
+    tls: TlsOptions | None = None
+
+
+@dataclass(frozen=True)
+class AssocInfo:
+    """Who is on the other end of an association (no patient data)."""
+
+    calling_aet: str
+    called_aet: str
+    peer_host: str
+    peer_port: int
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """One received C-STORE, exactly as received.
+
+    `path` is a DICOM file pynetdicom streamed the data set into: 128-byte preamble, `DICM`,
+    a File Meta group built from the association (`file_meta`), then the data set bytes as they
+    arrived from `data_offset` on, never decoded. The file lives in `ScpOptions.temp_dir`
+    (same file system as the archive) so the receiver may fsync and rename it into place;
+    whatever is left at `path` after the handler returns is deleted.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    assoc: AssocInfo
+    path: Path
+    data_offset: int
+    file_meta: Dataset
+    move_originator_aet: str | None = None
+
+
+@dataclass(frozen=True)
+class QueryContext:
+    """The association a C-FIND/MOVE/GET arrived on, and a way to see a C-CANCEL."""
+
+    assoc: AssocInfo
+    is_cancelled: Callable[[], bool] = lambda: False
+
+
+StoreHandler = Callable[[StoreRequest], int]
+FindHandler = Callable[[QueryModel, Dataset, QueryContext], Iterator[Dataset]]
+LocateHandler = Callable[[QueryModel, Dataset, QueryContext], list[str]]
+DestinationHandler = Callable[[str], Destination | None]
+AuditHandler = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class ScpHandlers:
+    """The callables a server delegates to. Any left None answers as not supported/refused."""
+
+    store: StoreHandler | None = None
+    find: FindHandler | None = None
+    locate: LocateHandler | None = None
+    destination: DestinationHandler | None = None
+    audit: AuditHandler | None = None
+
+
+@dataclass
+class ScpOptions:
+    """How the listener runs."""
+
+    ae_title: str = "PACSCTL"
+    host: str = "0.0.0.0"
+    port: int = 11112  # 0 = let the kernel pick a free one
+    allow: list[str] = field(default_factory=list)  # calling AE titles; empty = any
+    max_associations: int = 32
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    maximum_pdu_size: int = 0  # 0 = unlimited: fewer, larger PDUs from peers that honour it
+    tls: TlsOptions | None = None
+    temp_dir: Path | None = None  # where incoming data sets are streamed; archive's file system
+
+
+@dataclass
+class StoreResult:
+    """Outcome of one C-STORE sent by the SCU side."""
+
+    path: str
+    sop_instance_uid: str | None
+    status: int | None  # None: never answered (no context, association lost, unreadable file)
+    error: str | None = None
+    transfer_syntax_uid: str | None = None  # what went on the wire
+
+    @property
+    def ok(self) -> bool:
+        """True for Success or a Warning (0xB000-0xB0FF, 0x0107, 0x0116)."""
+        return self.status is not None and (
+            self.status == STATUS_SUCCESS
+            or 0xB000 <= self.status <= 0xB0FF
+            or self.status in (0x0107, 0x0116)
+        )
+
+
+@dataclass
+class RetrieveCounts:
+    """Sub-operation counts from a C-MOVE or C-GET (the final response's figures)."""
+
+    status: int | None = None
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    remaining: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+    received: int = 0  # C-GET: instances actually handed to the store callback
