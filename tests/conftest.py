@@ -1,0 +1,120 @@
+"""Fixtures shared by the whole suite (the plain helpers live in `tests/helpers.py`).
+
+- `free_port`: a free loopback TCP port.
+- `testdata_dir`, `dicom_test_files`, `all_dicom_test_files`, `broken_dicom_files`: pydicom's
+  real test files.
+- `archive_dir`: a fresh archive path in tmp, exported as PACSCTL_ARCHIVE.
+- `ct_factory`: writes small valid CT files.
+- `cli`: `run_cli` (``python -m pacsctl ...`` in a subprocess).
+
+Every test also gets private XDG folders and no inherited PACSCTL_ARCHIVE, so nothing a test
+does can touch the real user's archive or config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import generate_uid
+
+from benchmarks.corpus import make_ct
+from tests.helpers import (
+    TESTDATA_DIR,
+    TestFile,
+    broken_test_files,
+    free_port as _free_port,
+    readable_test_files,
+    run_cli,
+    unique_test_files,
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point platformdirs at temp folders and drop any PACSCTL_ARCHIVE from the caller's env."""
+    home = tmp_path_factory.mktemp("xdg")
+    for var in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
+        monkeypatch.setenv(var, str(home / var.lower()))
+    monkeypatch.delenv("PACSCTL_ARCHIVE", raising=False)
+    monkeypatch.delenv("PACSCTL_CONFIG", raising=False)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def testdata_dir() -> Path:
+    """pydicom's bundled test files (``pydicom/data/test_files``); read-only, never modify."""
+    return TESTDATA_DIR
+
+
+@pytest.fixture(scope="session")
+def dicom_test_files() -> list[Path]:
+    """Readable, valid Part-10 test files, one per SOP Instance UID (no DICOMDIR, no broken)."""
+    return unique_test_files()
+
+
+@pytest.fixture(scope="session")
+def all_dicom_test_files() -> tuple[TestFile, ...]:
+    """Every valid test file with its UIDs and transfer syntax; SOP Instance UIDs may repeat."""
+    return readable_test_files()
+
+
+@pytest.fixture(scope="session")
+def broken_dicom_files() -> list[Path]:
+    """pydicom's deliberately truncated files (a DICOM reader should quarantine them)."""
+    return broken_test_files()
+
+
+@pytest.fixture
+def archive_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh archive path (not created yet) exported as PACSCTL_ARCHIVE for this test."""
+    path = tmp_path / "archive"
+    monkeypatch.setenv("PACSCTL_ARCHIVE", str(path))
+    return path
+
+
+class CTFactory:
+    """Writes small CT Part-10 files into a temp folder; see `benchmarks.corpus.make_ct`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._counter = 0
+
+    def __call__(self, name: str | None = None, *, directory: Path | None = None,
+                 **fields: Any) -> Path:
+        """Write one CT file (name defaults to ``ct{n}.dcm``); `fields` go to `make_ct`."""
+        self._counter += 1
+        target = (directory or self.directory) / (name or f"ct{self._counter:05d}.dcm")
+        return make_ct(target, **fields)
+
+    def series(self, count: int, *, directory: Path | None = None, **fields: Any) -> list[Path]:
+        """Write `count` instances of one series (shared study/series UIDs, numbered 1..count)."""
+        fields.setdefault("study_uid", generate_uid())
+        fields.setdefault("series_uid", generate_uid())
+        return [self(directory=directory, instance_number=i + 1, pixel_seed=i, **fields)
+                for i in range(count)]
+
+
+@pytest.fixture
+def ct_factory(tmp_path: Path) -> CTFactory:
+    """Callable writing small valid CT files (64x64 by default) under ``tmp_path/ct``.
+
+    ``ct_factory(patient_id="P1", study_uid=..., series_uid=..., sop_uid=..., rows=..)`` ->
+    Path; ``ct_factory.series(5, patient_id="P1")`` -> five instances of one new series.
+    """
+    return CTFactory(tmp_path / "ct")
+
+
+@pytest.fixture
+def cli() -> Callable[..., Any]:
+    """`tests.helpers.run_cli`: ``cli("ls", "--json")`` -> CompletedProcess (text)."""
+    return run_cli
+

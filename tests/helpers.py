@@ -1,0 +1,183 @@
+"""Helpers shared by every test module: ports, peer tools, pydicom's test files, the CLI runner.
+
+Import them as ``from tests.helpers import free_port, require_tool, run_cli``; the same things
+are also offered as fixtures by ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import MediaStorageDirectoryStorage
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTDATA_DIR = Path(pydicom.__file__).parent / "data" / "test_files"
+DCMTK_BIN = Path("/usr/bin")
+ORTHANC_BIN = Path("/usr/sbin/Orthanc")
+
+# pydicom reads these without complaint, yet they are damaged on purpose: tests wanting valid
+# input must not use them, tests of quarantine can (see `broken_dicom_files`).
+KNOWN_BROKEN = {
+    "MR_truncated.dcm": "pixel data cut short",
+    "rtplan_truncated.dcm": "data set cut short in the middle of a sequence",
+}
+
+
+def in_ci() -> bool:
+    """True when running in CI (env ``CI`` set and not empty/"0"/"false")."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def missing_peer(message: str) -> None:
+    """Fail in CI (a missing peer must not pass silently there), skip elsewhere."""
+    if in_ci():
+        pytest.fail(f"{message} (CI is set: peers are required)")
+    pytest.skip(message)
+
+
+def require_tool(path_or_name: str) -> str:
+    """Return the absolute path of an executable; fail the test in CI if missing, else skip.
+
+    A bare name is looked up in /usr/bin first (so DCMTK wins over pynetdicom's console scripts
+    of the same name in the venv), then on PATH.
+    """
+    candidate = Path(path_or_name)
+    if candidate.is_absolute():
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+        missing_peer(f"required tool not found: {path_or_name}")
+    in_usr_bin = DCMTK_BIN / path_or_name
+    if in_usr_bin.is_file() and os.access(in_usr_bin, os.X_OK):
+        return str(in_usr_bin)
+    found = shutil.which(path_or_name)
+    if found is None:
+        missing_peer(f"required tool not found: {path_or_name}")
+    return str(Path(found).resolve())
+
+
+def dcmtk(tool: str) -> str:
+    """Absolute path of a DCMTK tool (``/usr/bin/<tool>``), never pynetdicom's namesake."""
+    return require_tool(str(DCMTK_BIN / tool))
+
+
+def dcmtk_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for DCMTK processes: TCP_NODELAY=1, else each PDU waits ~40 ms for Nagle."""
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_dcmtk(tool: str, *args: str, timeout: float = 60, check: bool = True
+              ) -> subprocess.CompletedProcess[str]:
+    """Run a DCMTK tool with `dcmtk_env()`, capture text output; raise on failure if `check`."""
+    proc = subprocess.run([dcmtk(tool), *args], env=dcmtk_env(), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a `python -m pacsctl` child: ours plus `env`, repo root on PYTHONPATH."""
+    merged = dict(os.environ)
+    if env:
+        merged.update(env)
+    paths = [str(REPO_ROOT)] + [p for p in merged.get("PYTHONPATH", "").split(os.pathsep) if p]
+    merged["PYTHONPATH"] = os.pathsep.join(paths)
+    # Rich must not draw progress bars or colours into captured output.
+    merged.setdefault("NO_COLOR", "1")
+    merged.setdefault("COLUMNS", "200")
+    return merged
+
+
+def run_cli(*args: str | os.PathLike[str], env: dict[str, str] | None = None,
+            input: str | None = None, timeout: float = 120,
+            cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m pacsctl ARGS`` in a subprocess and return it (text stdout/stderr).
+
+    Works uninstalled (the repo root is put on PYTHONPATH). The child inherits os.environ, so a
+    `PACSCTL_ARCHIVE` set by the `archive_dir` fixture applies; `env` adds or overrides.
+    """
+    return subprocess.run([sys.executable, "-m", "pacsctl", *map(str, args)], env=cli_env(env),
+                          input=input, capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, check=False)
+
+
+@dataclass(frozen=True)
+class TestFile:
+    """One readable DICOM file from pydicom's test data and the identifiers tests check."""
+
+    __test__ = False  # not a pytest test class
+
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+
+@cache
+def readable_test_files() -> tuple[TestFile, ...]:
+    """Every valid Part-10 instance among pydicom's top-level test files, sorted by name.
+
+    Kept: a File Meta header, SOP Class and Instance UIDs, fully parsable, not a DICOMDIR, not
+    in `KNOWN_BROKEN`. Several files share a SOP Instance UID (the same image in other transfer
+    syntaxes); all of them are kept here.
+    """
+    found: list[TestFile] = []
+    for path in sorted(TESTDATA_DIR.iterdir()):
+        if not path.is_file() or path.name in KNOWN_BROKEN:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path)
+                for _ in ds.iterall():  # parse deferred/nested elements now
+                    pass
+        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
+            continue
+        meta = ds.file_meta
+        sop_uid, sop_class = ds.get("SOPInstanceUID"), ds.get("SOPClassUID")
+        tsyntax = meta.get("TransferSyntaxUID")
+        if not (sop_uid and sop_class and tsyntax):
+            continue
+        if meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+            continue
+        found.append(TestFile(path, str(sop_uid), str(sop_class), str(tsyntax)))
+    return tuple(found)
+
+
+def unique_test_files() -> list[Path]:
+    """`readable_test_files` with one file per SOP Instance UID (the first by name)."""
+    seen: set[str] = set()
+    unique: list[Path] = []
+    for item in readable_test_files():
+        if item.sop_instance_uid not in seen:
+            seen.add(item.sop_instance_uid)
+            unique.append(item.path)
+    return unique
+
+
+def broken_test_files() -> list[Path]:
+    """pydicom's deliberately damaged DICOM files (truncated): expect quarantine for these."""
+    return [TESTDATA_DIR / name for name in sorted(KNOWN_BROKEN)]
