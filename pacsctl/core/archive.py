@@ -107,13 +107,16 @@ class Archive:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def ingest(self, items: Sequence[tuple[bytes, str]], on_conflict: str | None = None) -> list[IngestResult]:
+    def ingest(
+        self, items: Sequence[tuple[bytes, str]], on_conflict: str | None = None, dry_run: bool = False
+    ) -> list[IngestResult]:
         """Store a batch of inputs `(bytes, origin)`; durable and indexed when this returns.
 
         One round of fsyncs covers the whole batch (group commit). Non-DICOM input is skipped,
         unreadable DICOM is quarantined with its reason; a DICOMDIR is skipped here (media are
         followed by the importer). Raises StorageFullError when the disk is full; nothing of the
-        batch is then acknowledged, and no temp file is left behind.
+        batch is then acknowledged, and no temp file is left behind. With `dry_run`, the results
+        say what would happen and nothing is written.
         """
         policy = on_conflict or self.config.on_conflict
         if policy not in ON_CONFLICT_POLICIES:
@@ -128,7 +131,11 @@ class Archive:
             except DicomdirError:
                 results[i] = IngestResult(SKIPPED, origin, reason="DICOMDIR (media index, not an instance)")
             except InvalidDicomError as exc:
-                results[i] = self.quarantine(data, str(exc), origin)
+                results[i] = IngestResult(QUARANTINED, origin, reason=str(exc)) if dry_run else self.quarantine(data, str(exc), origin)
+        if dry_run:
+            for i, inst in checked:
+                results[i] = self._plan(inst, items[i][1], policy)
+            return [r for r in results if r is not None]
         staged: list[tuple[int, Instance, files.StagedFile]] = []
         try:
             for i, inst in checked:
@@ -172,6 +179,22 @@ class Archive:
         self._quarantine_file(target, "conflict: replaced by a newer copy with different bytes", relpath, uid, keep_source=True)
         files.publish(stage, target, replace=True)
         return IngestResult(STORED, origin, uid, relpath, size=stage.size, reason="replaced a different copy"), self._record(inst, relpath, stage)
+
+    def _plan(self, inst: Instance, origin: str, policy: str) -> IngestResult:
+        """What `_publish` would do with an instance, without writing anything."""
+        relpath = self.object_relpath(inst.sop_instance_uid)
+        result = IngestResult(STORED, origin, inst.sop_instance_uid, relpath, size=len(inst.data))
+        try:
+            _size, existing_sha = files.sha256_file(self.path_of(relpath))
+        except FileNotFoundError:
+            return result
+        if existing_sha == hashlib.sha256(inst.data).hexdigest():
+            result.status = DUPLICATE
+        elif policy == "keep":
+            result.status, result.reason = QUARANTINED, "conflict: same SOP Instance UID, different bytes; would keep the archived copy"
+        else:
+            result.reason = "would replace a different copy"
+        return result
 
     @staticmethod
     def _record(inst: Instance, relpath: str, stage: files.StagedFile) -> dict:

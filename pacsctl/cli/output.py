@@ -1,0 +1,134 @@
+"""The one place that writes command output: tables, NDJSON, CSV, summaries, progress, errors.
+
+Records go to stdout (a rich table for people, `--json` NDJSON or `--csv` for scripts); progress
+bars, logs and errors go to stderr, and progress bars hide when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def json_line(record: Mapping[str, Any]) -> None:
+    """Write one NDJSON record to stdout, flushed at once (a script may be reading along)."""
+    sys.stdout.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def emit(
+    records: Iterable[Mapping[str, Any]],
+    columns: Sequence[str],
+    fmt: str = "table",
+    title: str | None = None,
+) -> int:
+    """Write records as a rich table (`table`), NDJSON (`json`) or CSV (`csv`); return the count.
+
+    JSON records carry every key; the table and CSV show `columns`.
+    """
+    count = 0
+    if fmt == "json":
+        for record in records:
+            json_line(record)
+            count += 1
+        return count
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for record in records:
+            writer.writerow([_cell(record.get(c)) for c in columns])
+            count += 1
+        sys.stdout.flush()
+        return count
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for record in records:
+        table.add_row(*(_cell(record.get(c)) for c in columns))
+        count += 1
+    if count:
+        stdout.print(table)
+    else:
+        stderr.print("[dim]nothing found[/dim]")
+    return count
+
+
+def summary(record: Mapping[str, Any], as_json: bool, text: str) -> None:
+    """An action command's closing summary: one JSON object, or one human line on stderr."""
+    if as_json:
+        json_line(record)
+    else:
+        stderr.print(text, highlight=False)
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr."""
+    stderr.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
+def error(message: str, hint: str | None = None) -> None:
+    """The one-line `error: ...` (with its hint) on stderr."""
+    stderr.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    if hint:
+        stderr.print(f"[dim]hint:[/dim] {hint}", highlight=False)
+
+
+class Tracker:
+    """Advances a progress bar by items and bytes, showing MB/s beside the count and ETA."""
+
+    def __init__(self, bar: Progress, task: int) -> None:
+        self.bar, self.task, self.bytes = bar, task, 0
+
+    def advance(self, items: int = 1, nbytes: int = 0) -> None:
+        self.bytes += nbytes
+        elapsed = self.bar.tasks[0].elapsed or 0.0
+        rate = f"{self.bytes / elapsed / 1e6:.1f} MB/s" if elapsed > 0 and self.bytes else ""
+        self.bar.update(self.task, advance=items, rate=rate)
+
+
+@contextmanager
+def progress(description: str, total: int | None, enabled: bool = True) -> Iterator[Tracker]:
+    """A progress bar on stderr (count, MB/s, ETA); silent when stderr is not a terminal."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=not (enabled and stderr.is_terminal),
+    )
+    with bar:
+        yield Tracker(bar, bar.add_task(description, total=total, rate=""))
