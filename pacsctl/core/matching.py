@@ -278,10 +278,10 @@ def _wildcard_regex(pattern: str, ignore_case: bool) -> re.Pattern[str]:
 
 def _reject_wildcards(keyword: str, vr: str, query: str) -> None:
     if _has_wildcard(query):
-        raise UsageError(
-            f"{keyword} ({vr}) does not take wildcards: {query!r}",
-            hint="wildcards * and ? work on text attributes; dates and times take ranges",
-        )
+        hint = "wildcards * and ? work on text attributes only"
+        if vr in _FORMATS:
+            hint = f"{vr} values look like {_FORMATS[vr]}; use a range such as A-B, -B or A-"
+        raise UsageError(f"{keyword} ({vr}) does not take wildcards: {query!r}", hint=hint)
 
 
 # --------------------------------------------------------------------------
