@@ -91,6 +91,17 @@ def assoc_info(assoc: Association) -> AssocInfo:
     )
 
 
+class _AE(AE):
+    """pynetdicom counts every accepted TCP connection against `maximum_associations`, so a
+    handful of idle sockets that never send an A-ASSOCIATE-RQ would lock real clients out
+    until they time out. Count established associations (plus the one asking) instead."""
+
+    @property
+    def active_associations(self) -> list[Association]:
+        me = threading.current_thread()
+        return [a for a in super().active_associations if a.is_established or a is me]
+
+
 class _Server(ThreadedAssociationServer):
     """pynetdicom's server with three fixes: TCP_NODELAY on accepted sockets, the TLS
     handshake moved off the accept loop (a silent client would otherwise block it), and a cap
@@ -145,6 +156,7 @@ class RunningScp:
         self.options = options
         self.port: int = int(server.server_address[1])
         self.host: str = str(server.server_address[0])
+        self._stopped = False
 
     @property
     def active_associations(self) -> int:
@@ -154,7 +166,9 @@ class RunningScp:
     def stop(self, graceful: bool = True, timeout: float | None = None) -> bool:
         """Stop accepting connections; when `graceful`, wait (up to `timeout` s) for in-flight
         associations to finish, then abort whatever is left. True if none had to be aborted."""
-        self.server.shutdown()  # stops the accept loop and closes the listening socket
+        if not self._stopped:
+            self._stopped = True
+            self.server.shutdown()  # stops the accept loop and closes the listening socket
         deadline = None if timeout is None else time.monotonic() + timeout
         while graceful and self.server.active_associations:
             if deadline is not None and time.monotonic() > deadline:
@@ -335,9 +349,6 @@ class _Dispatcher:
                 (evt.EVT_ESTABLISHED, _established),
                 (evt.EVT_DIMSE_RECV, tally.on_dimse_recv),
             ],
-            "acse_timeout": self.options.acse_timeout,
-            "dimse_timeout": self.options.dimse_timeout,
-            "network_timeout": self.options.network_timeout,
         }
         if dest.tls is not None:
             kwargs["tls_args"] = (tls.client_context(dest.tls), None)
@@ -474,7 +485,7 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions) -> RunningScp:
         Path(options.temp_dir).mkdir(parents=True, exist_ok=True)
         _store_temp_dir = str(options.temp_dir)
 
-    ae = AE(ae_title=options.ae_title)
+    ae = _AE(ae_title=options.ae_title)
     ae.maximum_associations = max(1, options.max_associations)
     ae.maximum_pdu_size = options.maximum_pdu_size
     ae.acse_timeout = options.acse_timeout

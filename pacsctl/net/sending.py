@@ -83,17 +83,19 @@ def file_info(path: str | Path) -> FileInfo:
 def contexts_for(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
     """Presentation contexts to propose for (SOP class, stored transfer syntax) pairs.
 
-    Each SOP class gets one uncompressed context (explicit + implicit VR little endian) and one
-    context per stored compressed/other syntax, so a peer may accept or refuse each on its own.
+    Each SOP class gets one context per stored syntax and one uncompressed context (explicit +
+    implicit VR little endian), so a peer may accept or refuse each on its own.
     Capped at 128 contexts; SOP classes beyond that are left out (their sends fail per file).
     """
     by_class: dict[str, list[str]] = {}
     for sop_class, ts in pairs:
         syntaxes = by_class.setdefault(sop_class, [])
-        if ts not in UNCOMPRESSED and ts not in syntaxes:
+        if ts not in syntaxes:
             syntaxes.append(ts)
     contexts: list[PresentationContext] = []
     for sop_class, syntaxes in by_class.items():
+        # The stored syntax alone first, so an acceptor that takes the first proposed syntax
+        # (as most do) gets the bytes as stored; then uncompressed as the fallback.
         for ts in syntaxes:
             contexts.append(build_context(sop_class, [ts]))
         contexts.append(build_context(sop_class, list(UNCOMPRESSED)))
