@@ -77,8 +77,9 @@ def main_options(
     ctx.obj = _state
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if verbose < 2:  # pynetdicom's own INFO lines can echo identifiers; keep them for -vv
-        logging.getLogger("pynetdicom").setLevel(max(level, logging.WARNING))
+    if verbose < 2:  # library log lines can echo identifiers and values: only with -vv
+        for name in ("pynetdicom", "pydicom"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _register_commands() -> None:

@@ -23,7 +23,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-stdout = Console(soft_wrap=True)
+# Tables are not cut to 80 columns when piped: UIDs must stay whole.
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
@@ -45,6 +46,16 @@ def _cell(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "\\".join(str(v) for v in value)
     return str(value)
+
+
+# Short table headers for long DICOM keywords (JSON and CSV keep the keywords).
+HEADERS = {
+    "NumberOfPatientRelatedStudies": "Studies", "NumberOfPatientRelatedInstances": "Instances",
+    "NumberOfStudyRelatedSeries": "Series", "NumberOfStudyRelatedInstances": "Instances",
+    "NumberOfSeriesRelatedInstances": "Instances", "ModalitiesInStudy": "Modalities",
+    "AccessionNumber": "Accession", "StudyDescription": "Description", "SeriesDescription": "Description",
+    "PatientBirthDate": "Birth", "SeriesNumber": "No.", "InstanceNumber": "No.", "TransferSyntaxUID": "Syntax",
+}
 
 
 def emit(
@@ -73,7 +84,8 @@ def emit(
         return count
     table = Table(title=title, show_lines=False, header_style="bold")
     for column in columns:
-        table.add_column(column, overflow="fold")
+        uid = column.endswith("UID")
+        table.add_column(HEADERS.get(column, column), overflow="fold", no_wrap=uid, min_width=None if uid else 4)
     for record in records:
         table.add_row(*(_cell(record.get(c)) for c in columns))
         count += 1

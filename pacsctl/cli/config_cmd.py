@@ -1,0 +1,46 @@
+"""`pacsctl config`: the archive's settings (`pacsctl.toml`)."""
+
+from __future__ import annotations
+
+import typer
+
+from pacsctl.cli import output
+from pacsctl.cli.app import state
+from pacsctl.config import SETTABLE_KEYS, coerce_setting
+
+config_app = typer.Typer(help="Show or change the archive's settings.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `config` command group."""
+    app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def show(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="One JSON object.")) -> None:
+    """Show the settings and where the archive is.
+
+    Example: pacsctl config show --json
+    """
+    archive = state(ctx).open_archive()
+    settings = {"archive": str(archive.root), **{k: getattr(archive.config, k) for k in SETTABLE_KEYS}}
+    if as_json:
+        output.json_line(settings)
+    else:
+        output.emit([{"setting": k, "value": v} for k, v in settings.items()], ["setting", "value"])
+
+
+@config_app.command("set")
+def set_value(
+    ctx: typer.Context,
+    key: str = typer.Argument(..., help=f"One of: {', '.join(SETTABLE_KEYS)}."),
+    value: str = typer.Argument(..., help="New value (for allow: comma-separated AE titles)."),
+) -> None:
+    """Change a setting.
+
+    Example: pacsctl config set ae_title MYPACS
+    """
+    archive = state(ctx).open_archive()
+    setattr(archive.config, key, coerce_setting(key, value))
+    archive.save_config()
+    output.stderr.print(f"{key} = {getattr(archive.config, key)}", highlight=False)

@@ -1,0 +1,74 @@
+"""`pacsctl import`: bulk-import folders, files, zip files and DICOMDIR media."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from pacsctl.cli import output
+from pacsctl.cli.app import state
+from pacsctl.core.archive import DUPLICATE, STORED, IngestResult
+from pacsctl.core.importer import collect_sources, default_jobs, import_sources
+from pacsctl.errors import EXIT_INTEGRITY
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `import` command."""
+    app.command("import")(import_command)
+
+
+def import_command(
+    ctx: typer.Context,
+    paths: List[Path] = typer.Argument(..., help="Folders (recursive), files, zip files or DICOMDIR files."),
+    as_json: bool = typer.Option(False, "--json", help="NDJSON: one record per quarantined or skipped file, then a summary."),
+    jobs: int = typer.Option(default_jobs(), "--jobs", "-j", min=1, help="Worker processes (default: one per core)."),
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Show what would happen; write nothing."),
+    on_conflict: Optional[str] = typer.Option(
+        None, "--on-conflict", help="Same SOP Instance UID, different bytes: keep (default) or replace.",
+    ),
+) -> None:
+    """Import DICOM files into the archive: folders, single files, zip files and CD/DVD media.
+
+    Non-DICOM files are skipped; unreadable DICOM goes to quarantine with the reason. Every file is
+    accounted for: files = imported + duplicates + quarantined + skipped. Re-running is safe:
+    what is already archived counts as a duplicate. Exit 0, or 3 when anything was quarantined or
+    a DICOMDIR referenced a file missing from the media.
+
+    Example: pacsctl import /media/cdrom/DICOMDIR ~/Downloads/study.zip /data/incoming --json
+    """
+    archive = state(ctx).open_archive()
+    sources = collect_sources([str(p) for p in paths])
+
+    with output.progress("importing", total=len(sources), enabled=not as_json) as bar:
+        def on_result(result: IngestResult) -> None:
+            bar.advance(1, result.size)
+            if result.status in (STORED, DUPLICATE):
+                return
+            if as_json:
+                record = {"type": "file", "status": result.status, "path": result.origin, "reason": result.reason}
+                if result.sop_instance_uid:
+                    record["SOPInstanceUID"] = result.sop_instance_uid
+                if result.status == "quarantined" and not dry_run:
+                    record["quarantine_path"] = result.path
+                output.json_line(record)
+            elif result.status == "quarantined" or state(ctx).verbosity > 0:
+                output.warn(f"{result.status}: {result.origin}: {result.reason}")
+
+        summary = import_sources(
+            archive, sources, jobs=jobs, on_conflict=on_conflict, dry_run=dry_run, on_result=on_result,
+        )
+    record = {"type": "summary", **summary.as_dict()}
+    rate = summary.bytes / summary.elapsed / 1e6 if summary.elapsed else 0.0
+    verb = "would import" if dry_run else "imported"
+    text = (
+        f"{verb} {summary.imported}, duplicates {summary.duplicates}, quarantined {summary.quarantined}, "
+        f"skipped {summary.skipped} of {summary.files} files ({summary.bytes / 1e6:.1f} MB in "
+        f"{summary.elapsed:.1f} s, {rate:.1f} MB/s)"
+    )
+    if summary.missing:
+        text += f"; {summary.missing} referenced by a DICOMDIR but missing from the media"
+    output.summary(record, as_json, text)
+    if summary.quarantined or summary.missing:
+        raise typer.Exit(EXIT_INTEGRITY)
