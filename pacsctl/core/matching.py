@@ -55,6 +55,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
@@ -311,12 +312,16 @@ def _string_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, tuple[st
     return test, exact_values
 
 
-def _pn_groups(text: str) -> list[str]:
-    """Component groups of a PN with trailing empty components removed."""
+@lru_cache(maxsize=65536)
+def _pn_groups(text: str) -> tuple[str, ...]:
+    """Component groups of a PN with trailing empty components removed.
+
+    Cached: a patient's name recurs on each of their study/series records.
+    """
     groups = [g.strip().rstrip("^").strip() for g in _nfc(text.strip()).split("=")]
     while len(groups) > 1 and not groups[-1]:
         groups.pop()
-    return groups
+    return tuple(groups)
 
 
 def _pn_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, None]:
@@ -495,6 +500,12 @@ def _parse_datetime(text: str, *, upper: bool) -> datetime | None:
     return value
 
 
+_PARSERS: Mapping[str, Callable[..., Any]] = {
+    "DA": _parse_date,
+    "TM": _parse_time,
+    "DT": _parse_datetime,
+}
+
 _FORMATS = {
     "DA": "YYYYMMDD",
     "TM": "HH[MM[SS[.FFFFFF]]]",
@@ -505,11 +516,7 @@ _FORMATS = {
 def _range_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, None]:
     """Single value and range matching for DA, TM and DT."""
     _reject_wildcards(keyword, vr, query)
-    parse: Callable[..., Any] = {
-        "DA": _parse_date,
-        "TM": _parse_time,
-        "DT": _parse_datetime,
-    }[vr]
+    parse = _PARSERS[vr]
     hint = f"{vr} values look like {_FORMATS[vr]}; ranges are A-B, -B or A-"
 
     def bad(text: str, why: str = "is not valid") -> UsageError:
@@ -527,12 +534,10 @@ def _range_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, None]:
         intervals.append(interval)
 
     def test(value: Any) -> bool:
-        point = parse(str(value), upper=False)
-        if point is None:
+        bounds = _stored_bounds(vr, str(value))
+        if bounds is None:
             return False  # a malformed stored value never matches a range
-        # A stored TM/DT of partial precision ("10") covers an interval too;
-        # it matches when that interval overlaps the query's.
-        end = point if vr == "DA" else parse(str(value), upper=True)
+        point, end = bounds
         for lo, hi in intervals:
             if lo is not None and hi is not None and lo > hi:
                 # TM range across midnight (PS3.4 C.2.2.2.5): 2300-0100.
@@ -543,6 +548,20 @@ def _range_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, None]:
         return False
 
     return test, None
+
+
+@lru_cache(maxsize=65536)
+def _stored_bounds(vr: str, text: str) -> tuple[Any, Any] | None:
+    """The interval a stored DA/TM/DT value covers; None when malformed.
+
+    A stored TM/DT of partial precision ("10") covers an interval too and
+    matches when it overlaps the query's. Cached: archives repeat dates a lot.
+    """
+    parse = _PARSERS[vr]
+    lo = parse(text, upper=False)
+    if lo is None:
+        return None
+    return lo, (lo if vr == "DA" else parse(text, upper=True))
 
 
 def _parse_interval(
