@@ -1,0 +1,163 @@
+"""Completion scripts: the committed ones match the app, parse, and complete what they should."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import typer
+
+from pacsctl.cli.completions import FILE_NAMES, command_tree, generate
+from tests.helpers import REPO_ROOT
+
+COMPLETIONS_DIR = REPO_ROOT / "completions"
+STALE_HINT = "completion scripts are stale: run python -m pacsctl.cli.completions and commit them"
+
+# Feeds a command line to the generated bash function the way bash's completion would.
+BASH_DRIVER = r"""
+source "$1"
+line="$2"
+read -ra COMP_WORDS <<< "$line"
+if [[ "$line" == *" " ]]; then COMP_WORDS+=(""); fi
+COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+_pacsctl
+printf '%s\n' "${COMPREPLY[@]}"
+"""
+
+
+def _real_app() -> typer.Typer:
+    from pacsctl.cli.app import app
+
+    return app
+
+
+class Level(str, Enum):
+    """A choice parameter for the sample app."""
+
+    patient = "patient"
+    study = "study"
+
+
+def _sample_app() -> typer.Typer:
+    """A small app with what completion must handle: groups, choices, paths, flags, counts."""
+    app = typer.Typer(name="pacsctl", add_completion=False,
+                      context_settings={"help_option_names": ["-h", "--help"]})
+    nodes = typer.Typer(help="The known remote nodes.")
+    app.add_typer(nodes, name="nodes")
+
+    @app.callback()
+    def main(archive: Optional[Path] = typer.Option(None, "--archive", "-a", help="Archive."),
+             verbose: int = typer.Option(0, "--verbose", "-v", count=True)) -> None:
+        """Root."""
+
+    @app.command("import")
+    def import_(paths: list[Path], jobs: int = typer.Option(2, "--jobs", "-j"),
+                dry_run: bool = typer.Option(False, "--dry-run/--no-dry-run")) -> None:
+        """Import files."""
+
+    @app.command("ls")
+    def ls(level: Level = typer.Option(Level.study, "--level", help="Level.")) -> None:
+        """List."""
+
+    @nodes.command("add")
+    def add(name: str, aet: str = typer.Option(..., "--aet"),
+            out: Path = typer.Option(None, "--out", file_okay=False),
+            secret: bool = typer.Option(False, "--secret", hidden=True)) -> None:
+        """Add a node."""
+
+    @nodes.command("list")
+    def list_() -> None:
+        """List nodes."""
+
+    return app
+
+
+@pytest.mark.parametrize("shell", sorted(FILE_NAMES))
+def test_committed_completions_are_current(shell: str) -> None:
+    committed = COMPLETIONS_DIR / FILE_NAMES[shell]
+    assert committed.is_file(), STALE_HINT
+    assert committed.read_text(encoding="utf-8") == generate(_real_app(), shell), STALE_HINT
+
+
+def test_bash_script_parses() -> None:
+    subprocess.run(["bash", "-n", str(COMPLETIONS_DIR / FILE_NAMES["bash"])], check=True)
+
+
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+def test_zsh_and_fish_scripts_parse(shell: str) -> None:
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} not installed")
+    subprocess.run([shell, "-n", str(COMPLETIONS_DIR / FILE_NAMES[shell])], check=True)
+
+
+def _bash_complete(script: Path, line: str, cwd: Path) -> list[str]:
+    proc = subprocess.run(["bash", "-c", BASH_DRIVER, "driver", str(script), line], cwd=cwd,
+                          capture_output=True, text=True, check=True)
+    return [w for w in proc.stdout.splitlines() if w]
+
+
+def test_tree_covers_every_command_and_option_of_the_app() -> None:
+    import typer.main
+
+    root = typer.main.get_command(_real_app())
+    specs = {spec.key: spec for spec in command_tree(_real_app())}
+    assert set(specs["pacsctl"].options[0].names) >= {"--archive"}
+    for name, cmd in getattr(root, "commands", {}).items():
+        if not cmd.hidden:
+            assert f"pacsctl {name}" in specs
+            spec_names = {n for o in specs[f"pacsctl {name}"].options for n in o.names}
+            assert {"--help"} | {o for p in cmd.params if not getattr(p, "hidden", False)
+                                 for o in p.opts if p.param_type_name == "option"} <= spec_names
+
+
+def test_bash_completes_the_real_app(tmp_path: Path) -> None:
+    script = COMPLETIONS_DIR / FILE_NAMES["bash"]
+    top = command_tree(_real_app())[0]
+    assert set(_bash_complete(script, "pacsctl ", tmp_path)) == {n for n, _ in top.subcommands}
+    assert "--archive" in _bash_complete(script, "pacsctl --", tmp_path)
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("pacsctl ", ["import", "ls", "nodes"]),
+    ("pacsctl --", ["--archive", "--verbose", "--help"]),
+    ("pacsctl -a dat", ["data"]),
+    ("pacsctl -a data nodes ", ["add", "list"]),
+    ("pacsctl nodes add --", ["--aet", "--out", "--help"]),
+    ("pacsctl nodes add --aet ", []),
+    ("pacsctl nodes add --out ", ["data"]),
+    ("pacsctl ls --level ", ["patient", "study"]),
+    ("pacsctl import --jobs 3 f", ["file.dcm"]),
+    ("pacsctl import --no", ["--no-dry-run"]),
+])
+def test_bash_completion_behaviour(tmp_path: Path, line: str, expected: list[str]) -> None:
+    script = tmp_path / "pacsctl.bash"
+    script.write_text(generate(_sample_app(), "bash"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "file.dcm").write_bytes(b"")
+    assert sorted(_bash_complete(script, line, tmp_path)) == sorted(expected)
+
+
+def test_fish_completion_behaviour(tmp_path: Path) -> None:
+    if shutil.which("fish") is None:
+        pytest.skip("fish not installed")
+    script = tmp_path / "pacsctl.fish"
+    script.write_text(generate(_sample_app(), "fish"))
+
+    def complete(line: str) -> set[str]:
+        proc = subprocess.run(["fish", "-c", f"source {script}; complete -C '{line}'"],
+                              capture_output=True, text=True, check=True, cwd=tmp_path)
+        return {row.split("\t")[0] for row in proc.stdout.splitlines()}
+
+    assert complete("pacsctl ") == {"import", "ls", "nodes"}
+    assert complete("pacsctl -a x nodes ") == {"add", "list"}
+    assert complete("pacsctl ls --level ") == {"patient", "study"}
+    assert "--secret" not in complete("pacsctl nodes add --")
+
+
+def test_unknown_shell_is_refused() -> None:
+    with pytest.raises(ValueError):
+        generate(_sample_app(), "tcsh")
