@@ -11,8 +11,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pynetdicom.dsutils import decode, encode
 
 from pacsctl.core.identifiers import (
@@ -42,14 +46,9 @@ def raw_request(level: str, charset: str | list[str] | None, **elements: bytes) 
         ds.SpecificCharacterSet = charset
     raw = over_the_wire(ds, implicit=False)
     for keyword, value in elements.items():
-        from pydicom.datadict import dictionary_VR, tag_for_keyword
-        from pydicom.dataelem import RawDataElement
-
-        tag = tag_for_keyword(keyword)
+        tag = Tag(tag_for_keyword(keyword))
         padded = value + (b" " if len(value) % 2 else b"")
-        raw[tag] = RawDataElement(
-            pydicom.tag.Tag(tag), dictionary_VR(tag), len(padded), padded, 0, False, True
-        )
+        raw[tag] = RawDataElement(tag, dictionary_VR(tag), len(padded), padded, 0, False, True)
     return raw
 
 
@@ -80,8 +79,8 @@ def raw_bytes(rsp: Dataset, keyword: str) -> bytes:
     """The bytes pynetdicom puts on the wire for one element of `rsp`."""
     data = encode(rsp, False, True)
     assert data is not None
-    back = pydicom.filereader.read_dataset(BytesIO(data), False, True)
-    item = back.get_item(pydicom.datadict.tag_for_keyword(keyword))
+    back = read_dataset(BytesIO(data), False, True)
+    item = back.get_item(tag_for_keyword(keyword))
     return bytes(item.value).rstrip(b" ")
 
 
