@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom import dimse_messages as _dimse_messages
@@ -62,6 +63,10 @@ _MODELS: dict[str, tuple[QueryModel, str]] = {
     PatientRootQueryRetrieveInformationModelGet: ("P", "get"),
     StudyRootQueryRetrieveInformationModelGet: ("S", "get"),
 }
+
+# A SOP class UID no association ever negotiates: yielding a data set of this class makes
+# pynetdicom count a failed sub-operation without sending anything.
+_NO_CONTEXT_SOP_CLASS = "1.2.826.0.1.3680043.10.1524.0.0"
 
 # Identifier keys safe to audit (UIDs and levels; never names or IDs).
 _AUDIT_KEYS = ("QueryRetrieveLevel", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -361,7 +366,8 @@ class _Dispatcher:
                     status = STATUS_CANCEL
                     yield STATUS_CANCEL, None
                     return
-                yield STATUS_PENDING, _dataset_for(store_assoc.get("assoc"), info)
+                yield STATUS_PENDING, _dataset_for(store_assoc.get("assoc"), info, tally)
+            tally.settle(len(infos))  # every sub-operation has been answered by now
             status = tally.final_status(len(infos))
         finally:
             self.audit("move", ctx.assoc, destination=dest_aet, status=status,
@@ -387,7 +393,8 @@ class _Dispatcher:
                     status = STATUS_CANCEL
                     yield STATUS_CANCEL, None
                     return
-                yield STATUS_PENDING, _dataset_for(event.assoc, info)
+                yield STATUS_PENDING, _dataset_for(event.assoc, info, tally)
+            tally.settle(len(infos))  # every sub-operation has been answered by now
             status = tally.final_status(len(infos))
         finally:
             event.assoc.unbind(evt.EVT_DIMSE_RECV, tally.on_dimse_recv)
@@ -412,6 +419,10 @@ class _SubopTally:
             self.warning += 1
         else:
             self.failed += 1
+
+    def settle(self, total: int) -> None:
+        """Sub-operations that got no Success/Warning response failed (sent or not)."""
+        self.failed = max(0, total - self.completed - self.warning)
 
     def final_status(self, total: int) -> int:
         # Same rule pynetdicom applies to the final response (PS3.4 C.4.2.1.5).
@@ -449,23 +460,26 @@ def _infos(paths: list[str]) -> list[sending.FileInfo | None]:
     return out
 
 
-def _dataset_for(assoc: Association | None, info: sending.FileInfo | None) -> Any:
-    """The data set to yield for one sub-operation; a non-Dataset makes pynetdicom count it
-    as failed (unreadable file, or nothing acceptable negotiated)."""
-    if info is None or assoc is None:
-        return "unavailable"
-    try:
-        payload, _ = sending.load_for_peer(
-            info, sending.accepted_syntaxes(assoc, info.sop_class_uid)
-        )
-        if not isinstance(payload, Dataset):
-            import pydicom
-
-            payload = pydicom.dcmread(payload)
-        return payload
-    except Exception as exc:
-        LOG.warning("cannot send %s: %s", info.sop_instance_uid, exc)
-        return "unavailable"
+def _dataset_for(assoc: Association | None, info: sending.FileInfo | None,
+                 tally: _SubopTally) -> Dataset:
+    """The data set to yield for one sub-operation. When the file cannot be sent (unreadable,
+    nothing acceptable negotiated, codec failure) a stub whose SOP class has no context is
+    yielded instead: pynetdicom then counts a failed sub-operation with exact remaining counts
+    (a non-Dataset yield would leave its remaining count off by one)."""
+    if info is not None and assoc is not None:
+        try:
+            payload, _ = sending.load_for_peer(
+                info, sending.accepted_syntaxes(assoc, info.sop_class_uid)
+            )
+            if not isinstance(payload, Dataset):
+                payload = pydicom.dcmread(payload)
+            return payload
+        except Exception as exc:
+            LOG.warning("cannot send %s: %s", info.sop_instance_uid, exc)
+    stub = Dataset()
+    stub.SOPClassUID = _NO_CONTEXT_SOP_CLASS
+    stub.SOPInstanceUID = info.sop_instance_uid if info is not None else "0.0"
+    return stub
 
 
 def _data_offset(path: Path) -> int:

@@ -1,0 +1,263 @@
+"""`pacsctl serve` as a library: the network layer's handlers, backed by the archive.
+
+- store: the received file goes through `Archive.ingest` (durable and indexed before the
+  C-STORE is answered). Stores from concurrent associations are committed together (one round
+  of fsyncs per batch: group commit). Disk full -> 0xA700; unparsable -> 0xC000 and the bytes
+  kept in quarantine; a conflicting copy (same UID, other bytes) -> quarantined, 0xB000.
+- find: the index query behind `pacsctl ls` (`core.query.find_records`), identifiers decoded
+  and encoded by `core.identifiers` (character sets honoured).
+- locate: instance file paths under the matched patients/studies/series/instances.
+- destination: C-MOVE destinations are the archive's known nodes, looked up by AE title.
+- audit: every event appended to the archive's audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from pacsctl.config import CONFIG_NAME, load_config
+from pacsctl.core.archive import AUDIT_LOG, DUPLICATE, QUARANTINED, SKIPPED, STORED, Archive
+from pacsctl.core.audit import AuditLog
+from pacsctl.core.dicomfile import part10_bytes
+from pacsctl.core.identifiers import build_response, parse_identifier
+from pacsctl.core.query import find_records
+from pacsctl.errors import StorageFullError
+from pacsctl.net.scp import RunningScp, start_scp
+from pacsctl.net.types import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_PROCESSING_FAILURE,
+    STATUS_SUCCESS,
+    Destination,
+    QueryContext,
+    QueryModel,
+    ScpHandlers,
+    ScpOptions,
+    StoreRequest,
+    TlsOptions,
+)
+
+LOG = logging.getLogger(__name__)
+
+STATUS_CONFLICT_KEPT = 0xB000  # received and kept in quarantine; the archived copy stays
+
+_MAX_BATCH = 64
+
+
+@dataclass
+class _Pending:
+    data: bytes
+    origin: str
+    done: threading.Event
+    status: int = STATUS_PROCESSING_FAILURE
+
+
+class GroupCommitter:
+    """Serialises archive writes on one thread and batches whatever is waiting, so concurrent
+    associations share one round of fsyncs. A lone association pays no added wait."""
+
+    def __init__(self, archive: Archive, lock: threading.Lock) -> None:
+        self.archive = archive
+        self.lock = lock
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="pacsctl-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, data: bytes, origin: str) -> int:
+        """Store one instance; returns its C-STORE status once durable and indexed."""
+        item = _Pending(data, origin, threading.Event())
+        self._queue.put(item)
+        item.done.wait()
+        return item.status
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            with self.lock:
+                results = self.archive.ingest([(p.data, p.origin) for p in batch])
+        except StorageFullError:
+            LOG.error("archive disk full: refusing %d instance(s) with 0xA700", len(batch))
+            statuses = [STATUS_OUT_OF_RESOURCES] * len(batch)
+        except Exception:
+            LOG.exception("ingest failed")
+            statuses = [STATUS_PROCESSING_FAILURE] * len(batch)
+        else:
+            statuses = []
+            for pending, result in zip(batch, results):
+                if result.status == SKIPPED:  # received bytes are never dropped
+                    try:
+                        with self.lock:
+                            self.archive.quarantine(pending.data, result.reason, pending.origin)
+                    except Exception:
+                        LOG.exception("could not quarantine a skipped instance")
+                statuses.append(_status_of(result))
+        for pending, status in zip(batch, statuses):
+            pending.status = status
+            pending.done.set()
+
+
+def _status_of(result: Any) -> int:
+    if result.status in (STORED, DUPLICATE):
+        return STATUS_SUCCESS
+    if result.status == QUARANTINED:
+        if result.reason.startswith("conflict"):
+            return STATUS_CONFLICT_KEPT
+        return STATUS_CANNOT_UNDERSTAND
+    return STATUS_CANNOT_UNDERSTAND  # skipped (e.g. a DICOMDIR sent as an instance)
+
+
+class ArchiveService:
+    """The `ScpHandlers` of a node serving one archive."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self._lock = threading.Lock()  # the index and journal are per process, not per thread
+        self.committer = GroupCommitter(archive, self._lock)
+        self.audit_log = AuditLog(archive.root / AUDIT_LOG)
+
+    def handlers(self) -> ScpHandlers:
+        """The callables for `pacsctl.net.scp.start_scp`."""
+        return ScpHandlers(store=self.store, find=self.find, locate=self.locate,
+                           destination=self.destination, audit=self.audit_log.append)
+
+    def close(self) -> None:
+        """Finish pending writes, fold the index journal, close the audit log."""
+        self.committer.close()
+        with self._lock:
+            self.archive.close()
+        self.audit_log.close()
+
+    # -- handlers ----------------------------------------------------------------------------
+    def store(self, req: StoreRequest) -> int:
+        """Ingest one received instance: the received data set bytes behind a File Meta that
+        records the sender; durable and indexed before the status is returned."""
+        with open(req.path, "rb") as fh:
+            fh.seek(req.data_offset)
+            body = fh.read()
+        meta = req.file_meta
+        meta.SourceApplicationEntityTitle = req.assoc.calling_aet[:16] or None
+        try:
+            data = part10_bytes(meta, body)
+        except Exception:  # a meta pydicom refuses to write: keep what arrived as is
+            data = Path(req.path).read_bytes()
+        origin = f"dicom://{req.assoc.calling_aet}@{req.assoc.peer_host}"
+        status = self.committer.submit(data, origin)
+        if status == STATUS_CANNOT_UNDERSTAND:
+            LOG.warning("C-STORE of %s could not be parsed; kept in quarantine",
+                        req.sop_instance_uid)
+        return status
+
+    def find(self, model: QueryModel, identifier: Dataset, ctx: QueryContext
+             ) -> Iterator[Dataset]:
+        """C-FIND: matching index records as response identifiers."""
+        query = parse_identifier(identifier)
+        flt = query.filter()
+        with self._lock:
+            records = find_records(self.archive.index, query.level, flt)
+        for record in records:
+            yield build_response(record, query)
+
+    def locate(self, model: QueryModel, identifier: Dataset, ctx: QueryContext) -> list[str]:
+        """C-MOVE/C-GET: files of every instance under the matches."""
+        query = parse_identifier(identifier)
+        flt = query.filter()
+        index = self.archive.index
+        with self._lock:
+            matched = find_records(index, query.level, flt)
+            if query.level == "IMAGE":
+                instances = matched
+            elif query.level == "PATIENT":
+                ids = sorted({str(r.get("PatientID", "")) for r in matched})
+                instances = index.instances(patient_ids=ids) if ids else []
+            elif query.level == "STUDY":
+                uids = sorted({str(r["StudyInstanceUID"]) for r in matched})
+                instances = index.instances(study_uids=uids) if uids else []
+            else:
+                series = sorted({str(r["SeriesInstanceUID"]) for r in matched})
+                studies = sorted({str(r["StudyInstanceUID"]) for r in matched})
+                instances = index.instances(study_uids=studies, series_uids=series) if series else []
+        return [str(self.archive.path_of(r["path"])) for r in instances if r.get("path")]
+
+    def destination(self, aet: str) -> Destination | None:
+        """A known node with this AE title (config re-read, so `nodes add` applies at once)."""
+        try:
+            config = load_config(self.archive.root / CONFIG_NAME)
+        except Exception:
+            config = self.archive.config
+        for node in config.nodes.values():
+            if node.aet == aet:
+                tls = TlsOptions(node.tls_cert, node.tls_key, node.tls_ca) if node.tls else None
+                return Destination(node.host, int(node.port), tls)
+        return None
+
+
+@dataclass
+class RunningNode:
+    """A serving node: the listener and the archive service behind it."""
+
+    scp: RunningScp
+    service: ArchiveService
+
+    @property
+    def port(self) -> int:
+        return self.scp.port
+
+    def stop(self, graceful: bool = True, timeout: float | None = 60.0) -> bool:
+        """Stop accepting, let in-flight associations finish (graceful), then close the
+        archive. True when no association had to be aborted."""
+        clean = self.scp.stop(graceful=graceful, timeout=timeout)
+        self.service.close()
+        return clean
+
+
+def serve(archive: Archive, options: ScpOptions) -> RunningNode:
+    """Start serving `archive` with `options` (its temp dir defaults to the archive's)."""
+    if options.temp_dir is None:
+        options.temp_dir = archive.tmp_dir
+    service = ArchiveService(archive)
+    scp = start_scp(service.handlers(), options)
+    return RunningNode(scp, service)
+
+
+def options_from_config(archive: Archive, **overrides: Any) -> ScpOptions:
+    """ScpOptions from the archive config, with non-None `overrides` applied."""
+    cfg = archive.config
+    opts = ScpOptions(ae_title=cfg.ae_title, host=cfg.host, port=cfg.port,
+                      allow=list(cfg.allow), max_associations=cfg.max_associations,
+                      temp_dir=archive.tmp_dir)
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(opts, key, value)
+    return opts
