@@ -214,9 +214,20 @@ class Index:
         if not lines:
             return
         fd = self._journal()
-        os.write(fd, lines)
-        if durable:
-            os.fdatasync(fd)
+        start = os.lseek(fd, 0, os.SEEK_END)  # only this process appends to its journal
+        try:
+            view = memoryview(lines)
+            while view:  # a short write (disk full) must not silently drop the rest
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fdatasync(fd)
+        except BaseException:
+            # Cut a half-written batch off, else the next append is glued onto its torn line.
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise
         self._journaled += lines.count(b"\n")
         if self._journaled >= JOURNAL_LIMIT:
             self.flush()
@@ -257,9 +268,14 @@ class Index:
 
     def _journal(self) -> int:
         if self._journal_fd is None:
-            path = self._journal_dir / f"{os.getpid()}-{uuid.uuid4().hex}.ndjson"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+            name = f"{os.getpid()}-{uuid.uuid4().hex}"
+            # Created and locked under a name folds ignore, then renamed: a folding process must
+            # never claim (and delete) a fresh journal in the instant before its writer locks it.
+            fresh = self._journal_dir / f"{name}.new"
+            fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
             fcntl.flock(fd, fcntl.LOCK_EX)  # held while we live: tells a live journal from an orphan
+            path = self._journal_dir / f"{name}.ndjson"
+            os.rename(fresh, path)
             self._journal_fd, self._journal_path = fd, path
         return self._journal_fd
 
