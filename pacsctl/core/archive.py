@@ -140,7 +140,8 @@ class Archive:
         try:
             for i, inst in checked:
                 staged.append((i, inst, files.stage(self.tmp_dir, [inst.data], fsync=False)))
-            files.make_durable(s.temp_path for _, _, s in staged)
+            # Data first: a name must never point at bytes that a crash could still lose.
+            files.barrier(self.root, files=[s.temp_path for _, _, s in staged])
         except OSError as exc:
             for _, _, s in staged:
                 s.temp_path.unlink(missing_ok=True)
@@ -152,8 +153,11 @@ class Archive:
             if record is not None:
                 records.append(record)
                 dirs.add(self.path_of(result.path).parent)
-        for folder in dirs:
-            files.fsync_dir(folder)
+        if staged:
+            try:
+                files.barrier(self.root, dirs=dirs)
+            except OSError as exc:
+                raise _storage_error(exc) from None
         self.index.add(records, durable=True)
         return [r for r in results if r is not None]
 

@@ -27,6 +27,7 @@ from pacsctl.errors import InvalidDicomError
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 PREAMBLE = b"\x00" * 128 + b"DICM"
+_DEFER_SIZE = 4096
 # First groups a bare data set (no preamble, no meta) plausibly starts with.
 _BARE_START_GROUPS = {0x0002, 0x0008}
 
@@ -136,7 +137,8 @@ def _parse(data: bytes, force: bool) -> Dataset:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=force)
+            # Large values (pixel data) are skipped, not copied: only the header is needed here.
+            ds = pydicom.dcmread(io.BytesIO(data), force=force, defer_size=_DEFER_SIZE)
         except Exception as exc:  # pydicom raises many types on corrupt input
             raise InvalidDicomError(f"unreadable: {_first_line(exc)}") from None
     for warning in caught:
