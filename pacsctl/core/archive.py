@@ -230,15 +230,17 @@ class Archive:
         relpath = str(target.relative_to(self.root))
         return IngestResult(QUARANTINED, origin, sop_instance_uid, relpath, reason, size=target.stat().st_size)
 
-    def quarantined(self) -> Iterable[dict]:
+    def quarantined(self) -> list[dict]:
         """Every quarantined item's reason record, with its `path`, oldest first."""
-        for info in sorted((self.root / QUARANTINE).glob("*/*.json")):
+        records = []
+        for info in (self.root / QUARANTINE).glob("*/*.json"):
             try:
                 record = json.loads(info.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
             record["path"] = str(info.with_suffix(".dcm").relative_to(self.root))
-            yield record
+            records.append(record)
+        return sorted(records, key=lambda r: (r.get("time", ""), r["path"]))
 
 
 def _storage_error(exc: OSError) -> Exception:
