@@ -40,7 +40,6 @@ def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory,
     for var in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
         monkeypatch.setenv(var, str(home / var.lower()))
     monkeypatch.delenv("PACSCTL_ARCHIVE", raising=False)
-    monkeypatch.delenv("PACSCTL_CONFIG", raising=False)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import warnings
@@ -20,6 +19,9 @@ import pydicom
 import pytest
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import MediaStorageDirectoryStorage
+
+# One implementation for tests and benchmarks: free ports and DCMTK's environment (TCP_NODELAY=1).
+from benchmarks.peers import dcmtk_env, free_port  # noqa: F401  (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTDATA_DIR = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -37,13 +39,6 @@ KNOWN_BROKEN = {
 def in_ci() -> bool:
     """True when running in CI (env ``CI`` set and not empty/"0"/"false")."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def missing_peer(message: str) -> None:
@@ -76,15 +71,6 @@ def require_tool(path_or_name: str) -> str:
 def dcmtk(tool: str) -> str:
     """Absolute path of a DCMTK tool (``/usr/bin/<tool>``), never pynetdicom's namesake."""
     return require_tool(str(DCMTK_BIN / tool))
-
-
-def dcmtk_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for DCMTK processes: TCP_NODELAY=1, else each PDU waits ~40 ms for Nagle."""
-    env = dict(os.environ)
-    env["TCP_NODELAY"] = "1"
-    if extra:
-        env.update(extra)
-    return env
 
 
 def run_dcmtk(tool: str, *args: str, timeout: float = 60, check: bool = True
