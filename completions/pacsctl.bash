@@ -4,7 +4,7 @@
 
 _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
     case "$1:$2" in
-        cmds:pacsctl) echo 'config import ls nodes' ;;
+        cmds:pacsctl) echo 'config import ls nodes quarantine' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
         'cmds:pacsctl config') echo 'set show' ;;
@@ -25,6 +25,7 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl nodes list') echo '--json --help -h' ;;
         'opts:pacsctl nodes remove') echo '--help -h' ;;
         'args:pacsctl nodes remove') echo @text ;;
+        'opts:pacsctl quarantine') echo '--json --help -h' ;;
     esac
 }
 

@@ -4,7 +4,7 @@
 function __pacsctl_spec --description 'sub-commands (cmds) or value options (vopts) of a path'
     switch "$argv[1]:$argv[2]"
         case 'cmds:pacsctl'
-            printf '%s\n' 'config' 'import' 'ls' 'nodes'
+            printf '%s\n' 'config' 'import' 'ls' 'nodes' 'quarantine'
         case 'vopts:pacsctl'
             printf '%s\n' '--archive' '-a'
         case 'cmds:pacsctl config'
@@ -49,6 +49,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'config' -d 'Show or change
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'import' -d 'Import DICOM files into the archive: folders, single files, zip files and CD/...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'ls' -d 'List what the archive holds.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'nodes' -d 'Known remote DICOM nodes (used by name, or inline as AET@host:port).'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'quarantine' -d 'List quarantined input with its reason, origin and SOP Instance UID, oldest f...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -l 'archive' -s 'a' -r -F -d 'Archive folder (default: the user data folder, created on first use).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -l 'verbose' -s 'v' -d 'More log output on stderr (-vv for debug).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -l 'quiet' -s 'q' -d 'Only errors on stderr.'
@@ -88,3 +89,5 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes add\'' -l 'help' -s 'h' -d 
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes list\'' -l 'json' -d 'NDJSON, one node per line.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes list\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes remove\'' -l 'help' -s 'h' -d 'Show this message and exit.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl quarantine\'' -l 'json' -d 'NDJSON, one quarantined item per line.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl quarantine\'' -l 'help' -s 'h' -d 'Show this message and exit.'

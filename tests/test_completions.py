@@ -115,7 +115,8 @@ def test_tree_covers_every_command_and_option_of_the_app() -> None:
 
 
 def test_bash_completes_the_real_app(tmp_path: Path) -> None:
-    script = COMPLETIONS_DIR / FILE_NAMES["bash"]
+    script = tmp_path / "pacsctl.bash"
+    script.write_text(generate(_real_app(), "bash"))
     top = command_tree(_real_app())[0]
     assert set(_bash_complete(script, "pacsctl ", tmp_path)) == {n for n, _ in top.subcommands}
     assert "--archive" in _bash_complete(script, "pacsctl --", tmp_path)
