@@ -162,3 +162,37 @@ def test_fish_completion_behaviour(tmp_path: Path) -> None:
 def test_unknown_shell_is_refused() -> None:
     with pytest.raises(ValueError):
         generate(_sample_app(), "tcsh")
+
+
+# Runs the zsh function outside a completion widget: zsh's completion builtins are replaced by
+# stubs printing what they would offer (zsh filters by the typed prefix itself).
+ZSH_DRIVER = r"""
+compdef() { :; }
+source "$1"
+_describe() { local -a arr; arr=("${(@P)${@[-1]}}"); print -l -- "${arr[@]%%:*}"; }
+compadd() { print -l -- "${@[2,-1]}"; }
+_files() { print -- "<files$*>"; }
+_message() { print -- "<message>"; }
+words=(${(z)2}); [[ $2 == *" " ]] && words+=("")
+CURRENT=${#words}
+_pacsctl
+"""
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("pacsctl ", {"import", "ls", "nodes"}),
+    ("pacsctl -a data nodes ", {"add", "list"}),
+    ("pacsctl nodes add --", {"--aet", "--out", "--help", "-h"}),
+    ("pacsctl nodes add --out ", {"<files-/>"}),
+    ("pacsctl nodes add --aet ", {"<message>"}),
+    ("pacsctl ls --level ", {"patient", "study"}),
+    ("pacsctl import --jobs 3 ", {"<files>"}),
+])
+def test_zsh_completion_behaviour(tmp_path: Path, line: str, expected: set[str]) -> None:
+    if shutil.which("zsh") is None:
+        pytest.skip("zsh not installed")
+    script = tmp_path / "_pacsctl"
+    script.write_text(generate(_sample_app(), "zsh"))
+    proc = subprocess.run(["zsh", "-f", "-c", ZSH_DRIVER, "driver", str(script), line],
+                          capture_output=True, text=True, check=True)
+    assert set(proc.stdout.split()) == expected
