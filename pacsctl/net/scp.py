@@ -38,7 +38,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
 from pacsctl.errors import NetworkError
-from pacsctl.net import sending, tls
+from pacsctl.net import sending, tls, tuning
 from pacsctl.net.types import (
     STATUS_CANCEL,
     STATUS_MOVE_DESTINATION_UNKNOWN,
@@ -115,10 +115,27 @@ class _Server(ThreadedAssociationServer):
     max_connections: int = 256
     handshake_timeout: float = 30.0
     on_refused: Any = None
+    adopt_socket: socket.socket | None = None  # set on the class made by `_server_class`
+
+    def server_bind(self) -> None:
+        if self.adopt_socket is None:
+            super().server_bind()
+            return
+        # Worker processes share one listening socket made before they forked. Non-blocking,
+        # so a worker that loses the race for a connection is not stuck in accept().
+        self.socket.close()
+        self.socket = self.adopt_socket
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.adopt_socket is None:
+            super().server_activate()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None
         client, address = self.socket.accept()
+        client.setblocking(True)
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -246,9 +263,11 @@ class _Dispatcher:
 
     # -- services ----------------------------------------------------------------------------
     def on_echo(self, event: evt.Event) -> int:
+        tuning.mark_busy()
         return 0x0000
 
     def on_store(self, event: evt.Event) -> int:
+        tuning.mark_busy()
         req = event.request
         info = assoc_info(event.assoc)
         sop_class = str(req.AffectedSOPClassUID)
@@ -491,9 +510,28 @@ def _data_offset(path: Path) -> int:
     return 144 + group_len
 
 
-def start_scp(handlers: ScpHandlers, options: ScpOptions) -> RunningScp:
+def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """A listening TCP socket, made before worker processes fork so they can share it.
+    Raises NetworkError when the address cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise NetworkError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="is another node using the port? pick another with --port",
+        ) from exc
+    return sock
+
+
+def start_scp(handlers: ScpHandlers, options: ScpOptions,
+              sock: socket.socket | None = None) -> RunningScp:
     """Start a listener in background threads and return it; raises NetworkError when the
-    address cannot be bound."""
+    address cannot be bound. With `sock`, serve that already-listening socket instead."""
     global _store_temp_dir
     if options.temp_dir is not None:
         Path(options.temp_dir).mkdir(parents=True, exist_ok=True)
@@ -514,6 +552,7 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions) -> RunningScp:
     # Storage contexts are negotiated by UNRESTRICTED_STORAGE_SERVICE (any class, first
     # proposed syntax, SCP/SCU role selection honoured for C-GET).
 
+    tuning.install()
     d = _Dispatcher(handlers, options)
     handlers_list = [
         (evt.EVT_C_ECHO, d.on_echo),
@@ -533,7 +572,7 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions) -> RunningScp:
             ae_title=options.ae_title,
             ssl_context=ssl_context,
             evt_handlers=handlers_list,
-            server_class=_Server,
+            server_class=type("_BoundServer", (_Server,), {"adopt_socket": sock}),
         )
     except OSError as exc:
         raise NetworkError(
