@@ -1,0 +1,254 @@
+"""`backup`: an incremental, verifiable replica of the archive in another folder.
+
+DEST is laid out like an archive (`pacsctl.toml`, `objects/...`, `tmp/`), plus the manifest
+(`backup-manifest.ndjson`: SOP Instance UID, path, size, SHA-256 of every file), so it can be
+checked alone (`pacsctl verify --backup DEST`) and restored even if the archive is gone
+(`pacsctl --archive DEST reindex`).
+
+- Consistent snapshot: the file list is the index as it was when the backup started. The index
+  only records an instance once its file is durable, so a writer (a running `serve`) adding
+  files meanwhile never shows up half-written; its files go into the next backup.
+- Incremental: a file whose manifest entry (size, SHA-256) matches the archive's record and
+  whose copy has that size is skipped.
+- Every copy is hashed while it is written and only renamed into place when it matches the
+  hash recorded at ingest, so bit rot in the archive never overwrites a good copy. Copies are
+  written to DEST/tmp, fsynced, renamed, and their folders fsynced before the manifest, written
+  last and atomically, lists them.
+- Files the archive no longer has stay in the backup and in its manifest.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from pacsctl.config import CONFIG_NAME
+from pacsctl.core import findings as F
+from pacsctl.core.archive import OBJECTS, TMP, Archive
+from pacsctl.core.filecheck import Expected, clean_leftovers, recorded_files
+from pacsctl.core.findings import Finding
+from pacsctl.core.manifest import MANIFEST_NAME, Manifest, locked_backup, read_manifest, write_manifest
+from pacsctl.errors import UsageError
+from pacsctl.storage import files
+
+CHECKPOINT_SECONDS = 60.0  # the manifest is rewritten this often, so an interrupted run keeps its work
+READ_CHUNK = 4 << 20
+
+Progress = Callable[[int, int], None]  # (files done, bytes copied) since the last call
+
+
+@dataclass
+class BackupSummary:
+    """The closing record of a backup."""
+
+    copied: int = 0
+    skipped: int = 0
+    failed: int = 0
+    bytes: int = 0
+    instances: int = 0  # entries in the manifest afterwards
+    elapsed: float = 0.0
+
+    def as_dict(self) -> dict:
+        record = asdict(self)
+        record["elapsed"] = round(self.elapsed, 3)
+        return record
+
+
+@dataclass
+class BackupReport:
+    """Findings (copies that failed, leftovers cleaned in DEST) and the summary."""
+
+    findings: list[Finding] = field(default_factory=list)
+    summary: BackupSummary = field(default_factory=BackupSummary)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every file of the snapshot is in the backup (exit 0; else 3)."""
+        return self.summary.failed == 0
+
+
+class _CopyMismatch(Exception):
+    """The bytes read from the archive are not the ones recorded for the file."""
+
+
+def backup(
+    archive: Archive,
+    dest: Path,
+    *,
+    jobs: int | None = None,
+    on_total: Callable[[int], None] = lambda total: None,
+    progress: Progress = lambda files, nbytes: None,
+) -> BackupReport:
+    """Bring the backup in `dest` up to date with what the archive held when this started."""
+    started = time.monotonic()
+    dest = _prepare_dest(archive.root, Path(dest))
+    report = BackupReport()
+    with locked_backup(dest):
+        report.findings += clean_leftovers(dest / TMP, dest, F.BACKUP)
+        snapshot = recorded_files(archive.index.iter_instances())
+        previous = read_manifest(dest) or Manifest()
+        run = _Run(archive, dest, previous.entries, report, progress)
+        todo = run.plan(sorted(snapshot.values(), key=lambda e: e.path))
+        on_total(len(snapshot))
+        progress(report.summary.skipped, 0)
+        try:
+            retry = run.copy_all(todo, jobs or max(4, 2 * (os.cpu_count() or 1)))
+            if retry:  # replaced since the snapshot (on-conflict replace)? then copy the new version
+                fresh = recorded_files(archive.index.iter_instances())
+                again = [fresh[e.path] for e in retry if e.path in fresh and fresh[e.path].sha256 != e.sha256]
+                failed_again = run.copy_all(again, 1)
+                for expected in [e for e in retry if not (e.path in fresh and fresh[e.path].sha256 != e.sha256)] + failed_again:
+                    run.fail(expected, "the archive's file does not match the hash recorded at ingest (run `pacsctl verify`)")
+        finally:  # also on Ctrl-C: what was copied is kept and listed
+            run.commit()
+        _copy_config(archive.root, dest)
+    report.summary.instances = len(run.entries)
+    report.summary.elapsed = time.monotonic() - started
+    return report
+
+
+class _Run:
+    """One backup run: the manifest being built and the copying."""
+
+    def __init__(self, archive: Archive, dest: Path, previous: dict[str, Expected], report: BackupReport, progress: Progress) -> None:
+        self.archive, self.dest, self.report, self.progress = archive, dest, report, progress
+        self.entries: dict[str, Expected] = dict(previous)  # kept: files the archive lost
+        self.previous = previous
+        self.dirs: set[Path] = set()
+        self.lock = threading.Lock()
+        self.last_checkpoint = time.monotonic()
+
+    def plan(self, snapshot: Iterable[Expected]) -> list[Expected]:
+        """What must be copied; the rest is counted as skipped."""
+        todo = []
+        for expected in snapshot:
+            old = self.previous.get(expected.path)
+            if old is not None and (old.size, old.sha256) == (expected.size, expected.sha256) and _size(self.dest / expected.path) == expected.size:
+                self.report.summary.skipped += 1
+                self.entries[expected.path] = expected
+            else:
+                todo.append(expected)
+        return todo
+
+    def copy_all(self, todo: list[Expected], threads: int) -> list[Expected]:
+        """Copy files in threads (reads, writes, hashing and fsync all release the GIL).
+
+        Returns the files whose archive bytes did not match their record.
+        """
+        mismatched: list[Expected] = []
+        if not todo:
+            return mismatched
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            pending: set[Future] = set()
+            queue = iter(todo)
+            try:
+                for expected in queue:
+                    pending.add(pool.submit(self._copy_one, expected))
+                    if len(pending) >= 4 * threads:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        mismatched += self._collect(done)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    mismatched += self._collect(done)
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+        return mismatched
+
+    def _collect(self, done: Iterable[Future]) -> list[Expected]:
+        mismatched = []
+        for future in done:
+            expected, error = future.result()
+            if error is None:
+                self.report.summary.copied += 1
+                self.report.summary.bytes += expected.size
+                self.entries[expected.path] = expected
+                self.progress(1, expected.size)
+            elif isinstance(error, _CopyMismatch):
+                mismatched.append(expected)
+            else:
+                self.fail(expected, error)
+        if time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS:
+            self.commit()
+        return mismatched
+
+    def _copy_one(self, expected: Expected) -> tuple[Expected, Exception | str | None]:
+        """Copy one file into DEST durably, if its bytes are the recorded ones."""
+        source = self.archive.path_of(expected.path)
+        try:
+            with open(source, "rb", buffering=0) as fh:
+                staged = files.stage(self.dest / TMP, iter(lambda: fh.read(READ_CHUNK), b""), fsync=True)
+        except FileNotFoundError:
+            return expected, "the archive's file is missing (run `pacsctl verify`)"
+        except OSError as exc:
+            return expected, _os_reason(exc)
+        if (staged.size, staged.sha256) != (expected.size, expected.sha256):
+            staged.temp_path.unlink(missing_ok=True)
+            return expected, _CopyMismatch()
+        target = self.dest / expected.path
+        try:
+            files.publish(staged, target, replace=True)
+        except OSError as exc:
+            staged.temp_path.unlink(missing_ok=True)
+            return expected, _os_reason(exc)
+        with self.lock:
+            self.dirs.add(target.parent)
+        return expected, None
+
+    def fail(self, expected: Expected, reason: str) -> None:
+        """Count a file that could not be backed up; an older good copy stays listed."""
+        self.report.summary.failed += 1
+        self.report.findings.append(Finding(expected.path, F.COPY_FAILED, reason, expected.sop_instance_uid, F.BACKUP))
+        self.progress(1, 0)
+
+    def commit(self) -> None:
+        """Make the copies' names durable, then list them in the manifest (atomically)."""
+        with self.lock:
+            dirs, self.dirs = self.dirs, set()
+        for folder in sorted(dirs):
+            files.fsync_dir(folder)
+        write_manifest(self.dest, self.dest / TMP, self.entries.values())
+        self.last_checkpoint = time.monotonic()
+
+
+def _prepare_dest(archive_root: Path, dest: Path) -> Path:
+    """Check DEST is not the archive or inside it, nor a folder of something else; create it."""
+    dest = dest.expanduser().absolute()
+    real_dest, real_root = dest.resolve(), archive_root.resolve()
+    if real_dest == real_root or real_dest.is_relative_to(real_root) or real_root.is_relative_to(real_dest):
+        raise UsageError(f"backup folder {dest} overlaps the archive {archive_root}", hint="back up to another folder, ideally another disk")
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest} is not a folder")
+    known = (MANIFEST_NAME, OBJECTS, CONFIG_NAME)
+    if dest.is_dir() and any(dest.iterdir()) and not any((dest / name).exists() for name in known):
+        raise UsageError(f"{dest} is not empty and not a pacsctl backup", hint="choose an empty or new folder")
+    for sub in (OBJECTS, TMP):
+        files.ensure_dir(dest / sub)
+    return dest
+
+
+def _copy_config(archive_root: Path, dest: Path) -> None:
+    """Copy `pacsctl.toml`, so DEST opens as an archive (`pacsctl --archive DEST reindex`)."""
+    config = archive_root / CONFIG_NAME
+    if config.exists():
+        files.write_atomic(dest / TMP, dest / CONFIG_NAME, config.read_bytes())
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the backup disk is full"
+    return str(exc.strerror or exc)

@@ -1,0 +1,199 @@
+"""`reindex`: rebuild the index from the files in objects/ alone.
+
+Files are the source of truth; the index is derived. Every file is read once (hashed and
+parsed from the same bytes) in worker processes, then the old index is dropped and the new
+records folded in. This is also the restore path: a backup folder is laid out like an archive,
+so `pacsctl --archive DEST reindex` makes it one. When the folder holds a backup manifest, each
+file is checked against it too, and a file whose bytes differ from the manifest is reported
+and left out of the index (it would otherwise be recorded as good).
+
+Safe while another process writes: files stored after the walk are either in a live writer's
+journal (kept by `Index.clear`) or found by a second walk after the old index was dropped.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from pacsctl.core import findings as F
+from pacsctl.core.archive import OBJECTS, Archive
+from pacsctl.core.filecheck import Content, read_content, walk_objects
+from pacsctl.core.findings import Finding
+from pacsctl.core.manifest import MANIFEST_NAME, read_manifest
+from pacsctl.core.parallel import chunk_size, chunked, default_jobs, map_unordered
+from pacsctl.core.records import index_record
+
+ADD_BATCH = 20_000  # records folded into the index at a time (bounded memory at millions)
+
+Progress = Callable[[int, int], None]  # (files done, bytes read) since the last call
+
+
+@dataclass
+class ReindexSummary:
+    """The closing record of a reindex."""
+
+    files: int = 0
+    indexed: int = 0
+    problems: int = 0
+    bytes: int = 0
+    checked_against_manifest: int = 0
+    elapsed: float = 0.0
+
+    def as_dict(self) -> dict:
+        record = asdict(self)
+        record["elapsed"] = round(self.elapsed, 3)
+        return record
+
+
+@dataclass
+class ReindexReport:
+    """Files that could not be indexed, and the summary."""
+
+    findings: list[Finding] = field(default_factory=list)
+    summary: ReindexSummary = field(default_factory=ReindexSummary)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every file was indexed (exit 0; else 3)."""
+        return not self.findings
+
+
+def reindex(
+    archive: Archive,
+    *,
+    jobs: int | None = None,
+    on_total: Callable[[int], None] = lambda total: None,
+    progress: Progress = lambda files, nbytes: None,
+) -> ReindexReport:
+    """Drop the archive's index and rebuild it from objects/."""
+    started = time.monotonic()
+    jobs = jobs or default_jobs()
+    report = ReindexReport()
+    paths = sorted(walk_objects(archive.root, OBJECTS))
+    on_total(len(paths))
+    records = _read_all(archive.root, paths, jobs, report, progress)
+    manifest = read_manifest(archive.root)
+    if manifest is not None:
+        records = _check_manifest(records, manifest.entries, report)
+        report.findings += [Finding(MANIFEST_NAME, F.MANIFEST_DAMAGED, text) for text in manifest.damage]
+    archive.index.clear()
+    _add(archive, records)
+    # Stored while we read (their journals may have been folded and dropped by `clear`)?
+    late = sorted(set(walk_objects(archive.root, OBJECTS)) - set(paths))
+    late_records = _read_all(archive.root, late, 1, report, progress) if late else []
+    _add(archive, late_records)
+    report.summary.files = len(paths) + len(late)
+    report.summary.indexed = len(records) + len(late_records)
+    report.findings.sort(key=lambda f: f.path)
+    report.summary.problems = len(report.findings)
+    report.summary.elapsed = time.monotonic() - started
+    return report
+
+
+def _read_all(root: Path, paths: Sequence[str], jobs: int, report: ReindexReport, progress: Progress) -> list[dict]:
+    records: list[dict] = []
+    size = chunk_size(len(paths), jobs)
+    for chunk_records, chunk_findings, nbytes in map_unordered(
+        _index_chunk, ((str(root), chunk) for chunk in chunked(paths, size)), jobs if len(paths) > size else 1
+    ):
+        records += chunk_records
+        report.findings += chunk_findings
+        report.summary.bytes += nbytes
+        progress(len(chunk_records) + len(chunk_findings), nbytes)
+    return records
+
+
+def _add(archive: Archive, records: list[dict]) -> None:
+    for start in range(0, len(records), ADD_BATCH):
+        archive.index.add(records[start:start + ADD_BATCH], durable=False)
+        archive.index.flush()  # folds into the shards, written atomically and durably
+    archive.index.flush()
+
+
+def _check_manifest(records: list[dict], entries: dict, report: ReindexReport) -> list[dict]:
+    """Keep the records whose bytes are the ones the backup manifest lists; report the rest."""
+    kept = []
+    for rec in records:
+        entry = entries.get(rec["path"])
+        if entry is not None:
+            report.summary.checked_against_manifest += 1
+            if (entry.size, entry.sha256) != (rec["size"], rec["sha256"]):
+                problem = F.WRONG_SIZE if entry.size != rec["size"] else F.HASH_MISMATCH
+                report.findings.append(Finding(rec["path"], problem, "differs from the backup manifest; not indexed", rec["SOPInstanceUID"]))
+                continue
+        kept.append(rec)
+    present = {rec["path"] for rec in records} | {f.path for f in report.findings}
+    for path, entry in entries.items():
+        if path not in present:
+            report.findings.append(Finding(path, F.MISSING, "listed in the backup manifest, no such file", entry.sop_instance_uid))
+    return kept
+
+
+def _index_chunk(task: tuple[str, Sequence[str]]) -> tuple[list[dict], list[Finding], int]:
+    """Worker: read, hash and parse files; return their index records and what failed."""
+    root, paths = Path(task[0]), task[1]
+    records: list[dict] = []
+    found: list[Finding] = []
+    nbytes = 0
+    for path in paths:
+        try:
+            content = read_content(root / path)
+        except FileNotFoundError:
+            continue  # gone since the walk: nothing to index
+        except OSError as exc:
+            found.append(Finding(path, F.UNREADABLE, f"cannot read: {exc.strerror or exc}"))
+            continue
+        nbytes += content.size
+        try:
+            records.append(record_of(path, content))
+        except ValueError as exc:
+            found.append(Finding(path, F.UNREADABLE, str(exc)))
+    return records, found, nbytes
+
+
+def record_of(path: str, content: Content) -> dict:
+    """The index record of a stored file. Raises ValueError when it cannot be indexed as is."""
+    from pacsctl.core.dicomfile import NotDicomError, DicomdirError, read_instance
+    from pacsctl.errors import InvalidDicomError
+
+    if content.size == len(content.head):
+        try:
+            inst = read_instance(content.head)
+        except (NotDicomError, DicomdirError, InvalidDicomError) as exc:
+            raise ValueError(f"not a storable DICOM instance: {exc}") from None
+        if inst.data is not content.head and inst.data != content.head:
+            raise ValueError("not a Part-10 file (no File Meta header)")
+        ds, uid, syntax = inst.dataset, inst.sop_instance_uid, inst.transfer_syntax_uid
+    else:  # huge: parse the header only
+        ds, uid, syntax = _header_dataset(content.head)
+    if Archive.object_relpath(uid) != path:
+        raise ValueError(f"misplaced: holds SOP Instance UID {uid}, stored at {Archive.object_relpath(uid)}")
+    return index_record(ds, transfer_syntax_uid=syntax, path=path, size=content.size, sha256=content.sha256)
+
+
+def _header_dataset(head: bytes):
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True)
+        except Exception as exc:
+            raise ValueError(f"DICOM header unreadable: {str(exc)[:200]}") from None
+    uid = str(ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID") or "")
+    syntax = str(ds.file_meta.get("TransferSyntaxUID") or "")
+    if not uid or not syntax:
+        raise ValueError("DICOM header lacks SOP Instance UID or Transfer Syntax UID")
+    return ds, uid, syntax
+
+
+def records_of(report: ReindexReport) -> Iterable[dict]:
+    """The report as JSON records: one per finding, then the summary."""
+    for finding in report.findings:
+        yield finding.as_dict()
+    yield {"summary": "reindex", **report.summary.as_dict()}
