@@ -97,7 +97,7 @@ def _register_commands() -> None:
 
 # One module per command group, each with `register(app)`.
 COMMAND_MODULES = (
-    "serve", "importing", "listing", "echo", "query", "move", "get", "send",
+    "serve", "importing", "listing", "remote",
     "anonymize", "backup", "verify", "reindex", "export", "nodes", "config_cmd", "audit", "quarantine",
 )
 _register_commands()

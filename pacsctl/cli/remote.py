@@ -1,0 +1,316 @@
+"""`pacsctl echo`, `send`, `query`, `move`, `get`: talk to remote DICOM nodes as an SCU.
+
+Every command takes a node name from `pacsctl nodes` or an inline `AET@host:port`; the calling
+AE title is the archive's `ae_title` unless `--aet` overrides it. TLS comes from the node's
+settings (`pacsctl nodes add --tls ...`).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from pacsctl.cli import output
+from pacsctl.cli.app import state
+from pacsctl.cli.listing import COLUMNS, SORT_KEYS, _sortable
+from pacsctl.config import CONFIG_NAME, Config, Node, load_config, parse_node_spec, resolve_archive_dir, validate_ae_title
+from pacsctl.core import retrieve
+from pacsctl.core import send as sending
+from pacsctl.core.matching import level_from_name, parse_key_values
+from pacsctl.errors import EXIT_INTEGRITY, EXIT_NETWORK, NetworkError, PacsctlError, UsageError
+from pacsctl.net import scu
+
+NODE_HELP = "A node name from `pacsctl nodes`, or AET@host:port."
+KEY_HELP = "Filter on a DICOM keyword, as in `pacsctl ls`: wildcards * ?, ranges 20240101-20240331, UID lists a\\b."
+
+
+def _aet_option() -> Any:
+    return typer.Option(None, "--aet", help="Calling AE title (default: the archive's ae_title).")
+
+
+def _timeout_option() -> Any:
+    return typer.Option(30.0, "--timeout", min=1.0, help="Seconds to wait for the peer to connect or answer.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `echo`, `send`, `query`, `move` and `get` commands."""
+    app.command("echo")(echo_command)
+    app.command("send")(send_command)
+    app.command("query")(query_command)
+    app.command("move")(move_command)
+    app.command("get")(get_command)
+
+
+def _setup(ctx: typer.Context, spec: str, aet: Optional[str]) -> tuple[Node, str, Config]:
+    """The node, the calling AE title and the archive config (read only: no archive is created)."""
+    if state(ctx).verbosity < 2:  # our one-line error says it; pynetdicom's ERROR lines repeat it
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    config = load_config(resolve_archive_dir(state(ctx).archive) / CONFIG_NAME)
+    node = parse_node_spec(spec, config)
+    return node, validate_ae_title(aet) if aet else config.ae_title, config
+
+
+def _filters(keys: List[str], level_name: str) -> tuple[str, dict[str, str]]:
+    return level_from_name(level_name), parse_key_values(keys)
+
+
+# -- echo --------------------------------------------------------------------------------------
+
+
+def echo_command(
+    ctx: typer.Context,
+    node_spec: str = typer.Argument(..., metavar="NODE", help=NODE_HELP),
+    count: int = typer.Option(1, "--count", "-c", min=1, help="How many C-ECHOs, one association each."),
+    aet: Optional[str] = _aet_option(),
+    timeout: float = _timeout_option(),
+    as_json: bool = typer.Option(False, "--json", help="NDJSON: one record per C-ECHO, then a summary."),
+) -> None:
+    """Check that a node answers (C-ECHO) and print the round trip.
+
+    Each C-ECHO opens an association, echoes and releases, so the time is what a real
+    transfer's set-up costs. Exit 4 when the node is unreachable or rejects us.
+
+    Example: pacsctl echo ORTHANC@127.0.0.1:4242 --count 3
+    """
+    node, calling, _ = _setup(ctx, node_spec, aet)
+    times: list[float] = []
+    last_error: NetworkError | None = None
+    for seq in range(1, count + 1):
+        try:
+            rtt = scu.echo(node, calling_aet=calling, timeout=timeout)
+        except NetworkError as exc:
+            last_error = exc
+            if count == 1 and not as_json:
+                raise
+            if as_json:
+                output.json_line({"type": "echo", "seq": seq, "node": str(node), "ok": False, "error": str(exc)})
+            else:
+                output.error(str(exc))
+            continue
+        times.append(rtt)
+        if as_json:
+            output.json_line({"type": "echo", "seq": seq, "node": str(node), "ok": True, "rtt_ms": round(rtt * 1000, 2)})
+        else:
+            output.stdout.print(f"{node}: C-ECHO ok in {rtt * 1000:.1f} ms", highlight=False)
+    failed = count - len(times)
+    record: dict[str, Any] = {"type": "summary", "node": str(node), "sent": count, "ok": len(times), "failed": failed}
+    if times:
+        record.update(min_ms=round(min(times) * 1000, 2), avg_ms=round(statistics.fmean(times) * 1000, 2),
+                      max_ms=round(max(times) * 1000, 2))
+    if count > 1 or as_json:
+        text = f"{len(times)}/{count} ok"
+        if times:
+            text += f", round trip min/avg/max {record['min_ms']}/{record['avg_ms']}/{record['max_ms']} ms"
+        output.summary(record, as_json, text)
+    if failed:
+        if last_error is not None and last_error.hint and not as_json:
+            output.stderr.print(f"hint: {last_error.hint}", highlight=False)
+        raise typer.Exit(EXIT_NETWORK)
+
+
+# -- send --------------------------------------------------------------------------------------
+
+
+def send_command(
+    ctx: typer.Context,
+    node_spec: str = typer.Argument(..., metavar="NODE", help=NODE_HELP),
+    paths: Optional[List[Path]] = typer.Argument(None, help="Files, folders (recursive) or DICOMDIR files."),
+    studies: List[str] = typer.Option([], "--study", metavar="UID", help="Send this archived study (repeatable)."),
+    keys: List[str] = typer.Option([], "--key", "-k", metavar="KEY=VALUE", help="Send archived instances matching this (as `pacsctl ls`)."),
+    aet: Optional[str] = _aet_option(),
+    timeout: float = _timeout_option(),
+    as_json: bool = typer.Option(False, "--json", help="NDJSON: one record per failed or skipped file, then a summary."),
+) -> None:
+    """Send DICOM files, or instances from the archive, to a node (C-STORE).
+
+    Each file goes in its stored transfer syntax when the node accepts it, else decompressed.
+    Non-DICOM files met in folders are skipped. Exit 3 when any file failed, 4 when the node
+    cannot be reached.
+
+    Example: pacsctl send PACS /data/study1 --json; pacsctl send PACS --study 1.2.840.113619.2.1
+    """
+    node, calling, _ = _setup(ctx, node_spec, aet)
+    filters = parse_key_values(keys)
+    if studies:
+        if "StudyInstanceUID" in filters:
+            raise UsageError("give the study either with --study or with -k StudyInstanceUID, not both")
+        filters["StudyInstanceUID"] = "\\".join(studies)
+    if not paths and not filters:
+        raise UsageError("nothing to send", hint="give files or folders, --study UID, or -k KEY=VALUE")
+    items = sending.collect_files(paths) if paths else []
+    if filters:
+        with state(ctx).open_archive() as archive:
+            found = sending.archive_files(archive, filters)
+        if not found:
+            output.warn("no archived instance matches the selection")
+        items += found
+    verbose = state(ctx).verbosity > 0
+
+    with output.progress(f"sending to {node.aet}", total=len(items), enabled=not as_json) as bar:
+        def on_outcome(outcome: sending.SendOutcome) -> None:
+            bar.advance(1, outcome.size if outcome.ok else 0)
+            if outcome.ok:
+                return
+            status = "skipped" if outcome.skipped else "failed"
+            if as_json:
+                record: dict[str, Any] = {"type": "file", "status": status, "path": outcome.path, "reason": outcome.reason}
+                if outcome.sop_instance_uid:
+                    record["SOPInstanceUID"] = outcome.sop_instance_uid
+                if outcome.status is not None:
+                    record["Status"] = f"0x{outcome.status:04X}"
+                output.json_line(record)
+            elif not outcome.skipped or verbose:
+                output.warn(f"{status}: {outcome.path}: {outcome.reason}")
+
+        summary = sending.send(node, items, calling, on_outcome=on_outcome, timeout=timeout)
+    rate = summary.bytes / summary.elapsed / 1e6 if summary.elapsed else 0.0
+    text = (f"sent {summary.sent} of {summary.files} files to {node}: {summary.failed} failed, "
+            f"{summary.skipped} skipped ({summary.bytes / 1e6:.1f} MB in {summary.elapsed:.1f} s, {rate:.1f} MB/s)")
+    output.summary({"type": "summary", "node": str(node), **summary.as_dict()}, as_json, text)
+    if summary.failed:
+        raise typer.Exit(EXIT_INTEGRITY)
+
+
+# -- query -------------------------------------------------------------------------------------
+
+
+def query_command(
+    ctx: typer.Context,
+    node_spec: str = typer.Argument(..., metavar="NODE", help=NODE_HELP),
+    level: str = typer.Option("study", "--level", "-l", help="patient, study, series or instance."),
+    keys: List[str] = typer.Option([], "--key", "-k", metavar="KEY=VALUE", help=KEY_HELP),
+    aet: Optional[str] = _aet_option(),
+    timeout: float = _timeout_option(),
+    as_json: bool = typer.Option(False, "--json", help="NDJSON, one record per line, keyed by DICOM keywords."),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV with a header row."),
+) -> None:
+    """Search a node (C-FIND) with the same filters and output as `pacsctl ls`.
+
+    Names come back decoded with the answer's own character set (Latin-1, UTF-8, ...).
+    Patient level uses Patient Root, the others Study Root.
+
+    Example: pacsctl query ORTHANC -k PatientName='DOE*' -k StudyDate=20240101- --json
+    """
+    if as_json and as_csv:
+        raise UsageError("--json and --csv exclude each other")
+    query_level, filters = _filters(keys, level)
+    node, calling, _ = _setup(ctx, node_spec, aet)
+    records = list(retrieve.query(node, query_level, filters, calling, timeout=timeout))
+    records.sort(key=lambda r: tuple(_sortable(r.get(k)) for k in SORT_KEYS[query_level]))
+    fmt = "json" if as_json else "csv" if as_csv else "table"
+    output.emit(records, COLUMNS[query_level], fmt)
+
+
+# -- move and get ------------------------------------------------------------------------------
+
+
+def _selection(keys: List[str], level: str, everything: bool) -> tuple[str, dict[str, str]]:
+    query_level, filters = _filters(keys, level)
+    if not filters and not everything:
+        raise UsageError("no selection: this would retrieve everything the node holds",
+                         hint="give -k KEY=VALUE (e.g. -k StudyInstanceUID=...), or --all if you mean it")
+    return query_level, filters
+
+
+def _retrieve_text(verb: str, summary: retrieve.RetrieveSummary, level: str) -> str:
+    text = (f"{verb} {summary.matched} {level.lower()}(s): peer reports {summary.completed} completed, "
+            f"{summary.failed} failed, {summary.warning} warning")
+    if summary.remaining:
+        text += f", {summary.remaining} remaining"
+    if summary.counted_locally:
+        text += (f"; arrived {summary.received}, stored {summary.stored} new, {summary.duplicates} already "
+                 f"archived, {summary.store_failed} refused")
+        if summary.expected is not None:
+            text += f", {len(summary.missing)} of {summary.expected} expected missing"
+    return text + f" ({summary.elapsed:.1f} s)"
+
+
+def _finish(summary: retrieve.RetrieveSummary, as_json: bool, text: str, node: Node, dest: str) -> None:
+    output.summary({"type": "summary", **summary.as_dict()}, as_json, text)
+    if summary.destination_unknown:
+        raise PacsctlError(f"{node.aet} does not know the destination AE title {dest!r} (status 0xA801)",
+                           hint=f"add {dest} with its host and port to {node.aet}'s known modalities")
+    if summary.matched == 0:
+        output.warn("nothing matched the selection")
+    if not summary.ok:
+        if summary.missing:
+            output.warn(f"{len(summary.missing)} instance(s) the peer lists never arrived, e.g. {summary.missing[0]}")
+        raise typer.Exit(EXIT_INTEGRITY)
+
+
+def move_command(
+    ctx: typer.Context,
+    node_spec: str = typer.Argument(..., metavar="NODE", help=NODE_HELP),
+    to: str = typer.Option(..., "--to", metavar="AET", help="Destination AE title (or a node name); the peer must know it."),
+    level: str = typer.Option("study", "--level", "-l", help="Retrieve whole patients, studies, series or instances."),
+    keys: List[str] = typer.Option([], "--key", "-k", metavar="KEY=VALUE", help=KEY_HELP),
+    everything: bool = typer.Option(False, "--all", help="Allow an empty selection (everything on the node)."),
+    settle: float = typer.Option(10.0, "--settle", min=0.0, help="Into our archive: seconds to wait for late arrivals after the peer's final answer."),
+    aet: Optional[str] = _aet_option(),
+    timeout: float = _timeout_option(),
+    as_json: bool = typer.Option(False, "--json", help="NDJSON: one summary object."),
+) -> None:
+    """Have a node send studies to a destination AE (C-MOVE).
+
+    Filters other than unique keys are resolved with a C-FIND first, then one C-MOVE per match.
+    When the destination is our own AE title, pacsctl receives into the archive (listening on
+    the configured port unless `pacsctl serve` already does), checks that every instance the
+    node lists arrived, and exits 3 when anything is missing or failed, whatever the node's
+    final status says.
+
+    Example: pacsctl move OLDPACS --to PACSCTL -k StudyDate=20240101-20240131
+    """
+    query_level, filters = _selection(keys, level, everything)
+    node, calling, config = _setup(ctx, node_spec, aet)
+    dest = config.nodes[to].aet if to in config.nodes else validate_ae_title(to)
+    with output.progress(f"moving from {node.aet}", total=None, enabled=not as_json) as bar:
+        def on_progress(_: retrieve.RetrieveSummary) -> None:
+            bar.advance(1)
+
+        if dest in (config.ae_title, calling):
+            with state(ctx).open_archive() as archive, retrieve.receiving(archive, dest) as (receiver, listening):
+                if not listening:
+                    output.warn(f"port {archive.config.port} is in use: assuming `pacsctl serve` receives for {dest}")
+                summary = retrieve.move(node, dest, query_level, filters, calling, receiver=receiver,
+                                        on_progress=on_progress, settle=settle, timeout=timeout)
+        else:
+            summary = retrieve.move(node, dest, query_level, filters, calling, on_progress=on_progress,
+                                    timeout=timeout)
+    _finish(summary, as_json, _retrieve_text(f"moved to {dest}", summary, query_level), node, dest)
+
+
+def get_command(
+    ctx: typer.Context,
+    node_spec: str = typer.Argument(..., metavar="NODE", help=NODE_HELP),
+    level: str = typer.Option("study", "--level", "-l", help="Retrieve whole patients, studies, series or instances."),
+    keys: List[str] = typer.Option([], "--key", "-k", metavar="KEY=VALUE", help=KEY_HELP),
+    everything: bool = typer.Option(False, "--all", help="Allow an empty selection (everything on the node)."),
+    aet: Optional[str] = _aet_option(),
+    timeout: float = _timeout_option(),
+    as_json: bool = typer.Option(False, "--json", help="NDJSON: one summary object."),
+) -> None:
+    """Retrieve studies from a node straight into the archive (C-GET).
+
+    Counts what actually arrived and was stored next to the node's own counts; exit 3 when
+    they disagree or anything failed.
+
+    Example: pacsctl get ORTHANC -k StudyInstanceUID=1.2.840.113619.2.1 --json
+    """
+    query_level, filters = _selection(keys, level, everything)
+    node, calling, _ = _setup(ctx, node_spec, aet)
+    with output.progress(f"getting from {node.aet}", total=None, enabled=not as_json) as bar:
+        def on_progress(_: retrieve.RetrieveSummary) -> None:
+            bar.advance(1)
+
+        with state(ctx).open_archive() as archive:
+            receiver = retrieve.ArchiveReceiver(archive)
+            try:
+                summary = retrieve.get(node, receiver, query_level, filters, calling,
+                                       on_progress=on_progress, timeout=timeout)
+            finally:
+                receiver.close()
+    _finish(summary, as_json, _retrieve_text("got", summary, query_level), node, node.aet)

@@ -1,0 +1,503 @@
+"""Query/Retrieve as an SCU, for `pacsctl query`, `move` and `get`.
+
+- Identifiers are built from the same `-k KEY=VALUE` filters as `pacsctl ls`; answers are
+  decoded with each data set's own character set (with the fallbacks of `core.identifiers`,
+  since peers omit or mislabel it) into records shaped like `ls` records.
+- A retrieve selected by anything but unique keys is first resolved with a C-FIND into one
+  C-MOVE/C-GET per match: many SCPs (Orthanc among them) retrieve by unique keys only.
+- What arrives in our own archive is counted and checked on disk; a peer's final status alone
+  is never trusted (some answer Success before the images went out, DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+
+from pacsctl.core.archive import Archive
+from pacsctl.core.identifiers import parse_identifier
+from pacsctl.core.matching import LEVEL_KEYS, LEVELS, UNIQUE_KEY, compile_filters
+from pacsctl.errors import NetworkError, UsageError
+from pacsctl.net import scu
+from pacsctl.net.scp import RunningScp, start_scp
+from pacsctl.net.types import (
+    AssocInfo,
+    STATUS_MOVE_DESTINATION_UNKNOWN,
+    STATUS_SUCCESS,
+    NodeLike,
+    QueryModel,
+    RetrieveCounts,
+    ScpHandlers,
+    ScpOptions,
+    StoreRequest,
+)
+
+LOG = logging.getLogger(__name__)
+
+UTF8 = "ISO_IR 192"
+_INT_VRS = frozenset({"IS", "US", "UL", "SS", "SL", "SV", "UV"})
+_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})  # a backslash is text, not a separator
+_LIST_KEYS = frozenset({"ModalitiesInStudy"})  # lists in `ls` records too
+# Patient keys Study Root allows at STUDY level; `ls` study rows show them.
+_STUDY_PATIENT_KEYS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
+
+
+# ------------------------------------------------------------------------------------------
+# Identifiers
+# ------------------------------------------------------------------------------------------
+
+
+def query_model(level: str) -> QueryModel:
+    """Patient Root for PATIENT level (Study Root has none), Study Root otherwise."""
+    return "P" if level == "PATIENT" else "S"
+
+
+def return_keys(level: str) -> tuple[str, ...]:
+    """The keys a query at `level` asks for: the level's keys and the unique keys above it."""
+    keys: list[str] = []
+    if level == "STUDY":
+        keys += _STUDY_PATIENT_KEYS
+    elif level != "PATIENT":
+        keys += [UNIQUE_KEY[lv] for lv in LEVELS[1:LEVELS.index(level)]]
+        keys.insert(0, "PatientID")
+    keys += LEVEL_KEYS[level]
+    return tuple(dict.fromkeys(keys))
+
+
+def build_identifier(level: str, filters: Mapping[str, str], keys: tuple[str, ...] = ()) -> Dataset:
+    """A C-FIND/MOVE/GET identifier: QueryRetrieveLevel, each of `keys` empty (a return key),
+    each filter with its value. Non-ASCII values make it declare UTF-8.
+
+    Raises UsageError for a value the attribute's VR cannot hold."""
+    ds = Dataset()
+    if any(not v.isascii() for v in filters.values()):
+        ds.SpecificCharacterSet = UTF8
+    ds.QueryRetrieveLevel = level
+    for keyword in dict.fromkeys([*keys, *filters]):
+        vr = str(dictionary_VR(keyword)).split(" or ")[0]
+        value: Any = filters.get(keyword, "")
+        if value and vr not in _TEXT_VRS and "\\" in value:
+            value = value.split("\\")
+        if value and vr in ("US", "UL", "SS", "SL", "SV", "UV"):
+            try:
+                value = [int(v) for v in value] if isinstance(value, list) else int(value)
+            except ValueError:
+                raise UsageError(f"{keyword} needs a number, got {filters[keyword]!r}") from None
+        elif value == "" and vr in ("US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"):
+            value = None
+        ds.add_new(tag_for_keyword(keyword), vr, value)
+    return ds
+
+
+def response_record(ds: Dataset, level: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A C-FIND answer as an `ls`-shaped record: each of `keys` ("" when absent), text
+    decoded with the answer's character set, integers as int, ModalitiesInStudy as a list."""
+    if "QueryRetrieveLevel" not in ds:
+        ds.QueryRetrieveLevel = level  # parse_identifier wants it; some peers leave it out
+    decoded = parse_identifier(ds)
+    # Only what was asked for: extras some peers add (RetrieveAETitle) would make records
+    # differ from `ls` records.
+    wanted = keys or decoded.return_keys
+    return {keyword: _typed(keyword, decoded.criteria.get(keyword, "")) for keyword in wanted}
+
+
+def _typed(keyword: str, text: str) -> Any:
+    if keyword in _LIST_KEYS:
+        return [v for v in text.split("\\") if v] if text else []
+    vr = str(dictionary_VR(keyword)).split(" or ")[0]
+    if text and vr in _INT_VRS and "\\" not in text:
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    return text
+
+
+# ------------------------------------------------------------------------------------------
+# C-FIND
+# ------------------------------------------------------------------------------------------
+
+
+def query(
+    node: NodeLike,
+    level: str,
+    filters: Mapping[str, str],
+    calling_aet: str,
+    timeout: float = 30.0,
+) -> Iterator[dict[str, Any]]:
+    """C-FIND `node` at `level` with `ls` filters; yield one `ls`-shaped record per match."""
+    compile_filters(filters)  # the same syntax checks as `ls`, before anything goes out
+    keys = return_keys(level)
+    identifier = build_identifier(level, filters, keys)
+    for ds in scu.find(node, identifier, query_model(level), calling_aet=calling_aet,
+                       timeout=timeout):
+        yield response_record(ds, level, keys)
+
+
+# ------------------------------------------------------------------------------------------
+# Resolving a selection into retrieve identifiers
+# ------------------------------------------------------------------------------------------
+
+
+def _path_keys(level: str) -> list[str]:
+    """Unique keys a retrieve at `level` must carry (Study Root; Patient Root at PATIENT)."""
+    if level == "PATIENT":
+        return ["PatientID"]
+    return [UNIQUE_KEY[lv] for lv in LEVELS[1:LEVELS.index(level) + 1]]
+
+
+def retrieve_identifiers(
+    node: NodeLike,
+    level: str,
+    filters: Mapping[str, str],
+    calling_aet: str,
+    timeout: float = 30.0,
+) -> list[Dataset]:
+    """One unique-key identifier per entity to retrieve.
+
+    Filters on exactly the unique keys of the path are used as they are (a UID list split
+    into one identifier per UID); anything else is resolved with a C-FIND first."""
+    compile_filters(filters)
+    path = _path_keys(level)
+    own = UNIQUE_KEY[level]
+    direct = (
+        set(filters) == set(path)
+        and all(filters[k] and not any(c in filters[k] for c in "*?\\") for k in path if k != own)
+        and filters[own] and not any(c in filters[own] for c in "*?")
+    )
+    if direct:
+        parents = {k: filters[k] for k in path if k != own}
+        return [_unique_identifier(level, {**parents, own: v})
+                for v in dict.fromkeys(filters[own].split("\\")) if v]
+    found = scu.find(node, build_identifier(level, filters, tuple(path)), query_model(level),
+                     calling_aet=calling_aet, timeout=timeout)
+    targets: dict[tuple[str, ...], Dataset] = {}
+    for ds in found:
+        values = tuple(str(ds.get(k, "") or "").strip() for k in path)
+        if all(values) and values not in targets:
+            targets[values] = _unique_identifier(level, dict(zip(path, values)))
+    return list(targets.values())
+
+
+def _unique_identifier(level: str, keys: Mapping[str, str]) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def expected_instances(
+    node: NodeLike, identifier: Dataset, calling_aet: str, timeout: float = 30.0
+) -> set[str]:
+    """SOP Instance UIDs under one retrieve identifier, found level by level with C-FIND
+    (hierarchical, so strict SCPs answer too)."""
+    level = str(identifier.QueryRetrieveLevel)
+    keys = {k: str(identifier.get(k)) for k in _path_keys(level)}
+    if level == "IMAGE":
+        return {keys["SOPInstanceUID"]}
+    below = LEVELS[LEVELS.index(level) + 1]
+    model = query_model(level)
+    request = build_identifier(below, keys, (UNIQUE_KEY[below],))
+    uids: set[str] = set()
+    for ds in scu.find(node, request, model, calling_aet=calling_aet, timeout=timeout):
+        value = str(ds.get(UNIQUE_KEY[below], "") or "").strip()
+        if not value:
+            continue
+        if below == "IMAGE":
+            uids.add(value)
+        else:
+            # Patient Root's PatientID does not belong in the Study Root finds further down.
+            parents = {} if level == "PATIENT" else keys
+            child = _unique_identifier(below, {**parents, UNIQUE_KEY[below]: value})
+            uids |= expected_instances(node, child, calling_aet, timeout)
+    return uids
+
+
+# ------------------------------------------------------------------------------------------
+# C-MOVE and C-GET
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RetrieveSummary:
+    """What a move or get did. Peer figures are summed over the sub-retrieves; `received`,
+    `stored`, `duplicates` and `missing` are what we saw arrive in our own archive (None when
+    the destination is another node, so nothing can be counted here)."""
+
+    matched: int = 0  # entities retrieved (e.g. studies), after resolving the filters
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    remaining: int = 0
+    status: int | None = None  # the worst final status (Success only if every one was)
+    failed_uids: list[str] = field(default_factory=list)
+    expected: int | None = None  # instances the peer lists for the selection (C-FIND)
+    received: int | None = None
+    stored: int | None = None  # received and now in the archive (new)
+    duplicates: int | None = None  # received, already in the archive
+    store_failed: int | None = None  # received but refused or quarantined by our archive
+    missing: list[str] = field(default_factory=list)  # expected but not in the archive
+    elapsed: float = 0.0
+
+    def add(self, counts: RetrieveCounts) -> None:
+        """Fold one sub-retrieve's final counts in."""
+        self.completed += counts.completed
+        self.failed += counts.failed
+        self.warning += counts.warning
+        self.remaining += counts.remaining
+        self.failed_uids += counts.failed_uids
+        if self.status in (None, STATUS_SUCCESS) or counts.status != STATUS_SUCCESS:
+            self.status = counts.status
+
+    @property
+    def counted_locally(self) -> bool:
+        return self.received is not None
+
+    @property
+    def ok(self) -> bool:
+        """Everything the peer reported went well and, when we could count, all of it arrived
+        and was stored."""
+        if self.failed or self.remaining or (self.status not in (None, STATUS_SUCCESS)):
+            return False
+        if not self.counted_locally:
+            return True
+        arrived = (self.stored or 0) + (self.duplicates or 0)
+        return (not self.store_failed and not self.missing
+                and arrived == self.completed + self.warning
+                and (self.expected is None or arrived >= self.expected))
+
+    @property
+    def destination_unknown(self) -> bool:
+        return self.status == STATUS_MOVE_DESTINATION_UNKNOWN
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON summary fields (local counts only when they were counted)."""
+        out: dict[str, Any] = {
+            "matched": self.matched, "completed": self.completed, "failed": self.failed,
+            "warning": self.warning, "remaining": self.remaining,
+            "status": None if self.status is None else f"0x{self.status:04X}",
+        }
+        if self.counted_locally:
+            out.update(received=self.received, stored=self.stored, duplicates=self.duplicates,
+                       store_failed=self.store_failed, missing=len(self.missing))
+            if self.expected is not None:
+                out["expected"] = self.expected
+        if self.failed_uids:
+            out["failed_uids"] = self.failed_uids
+        out["elapsed"] = round(self.elapsed, 3)
+        return out
+
+
+StoreCallback = Callable[[StoreRequest], int]
+
+
+class ArchiveReceiver:
+    """Stores instances handed over by a C-GET or an incoming C-STORE into the archive and
+    counts them: received, new, already there, refused. Thread-safe (SCP threads call it)."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self._lock = threading.Lock()
+        self.received: set[str] = set()
+        self.stored = 0
+        self.duplicates = 0
+        self.store_failed = 0
+        self._store, self._close = _archive_store_handler(archive)
+        self.on_arrival: Callable[[], None] | None = None
+        # C-GET: the net layer describes the association from the acceptor's side, which is
+        # the peer; the archive must record the peer as the sender, not us.
+        self.source: AssocInfo | None = None
+
+    def has(self, sop_instance_uid: str) -> bool:
+        """True when the archive holds this instance (files are the source of truth)."""
+        return self.archive.path_of(Archive.object_relpath(sop_instance_uid)).is_file()
+
+    def __call__(self, req: StoreRequest) -> int:
+        uid = req.sop_instance_uid
+        if self.source is not None:
+            req = dataclasses.replace(req, assoc=self.source)
+        existed = self.has(uid)
+        status = self._store(req)
+        ok = status == STATUS_SUCCESS
+        with self._lock:
+            self.received.add(uid)
+            if not ok:
+                self.store_failed += 1
+                LOG.warning("instance %s not stored (status 0x%04X)", uid, status)
+            elif existed:
+                self.duplicates += 1
+            else:
+                self.stored += 1
+        if self.on_arrival:
+            self.on_arrival()
+        return status
+
+    def close(self) -> None:
+        """Finish pending writes; safe to call twice."""
+        close, self._close = self._close, lambda: None
+        close()
+
+
+def _archive_store_handler(archive: Archive) -> tuple[StoreCallback, Callable[[], None]]:
+    """The serving node's C-STORE handler over `archive` (durable, group-committed) when
+    `core.server` is available, else a direct ingest of the received file."""
+    try:
+        from pacsctl.core.server import ArchiveService
+    except ImportError:  # the server module not in this tree yet
+        return _direct_ingest(archive), lambda: None
+    service = ArchiveService(archive)
+    return service.store, service.close
+
+
+def _direct_ingest(archive: Archive) -> StoreCallback:
+    from pathlib import Path
+
+    from pacsctl.core.archive import DUPLICATE, STORED
+
+    def ingest(req: StoreRequest) -> int:
+        origin = f"dicom://{req.assoc.calling_aet}@{req.assoc.peer_host}"
+        result = archive.ingest([(Path(req.path).read_bytes(), origin)])[0]
+        return STATUS_SUCCESS if result.status in (STORED, DUPLICATE) else 0xC000
+
+    return ingest
+
+
+def move(
+    node: NodeLike,
+    destination_aet: str,
+    level: str,
+    filters: Mapping[str, str],
+    calling_aet: str,
+    receiver: ArchiveReceiver | None = None,
+    on_progress: Callable[[RetrieveSummary], None] | None = None,
+    settle: float = 10.0,
+    timeout: float = 30.0,
+) -> RetrieveSummary:
+    """C-MOVE the selection from `node` to `destination_aet`.
+
+    With a `receiver` (the destination is our own archive), the instances the peer lists for
+    the selection are checked in the archive afterwards; once the peer's final answer is in,
+    arrivals are awaited up to `settle` seconds of silence, since some peers answer Success
+    before their last C-STORE arrived."""
+    start = time.perf_counter()
+    summary = RetrieveSummary()
+    targets = retrieve_identifiers(node, level, filters, calling_aet, timeout)
+    summary.matched = len(targets)
+    expected: set[str] | None = None
+    before: set[str] = set()
+    if receiver is not None:
+        expected = set()
+        for ident in targets:
+            expected |= expected_instances(node, ident, calling_aet, timeout)
+        summary.expected = len(expected)
+        before = {uid for uid in expected if receiver.has(uid)}
+    for ident in targets:
+        counts = scu.move(node, destination_aet, ident, query_model(level),
+                          calling_aet=calling_aet, timeout=timeout)
+        summary.add(counts)
+        if on_progress:
+            on_progress(summary)
+        if counts.status == STATUS_MOVE_DESTINATION_UNKNOWN:
+            break  # the same answer for every other target
+    if receiver is not None and expected is not None:
+        _await_arrivals(receiver, expected, settle)
+        _fill_local_counts(summary, receiver, expected, before)
+    summary.elapsed = time.perf_counter() - start
+    return summary
+
+
+def _await_arrivals(receiver: ArchiveReceiver, expected: set[str], settle: float) -> None:
+    """Wait until every expected instance is in the archive, or nothing new came for
+    `settle` seconds."""
+    last_seen, last_change = -1, time.monotonic()
+    while True:
+        present = sum(1 for uid in expected if receiver.has(uid))
+        if present >= len(expected):
+            return
+        now = time.monotonic()
+        if present != last_seen:
+            last_seen, last_change = present, now
+        elif now - last_change >= settle:
+            return
+        time.sleep(0.2)
+
+
+def _fill_local_counts(summary: RetrieveSummary, receiver: ArchiveReceiver,
+                       expected: set[str] | None, before: set[str] = frozenset()) -> None:
+    """Local counts from the receiver; when nothing came through it (a running `pacsctl serve`
+    on this archive took the instances), from what is now in the archive."""
+    wanted = expected if expected is not None else receiver.received
+    summary.missing = sorted(uid for uid in wanted if not receiver.has(uid))
+    if expected is not None and not receiver.received:
+        present = expected.difference(summary.missing)
+        summary.received = len(present)
+        summary.stored = len(present - before)
+        summary.duplicates = len(present & before)
+        summary.store_failed = 0
+        return
+    summary.received = len(receiver.received)
+    summary.stored = receiver.stored
+    summary.duplicates = receiver.duplicates
+    summary.store_failed = receiver.store_failed
+
+
+def get(
+    node: NodeLike,
+    receiver: ArchiveReceiver,
+    level: str,
+    filters: Mapping[str, str],
+    calling_aet: str,
+    on_progress: Callable[[RetrieveSummary], None] | None = None,
+    timeout: float = 30.0,
+) -> RetrieveSummary:
+    """C-GET the selection from `node` straight into the receiver's archive and count what
+    arrived and was stored, next to the peer's own counts."""
+    start = time.perf_counter()
+    summary = RetrieveSummary()
+    targets = retrieve_identifiers(node, level, filters, calling_aet, timeout)
+    summary.matched = len(targets)
+    receiver.source = AssocInfo(calling_aet=node.aet, called_aet=calling_aet,
+                                peer_host=node.host, peer_port=int(node.port))
+    for ident in targets:
+        counts = scu.get(node, ident, receiver, query_model(level), calling_aet=calling_aet,
+                         timeout=timeout)
+        summary.add(counts)
+        if on_progress:
+            on_progress(summary)
+    receiver.close()
+    _fill_local_counts(summary, receiver, None)
+    summary.elapsed = time.perf_counter() - start
+    return summary
+
+
+@contextmanager
+def receiving(archive: Archive, ae_title: str) -> Iterator[tuple[ArchiveReceiver, bool]]:
+    """A temporary storage listener on the archive's configured host and port, as `ae_title`,
+    storing into `archive` (for C-MOVEs to our own AE title). Yields (receiver, listening);
+    when the port is taken, presumably by a running `pacsctl serve` on this archive, nothing
+    listens here and arrivals are counted from the archive afterwards."""
+    receiver = ArchiveReceiver(archive)
+    cfg = archive.config
+    options = ScpOptions(ae_title=ae_title, host=cfg.host, port=cfg.port, allow=list(cfg.allow),
+                         max_associations=cfg.max_associations, temp_dir=archive.tmp_dir)
+    try:
+        listener: RunningScp | None = start_scp(ScpHandlers(store=receiver), options)
+    except NetworkError as exc:
+        LOG.info("not listening on port %s (%s): counting arrivals from the archive", cfg.port, exc)
+        listener = None
+    try:
+        yield receiver, listener is not None
+    finally:
+        if listener is not None:
+            listener.stop(graceful=True, timeout=60.0)
+        receiver.close()

@@ -1,0 +1,192 @@
+"""`pacsctl send` as a library: pick the files (paths or archive instances) and C-STORE them.
+
+Inputs are walked with the importer's `find_sources` (folders recursive, symlink loops safe,
+DICOMDIR media followed case-insensitively). Files that are plainly not DICOM (a viewer, an
+autorun.inf, a DICOMDIR) are skipped, not failed: a CD folder must not end in "partial failure"
+because of its viewer. Anything that looks like DICOM and does not arrive is a failure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pacsctl.core.archive import Archive
+from pacsctl.core.matching import LEVEL_KEYS, LEVELS, UNIQUE_KEY, compile_filters
+from pacsctl.core.query import find_records
+from pacsctl.core.sources import Problem, Source, find_sources
+from pacsctl.errors import UsageError
+from pacsctl.net import scu, sending
+from pacsctl.net.types import NodeLike, StoreResult
+
+_DICM_OFFSET = 128
+
+
+@dataclass
+class SendItem:
+    """One input of a send: a file to C-STORE, or why it is not sent (`skip`/`fail`)."""
+
+    path: str
+    size: int = 0
+    skip: str | None = None  # not DICOM: left out, not a failure
+    fail: str | None = None  # meant to be sent but cannot be read
+
+
+@dataclass
+class SendOutcome:
+    """One input's result, as reported per failed file."""
+
+    path: str
+    ok: bool
+    skipped: bool = False
+    size: int = 0
+    sop_instance_uid: str | None = None
+    status: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class SendSummary:
+    """Totals of a send: files = sent + failed + skipped."""
+
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    elapsed: float = 0.0
+    failures: list[SendOutcome] = field(default_factory=list)
+
+    @property
+    def files(self) -> int:
+        return self.sent + self.failed + self.skipped
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON summary's fields."""
+        return {"files": self.files, "sent": self.sent, "failed": self.failed,
+                "skipped": self.skipped, "bytes": self.bytes, "elapsed": round(self.elapsed, 3)}
+
+
+def collect_files(paths: Iterable[str | Path]) -> list[SendItem]:
+    """Every input under `paths`: folders recursively, DICOMDIR media by their references.
+
+    A file given by name that is not DICOM fails (the user asked for it); one met while
+    walking a folder is skipped."""
+    named = {str(Path(p)) for p in paths}
+    items: list[SendItem] = []
+    for found in find_sources([str(p) for p in paths]):
+        if isinstance(found, Problem):
+            items.append(SendItem(found.origin, fail=found.reason))
+            continue
+        items.append(_classify(found, explicit=found.path in named))
+    return items
+
+
+def _classify(source: Source, explicit: bool) -> SendItem:
+    if source.member is not None:
+        return SendItem(source.origin, skip="member of a zip file (import it, then send --study)")
+    path = Path(source.path)
+    if path.name.upper() == "DICOMDIR" and not explicit:
+        return SendItem(source.path, skip="DICOMDIR (a media index, not an instance)")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(_DICM_OFFSET + 4)
+    except OSError as exc:
+        return SendItem(source.path, fail=f"unreadable: {exc.strerror or exc}")
+    if head[_DICM_OFFSET:] == b"DICM":
+        return SendItem(source.path, size)
+    # No preamble: a bare data set (old modalities write these) is still DICOM if it parses.
+    try:
+        sending.file_info(path)
+    except Exception:
+        reason = "not a DICOM file"
+        return SendItem(source.path, size, fail=reason) if explicit else SendItem(source.path, size, skip=reason)
+    return SendItem(source.path, size)
+
+
+def _deepest_level(keys: Iterable[str]) -> str:
+    """The lowest Query/Retrieve level any key belongs to (STUDY when none does)."""
+    level = "STUDY"
+    for key in keys:
+        for candidate in LEVELS:
+            if key in LEVEL_KEYS[candidate] or key == UNIQUE_KEY[candidate]:
+                if LEVELS.index(candidate) > LEVELS.index(level):
+                    level = candidate
+    return level
+
+
+def archive_files(archive: Archive, filters: Mapping[str, str]) -> list[SendItem]:
+    """The archived instances under the studies/series/instances matching `filters`.
+
+    Filters use `pacsctl ls` matching; the level searched is the deepest one a key belongs to
+    (a SeriesDescription filter selects series, a StudyDate filter whole studies)."""
+    if not filters:
+        raise UsageError("nothing selected in the archive", hint="give --study UID or -k KEY=VALUE")
+    flt = compile_filters(filters)
+    level = _deepest_level(filters)
+    index = archive.index
+    matched = find_records(index, level, flt)
+    if level == "IMAGE":
+        instances = matched
+    elif level == "STUDY":
+        uids = sorted({str(r["StudyInstanceUID"]) for r in matched})
+        instances = index.instances(study_uids=uids) if uids else []
+    else:
+        studies = sorted({str(r["StudyInstanceUID"]) for r in matched})
+        series = sorted({str(r["SeriesInstanceUID"]) for r in matched})
+        instances = index.instances(study_uids=studies, series_uids=series) if series else []
+    return [SendItem(str(archive.path_of(r["path"])), int(r.get("size") or 0))
+            for r in instances if r.get("path")]
+
+
+def send(
+    node: NodeLike,
+    items: list[SendItem],
+    calling_aet: str,
+    on_outcome: Callable[[SendOutcome], None] | None = None,
+    timeout: float = 30.0,
+) -> SendSummary:
+    """C-STORE the sendable `items` to `node` over one association; account for every item.
+
+    Raises NetworkError when the association cannot be opened at all (nothing was sent)."""
+    summary = SendSummary()
+    start = time.perf_counter()
+    sizes = {i.path: i.size for i in items}
+
+    def account(outcome: SendOutcome) -> None:
+        if outcome.skipped:
+            summary.skipped += 1
+        elif outcome.ok:
+            summary.sent += 1
+            summary.bytes += outcome.size
+        else:
+            summary.failed += 1
+            summary.failures.append(outcome)
+        if on_outcome:
+            on_outcome(outcome)
+
+    for item in items:
+        if item.skip:
+            account(SendOutcome(item.path, False, skipped=True, size=item.size, reason=item.skip))
+        elif item.fail:
+            account(SendOutcome(item.path, False, size=item.size, reason=item.fail))
+
+    def on_result(res: StoreResult) -> None:
+        account(SendOutcome(res.path, res.ok, size=sizes.get(res.path, 0),
+                            sop_instance_uid=res.sop_instance_uid, status=res.status,
+                            reason=None if res.ok else (res.error or _status_text(res.status))))
+
+    to_send = [i.path for i in items if not (i.skip or i.fail)]
+    if to_send:
+        scu.store(node, to_send, calling_aet=calling_aet, progress=on_result, timeout=timeout)
+    summary.elapsed = time.perf_counter() - start
+    return summary
+
+
+def _status_text(status: int | None) -> str:
+    if status is None:
+        return "no response"
+    return f"refused by the peer (status 0x{status:04X})"
