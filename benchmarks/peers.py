@@ -52,19 +52,88 @@ def dcmtk_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _listening_sockets(port: int) -> set[int] | None:
+    """Inodes of the sockets listening on TCP `port` (None where /proc/net is missing)."""
+    inodes: set[int] = set()
+    found = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as fh:
+                next(fh, None)
+                for row in fh:
+                    fields = row.split()
+                    # fields: sl, local address:port (hex), remote, state (0A = LISTEN), ..., inode
+                    if (len(fields) > 9 and fields[3] == "0A"
+                            and int(fields[1].rsplit(":", 1)[1], 16) == port):
+                        inodes.add(int(fields[9]))
+            found = True
+        except OSError:
+            continue
+    return inodes if found else None
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (from /proc/<pid>/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for tid in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{tid}/children", encoding="ascii") as fh:
+                    todo.extend(int(child) for child in fh.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def _socket_inodes(pid: int) -> set[int] | None:
+    """Inodes of the sockets held by `pid` or its children (worker processes may own the
+    listener); None if the fds of `pid` cannot be read."""
+    inodes: set[int] = set()
+    for index, proc_id in enumerate(_descendants(pid)):
+        try:
+            fds = os.listdir(f"/proc/{proc_id}/fd")
+        except OSError:
+            if index == 0:
+                return None
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{proc_id}/fd/{fd}")
+            except OSError:  # closed meanwhile
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    return inodes
+
+
 def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None,
                   host: str = LOOPBACK) -> None:
-    """Block until something accepts TCP on host:port; raise PeerError on timeout/process exit."""
+    """Block until `proc` (or anything, if None) listens on `port`; PeerError on timeout/exit.
+
+    Reads the kernel's socket tables instead of connecting, so the server under test sees no
+    stray connection (no aborted association in its log or audit trail), and checks that the
+    listener is `proc`'s own socket, not another program's that got the port first. Falls back
+    to a TCP connect where /proc is not available.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise PeerError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
+        listening = _listening_sockets(port)
+        if listening is None:
+            try:
+                with socket.create_connection((host, port), timeout=0.5):
+                    return
+            except OSError:
+                pass
+        elif listening:
+            owned = _socket_inodes(proc.pid) if proc is not None else None
+            if owned is None or listening & owned:
                 return
-        except OSError:
-            time.sleep(0.05)
-    raise PeerError(f"nothing listening on {host}:{port} after {timeout:.0f} s")
+        time.sleep(0.05)
+    raise PeerError(f"no listener of ours on {host}:{port} after {timeout:.0f} s")
 
 
 def _stop(proc: subprocess.Popen[Any] | None, timeout: float = 10.0,

@@ -6,6 +6,7 @@
 - `archive_dir`: a fresh archive path in tmp, exported as PACSCTL_ARCHIVE.
 - `ct_factory`: writes small valid CT files.
 - `cli`: `run_cli` (``python -m pacsctl ...`` in a subprocess).
+- `serve_factory`: starts ``pacsctl serve`` on a free loopback port, stopped at teardown.
 
 Every test also gets private XDG folders and no inherited PACSCTL_ARCHIVE, so nothing a test
 does can touch the real user's archive or config.
@@ -13,7 +14,7 @@ does can touch the real user's archive or config.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,13 @@ from pydicom.uid import generate_uid
 from benchmarks.corpus import make_ct
 from tests.helpers import (
     TESTDATA_DIR,
+    ServeProcess,
     TestFile,
     broken_test_files,
     free_port as _free_port,
     readable_test_files,
     run_cli,
+    start_serve,
     unique_test_files,
 )
 
@@ -117,3 +120,25 @@ def cli() -> Callable[..., Any]:
     """`tests.helpers.run_cli`: ``cli("ls", "--json")`` -> CompletedProcess (text)."""
     return run_cli
 
+
+
+@pytest.fixture
+def serve_factory(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """Start ``pacsctl serve`` on 127.0.0.1 and a free port; every one is stopped at teardown.
+
+    ``srv = serve_factory(archive_dir, "--allow", "SCU", aet="PACSCTL", env={...})`` ->
+    `ServeProcess` with ``.port``, ``.aet``, ``.archive``, ``.stop()`` (SIGTERM, returns the
+    exit code), ``.kill()`` (SIGKILL) and ``.stderr()``.
+    """
+    started: list[ServeProcess] = []
+
+    def start(archive: Path, *args: str, aet: str = "PACSCTL",
+              env: dict[str, str] | None = None, timeout: float = 30) -> ServeProcess:
+        server = start_serve(archive, tmp_path / "serve-logs", *args, aet=aet, env=env,
+                             timeout=timeout)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(timeout=10)

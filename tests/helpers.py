@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -167,3 +168,94 @@ def unique_test_files() -> list[Path]:
 def broken_test_files() -> list[Path]:
     """pydicom's deliberately damaged DICOM files (truncated): expect quarantine for these."""
     return [TESTDATA_DIR / name for name in sorted(KNOWN_BROKEN)]
+
+
+class CliProcess:
+    """``python -m pacsctl ARGS`` running in the background (a `serve`, a long `import`).
+
+    stdout and stderr go to files in `log_dir` (no pipe to fill up and block the child).
+    """
+
+    def __init__(self, *args: str | os.PathLike[str], log_dir: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.args = [str(a) for a in args]
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.stdout_path = log_dir / "stdout.txt"
+        self.stderr_path = log_dir / "stderr.txt"
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "pacsctl", *self.args],
+                                         env=cli_env(env), stdout=out, stderr=err)
+
+    @property
+    def pid(self) -> int:
+        """Process id of the child."""
+        return self.proc.pid
+
+    def stdout(self) -> str:
+        """Everything the child wrote to stdout so far."""
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        """Everything the child wrote to stderr so far."""
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Send `sig` and wait for the exit code; SIGKILL if it has not exited after `timeout`."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return int(self.proc.returncode)
+
+    def kill(self) -> int:
+        """SIGKILL (a crash, nothing flushed) and wait; returns the exit code (-9)."""
+        return self.stop(signal.SIGKILL)
+
+
+@dataclass
+class ServeProcess:
+    """A running ``pacsctl serve`` on 127.0.0.1 started by the `serve_factory` fixture."""
+
+    __test__ = False
+
+    process: CliProcess
+    port: int
+    aet: str
+    archive: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Stop it (SIGTERM: finish in-flight stores, exit 0) and return the exit code."""
+        return self.process.stop(sig, timeout)
+
+    def kill(self) -> int:
+        """SIGKILL it, as a crash or power cut would."""
+        return self.process.kill()
+
+    def stderr(self) -> str:
+        """The server's log so far."""
+        return self.process.stderr()
+
+
+def start_serve(archive: Path, log_dir: Path, *args: str, aet: str = "PACSCTL",
+                env: dict[str, str] | None = None, timeout: float = 30,
+                attempts: int = 3) -> ServeProcess:
+    """Start ``pacsctl --archive ARCHIVE serve`` on a free loopback port and wait until it
+    listens (its own socket, checked without connecting); `args` are more serve options."""
+    from benchmarks.peers import PeerError, wait_for_port
+
+    error = ""
+    for attempt in range(attempts):  # another process may take the free port first
+        port = free_port()
+        process = CliProcess("--archive", archive, "serve", "--host", "127.0.0.1", "--port",
+                             str(port), "--aet", aet, *args, env=env,
+                             log_dir=log_dir / f"serve-{port}-{attempt}")
+        try:
+            wait_for_port(port, timeout, process.proc)
+            return ServeProcess(process, port, aet, archive)
+        except PeerError as exc:
+            process.kill()
+            error = f"{exc}\n{process.stderr()[-2000:]}"
+    raise AssertionError(f"pacsctl serve did not start: {error}")

@@ -72,3 +72,17 @@ def test_run_cli_runs_the_package(cli) -> None:
     proc = cli("--help")
     assert proc.returncode == 0, proc.stderr
     assert "Usage" in proc.stdout
+
+
+def test_serve_factory_starts_a_node_that_answers_echo(serve_factory, archive_dir) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    server = serve_factory(archive_dir, "--workers", "1")
+    ae = AE(ae_title="FIXTURE")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title=server.aet)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assert server.stop() == 0
