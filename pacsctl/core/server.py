@@ -64,52 +64,36 @@ class _Pending:
 
 
 class GroupCommitter:
-    """Serialises archive writes on one thread and batches whatever is waiting, so concurrent
-    associations share one round of fsyncs. A lone association pays no added wait."""
+    """Group commit without a commit thread (leader/follower): a store queues its instance,
+    then whoever holds the commit lock ingests everything queued in one batch (one round of
+    fsyncs). A lone association commits its own instance with no thread hand-off; concurrent
+    ones share batches."""
 
     def __init__(self, archive: Archive, lock: threading.Lock) -> None:
         self.archive = archive
-        self.lock = lock
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="pacsctl-commit", daemon=True)
-        self._thread.start()
+        self.lock = lock  # guards the archive (index, journal) for everything in this process
+        self._queue_lock = threading.Lock()
+        self._queued: list[_Pending] = []
 
     def submit(self, data: bytes, origin: str) -> int:
         """Store one instance; returns its C-STORE status once durable and indexed."""
         item = _Pending(data, origin, threading.Event())
-        self._queue.put(item)
+        with self._queue_lock:
+            self._queued.append(item)
+        with self.lock:
+            if not item.done.is_set():
+                with self._queue_lock:
+                    batch, self._queued = self._queued[:_MAX_BATCH], self._queued[_MAX_BATCH:]
+                self._commit(batch)
         item.done.wait()
         return item.status
 
     def close(self) -> None:
-        """Finish what is queued, then stop the thread."""
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < _MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._commit(batch)
-            if stop:
-                return
+        """Nothing is left queued once every submit has returned."""
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            with self.lock:
-                results = self.archive.ingest([(p.data, p.origin) for p in batch])
+            results = self.archive.ingest([(p.data, p.origin) for p in batch])
         except StorageFullError:
             LOG.error("archive disk full: refusing %d instance(s) with 0xA700", len(batch))
             statuses = [STATUS_OUT_OF_RESOURCES] * len(batch)
@@ -121,8 +105,7 @@ class GroupCommitter:
             for pending, result in zip(batch, results):
                 if result.status == SKIPPED:  # received bytes are never dropped
                     try:
-                        with self.lock:
-                            self.archive.quarantine(pending.data, result.reason, pending.origin)
+                        self.archive.quarantine(pending.data, result.reason, pending.origin)
                     except Exception:
                         LOG.exception("could not quarantine a skipped instance")
                 statuses.append(_status_of(result))
@@ -157,7 +140,6 @@ class ArchiveService:
 
     def close(self) -> None:
         """Finish pending writes, fold the index journal, close the audit log."""
-        self.committer.close()
         with self._lock:
             self.archive.close()
         self.audit_log.close()
@@ -169,12 +151,14 @@ class ArchiveService:
         with open(req.path, "rb") as fh:
             fh.seek(req.data_offset)
             body = fh.read()
+        # Gone before the archive syncs, so its pages are never written back (saves a write).
+        req.path.unlink(missing_ok=True)
         meta = req.file_meta
         meta.SourceApplicationEntityTitle = req.assoc.calling_aet[:16] or None
         try:
             data = part10_bytes(meta, body)
-        except Exception:  # a meta pydicom refuses to write: keep what arrived as is
-            data = Path(req.path).read_bytes()
+        except Exception:  # a meta pydicom refuses to write: keep the data set behind a
+            data = part10_bytes(_minimal_meta(req), body)  # minimal meta
         origin = f"dicom://{req.assoc.calling_aet}@{req.assoc.peer_host}"
         status = self.committer.submit(data, origin)
         if status == STATUS_CANNOT_UNDERSTAND:
@@ -224,6 +208,16 @@ class ArchiveService:
                 tls = TlsOptions(node.tls_cert, node.tls_key, node.tls_ca) if node.tls else None
                 return Destination(node.host, int(node.port), tls)
         return None
+
+
+def _minimal_meta(req: StoreRequest) -> Any:
+    from pydicom.dataset import FileMetaDataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = req.sop_class_uid
+    meta.MediaStorageSOPInstanceUID = req.sop_instance_uid
+    meta.TransferSyntaxUID = req.transfer_syntax_uid
+    return meta
 
 
 @dataclass

@@ -276,6 +276,12 @@ class _Dispatcher:
         if self.h.store is None:
             status = 0x0122  # SOP class not supported
         else:
+            # All fragments are written and flushed; closing now (pynetdicom would close it
+            # after the handler) lets the receiver unlink the temp file before it syncs, so
+            # its dirty pages are dropped instead of written back.
+            tmp_file = getattr(event.request, "_dataset_file", None)
+            if tmp_file is not None:
+                tmp_file.close()
             path, offset = event.request._dataset_path, None
             if isinstance(path, tuple):  # pynetdicom's (path, offset) form on the send side
                 path, offset = path

@@ -1,0 +1,114 @@
+"""Receive speed of `pacsctl serve` against DCMTK storescp and Orthanc, same corpus, same run.
+
+    python benchmarks/bench_serve.py [--count 1000] [--corpus DIR] [--workers N] [--assoc 1 4]
+
+DCMTK `storescu` (TCP_NODELAY=1) sends the corpus (CT 512x512x16 bit, see corpus.py) to:
+- `pacsctl serve` (durable: fsync before each answer, group commit; indexed),
+- DCMTK `storescp` (writes files, no fsync, no index),
+- Orthanc 1.10 (SQLite index),
+each fresh and empty, with 1 and with 4 associations at once. Prints wall seconds, instances
+per second, and the ratios pacsctl/storescp and pacsctl/Orthanc (lower is better). The machine
+is noisy: only ratios measured in the same run mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.corpus import corpus_files, write_corpus  # noqa: E402
+from benchmarks.peers import peer_baselines, time_storescu  # noqa: E402
+
+
+def start_serve(archive: Path, workers: int) -> tuple[subprocess.Popen[bytes], int]:
+    """Start `python -m pacsctl serve` on a free port; return the process and its port."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pacsctl", "--archive", str(archive), "serve", "--host",
+         "127.0.0.1", "--port", "0", "--workers", str(workers), "--aet", "PACSCTL"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline().decode(errors="replace")
+        found = re.search(r"on [^ ]+:(\d+) \(", line)
+        if found:
+            return proc, int(found.group(1))
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError("pacsctl serve did not start")
+
+
+def stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def count_instances(archive: Path) -> int:
+    """Instances the archive's index holds (asks `pacsctl ls`, as a user would)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-m", "pacsctl", "--archive", str(archive), "ls", "--level",
+         "instance", "--json"], env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    return sum(1 for line in out.splitlines() if line.strip().startswith("{")
+               and "SOPInstanceUID" in json.loads(line))
+
+
+def time_pacsctl(files: list[Path], associations: int, workers: int, work: Path) -> float:
+    with tempfile.TemporaryDirectory(prefix="bench-serve-", dir=work) as tmp:
+        archive = Path(tmp) / "archive"
+        proc, port = start_serve(archive, workers)
+        try:
+            secs = time_storescu(files, port, called_aet="PACSCTL", associations=associations)
+        finally:
+            stop_serve(proc)
+        held = count_instances(archive)
+        if held != len(files):
+            raise RuntimeError(f"pacsctl archive holds {held} of {len(files)} instances")
+        return secs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--corpus", type=Path, default=Path(tempfile.gettempdir()) / "corpus1k")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--assoc", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--work", type=Path, default=None, help="temp folder for archives")
+    args = parser.parse_args(argv)
+
+    write_corpus(args.corpus, count=args.count)
+    files = corpus_files(args.corpus)[: args.count]
+    size = sum(f.stat().st_size for f in files) / 1e6
+    print(f"corpus: {len(files)} instances, {size:.0f} MB, {args.corpus}")
+    print(f"{'assoc':>5} {'receiver':<22} {'seconds':>8} {'inst/s':>7}")
+    for n in args.assoc:
+        ours = time_pacsctl(files, n, args.workers, args.work or Path(tempfile.gettempdir()))
+        peers = peer_baselines(files, associations=n, work_dir=args.work)
+        rows = [(f"pacsctl ({args.workers} workers)", ours)] + list(peers.items())
+        for name, secs in rows:
+            print(f"{n:>5} {name:<22} {secs:8.2f} {len(files) / secs:7.0f}")
+        for name, secs in peers.items():
+            print(f"{n:>5} ratio pacsctl/{name:<10} {ours / secs:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
