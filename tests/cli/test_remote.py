@@ -1,0 +1,279 @@
+"""`pacsctl echo/send/query/move/get` against a real pacsctl node on loopback.
+
+The peer is `pacsctl.core.server.serve` over its own archive (real pynetdicom associations,
+real archive writes); the CLI runs in a subprocess with its own archive (`archive_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import generate_uid
+
+from pacsctl.core.archive import Archive
+from pacsctl.core.query import find_records
+from pacsctl.core.matching import compile_filters
+from pacsctl.core.server import RunningNode, serve
+from pacsctl.net.types import ScpOptions
+from tests.helpers import free_port, run_cli
+
+
+@dataclass
+class Peer:
+    """A running pacsctl node: its archive, address and `AET@host:port` spec."""
+
+    archive: Archive
+    node: RunningNode
+    aet: str
+
+    @property
+    def spec(self) -> str:
+        return f"{self.aet}@127.0.0.1:{self.node.port}"
+
+    def instance_uids(self) -> set[str]:
+        return {r["SOPInstanceUID"] for r in find_records(self.archive.index, "IMAGE", compile_filters({}))}
+
+    def add_destination(self, name: str, aet: str, port: int) -> None:
+        """A C-MOVE destination in the peer's known nodes (the server re-reads the config)."""
+        from pacsctl.config import Node
+
+        self.archive.config.nodes[name] = Node(name=name, aet=aet, host="127.0.0.1", port=port)
+        self.archive.save_config()
+
+
+@pytest.fixture
+def peer_factory(tmp_path: Path) -> Iterator[Callable[..., Peer]]:
+    """Start pacsctl nodes over fresh archives: ``peer_factory(files=[...], allow=[...])``."""
+    started: list[Peer] = []
+
+    def start(files: list[Path] = (), aet: str = "PEER", allow: list[str] | None = None) -> Peer:
+        archive = Archive.open(tmp_path / f"peer{len(started)}")
+        if files:
+            archive.ingest([(Path(f).read_bytes(), str(f)) for f in files])
+        options = ScpOptions(ae_title=aet, host="127.0.0.1", port=0, allow=allow or [],
+                             temp_dir=archive.tmp_dir)
+        peer = Peer(archive, serve(archive, options), aet)
+        started.append(peer)
+        return peer
+
+    yield start
+    for peer in started:
+        peer.node.stop(graceful=False, timeout=10)
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _summary(proc: Any) -> dict[str, Any]:
+    records = _json_lines(proc.stdout)
+    assert records and records[-1]["type"] == "summary", proc.stdout + proc.stderr
+    return records[-1]
+
+
+# -- echo -------------------------------------------------------------------------------------
+
+
+def test_echo_ok_prints_round_trips(peer_factory: Callable[..., Peer], archive_dir: Path) -> None:
+    peer = peer_factory()
+    proc = run_cli("echo", peer.spec, "--count", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    records = _json_lines(proc.stdout)
+    assert [r["ok"] for r in records[:2]] == [True, True]
+    assert all(r["rtt_ms"] > 0 for r in records[:2])
+    assert records[-1] == {**records[-1], "type": "summary", "sent": 2, "ok": 2, "failed": 0}
+    human = run_cli("echo", peer.spec)
+    assert human.returncode == 0 and "C-ECHO ok" in human.stdout
+
+
+def test_echo_unreachable_exits_4(archive_dir: Path) -> None:
+    proc = run_cli("echo", f"NOBODY@127.0.0.1:{free_port()}", "--timeout", "5")
+    assert proc.returncode == 4
+    assert "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_echo_rejected_calling_aet_exits_4(peer_factory: Callable[..., Peer], archive_dir: Path) -> None:
+    peer = peer_factory(allow=["FRIEND"])
+    assert run_cli("echo", peer.spec, "--aet", "STRANGER").returncode == 4
+    assert run_cli("echo", peer.spec, "--aet", "FRIEND").returncode == 0
+
+
+def test_echo_uses_archive_ae_title_and_named_nodes(peer_factory: Callable[..., Peer], archive_dir: Path) -> None:
+    peer = peer_factory(allow=["MYARCHIVE"])
+    assert run_cli("config", "set", "ae_title", "MYARCHIVE").returncode == 0
+    assert run_cli("nodes", "add", "remote", "--aet", peer.aet, "--host", "127.0.0.1",
+                   "--port", str(peer.node.port)).returncode == 0
+    proc = run_cli("echo", "remote")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_unknown_node_is_a_usage_error(archive_dir: Path) -> None:
+    proc = run_cli("echo", "nosuchnode")
+    assert proc.returncode == 2 and "unknown node" in proc.stderr
+
+
+# -- send -------------------------------------------------------------------------------------
+
+
+def test_send_folder_recursive_skips_non_dicom(peer_factory: Callable[..., Peer], ct_factory: Any,
+                                               tmp_path: Path, archive_dir: Path) -> None:
+    peer = peer_factory()
+    folder = tmp_path / "cd"
+    files = ct_factory.series(3, directory=folder / "a" / "b") + [ct_factory(directory=folder)]
+    (folder / "autorun.inf").write_text("[autorun]\n")
+    proc = run_cli("send", peer.spec, folder, "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = _summary(proc)
+    assert (summary["files"], summary["sent"], summary["failed"], summary["skipped"]) == (5, 4, 0, 1)
+    assert summary["bytes"] == sum(f.stat().st_size for f in files)
+    assert [r["status"] for r in _json_lines(proc.stdout)[:-1]] == ["skipped"]
+    from pydicom import dcmread
+
+    assert peer.instance_uids() == {str(dcmread(f).SOPInstanceUID) for f in files}
+
+
+def test_send_partial_failure_exits_3(peer_factory: Callable[..., Peer], ct_factory: Any,
+                                      tmp_path: Path, archive_dir: Path) -> None:
+    peer = peer_factory()
+    good = ct_factory()
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not dicom")
+    proc = run_cli("send", peer.spec, good, bad, tmp_path / "missing.dcm", "--json")
+    assert proc.returncode == 3, proc.stderr
+    records = _json_lines(proc.stdout)
+    failed = {r["path"] for r in records if r.get("status") == "failed"}
+    assert failed == {str(bad), str(tmp_path / "missing.dcm")}
+    assert (records[-1]["sent"], records[-1]["failed"]) == (1, 2)
+    assert len(peer.instance_uids()) == 1
+
+
+def test_send_unreachable_exits_4(ct_factory: Any, archive_dir: Path) -> None:
+    proc = run_cli("send", f"NOBODY@127.0.0.1:{free_port()}", ct_factory(), "--timeout", "5")
+    assert proc.returncode == 4, proc.stderr
+
+
+def test_send_study_from_archive(peer_factory: Callable[..., Peer], ct_factory: Any, archive_dir: Path) -> None:
+    study = generate_uid()
+    wanted = ct_factory.series(2, study_uid=study, patient_id="P1")
+    ct_factory.series(2, patient_id="P2")  # another study, not to be sent
+    assert run_cli("import", ct_factory.directory).returncode == 0
+    peer = peer_factory()
+    proc = run_cli("send", peer.spec, "--study", study, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert _summary(proc)["sent"] == 2
+    assert len(peer.instance_uids()) == len(wanted)
+    by_key = run_cli("send", peer.spec, "-k", "PatientID=P2", "--json")
+    assert _summary(by_key)["sent"] == 2 and len(peer.instance_uids()) == 4
+
+
+def test_send_needs_something(archive_dir: Path) -> None:
+    assert run_cli("send", "X@127.0.0.1:104").returncode == 2
+
+
+# -- query ------------------------------------------------------------------------------------
+
+
+def test_query_matches_ls_output(peer_factory: Callable[..., Peer], ct_factory: Any,
+                                 tmp_path: Path, archive_dir: Path) -> None:
+    ct_factory.series(2, patient_id="P1", patient_name="DOE^JOHN", study_date="20240105")
+    ct_factory.series(1, patient_id="P2", patient_name="ROE^JANE", study_date="20240301")
+    ct_factory(patient_id="P3", patient_name="Müller^Hans",
+               extra={"SpecificCharacterSet": "ISO_IR 192", "PatientName": "Müller^Hans"})
+    files = sorted(ct_factory.directory.rglob("*.dcm"))
+    peer = peer_factory(files)
+    peer_archive = str(peer.archive.root)
+
+    for args in (["-k", "PatientName=doe*"], ["-k", "StudyDate=20240101-20240131"], [],
+                 ["-k", "PatientName=Mü*"], ["--level", "series", "-k", "PatientID=P1"],
+                 ["--level", "patient"]):
+        remote = run_cli("query", peer.spec, *args, "--json")
+        assert remote.returncode == 0, remote.stderr
+        local = run_cli("--archive", peer_archive, "ls", *args, "--json")
+        got, want = _json_lines(remote.stdout), _json_lines(local.stdout)
+        assert len(got) == len(want) and got, args
+        for g, w in zip(got, want):
+            common = set(g) & set(w)
+            assert {k: g[k] for k in common} == {k: w[k] for k in common}, args
+    names = {r["PatientName"] for r in _json_lines(run_cli("query", peer.spec, "--json").stdout)}
+    assert "Müller^Hans" in names
+
+    csv_out = run_cli("query", peer.spec, "--csv", "-k", "PatientID=P2")
+    assert csv_out.returncode == 0 and csv_out.stdout.splitlines()[0].startswith("PatientID,PatientName")
+    assert len(csv_out.stdout.splitlines()) == 2
+    table = run_cli("query", peer.spec)
+    assert table.returncode == 0 and "DOE^JOHN" in table.stdout
+
+
+def test_query_bad_filter_is_usage_error(archive_dir: Path) -> None:
+    proc = run_cli("query", "X@127.0.0.1:104", "-k", "StudyDate=2024*")
+    assert proc.returncode == 2
+
+
+# -- get and move into our archive ------------------------------------------------------------
+
+
+def test_get_into_archive_counts_what_arrived(peer_factory: Callable[..., Peer], ct_factory: Any,
+                                              archive_dir: Path) -> None:
+    study = generate_uid()
+    ct_factory.series(3, study_uid=study, patient_id="P1")
+    ct_factory.series(2, patient_id="P2")
+    peer = peer_factory(sorted(ct_factory.directory.rglob("*.dcm")))
+    proc = run_cli("get", peer.spec, "-k", "PatientID=P1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = _summary(proc)
+    assert summary["matched"] == 1 and summary["completed"] == 3
+    assert (summary["received"], summary["stored"], summary["duplicates"], summary["missing"]) == (3, 3, 0, 0)
+    listed = _json_lines(run_cli("ls", "--json").stdout)
+    assert [r["StudyInstanceUID"] for r in listed] == [study]
+    assert listed[0]["NumberOfStudyRelatedInstances"] == 3
+
+    again = run_cli("get", peer.spec, "-k", f"StudyInstanceUID={study}", "--json")
+    assert again.returncode == 0
+    assert (_summary(again)["stored"], _summary(again)["duplicates"]) == (0, 3)
+
+
+def test_get_and_move_need_a_selection(archive_dir: Path) -> None:
+    assert run_cli("get", "X@127.0.0.1:104").returncode == 2
+    assert run_cli("move", "X@127.0.0.1:104", "--to", "Y").returncode == 2
+
+
+def test_move_to_our_own_ae_receives_into_archive(peer_factory: Callable[..., Peer], ct_factory: Any,
+                                                  archive_dir: Path) -> None:
+    ct_factory.series(2, patient_id="P1", series_description="AXIAL")
+    ct_factory.series(3, patient_id="P1", series_description="CORONAL")
+    peer = peer_factory(sorted(ct_factory.directory.rglob("*.dcm")))
+    port = free_port()
+    assert run_cli("config", "set", "ae_title", "LOCAL").returncode == 0
+    assert run_cli("config", "set", "port", str(port)).returncode == 0
+    assert run_cli("config", "set", "host", "127.0.0.1").returncode == 0
+    peer.add_destination("local", "LOCAL", port)
+    proc = run_cli("move", peer.spec, "--to", "LOCAL", "--level", "series",
+                   "-k", "SeriesDescription=CORONAL", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = _summary(proc)
+    assert (summary["matched"], summary["completed"], summary["expected"]) == (1, 3, 3)
+    assert (summary["received"], summary["stored"], summary["missing"]) == (3, 3, 0)
+    listed = _json_lines(run_cli("ls", "--level", "series", "--json").stdout)
+    assert [(r["SeriesDescription"], r["NumberOfSeriesRelatedInstances"]) for r in listed] == [("CORONAL", 3)]
+
+
+def test_move_to_a_third_node_and_unknown_destination(peer_factory: Callable[..., Peer], ct_factory: Any,
+                                                      archive_dir: Path) -> None:
+    ct_factory.series(2, patient_id="P1")
+    source = peer_factory(sorted(ct_factory.directory.rglob("*.dcm")), aet="SOURCE")
+    target = peer_factory(aet="TARGET")
+    source.add_destination("target", "TARGET", target.node.port)
+    proc = run_cli("move", source.spec, "--to", "TARGET", "-k", "PatientID=P1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = _summary(proc)
+    assert summary["completed"] == 2 and "received" not in summary
+    assert len(target.instance_uids()) == 2
+
+    unknown = run_cli("move", source.spec, "--to", "NOWHERE", "-k", "PatientID=P1", "--json")
+    assert unknown.returncode == 1
+    assert "0xA801" in unknown.stderr and _summary(unknown)["status"] == "0xA801"
