@@ -152,13 +152,17 @@ class Archive:
             results[i] = result
             if record is not None:
                 records.append(record)
+            if result.status == STORED:
                 dirs.add(self.path_of(result.path).parent)
         if staged:
             try:
                 files.barrier(self.root, dirs=dirs)
             except OSError as exc:
                 raise _storage_error(exc) from None
-        self.index.add(records, durable=True)
+        try:
+            self.index.add(records, durable=True)
+        except OSError as exc:  # the files are stored; a re-run journals them again (duplicates)
+            raise _storage_error(exc) from None
         return [r for r in results if r is not None]
 
     def _publish(self, inst: Instance, stage: files.StagedFile, origin: str, policy: str):
@@ -175,7 +179,9 @@ class Archive:
             return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
         if existing_sha == stage.sha256:
             stage.temp_path.unlink(missing_ok=True)
-            return IngestResult(DUPLICATE, origin, uid, relpath, size=stage.size), None
+            # Journal it again (folding is idempotent): a writer killed between publishing a
+            # file and journaling it left the file unindexed, and only this re-run can tell.
+            return IngestResult(DUPLICATE, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
         if policy == "keep":
             quarantined = self._quarantine_file(stage.temp_path, "conflict: same SOP Instance UID, different bytes; kept the archived copy", origin, uid)
             return quarantined, None
