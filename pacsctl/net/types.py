@@ -127,7 +127,7 @@ class ScpOptions:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
-    maximum_pdu_size: int = 0  # 0 = unlimited: fewer, larger PDUs from peers that honour it
+    maximum_pdu_size: int = 1 << 20  # large PDUs: fewer Python round trips per instance
     tls: TlsOptions | None = None
     temp_dir: Path | None = None  # where incoming data sets are streamed; archive's file system
 
