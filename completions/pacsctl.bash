@@ -4,19 +4,33 @@
 
 _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
     case "$1:$2" in
-        cmds:pacsctl) echo 'config import ls nodes quarantine' ;;
+        cmds:pacsctl) echo 'audit backup config echo get import ls move nodes quarantine query reindex send serve verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
+        'opts:pacsctl audit') echo '--since --event -e --json --help -h' ;;
+        'vopts:pacsctl audit') echo '--since --event -e' ;;
+        'opts:pacsctl backup') echo '--json --jobs -j --help -h' ;;
+        'vopts:pacsctl backup') echo '--jobs -j' ;;
+        'args:pacsctl backup') echo @file ;;
         'cmds:pacsctl config') echo 'set show' ;;
         'opts:pacsctl config') echo '--help -h' ;;
         'opts:pacsctl config set') echo '--help -h' ;;
         'args:pacsctl config set') echo @text ;;
         'opts:pacsctl config show') echo '--json --help -h' ;;
+        'opts:pacsctl echo') echo '--count -c --aet --timeout --json --help -h' ;;
+        'vopts:pacsctl echo') echo '--count -c --aet --timeout' ;;
+        'args:pacsctl echo') echo @text ;;
+        'opts:pacsctl get') echo '--level -l --key -k --all --aet --timeout --json --help -h' ;;
+        'vopts:pacsctl get') echo '--level -l --key -k --aet --timeout' ;;
+        'args:pacsctl get') echo @text ;;
         'opts:pacsctl import') echo '--json --jobs -j --dry-run -n --on-conflict --help -h' ;;
         'vopts:pacsctl import') echo '--jobs -j --on-conflict' ;;
         'args:pacsctl import') echo @file ;;
         'opts:pacsctl ls') echo '--level -l --key -k --json --csv --help -h' ;;
         'vopts:pacsctl ls') echo '--level -l --key -k' ;;
+        'opts:pacsctl move') echo '--to --level -l --key -k --all --settle --aet --timeout --json --help -h' ;;
+        'vopts:pacsctl move') echo '--to --level -l --key -k --settle --aet --timeout' ;;
+        'args:pacsctl move') echo @text ;;
         'cmds:pacsctl nodes') echo 'add list remove' ;;
         'opts:pacsctl nodes') echo '--help -h' ;;
         'opts:pacsctl nodes add') echo '--aet --host --port --tls --tls-cert --tls-key --tls-ca --replace --help -h' ;;
@@ -26,22 +40,76 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl nodes remove') echo '--help -h' ;;
         'args:pacsctl nodes remove') echo @text ;;
         'opts:pacsctl quarantine') echo '--json --help -h' ;;
+        'opts:pacsctl query') echo '--level -l --key -k --aet --timeout --json --csv --help -h' ;;
+        'vopts:pacsctl query') echo '--level -l --key -k --aet --timeout' ;;
+        'args:pacsctl query') echo @text ;;
+        'opts:pacsctl reindex') echo '--json --jobs -j --help -h' ;;
+        'vopts:pacsctl reindex') echo '--jobs -j' ;;
+        'opts:pacsctl send') echo '--study --key -k --aet --timeout --json --help -h' ;;
+        'vopts:pacsctl send') echo '--study --key -k --aet --timeout' ;;
+        'args:pacsctl send') echo @file ;;
+        'opts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w --help -h' ;;
+        'vopts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w' ;;
+        'opts:pacsctl verify') echo '--quick --sample --backup --repair-from --json --report --jobs -j --help -h' ;;
+        'vopts:pacsctl verify') echo '--sample --backup --repair-from --report --jobs -j' ;;
     esac
 }
 
 _pacsctl_value() {  # completion words for the value of option $2 of command path $1
     case "$1 $2" in
         'pacsctl --archive'|'pacsctl -a') echo @file ;;
+        'pacsctl audit --since') echo @text ;;
+        'pacsctl audit --event'|'pacsctl audit -e') echo @text ;;
+        'pacsctl backup --jobs'|'pacsctl backup -j') echo @text ;;
+        'pacsctl echo --count'|'pacsctl echo -c') echo @text ;;
+        'pacsctl echo --aet') echo @text ;;
+        'pacsctl echo --timeout') echo @text ;;
+        'pacsctl get --level'|'pacsctl get -l') echo @text ;;
+        'pacsctl get --key'|'pacsctl get -k') echo @text ;;
+        'pacsctl get --aet') echo @text ;;
+        'pacsctl get --timeout') echo @text ;;
         'pacsctl import --jobs'|'pacsctl import -j') echo @text ;;
         'pacsctl import --on-conflict') echo @text ;;
         'pacsctl ls --level'|'pacsctl ls -l') echo @text ;;
         'pacsctl ls --key'|'pacsctl ls -k') echo @text ;;
+        'pacsctl move --to') echo @text ;;
+        'pacsctl move --level'|'pacsctl move -l') echo @text ;;
+        'pacsctl move --key'|'pacsctl move -k') echo @text ;;
+        'pacsctl move --settle') echo @text ;;
+        'pacsctl move --aet') echo @text ;;
+        'pacsctl move --timeout') echo @text ;;
         'pacsctl nodes add --aet') echo @text ;;
         'pacsctl nodes add --host') echo @text ;;
         'pacsctl nodes add --port') echo @text ;;
         'pacsctl nodes add --tls-cert') echo @text ;;
         'pacsctl nodes add --tls-key') echo @text ;;
         'pacsctl nodes add --tls-ca') echo @text ;;
+        'pacsctl query --level'|'pacsctl query -l') echo @text ;;
+        'pacsctl query --key'|'pacsctl query -k') echo @text ;;
+        'pacsctl query --aet') echo @text ;;
+        'pacsctl query --timeout') echo @text ;;
+        'pacsctl reindex --jobs'|'pacsctl reindex -j') echo @text ;;
+        'pacsctl send --study') echo @text ;;
+        'pacsctl send --key'|'pacsctl send -k') echo @text ;;
+        'pacsctl send --aet') echo @text ;;
+        'pacsctl send --timeout') echo @text ;;
+        'pacsctl serve --aet') echo @text ;;
+        'pacsctl serve --host') echo @text ;;
+        'pacsctl serve --port'|'pacsctl serve -p') echo @text ;;
+        'pacsctl serve --allow') echo @text ;;
+        'pacsctl serve --max-associations') echo @text ;;
+        'pacsctl serve --acse-timeout') echo @text ;;
+        'pacsctl serve --dimse-timeout') echo @text ;;
+        'pacsctl serve --network-timeout') echo @text ;;
+        'pacsctl serve --tls-cert') echo @file ;;
+        'pacsctl serve --tls-key') echo @file ;;
+        'pacsctl serve --tls-ca') echo @file ;;
+        'pacsctl serve --workers'|'pacsctl serve -w') echo @text ;;
+        'pacsctl verify --sample') echo @text ;;
+        'pacsctl verify --backup') echo @file ;;
+        'pacsctl verify --repair-from') echo @file ;;
+        'pacsctl verify --report') echo @file ;;
+        'pacsctl verify --jobs'|'pacsctl verify -j') echo @text ;;
     esac
 }
 
