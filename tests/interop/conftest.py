@@ -1,6 +1,7 @@
 """Fixtures starting real peers for the interop suite: Orthanc and DCMTK storescp.
 
-A missing peer binary fails the test when CI is set and skips it elsewhere. The processes are
+A missing peer binary fails the test when CI is set and skips it elsewhere. Every test in this
+folder is marked `interop` automatically. The processes are
 `benchmarks.peers` classes, so benchmarks and tests drive the very same set-up.
 
     def test_x(orthanc):               # a running Orthanc (AET ORTHANC), empty
@@ -24,6 +25,14 @@ import pytest
 
 from benchmarks.peers import ORTHANC_BIN, OrthancPeer, PeerError, StoreSCPPeer
 from tests.helpers import require_tool
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/interop as `interop` (so ``-m "not interop"`` skips them)."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.interop)
 
 
 @pytest.fixture
