@@ -4,7 +4,7 @@
 
 _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
     case "$1:$2" in
-        cmds:pacsctl) echo 'audit backup config echo get import ls move nodes quarantine query reindex send serve verify' ;;
+        cmds:pacsctl) echo 'audit backup completion config echo get import ls move nodes quarantine query reindex send serve verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
         'opts:pacsctl audit') echo '--since --event -e --json --help -h' ;;
@@ -12,6 +12,8 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl backup') echo '--json --jobs -j --help -h' ;;
         'vopts:pacsctl backup') echo '--jobs -j' ;;
         'args:pacsctl backup') echo @file ;;
+        'opts:pacsctl completion') echo '--help -h' ;;
+        'args:pacsctl completion') echo 'bash zsh fish' ;;
         'cmds:pacsctl config') echo 'set show' ;;
         'opts:pacsctl config') echo '--help -h' ;;
         'opts:pacsctl config set') echo '--help -h' ;;

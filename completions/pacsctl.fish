@@ -4,7 +4,7 @@
 function __pacsctl_spec --description 'sub-commands (cmds) or value options (vopts) of a path'
     switch "$argv[1]:$argv[2]"
         case 'cmds:pacsctl'
-            printf '%s\n' 'audit' 'backup' 'config' 'echo' 'get' 'import' 'ls' 'move' 'nodes' 'quarantine' 'query' 'reindex' 'send' 'serve' 'verify'
+            printf '%s\n' 'audit' 'backup' 'completion' 'config' 'echo' 'get' 'import' 'ls' 'move' 'nodes' 'quarantine' 'query' 'reindex' 'send' 'serve' 'verify'
         case 'vopts:pacsctl'
             printf '%s\n' '--archive' '-a'
         case 'vopts:pacsctl audit'
@@ -67,6 +67,7 @@ end
 complete -c pacsctl -f
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'audit' -d 'Show who associated, stored, queried and retrieved what: the audit trail `pac...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'backup' -d 'Copy what is new or changed to DEST, with a manifest to verify and restore from.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'completion' -d 'Print the shell completion script for pacsctl.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'config' -d 'Show or change the archive\'s settings.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'echo' -d 'Check that a node answers (C-ECHO) and print the round trip.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'get' -d 'Retrieve studies from a node straight into the archive (C-GET).'
@@ -94,6 +95,8 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'json' -d 'NDJSON: o
 complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'jobs' -s 'j' -x -d 'Parallel copies (default: 2 per core, at least 4).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -F
+complete -c pacsctl -n '__pacsctl_at \'pacsctl completion\'' -l 'help' -s 'h' -d 'Show this message and exit.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl completion\'' -a 'bash zsh fish'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -a 'set' -d 'Change a setting.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -a 'show' -d 'Show the settings and where the archive is.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -l 'help' -s 'h' -d 'Show this message and exit.'

@@ -196,3 +196,33 @@ def test_zsh_completion_behaviour(tmp_path: Path, line: str, expected: set[str])
     proc = subprocess.run(["zsh", "-f", "-c", ZSH_DRIVER, "driver", str(script), line],
                           capture_output=True, text=True, check=True)
     assert set(proc.stdout.split()) == expected
+
+
+@pytest.mark.parametrize("shell", ["bash", "fish"])
+def test_completion_command_prints_the_script(shell: str) -> None:
+    from typer.testing import CliRunner
+
+    from pacsctl.cli.completions import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.callback()
+    def root() -> None:
+        """Keeps `completion` a sub-command."""
+
+    result = CliRunner().invoke(app, ["completion", shell])
+    assert result.exit_code == 0, result.output
+    assert result.output == generate(_real_app(), shell)
+
+
+def test_pacsctl_completion_runs_end_to_end() -> None:
+    import typer.main
+
+    if "completion" not in typer.main.get_command(_real_app()).commands:
+        pytest.skip("`completions` not registered in pacsctl.cli.app COMMAND_MODULES")
+    from tests.helpers import run_cli
+
+    proc = run_cli("completion", "zsh")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == generate(_real_app(), "zsh")

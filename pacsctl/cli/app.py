@@ -99,6 +99,7 @@ def _register_commands() -> None:
 COMMAND_MODULES = (
     "serve", "importing", "listing", "remote",
     "anonymize", "backup", "verify", "reindex", "export", "nodes", "config_cmd", "audit", "quarantine",
+    "completions",
 )
 _register_commands()
 

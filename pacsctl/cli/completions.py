@@ -1,6 +1,7 @@
 """Static bash, zsh and fish completion scripts generated from the typer app.
 
     python -m pacsctl.cli.completions [OUT_DIR]
+    pacsctl completion bash|zsh|fish        (prints the script; for installs without the repo)
 
 (re)writes ``completions/pacsctl.bash``, ``completions/_pacsctl`` (zsh) and
 ``completions/pacsctl.fish`` from the command tree: every command, sub-command and option, with
@@ -18,6 +19,7 @@ import shlex
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path, PurePath
 from typing import Any, get_args
 
@@ -454,6 +456,33 @@ def write_all(app: typer.Typer, out_dir: Path | None = None) -> list[Path]:
         path.write_text(generate(app, shell), encoding="utf-8")
         written.append(path)
     return written
+
+
+class Shell(str, Enum):
+    """Shells with a completion script."""
+
+    bash = "bash"
+    zsh = "zsh"
+    fish = "fish"
+
+
+def completion_command(
+    shell: Shell = typer.Argument(..., help="bash, zsh or fish."),
+) -> None:
+    """Print the shell completion script for pacsctl.
+
+    Examples: pacsctl completion bash > ~/.local/share/bash-completion/completions/pacsctl;
+    pacsctl completion fish > ~/.config/fish/completions/pacsctl.fish;
+    pacsctl completion zsh > ~/.zfunc/_pacsctl (with fpath+=~/.zfunc before compinit).
+    """
+    from pacsctl.cli.app import app
+
+    sys.stdout.write(generate(app, shell.value))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `completion` command."""
+    app.command("completion")(completion_command)
 
 
 def main(argv: list[str] | None = None) -> int:
