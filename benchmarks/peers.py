@@ -8,8 +8,10 @@
   associations; `peer_baselines` runs it into storescp and Orthanc, for the ratio benchmarks
   print.
 
-Only the standard library plus nothing else, so `python benchmarks/<x>.py` can import it.
-DCMTK gets ``TCP_NODELAY=1``: without it every message waits ~40 ms on loopback.
+Standard library only, so any benchmark script can import it. DCMTK gets ``TCP_NODELAY=1``:
+without it every message waits ~40 ms on loopback. Clients here only ever connect to 127.0.0.1
+(Orthanc 1.10 has no option to bind its DICOM port to one address; its REST API refuses
+remote clients).
 """
 
 from __future__ import annotations
