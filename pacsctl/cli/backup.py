@@ -34,7 +34,7 @@ def backup(
     with opts.open_archive(create=False) as archive, LazyProgress("backup", opts.verbosity >= 0) as bar:
         report = run_backup(archive, dest, jobs=jobs, on_total=bar.start, progress=bar.advance)
     s = report.summary
-    records = [f.as_dict() for f in report.findings] + [{"summary": "backup", "dest": str(dest), **s.as_dict()}]
+    records = [f.as_dict() for f in report.findings] + [{"type": "summary", "command": "backup", "dest": str(dest), **s.as_dict()}]
     print_findings(records, as_json, "backup: problems")
     if not as_json:
         output.stderr.print(

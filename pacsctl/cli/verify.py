@@ -56,7 +56,7 @@ def print_findings(records: list[dict], as_json: bool, title: str) -> None:
         for record in records:
             output.json_line(record)
         return
-    findings = [r for r in records if "summary" not in r]
+    findings = [r for r in records if r.get("type") != "summary"]
     if findings:
         output.emit(findings, FINDING_COLUMNS, "table", title=title)
 

@@ -54,6 +54,7 @@ class Finding:
     def as_dict(self) -> dict:
         """The JSON record (DICOM keyword for the UID, like every pacsctl record)."""
         return {
+            "type": "problem",
             "path": self.path,
             "SOPInstanceUID": self.sop_instance_uid,
             "problem": self.problem,

@@ -196,4 +196,4 @@ def records_of(report: ReindexReport) -> Iterable[dict]:
     """The report as JSON records: one per finding, then the summary."""
     for finding in report.findings:
         yield finding.as_dict()
-    yield {"summary": "reindex", **report.summary.as_dict()}
+    yield {"type": "summary", "command": "reindex", **report.summary.as_dict()}

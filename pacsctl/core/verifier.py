@@ -283,5 +283,5 @@ def records(report: VerifyReport) -> Iterable[dict]:
     """The report as JSON records: one per finding, then the summary."""
     for finding in report.findings:
         yield finding.as_dict()
-    yield {"summary": "verify", **report.summary.as_dict()}
+    yield {"type": "summary", "command": "verify", **report.summary.as_dict()}
 

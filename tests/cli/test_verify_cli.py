@@ -1,0 +1,134 @@
+"""`pacsctl verify`: exit codes, the NDJSON shape, --report, the table, and repair from a backup."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from pacsctl.core.archive import Archive
+from tests.core.test_verify import dead_pid, flip_bit, make_archive
+
+SUMMARY_INTS = ("checked", "hashed", "bytes", "problems", "repaired", "cleaned")
+PROBLEM_KEYS = {"type", "path", "SOPInstanceUID", "problem", "where", "detail", "action"}
+
+
+def lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def records(archive_dir: Path, ct_factory: Any, dicom_test_files: list[Path]) -> list[dict]:
+    """An archive of 4 CT slices and pydicom's MR_small; its index records, in path order."""
+    extra = [p for p in dicom_test_files if p.name == "MR_small.dcm"]
+    with make_archive(archive_dir, ct_factory.series(4) + extra) as archive:
+        return sorted(archive.index.iter_instances(), key=lambda r: r["path"])
+
+
+def test_without_an_archive_is_a_usage_error(archive_dir: Path, cli: Callable[..., Any]) -> None:
+    proc = cli("verify")
+    assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_clean_archive_exits_0_with_a_summary(records: list[dict], cli: Callable[..., Any]) -> None:
+    proc = cli("verify", "--json")
+    assert proc.returncode == 0, proc.stderr
+    [summary] = lines(proc.stdout)
+    assert summary["type"] == "summary" and summary["command"] == "verify" and summary["ok"] is True
+    assert all(isinstance(summary[k], int) for k in SUMMARY_INTS)
+    assert (summary["checked"], summary["hashed"], summary["problems"]) == (5, 5, 0)
+    assert summary["bytes"] == sum(r["size"] for r in records)
+
+
+def test_damage_exits_3_one_record_per_problem_and_report_file(
+    records: list[dict], archive_dir: Path, cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    flip_bit(archive_dir / records[0]["path"])
+    (archive_dir / records[1]["path"]).unlink()
+    report = tmp_path / "mail" / "verify.ndjson"
+    report.parent.mkdir()
+
+    proc = cli("verify", "--json", "--report", report, "--jobs", "2")
+
+    assert proc.returncode == 3, proc.stderr
+    out = lines(proc.stdout)
+    problems, summary = out[:-1], out[-1]
+    assert {(p["problem"], p["path"], p["SOPInstanceUID"], p["where"]) for p in problems} == {
+        ("hash_mismatch", records[0]["path"], records[0]["SOPInstanceUID"], "archive"),
+        ("missing", records[1]["path"], records[1]["SOPInstanceUID"], "archive"),
+    }
+    assert len(problems) == 2
+    assert all(set(p) == PROBLEM_KEYS and p["type"] == "problem" for p in problems)
+    assert summary["problems"] == 2 and summary["ok"] is False
+    assert report.read_text() == proc.stdout
+
+
+def test_table_and_human_summary(records: list[dict], archive_dir: Path, cli: Callable[..., Any]) -> None:
+    os.truncate(archive_dir / records[2]["path"], 100)
+    proc = cli("verify")
+    assert proc.returncode == 3
+    assert "wrong_size" in proc.stdout and records[2]["SOPInstanceUID"] in proc.stdout
+    assert "1 problems" in proc.stderr and "5 files checked" in proc.stderr
+
+
+def test_report_is_written_also_without_json(records: list[dict], cli: Callable[..., Any], tmp_path: Path) -> None:
+    report = tmp_path / "verify.ndjson"
+    proc = cli("verify", "--report", report)
+    assert proc.returncode == 0
+    [summary] = lines(report.read_text())
+    assert summary["ok"] is True
+
+
+def test_quick_and_sample(records: list[dict], archive_dir: Path, cli: Callable[..., Any]) -> None:
+    flip_bit(archive_dir / records[0]["path"])
+    quick = cli("verify", "--quick", "--json")
+    assert quick.returncode == 0 and lines(quick.stdout)[-1]["hashed"] == 0  # a flipped bit keeps the size
+    sample = cli("verify", "--sample", "1", "--json")
+    assert sample.returncode == 3 and lines(sample.stdout)[-1]["hashed"] == 5
+    assert cli("verify", "--quick", "--sample", "0.5").returncode == 2
+    assert cli("verify", "--sample", "1.5").returncode == 2
+
+
+def test_leftover_temp_files_are_removed_and_reported_exit_0(records: list[dict], archive_dir: Path, cli: Callable[..., Any]) -> None:
+    leftover = archive_dir / "tmp" / f"{dead_pid()}-4242.part"
+    leftover.write_bytes(b"partial")
+    proc = cli("verify", "--json")
+    assert proc.returncode == 0, proc.stdout
+    [record, summary] = lines(proc.stdout)
+    assert (record["problem"], record["action"], summary["cleaned"]) == ("leftover_temp", "removed", 1)
+    assert not leftover.exists()
+
+
+def test_backup_check_and_repair_from_it(records: list[dict], archive_dir: Path, cli: Callable[..., Any], tmp_path: Path) -> None:
+    dest = tmp_path / "backup"
+    assert cli("backup", dest, "--json").returncode == 0
+    assert cli("verify", "--backup", dest).returncode == 0
+
+    flip_bit(dest / records[3]["path"])
+    checked = cli("verify", "--backup", dest, "--json")
+    assert checked.returncode == 3
+    [problem] = lines(checked.stdout)[:-1]
+    assert (problem["where"], problem["problem"], problem["path"]) == ("backup", "hash_mismatch", records[3]["path"])
+
+    original = (archive_dir / records[0]["path"]).read_bytes()
+    (archive_dir / records[0]["path"]).unlink()
+    repaired = cli("verify", "--repair-from", dest, "--json")
+    assert repaired.returncode == 3  # damage was found (and repaired): worth a mail
+    [problem] = lines(repaired.stdout)[:-1]
+    assert (problem["problem"], problem["action"]) == ("missing", "restored from backup")
+    assert lines(repaired.stdout)[-1]["repaired"] == 1
+    assert (archive_dir / records[0]["path"]).read_bytes() == original
+    assert cli("verify").returncode == 0
+    assert cli("verify", "--backup", dest, "--repair-from", dest).returncode == 2
+
+
+def test_backup_checked_alone_when_the_archive_is_gone(records: list[dict], archive_dir: Path, cli: Callable[..., Any], tmp_path: Path) -> None:
+    dest = tmp_path / "backup"
+    assert cli("backup", dest).returncode == 0
+    proc = cli("verify", "--backup", dest, "--json", env={"PACSCTL_ARCHIVE": str(tmp_path / "gone")})
+    assert proc.returncode == 0, proc.stderr
+    assert "checking the backup against its manifest only" in proc.stderr
+    assert cli("verify", "--backup", tmp_path / "nothing-here").returncode == 2
