@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import pydicom
+
 from pacsctl.config import CONFIG_NAME, ON_CONFLICT_POLICIES, Config, dump_config, load_config, resolve_archive_dir
 from pacsctl.core.dicomfile import DicomdirError, Instance, NotDicomError, read_instance
 from pacsctl.core.records import index_record
@@ -186,9 +188,14 @@ class Archive:
             quarantined = self._quarantine_file(stage.temp_path, "conflict: same SOP Instance UID, different bytes; kept the archived copy", origin, uid)
             return quarantined, None
         # replace: the archived copy goes to quarantine first (a hard link), so a name always exists
+        previous = _filed_under(target)
         self._quarantine_file(target, "conflict: replaced by a newer copy with different bytes", relpath, uid, keep_source=True)
         files.publish(stage, target, replace=True)
-        return IngestResult(STORED, origin, uid, relpath, size=stage.size, reason="replaced a different copy"), self._record(inst, relpath, stage)
+        record = self._record(inst, relpath, stage)
+        if previous != (record["StudyInstanceUID"], record["SeriesInstanceUID"]) and all(previous):
+            # the new copy is filed under another study/series: the index moves it from the old one
+            record["ReplacedStudyInstanceUID"], record["ReplacedSeriesInstanceUID"] = previous
+        return IngestResult(STORED, origin, uid, relpath, size=stage.size, reason="replaced a different copy"), record
 
     def _plan(self, inst: Instance, origin: str, policy: str) -> IngestResult:
         """What `_publish` would do with an instance, without writing anything."""
@@ -247,6 +254,15 @@ class Archive:
             record["path"] = str(info.with_suffix(".dcm").relative_to(self.root))
             records.append(record)
         return sorted(records, key=lambda r: (r.get("time", ""), r["path"]))
+
+
+def _filed_under(path: Path) -> tuple[str, str]:
+    """(StudyInstanceUID, SeriesInstanceUID) of an archived file, empty strings if unreadable."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
+        return str(ds.get("StudyInstanceUID", "") or ""), str(ds.get("SeriesInstanceUID", "") or "")
+    except Exception:  # noqa: BLE001 - a damaged old copy must not block its replacement
+        return "", ""
 
 
 def _storage_error(exc: OSError) -> Exception:

@@ -140,8 +140,15 @@ class _Catalog:
         return self._manifests[series_uid]
 
     def apply(self, rec: Record) -> None:
-        """Put one instance record into its manifest, study and patient documents."""
+        """Put one instance record into its manifest, study and patient documents.
+
+        A record that replaced a copy filed under another series (`ReplacedSeriesInstanceUID`,
+        `ReplacedStudyInstanceUID`) first takes the instance out of that series.
+        """
         study_uid, series_uid = rec["StudyInstanceUID"], rec["SeriesInstanceUID"]
+        old_series = rec.get("ReplacedSeriesInstanceUID")
+        if old_series and old_series != series_uid:
+            self.remove(rec["SOPInstanceUID"], rec.get("ReplacedStudyInstanceUID") or study_uid, old_series)
         manifest = self.manifest(series_uid)
         manifest.docs[rec["SOPInstanceUID"]] = {k: rec.get(k) for k in INSTANCE_FIELDS}
         manifest.dirty = True
@@ -161,6 +168,33 @@ class _Catalog:
         if study_uid not in patient["studies"]:
             patient["studies"].append(study_uid)
         patients.dirty = True
+
+    def remove(self, sop_uid: str, study_uid: str, series_uid: str) -> None:
+        """Take an instance out of a series; drop the series and study when they become empty."""
+        manifest = self.manifest(series_uid)
+        if manifest.docs.pop(sop_uid, None) is None:
+            return
+        manifest.dirty = True
+        studies = self.study_shard(study_uid)
+        study = studies.docs.get(study_uid)
+        if study is None:
+            return
+        studies.dirty = True
+        if manifest.docs:
+            study["series"].setdefault(series_uid, {"SeriesInstanceUID": series_uid})["NumberOfSeriesRelatedInstances"] = len(manifest.docs)
+        else:
+            study["series"].pop(series_uid, None)
+        if study["series"]:
+            _recount(study)
+            return
+        del studies.docs[study_uid]
+        patients = self.patient_shard(study.get("PatientID") or "")
+        patient = patients.docs.get(study.get("PatientID") or "")
+        if patient is not None and study_uid in patient["studies"]:
+            patient["studies"].remove(study_uid)
+            if not patient["studies"]:
+                del patients.docs[patient["PatientID"]]
+            patients.dirty = True
 
     def save(self) -> None:
         """Write every changed shard; manifests first, so counts never run ahead of instances."""

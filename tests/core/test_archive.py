@@ -190,3 +190,30 @@ def test_open_refuses_a_foreign_non_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         Archive.open(tmp_path / "absent", create=False)
     assert not (tmp_path / "absent").exists()
+
+
+def test_replace_that_moves_an_instance_to_another_study_reindexes_it(archive_dir: Path, ct_factory) -> None:
+    """A corrected copy filed under another study/series: the old study loses the instance
+    (and disappears with its patient when empty), nothing is indexed twice."""
+    a = ct_factory(sop_uid="1.2.3.4", study_uid="1.2.3", series_uid="1.2.3.1", patient_id="WRONG")
+    b = ct_factory(sop_uid="1.2.3.5", study_uid="1.2.3", series_uid="1.2.3.1", patient_id="WRONG")
+    c = ct_factory(sop_uid="1.2.3.6", study_uid="1.2.3", series_uid="1.2.3.2", patient_id="WRONG")
+    with Archive.open(archive_dir) as archive:
+        archive.ingest([(p.read_bytes(), str(p)) for p in (a, b, c)])
+        archive.index.flush()
+        moved_series = ct_factory(sop_uid="1.2.3.6", study_uid="1.2.3", series_uid="1.2.3.1", patient_id="WRONG", series_number=7)
+        archive.ingest([(moved_series.read_bytes(), "fix series")], on_conflict="replace")
+        [study] = archive.index.studies()
+        assert (study["NumberOfStudyRelatedSeries"], study["NumberOfStudyRelatedInstances"]) == (1, 3)
+        for n, sop in enumerate(("1.2.3.4", "1.2.3.5", "1.2.3.6")):
+            fixed = ct_factory(sop_uid=sop, study_uid="9.8.7", series_uid="9.8.7.1", patient_id="RIGHT", pixel_seed=n)
+            archive.ingest([(fixed.read_bytes(), f"fix {sop}")], on_conflict="replace")
+            if n == 0:  # the old study still holds the other two, and is still listed
+                assert {s["StudyInstanceUID"]: s["NumberOfStudyRelatedInstances"] for s in archive.index.studies()} == {"1.2.3": 2, "9.8.7": 1}
+        archive.index.flush()
+        [study] = archive.index.studies()
+        assert study["StudyInstanceUID"] == "9.8.7" and study["NumberOfStudyRelatedInstances"] == 3
+        assert [p["PatientID"] for p in archive.index.patients()] == ["RIGHT"]
+        assert len(archive.index.instances()) == 3
+        assert len(list(archive.quarantined())) == 4  # every replaced copy kept
+    assert consistency(archive_dir) == []
