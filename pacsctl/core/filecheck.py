@@ -26,7 +26,7 @@ HEADER_LIMIT = 64 << 20
 CHUNK = 8 << 20
 
 
-@dataclass
+@dataclass(slots=True)
 class Expected:
     """What a file should be: its archive-relative path and the size and SHA-256 recorded."""
 
@@ -43,6 +43,12 @@ class Content:
     size: int
     sha256: str
     head: bytes
+
+
+def read_head(path: Path, limit: int = 1 << 20) -> bytes:
+    """The first `limit` bytes of a file (enough for the header of almost any instance)."""
+    with open(path, "rb", buffering=0) as fh:
+        return fh.read(limit)
 
 
 def read_content(path: Path) -> Content:

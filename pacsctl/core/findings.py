@@ -35,7 +35,7 @@ REMOVED = "removed"
 RESTORED = "restored from backup"
 
 
-@dataclass
+@dataclass(slots=True)
 class Finding:
     """One problem with one file (or with a manifest), and what was done about it."""
 

@@ -22,7 +22,8 @@ from typing import Callable, Iterable, Sequence
 from pacsctl.core import findings as F
 from pacsctl.core.archive import Archive, OBJECTS, TMP
 from pacsctl.core.filecheck import (
-    Expected, check_full, check_quick, clean_leftovers, header_uid, read_content, recorded_files, walk_objects,
+    Expected, check_full, check_quick, clean_leftovers, header_uid, read_content, read_head, recorded_files,
+    walk_objects,
 )
 from pacsctl.core.findings import Finding
 from pacsctl.core.manifest import MANIFEST_NAME, locked_backup, read_manifest
@@ -111,16 +112,34 @@ def verify_archive(
         archive.root, expected, mode, sample, jobs, F.ARCHIVE, progress
     )
     report.summary.checked = len(expected)
-    report.findings += found
     unknown = on_disk - recorded.keys()
-    if unknown:  # stored during the check? then the index knows them by now
-        unknown -= recorded_files(archive.index.iter_instances()).keys()
-        report.findings += [_unknown_file(archive.root, path, F.ARCHIVE, "not in the index") for path in sorted(unknown)]
+    if unknown or found:  # stored or replaced during the check? then the index knows by now
+        fresh = recorded_files(archive.index.iter_instances())
+        unknown -= fresh.keys()
+        found = _recheck_changed(archive.root, found, recorded, fresh, mode)
+    report.findings += found
+    report.findings += [_unknown_file(archive.root, path, F.ARCHIVE, "not in the index") for path in sorted(unknown)]
     if repair_from is not None:
         for finding in report.findings:
             if finding.problem in F.DAMAGE and finding.where == F.ARCHIVE:
                 repair(archive, recorded[finding.path], repair_from, finding)
     return report.finish(started)
+
+
+def _recheck_changed(
+    root: Path, found: list[Finding], recorded: dict[str, Expected], fresh: dict[str, Expected], mode: str
+) -> list[Finding]:
+    """Check again, against its new record, a file replaced during the check (on-conflict replace)."""
+    out = []
+    for finding in found:
+        new = fresh.get(finding.path)
+        old = recorded.get(finding.path)
+        if finding.problem in F.DAMAGE and new is not None and old is not None and new.sha256 != old.sha256:
+            recorded[finding.path] = new
+            finding = check_quick(root, new) if mode == QUICK else check_full(root, new)[0]
+        if finding is not None:
+            out.append(finding)
+    return out
 
 
 def repair(archive: Archive, expected: Expected, backup: Path, finding: Finding) -> None:
@@ -265,7 +284,10 @@ def _check_chunk(task: tuple[str, str, Sequence[tuple[Expected, bool]]]) -> tupl
 def _unknown_file(root: Path, path: str, where: str, detail: str) -> Finding:
     """A finding for a file nobody recorded, naming its SOP Instance UID when it is DICOM."""
     try:
-        uid = header_uid(read_content(root / path).head)
+        try:
+            uid = header_uid(read_head(root / path))
+        except ValueError:  # a header longer than the prefix? then the whole file
+            uid = header_uid(read_content(root / path).head)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else str(exc)
         return Finding(path, F.UNKNOWN_FILE, f"{detail}; not a readable DICOM file ({reason})", where=where)

@@ -275,3 +275,21 @@ def test_verify_backup_needs_a_manifest(tmp_path: Path, archive: Archive) -> Non
 
     with pytest.raises(UsageError):
         verify_backup(tmp_path, archive)
+
+
+def test_file_replaced_during_the_check_is_not_reported(archive: Archive, monkeypatch: pytest.MonkeyPatch, ct_factory: Any) -> None:
+    """`serve` with on-conflict replace swaps a file after verify read the index: no false alarm."""
+    from pacsctl.core import verifier
+
+    rec = sorted(archive.index.instances(), key=lambda r: r["path"])[0]
+    newer = ct_factory(sop_uid=rec["SOPInstanceUID"], study_uid=rec["StudyInstanceUID"], series_uid=rec["SeriesInstanceUID"], pixel_seed=99)
+    original = verifier.check_files
+
+    def replace_then_check(*args: Any, **kwargs: Any) -> Any:
+        [result] = archive.ingest([(newer.read_bytes(), str(newer))], on_conflict="replace")
+        assert result.status == "stored" and result.path == rec["path"]
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(verifier, "check_files", replace_then_check)
+    report = verify_archive(archive, jobs=1)
+    assert report.findings == [] and report.summary.ok
