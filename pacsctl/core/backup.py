@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 
 from pacsctl.config import CONFIG_NAME
 from pacsctl.core import findings as F
-from pacsctl.core.archive import OBJECTS, TMP, Archive
+from pacsctl.core.archive import AUDIT_LOG, OBJECTS, QUARANTINE, TMP, Archive
 from pacsctl.core.filecheck import Expected, clean_leftovers, recorded_files
 from pacsctl.core.findings import Finding
 from pacsctl.core.manifest import MANIFEST_NAME, Manifest, locked_backup, read_manifest, write_manifest
@@ -54,6 +54,7 @@ class BackupSummary:
     failed: int = 0
     bytes: int = 0
     instances: int = 0  # entries in the manifest afterwards
+    other_files: int = 0  # quarantine and audit log files copied (not instances; no manifest)
     elapsed: float = 0.0
 
     def as_dict(self) -> dict:
@@ -119,6 +120,7 @@ def _backup(archive: Archive, dest: Path, jobs: int | None, on_total: Callable[[
         finally:  # also on Ctrl-C: what was copied is kept and listed
             run.commit()
         _copy_config(archive.root, dest)
+        report.summary.other_files = _mirror_others(archive.root, dest)
     report.summary.instances = len(run.entries)
     return report
 
@@ -269,6 +271,33 @@ def _copy_config(archive_root: Path, dest: Path) -> None:
     config = archive_root / CONFIG_NAME
     if config.exists():
         files.write_atomic(dest / TMP, dest / CONFIG_NAME, config.read_bytes())
+
+
+def _mirror_others(archive_root: Path, dest: Path) -> int:
+    """Copy the quarantine (named by content, never changed) and the audit log when they grew.
+
+    Not instances, so not in the manifest; copied so that nothing received is lost with the
+    archive. Returns the number of files copied.
+    """
+    sources = [p for p in sorted((archive_root / QUARANTINE).rglob("*")) if p.is_file()]
+    sources += [p for p in (archive_root / AUDIT_LOG,) if p.is_file()]
+    staged = []
+    for source in sources:
+        relpath = source.relative_to(archive_root)
+        try:
+            if _size(dest / relpath) == source.stat().st_size:
+                continue
+            with open(source, "rb", buffering=0) as fh:
+                staged.append((relpath, files.stage(dest / TMP, iter(lambda: fh.read(READ_CHUNK), b""), fsync=False)))
+        except FileNotFoundError:  # released from quarantine meanwhile
+            continue
+    make_durable(dest, [s.temp_path for _, s in staged])
+    for relpath, stage in staged:
+        files.publish(stage, dest / relpath, replace=True)
+    if staged and not _syncfs(dest):
+        for folder in {(dest / r).parent for r, _ in staged}:
+            files.fsync_dir(folder)
+    return len(staged)
 
 
 def _size(path: Path) -> int:

@@ -214,3 +214,19 @@ def test_backup_is_locked_against_a_second_run(archive: Archive, tmp_path: Path)
         os.close(fd)
     time.sleep(0)  # released: runs again
     assert backup(archive, dest).ok
+
+
+def test_quarantine_and_audit_log_are_copied_too(archive: Archive, tmp_path: Path, broken_dicom_files: list[Path]) -> None:
+    [result] = archive.ingest([(broken_dicom_files[0].read_bytes(), "cd")])
+    assert result.status == "quarantined"
+    (archive.root / "audit.log").write_text('{"event": "store"}\n')
+    dest = tmp_path / "backup"
+    report = backup(archive, dest)
+    assert report.summary.other_files == 3  # the quarantined file, its reason, the audit log
+    assert (dest / result.path).read_bytes() == broken_dicom_files[0].read_bytes()
+    assert (dest / "audit.log").read_text() == '{"event": "store"}\n'
+    assert backup(archive, dest).summary.other_files == 0
+    with (archive.root / "audit.log").open("a") as log:
+        log.write('{"event": "find"}\n')
+    assert backup(archive, dest).summary.other_files == 1
+    assert verify_backup(dest, archive).summary.ok  # not instances: not in the manifest, not unknown
