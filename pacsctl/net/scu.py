@@ -73,7 +73,7 @@ def associate(
     """Open an association to `node`, yield it, release it (abort on error)."""
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = timeout
-    ae.dimse_timeout = max(timeout, 60.0)
+    ae.dimse_timeout = timeout  # also how long a lost peer blocks a pending request
     ae.network_timeout = max(timeout, 60.0)
     ae.connection_timeout = timeout
     ae.maximum_pdu_size = 0

@@ -256,7 +256,7 @@ def test_sigkill_mid_transfer_loses_nothing_acknowledged(serve_factory, archive_
 
     def send() -> None:
         try:
-            scu.store(_node(srv), files, progress=on_result, timeout=10)
+            scu.store(_node(srv), files, progress=on_result, timeout=5)
         except Exception:
             pass  # the association dies with the node
 
