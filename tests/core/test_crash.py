@@ -204,3 +204,37 @@ def test_completely_full_disk_cli_import_of_new_and_broken_files(small_fs: Path,
     assert result.returncode == 0, result.stderr
     assert len(object_files(archive_dir)) == 15
     assert consistency(archive_dir) == []
+
+
+def test_ctrl_c_stops_cleanly_with_130_then_rerun_completes(tmp_path: Path, archive_dir: Path) -> None:
+    """SIGINT to the whole process group, as a terminal sends it: exit 130, nothing half-done,
+    the index folded (no journal left), and a re-run completes."""
+    import json
+    import sys
+
+    from tests.helpers import cli_env
+
+    tree = tmp_path / "tree"
+    ct_tree(tree, 200, rows=256)
+    proc = subprocess.Popen([sys.executable, "-m", "pacsctl", "import", "--jobs", "2", "--json", str(tree)],
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(object_files(archive_dir)) < 40 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the import finished before the interrupt landed")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert list((archive_dir / "index" / "journal").glob("*.ndjson")) == []
+    assert list((archive_dir / "tmp").iterdir()) == []
+    assert consistency(archive_dir) == []
+    done = len(object_files(archive_dir))
+    assert 40 <= done < 200
+    result = run_cli("import", "--json", str(tree))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert (summary["imported"], summary["duplicates"]) == (200 - done, done)
+    assert consistency(archive_dir) == []
