@@ -163,8 +163,13 @@ def repair(archive: Archive, expected: Expected, backup: Path, finding: Finding)
         finding.action = "not repaired: the backup copy differs from the recorded hash too"
         return
     target = archive.path_of(expected.path)
-    files.publish(staged, target, replace=True)
-    files.fsync_dir(target.parent)
+    try:
+        files.publish(staged, target, replace=True)
+        files.fsync_dir(target.parent)
+    except OSError as exc:  # e.g. a folder in the file's place
+        staged.temp_path.unlink(missing_ok=True)
+        finding.action = f"not repaired: cannot replace the file ({exc.strerror or exc})"
+        return
     finding.action = F.RESTORED
 
 

@@ -293,3 +293,17 @@ def test_file_replaced_during_the_check_is_not_reported(archive: Archive, monkey
     monkeypatch.setattr(verifier, "check_files", replace_then_check)
     report = verify_archive(archive, jobs=1)
     assert report.findings == [] and report.summary.ok
+
+
+def test_a_file_the_os_cannot_read_is_unreadable(archive: Archive, tmp_path: Path) -> None:
+    """Tests run as root, so permissions do not stop a read; a folder in a file's place does."""
+    rec = stored(archive)[0]
+    backup(archive, tmp_path / "backup")
+    path = archive.path_of(rec["path"])
+    path.unlink()
+    path.mkdir()
+    [finding] = verify_archive(archive, jobs=1).findings
+    assert (finding.problem, finding.path, finding.sop_instance_uid) == (F.UNREADABLE, rec["path"], rec["SOPInstanceUID"])
+    assert "cannot read" in finding.detail
+    [finding] = verify_archive(archive, jobs=1, repair_from=tmp_path / "backup").findings
+    assert finding.action.startswith("not repaired: cannot replace the file")
