@@ -106,9 +106,11 @@ def run_cli(*args: str | os.PathLike[str], env: dict[str, str] | None = None,
     Works uninstalled (the repo root is put on PYTHONPATH). The child inherits os.environ, so a
     `PACSCTL_ARCHIVE` set by the `archive_dir` fixture applies; `env` adds or overrides.
     """
+    # No input: stdin is /dev/null, so a command that prompts fails instead of hanging.
+    stdin = subprocess.DEVNULL if input is None else None
     return subprocess.run([sys.executable, "-m", "pacsctl", *map(str, args)], env=cli_env(env),
-                          input=input, capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, check=False)
+                          input=input, stdin=stdin, capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, check=False)
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ class CliProcess:
         self.stderr_path = log_dir / "stderr.txt"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "pacsctl", *self.args],
-                                         env=cli_env(env), stdout=out, stderr=err)
+                                         env=cli_env(env), stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=err)
 
     @property
     def pid(self) -> int:
