@@ -221,6 +221,8 @@ def _retrieve_text(verb: str, summary: retrieve.RetrieveSummary, level: str) -> 
             f"{summary.failed} failed, {summary.warning} warning")
     if summary.remaining:
         text += f", {summary.remaining} remaining"
+    if summary.status not in (None, 0):
+        text += f", final status 0x{summary.status:04X}"
     if summary.counted_locally:
         text += (f"; arrived {summary.received}, stored {summary.stored} new, {summary.duplicates} already "
                  f"archived, {summary.store_failed} refused")
@@ -230,10 +232,14 @@ def _retrieve_text(verb: str, summary: retrieve.RetrieveSummary, level: str) -> 
 
 
 def _finish(summary: retrieve.RetrieveSummary, as_json: bool, text: str, node: Node, dest: str) -> None:
+    """Print the summary; exit 1 when the peer refused outright, 3 when anything is short."""
     output.summary({"type": "summary", **summary.as_dict()}, as_json, text)
     if summary.destination_unknown:
         raise PacsctlError(f"{node.aet} does not know the destination AE title {dest!r} (status 0xA801)",
                            hint=f"add {dest} with its host and port to {node.aet}'s known modalities")
+    if summary.refused:
+        raise PacsctlError(f"{node.aet} refused the retrieve (status 0x{summary.status:04X}), nothing was sent",
+                           hint=f"see {node.aet}'s log; for a C-MOVE, is {dest} among its known modalities?")
     if summary.matched == 0:
         output.warn("nothing matched the selection")
     if not summary.ok:

@@ -30,9 +30,10 @@ from pacsctl.errors import NetworkError, UsageError
 from pacsctl.net import scu
 from pacsctl.net.scp import RunningScp, start_scp
 from pacsctl.net.types import (
-    AssocInfo,
+    STATUS_CANCEL,
     STATUS_MOVE_DESTINATION_UNKNOWN,
     STATUS_SUCCESS,
+    AssocInfo,
     NodeLike,
     QueryModel,
     RetrieveCounts,
@@ -275,6 +276,13 @@ class RetrieveSummary:
         return (not self.store_failed and not self.missing
                 and arrived == self.completed + self.warning
                 and (self.expected is None or arrived >= self.expected))
+
+    @property
+    def refused(self) -> bool:
+        """The peer answered a failure and nothing was sent (not a partial failure)."""
+        failure = self.status is not None and self.status not in (
+            STATUS_SUCCESS, STATUS_CANCEL) and not 0xB000 <= self.status <= 0xB0FF
+        return failure and not (self.completed or self.warning or self.failed)
 
     @property
     def destination_unknown(self) -> bool:

@@ -18,11 +18,12 @@ from pacsctl.core.archive import Archive
 from pacsctl.core.matching import LEVEL_KEYS, LEVELS, UNIQUE_KEY, compile_filters
 from pacsctl.core.query import find_records
 from pacsctl.core.sources import Problem, Source, find_sources
-from pacsctl.errors import UsageError
+from pacsctl.errors import NetworkError, UsageError
 from pacsctl.net import scu, sending
 from pacsctl.net.types import NodeLike, StoreResult
 
 _DICM_OFFSET = 128
+_LOST = "association lost"  # what `scu.store` reports for files it never got to
 
 
 @dataclass
@@ -149,7 +150,8 @@ def send(
     on_outcome: Callable[[SendOutcome], None] | None = None,
     timeout: float = 30.0,
 ) -> SendSummary:
-    """C-STORE the sendable `items` to `node` over one association; account for every item.
+    """C-STORE the sendable `items` to `node`; account for every item. Files a dropped
+    association never got to are sent again on a new one.
 
     Raises NetworkError when the association cannot be opened at all (nothing was sent)."""
     summary = SendSummary()
@@ -174,14 +176,36 @@ def send(
         elif item.fail:
             account(SendOutcome(item.path, False, size=item.size, reason=item.fail))
 
+    lost: list[StoreResult] = []
+
     def on_result(res: StoreResult) -> None:
+        if res.status is None and res.error == _LOST:
+            lost.append(res)  # never tried: retried on a new association below
+            return
         account(SendOutcome(res.path, res.ok, size=sizes.get(res.path, 0),
                             sop_instance_uid=res.sop_instance_uid, status=res.status,
                             reason=None if res.ok else (res.error or _status_text(res.status))))
 
-    to_send = [i.path for i in items if not (i.skip or i.fail)]
-    if to_send:
-        scu.store(node, to_send, calling_aet=calling_aet, progress=on_result, timeout=timeout)
+    pending = [i.path for i in items if not (i.skip or i.fail)]
+    first = True
+    while pending:
+        lost.clear()
+        try:
+            scu.store(node, pending, calling_aet=calling_aet, progress=on_result, timeout=timeout)
+        except NetworkError as exc:
+            if first:
+                raise  # nothing went out: the node is unreachable (exit 4)
+            lost[:] = [StoreResult(p, None, None, str(exc)) for p in pending]
+            break
+        first = False
+        # A peer that chokes on one file drops the association; the files after it were
+        # never tried, so they get a fresh association rather than failing with it.
+        if len(lost) == len(pending):
+            break  # no progress at all: give up rather than loop
+        pending = [r.path for r in lost]
+    for res in lost:
+        account(SendOutcome(res.path, False, size=sizes.get(res.path, 0),
+                            sop_instance_uid=res.sop_instance_uid, reason=res.error))
     summary.elapsed = time.perf_counter() - start
     return summary
 
