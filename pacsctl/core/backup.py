@@ -117,8 +117,9 @@ def _backup(archive: Archive, dest: Path, jobs: int | None, on_total: Callable[[
                 failed_again = run.copy_all(again, 1)
                 for expected in [e for e in retry if not (e.path in fresh and fresh[e.path].sha256 != e.sha256)] + failed_again:
                     run.fail(expected, "the archive's file does not match the hash recorded at ingest (run `pacsctl verify`)")
-        finally:  # also on Ctrl-C: what was copied is kept and listed
+        finally:  # also on Ctrl-C: what was copied is kept and listed, half copies removed
             run.commit()
+            _remove_own_temps(dest / TMP)
         _copy_config(archive.root, dest)
         report.summary.other_files = _mirror_others(archive.root, dest)
     report.summary.instances = len(run.entries)
@@ -298,6 +299,12 @@ def _mirror_others(archive_root: Path, dest: Path) -> int:
         for folder in {(dest / r).parent for r, _ in staged}:
             files.fsync_dir(folder)
     return len(staged)
+
+
+def _remove_own_temps(tmp_dir: Path) -> None:
+    """Remove this process's temp files in DEST/tmp (copies staged but never published)."""
+    for path in tmp_dir.glob(f"{os.getpid()}-*"):
+        path.unlink(missing_ok=True)
 
 
 def _size(path: Path) -> int:

@@ -230,3 +230,54 @@ def test_quarantine_and_audit_log_are_copied_too(archive: Archive, tmp_path: Pat
         log.write('{"event": "find"}\n')
     assert backup(archive, dest).summary.other_files == 1
     assert verify_backup(dest, archive).summary.ok  # not instances: not in the manifest, not unknown
+
+
+def test_file_replaced_during_the_backup_is_copied_in_its_new_version(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_factory: Any
+) -> None:
+    """On-conflict replace swaps a file after the snapshot: the new version is backed up."""
+    from pacsctl.core import backup as backup_module
+
+    rec = sorted(archive.index.instances(), key=lambda r: r["path"])[0]
+    newer = ct_factory(sop_uid=rec["SOPInstanceUID"], study_uid=rec["StudyInstanceUID"], series_uid=rec["SeriesInstanceUID"], pixel_seed=7)
+    plan = backup_module._Run.plan
+
+    def plan_then_replace(self: Any, snapshot: Any) -> Any:
+        todo = plan(self, snapshot)
+        [result] = archive.ingest([(newer.read_bytes(), str(newer))], on_conflict="replace")
+        assert result.status == "stored"
+        return todo
+
+    monkeypatch.setattr(backup_module._Run, "plan", plan_then_replace)
+    dest = tmp_path / "backup"
+    report = backup(archive, dest)
+    assert report.ok and report.summary.copied == 7
+    assert (dest / rec["path"]).read_bytes() == newer.read_bytes()
+    assert read_manifest(dest).entries[rec["path"]].sha256 == sha256_file(newer)[1]
+
+
+def test_interrupted_backup_keeps_what_it_copied_and_completes_on_rerun(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pacsctl.core import backup as backup_module
+
+    publish = backup_module._Run._publish
+    calls = []
+
+    def publish_then_interrupt(self: Any, expected: Any, stage: Any) -> None:
+        publish(self, expected, stage)
+        calls.append(expected.path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(backup_module._Run, "_publish", publish_then_interrupt)
+    dest = tmp_path / "backup"
+    with pytest.raises(KeyboardInterrupt):
+        backup(archive, dest)
+    manifest = read_manifest(dest)
+    assert manifest.damage == [] and sorted(manifest.entries) == sorted(calls)
+    assert not list((dest / "tmp").iterdir())  # the staged rest of the batch is gone
+    monkeypatch.setattr(backup_module._Run, "_publish", publish)
+    report = backup(archive, dest)
+    assert (report.summary.skipped, report.summary.copied) == (3, 4)
+    assert verify_backup(dest, archive).summary.ok
