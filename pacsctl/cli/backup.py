@@ -36,7 +36,7 @@ def backup(
     s = report.summary
     records = [f.as_dict() for f in report.findings] + [{"type": "summary", "command": "backup", "dest": str(dest), **s.as_dict()}]
     print_findings(records, as_json, "backup: problems")
-    if not as_json:
+    if not as_json and opts.verbosity >= 0:
         output.stderr.print(
             f"backup to {dest}: {s.copied} copied ({s.bytes / 1e6:.0f} MB), {s.skipped} unchanged, "
             f"{s.failed} failed; {s.instances} instances in the manifest; {s.elapsed:.1f} s",

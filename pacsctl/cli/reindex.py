@@ -31,7 +31,7 @@ def reindex(
     records = list(records_of(report))
     print_findings(records, as_json, "reindex: files not indexed")
     s = report.summary
-    if not as_json:
+    if not as_json and opts.verbosity >= 0:
         checked = f", {s.checked_against_manifest} matched the backup manifest" if s.checked_against_manifest else ""
         output.stderr.print(
             f"reindex: {s.indexed} of {s.files} files indexed ({s.bytes / 1e6:.0f} MB) in {s.elapsed:.1f} s"

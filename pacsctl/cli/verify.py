@@ -113,7 +113,7 @@ def verify(
         write_report(report, records)
     print_findings(records, as_json, "verify: problems found")
     s = result.summary
-    if not as_json:
+    if not as_json and opts.verbosity >= 0:
         extra = f", {s.repaired} repaired" if s.repaired else ""
         extra += f", {s.cleaned} leftover temp files removed" if s.cleaned else ""
         output.stderr.print(

@@ -132,3 +132,14 @@ def test_backup_checked_alone_when_the_archive_is_gone(records: list[dict], arch
     assert proc.returncode == 0, proc.stderr
     assert "checking the backup against its manifest only" in proc.stderr
     assert cli("verify", "--backup", tmp_path / "nothing-here").returncode == 2
+
+
+def test_quiet_clean_run_prints_nothing(records: list[dict], cli: Callable[..., Any]) -> None:
+    proc = cli("-q", "verify")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize("command", ["verify", "backup", "reindex"])
+def test_help_says_what_the_command_does(command: str, cli: Callable[..., Any]) -> None:
+    proc = cli(command, "--help")
+    assert proc.returncode == 0 and "exit 0" in proc.stdout.lower() and "3" in proc.stdout
