@@ -7,7 +7,7 @@ Built on TinyDB, shaped so that it stays fast at millions of instances:
   the journals are folded into TinyDB shards in batches ("compaction").
 - Shards are small TinyDB files: `patients/<hh>.json` (PatientID -> its studies),
   `studies/<hh>.json` (study attributes, its series and counts) and one manifest per series,
-  `series/<hh>/<SeriesInstanceUID>.json` (its instances with path, size and SHA-256). A lookup by
+  `series/hh/hh/<SeriesInstanceUID>.json` (its instances with path, size and SHA-256). A lookup by
   PatientID or StudyInstanceUID reads one shard; nothing ever loads the whole index.
 - Readers see shards plus the journals not folded in yet, under a shared lock, so they always see
   every indexed instance, also from other processes writing at the same moment.
@@ -135,7 +135,9 @@ class _Catalog:
 
     def manifest(self, series_uid: str) -> _Shard:
         if series_uid not in self._manifests:
-            path = self.root / "series" / shard_of(series_uid) / f"{safe_file_name(series_uid)}.json"
+            # Two levels (65,536 folders): no folder passes 10,000 manifests below ~600M series.
+            shard = hashlib.sha1(series_uid.encode("utf-8", "surrogatepass")).hexdigest()
+            path = self.root / "series" / shard[:2] / shard[2:4] / f"{safe_file_name(series_uid)}.json"
             self._manifests[series_uid] = _Shard(path, "SOPInstanceUID", self.tmp_dir)
         return self._manifests[series_uid]
 
@@ -419,7 +421,7 @@ class Index:
             for uid, shard in list(cat._manifests.items()):  # pending ones first
                 seen.add(shard.path.name)
                 yield from (dict(d, SeriesInstanceUID=uid) for d in shard.docs.values())
-            for path in sorted((self.root / "series").glob("*/*.json")):
+            for path in sorted((self.root / "series").glob("*/*/*.json")):
                 if path.name in seen:
                     continue
                 shard = _Shard(path, "SOPInstanceUID", self.tmp_dir)

@@ -300,6 +300,6 @@ def test_journal_limit_folds_automatically(root: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(index_mod, "JOURNAL_LIMIT", 10)
     index = open_index(root)
     index.add(grid("L", 1, 1, 1, 25))
-    assert list((root / "index").glob("series/*/*.json"))
+    assert list((root / "index").glob("series/*/*/*.json"))
     assert journals(root) == []
     assert len(index.instances()) == 25
