@@ -110,7 +110,7 @@ class Archive:
     # -- writing -----------------------------------------------------------------------------
 
     def ingest(
-        self, items: Sequence[tuple[bytes, str]], on_conflict: str | None = None, dry_run: bool = False
+        self, items: Sequence[tuple[bytes, str] | tuple[bytes, str, files.StagedFile]], on_conflict: str | None = None, dry_run: bool = False
     ) -> list[IngestResult]:
         """Store a batch of inputs `(bytes, origin)`; durable and indexed when this returns.
 
@@ -125,7 +125,7 @@ class Archive:
             raise UsageError(f"invalid on-conflict policy {policy!r}", hint="keep or replace")
         results: list[IngestResult | None] = [None] * len(items)
         checked: list[tuple[int, Instance]] = []
-        for i, (data, origin) in enumerate(items):
+        for i, (data, origin, *_prestaged) in enumerate(items):
             try:
                 checked.append((i, read_instance(data)))
             except NotDicomError as exc:
@@ -141,7 +141,10 @@ class Archive:
         staged: list[tuple[int, Instance, files.StagedFile]] = []
         try:
             for i, inst in checked:
-                staged.append((i, inst, files.stage(self.tmp_dir, [inst.data], fsync=False)))
+                # A third item element, a StagedFile already holding exactly these bytes in
+                # tmp/ (serve: the file the network layer streamed into), is published as is.
+                pre = items[i][2] if len(items[i]) > 2 and inst.data is items[i][0] else None
+                staged.append((i, inst, pre or files.stage(self.tmp_dir, [inst.data], fsync=False)))
             # Data first: a name must never point at bytes that a crash could still lose.
             files.barrier(self.root, files=[s.temp_path for _, _, s in staged])
         except OSError as exc:

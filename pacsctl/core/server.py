@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
@@ -29,10 +30,10 @@ from pydicom.dataset import Dataset
 from pacsctl.config import CONFIG_NAME, load_config
 from pacsctl.core.archive import AUDIT_LOG, DUPLICATE, QUARANTINED, SKIPPED, STORED, Archive
 from pacsctl.core.audit import AuditLog
-from pacsctl.core.dicomfile import part10_bytes
 from pacsctl.core.identifiers import build_response, parse_identifier
 from pacsctl.core.query import find_records
 from pacsctl.errors import StorageFullError
+from pacsctl.storage import files
 from pacsctl.net.scp import RunningScp, bind_listener, start_scp
 from pacsctl.net.types import (
     STATUS_CANNOT_UNDERSTAND,
@@ -61,6 +62,7 @@ class _Pending:
     origin: str
     done: threading.Event
     status: int = STATUS_PROCESSING_FAILURE
+    staged: files.StagedFile | None = None
 
 
 class GroupCommitter:
@@ -75,9 +77,10 @@ class GroupCommitter:
         self._queue_lock = threading.Lock()
         self._queued: list[_Pending] = []
 
-    def submit(self, data: bytes, origin: str) -> int:
-        """Store one instance; returns its C-STORE status once durable and indexed."""
-        item = _Pending(data, origin, threading.Event())
+    def submit(self, data: bytes, origin: str, staged: files.StagedFile | None = None) -> int:
+        """Store one instance (optionally already staged in tmp/); returns its C-STORE status
+        once durable and indexed."""
+        item = _Pending(data, origin, threading.Event(), staged=staged)
         with self._queue_lock:
             self._queued.append(item)
         with self.lock:
@@ -93,7 +96,9 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            results = self.archive.ingest([(p.data, p.origin) for p in batch])
+            results = self.archive.ingest(
+                [(p.data, p.origin, p.staged) if p.staged else (p.data, p.origin) for p in batch]
+            )
         except StorageFullError:
             LOG.error("archive disk full: refusing %d instance(s) with 0xA700", len(batch))
             statuses = [STATUS_OUT_OF_RESOURCES] * len(batch)
@@ -146,21 +151,15 @@ class ArchiveService:
 
     # -- handlers ----------------------------------------------------------------------------
     def store(self, req: StoreRequest) -> int:
-        """Ingest one received instance: the received data set bytes behind a File Meta that
-        records the sender; durable and indexed before the status is returned."""
-        with open(req.path, "rb") as fh:
-            fh.seek(req.data_offset)
-            body = fh.read()
-        # Gone before the archive syncs, so its pages are never written back (saves a write).
-        req.path.unlink(missing_ok=True)
-        meta = req.file_meta
-        meta.SourceApplicationEntityTitle = req.assoc.calling_aet[:16] or None
-        try:
-            data = part10_bytes(meta, body)
-        except Exception:  # a meta pydicom refuses to write: keep the data set behind a
-            data = part10_bytes(_minimal_meta(req), body)  # minimal meta
+        """Ingest one received instance, durable and indexed before the status is returned.
+
+        The file the network layer streamed the data set into (preamble, File Meta built from
+        the association, the data set bytes as received) already sits in the archive's tmp/:
+        it is handed over as a staged file and linked into place, not written a second time."""
+        data = req.path.read_bytes()
+        staged = files.StagedFile(req.path, len(data), hashlib.sha256(data).hexdigest())
         origin = f"dicom://{req.assoc.calling_aet}@{req.assoc.peer_host}"
-        status = self.committer.submit(data, origin)
+        status = self.committer.submit(data, origin, staged)
         if status == STATUS_CANNOT_UNDERSTAND:
             LOG.warning("C-STORE of %s could not be parsed; kept in quarantine",
                         req.sop_instance_uid)
@@ -208,16 +207,6 @@ class ArchiveService:
                 tls = TlsOptions(node.tls_cert, node.tls_key, node.tls_ca) if node.tls else None
                 return Destination(node.host, int(node.port), tls)
         return None
-
-
-def _minimal_meta(req: StoreRequest) -> Any:
-    from pydicom.dataset import FileMetaDataset
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = req.sop_class_uid
-    meta.MediaStorageSOPInstanceUID = req.sop_instance_uid
-    meta.TransferSyntaxUID = req.transfer_syntax_uid
-    return meta
 
 
 @dataclass
