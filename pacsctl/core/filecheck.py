@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,14 @@ from typing import Iterable, Iterator
 
 from pacsctl.core import findings as F
 from pacsctl.core.findings import Finding
-from pacsctl.storage.index import leftover_temp_files
+from pacsctl.storage.files import temp_owner_alive
 
 # Files up to this size are read whole; bigger ones are hashed in chunks and only their first
 # HEADER_LIMIT bytes are kept for the header (pixel data, which comes last, is not needed).
 WHOLE_FILE_LIMIT = 256 << 20
 HEADER_LIMIT = 64 << 20
 CHUNK = 8 << 20
+STALE_SECONDS = 24 * 3600  # a temp file without an owner pid this old is a leftover
 
 
 @dataclass(slots=True)
@@ -139,13 +141,33 @@ def walk_objects(root: Path, objects: str = "objects") -> Iterator[str]:
                 yield Path(entry.path).relative_to(root).as_posix()
 
 
+def is_leftover(path: Path, now: float | None = None) -> bool:
+    """Whether a file in tmp/ is a leftover of an interrupted write, never acknowledged.
+
+    pacsctl's temp names start with the writer's pid (`files.temp_name`): a leftover when that
+    process is gone. Other names (e.g. `.incoming-*`, where `serve` streams a data set being
+    received) carry no owner, so only age tells: no transfer lasts STALE_SECONDS.
+    """
+    name = path.name.removeprefix(".incoming-")
+    owner, sep, _ = name.partition("-")
+    if sep and owner.isdigit():
+        return not temp_owner_alive(path.with_name(name))
+    try:
+        age = (time.time() if now is None else now) - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > STALE_SECONDS
+
+
 def clean_leftovers(tmp_dir: Path, root: Path, where: str) -> list[Finding]:
     """Remove temp files of interrupted writes (their writer is gone, nothing acknowledged them)."""
-    out = []
+    out: list[Finding] = []
     if not tmp_dir.is_dir():
         return out
-    for path in leftover_temp_files(tmp_dir):
+    for path in sorted(tmp_dir.iterdir()):
         try:
+            if not path.is_file() or not is_leftover(path):
+                continue
             size = path.stat().st_size
             path.unlink()
         except FileNotFoundError:

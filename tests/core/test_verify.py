@@ -307,3 +307,21 @@ def test_a_file_the_os_cannot_read_is_unreadable(archive: Archive, tmp_path: Pat
     assert "cannot read" in finding.detail
     [finding] = verify_archive(archive, jobs=1, repair_from=tmp_path / "backup").findings
     assert finding.action.startswith("not repaired: cannot replace the file")
+
+
+def test_a_receive_in_progress_is_never_taken_for_a_leftover(archive: Archive) -> None:
+    """`serve` streams incoming data sets to tmp/.incoming-* (no pid in the name): only age tells."""
+    receiving = archive.tmp_dir / ".incoming-k2j3h4"
+    receiving.write_bytes(b"half a C-STORE")
+    stale = archive.tmp_dir / ".incoming-old123"
+    stale.write_bytes(b"from a crash two days ago")
+    two_days_ago = stale.stat().st_mtime - 2 * 24 * 3600
+    os.utime(stale, (two_days_ago, two_days_ago))
+    dead = archive.tmp_dir / f".incoming-{dead_pid()}-abc"
+    dead.write_bytes(b"x")
+
+    report = verify_archive(archive, jobs=1)
+
+    assert receiving.exists() and not stale.exists() and not dead.exists()
+    assert sorted(f.path for f in report.findings) == sorted(f"tmp/{p.name}" for p in (stale, dead))
+    assert report.summary.ok and report.summary.cleaned == 2
