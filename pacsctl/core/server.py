@@ -34,7 +34,7 @@ from pacsctl.core.identifiers import build_response, parse_identifier
 from pacsctl.core.query import find_records
 from pacsctl.errors import StorageFullError
 from pacsctl.storage import files
-from pacsctl.net.scp import RunningScp, bind_listener, start_scp
+from pacsctl.net.scp import RunningScp, bind_listener, log_failure, start_scp
 from pacsctl.net.types import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,
@@ -102,8 +102,8 @@ class GroupCommitter:
         except StorageFullError:
             LOG.error("archive disk full: refusing %d instance(s) with 0xA700", len(batch))
             statuses = [STATUS_OUT_OF_RESOURCES] * len(batch)
-        except Exception:
-            LOG.exception("ingest failed")
+        except Exception as exc:
+            log_failure("ingest failed", exc)
             statuses = [STATUS_PROCESSING_FAILURE] * len(batch)
         else:
             statuses = []
@@ -111,8 +111,8 @@ class GroupCommitter:
                 if result.status == SKIPPED:  # received bytes are never dropped
                     try:
                         self.archive.quarantine(pending.data, result.reason, pending.origin)
-                    except Exception:
-                        LOG.exception("could not quarantine a skipped instance")
+                    except Exception as exc:
+                        log_failure("could not quarantine a skipped instance", exc)
                 statuses.append(_status_of(result))
         for pending, status in zip(batch, statuses):
             pending.status = status
@@ -320,8 +320,8 @@ def run_node(root: Path, options: ScpOptions, workers: int = 1,
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 code = _serve_in_this_process(root, replace(child_options), sock, None,
                                               threading.Event(), grace)
-            except BaseException:
-                LOG.exception("worker failed")
+            except BaseException as exc:
+                log_failure("worker failed", exc)
             finally:
                 os._exit(code)
         return pid

@@ -37,10 +37,11 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
-from pacsctl.errors import NetworkError
+from pacsctl.errors import NetworkError, UsageError
 from pacsctl.net import sending, tls, tuning
 from pacsctl.net.types import (
     STATUS_CANCEL,
+    STATUS_IDENTIFIER_MISMATCH,
     STATUS_MOVE_DESTINATION_UNKNOWN,
     STATUS_PENDING,
     STATUS_PROCESSING_FAILURE,
@@ -84,6 +85,13 @@ def _temp_file(*args: Any, **kwargs: Any) -> Any:
 
 
 _dimse_messages.NamedTemporaryFile = _temp_file  # type: ignore[attr-defined]
+
+
+def log_failure(what: str, exc: BaseException) -> None:
+    """Log a failed handler by exception type only: messages and tracebacks can quote data set
+    values (patient names), which must never reach the log. The traceback goes to DEBUG."""
+    LOG.error("%s: %s", what, type(exc).__name__)
+    LOG.debug("%s", what, exc_info=exc)
 
 
 def assoc_info(assoc: Association) -> AssocInfo:
@@ -233,8 +241,8 @@ class _Dispatcher:
         record.update({k: v for k, v in fields.items() if v is not None})
         try:
             self.h.audit(record)
-        except Exception:  # an audit failure must not drop an association
-            LOG.exception("audit handler failed for %s", event)
+        except Exception as exc:  # an audit failure must not drop an association
+            log_failure(f"audit handler failed for {event}", exc)
 
     def on_refused(self, address: Any, reason: str) -> None:
         self.audit("refuse", None, peer=f"{address[0]}:{address[1]}", reason=reason)
@@ -304,8 +312,8 @@ class _Dispatcher:
             )
             try:
                 status = int(self.h.store(store_req))
-            except Exception:
-                LOG.exception("store handler failed for %s", sop_instance)
+            except Exception as exc:
+                log_failure(f"store handler failed for {sop_instance}", exc)
                 status = STATUS_PROCESSING_FAILURE
         self.audit(
             "store",
@@ -338,9 +346,10 @@ class _Dispatcher:
                     return
                 matches += 1
                 yield STATUS_PENDING, ds
-        except Exception:
-            LOG.exception("find handler failed")
-            status = STATUS_UNABLE_TO_PROCESS
+        except Exception as exc:
+            log_failure("find handler failed", exc)
+            status = (STATUS_IDENTIFIER_MISMATCH if isinstance(exc, UsageError)
+                      else STATUS_UNABLE_TO_PROCESS)
             yield status, None
         finally:
             self.audit("find", ctx.assoc, model=model, matches=matches, status=status, **keys)
@@ -358,8 +367,8 @@ class _Dispatcher:
             return
         try:
             paths = self.h.locate(model, identifier, ctx) if self.h.locate else []
-        except Exception:  # pynetdicom turns the exception into a failure response
-            LOG.exception("locate handler failed")
+        except Exception as exc:  # pynetdicom turns the exception into a failure response
+            log_failure("locate handler failed", exc)
             self.audit("move", ctx.assoc, destination=dest_aet, status="failed", **keys)
             raise
         tally = _SubopTally()
@@ -403,8 +412,8 @@ class _Dispatcher:
         keys = _audit_keys(identifier)
         try:
             paths = self.h.locate(model, identifier, ctx) if self.h.locate else []
-        except Exception:  # pynetdicom turns the exception into a failure response
-            LOG.exception("locate handler failed")
+        except Exception as exc:  # pynetdicom turns the exception into a failure response
+            log_failure("locate handler failed", exc)
             self.audit("get", ctx.assoc, status="failed", **keys)
             raise
         infos = _infos(paths)
@@ -480,7 +489,7 @@ def _infos(paths: list[str]) -> list[sending.FileInfo | None]:
         try:
             out.append(sending.file_info(p))
         except Exception as exc:  # counted as a failed sub-operation when its turn comes
-            LOG.warning("cannot read %s for retrieve: %s", p, exc)
+            LOG.warning("cannot read %s for retrieve: %s", p, type(exc).__name__)
             out.append(None)
     return out
 
@@ -500,7 +509,7 @@ def _dataset_for(assoc: Association | None, info: sending.FileInfo | None,
                 payload = pydicom.dcmread(payload)
             return payload
         except Exception as exc:
-            LOG.warning("cannot send %s: %s", info.sop_instance_uid, exc)
+            LOG.warning("cannot send %s: %s", info.sop_instance_uid, type(exc).__name__)
     stub = Dataset()
     stub.SOPClassUID = _NO_CONTEXT_SOP_CLASS
     stub.SOPInstanceUID = info.sop_instance_uid if info is not None else "0.0"
