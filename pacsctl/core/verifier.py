@@ -13,6 +13,7 @@ during the check).
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,8 @@ from pacsctl.errors import UsageError
 from pacsctl.storage import files
 
 FULL, QUICK = "full", "quick"
+RECENT_SECONDS = 10.0   # a file this new may be between its rename and its index entry
+IN_FLIGHT_WAIT = 1.0    # how long to give such a writer before calling the file unknown
 
 Progress = Callable[[int, int], None]  # (files done, bytes read) since the last call
 
@@ -117,6 +120,9 @@ def verify_archive(
         fresh = recorded_files(archive.index.iter_instances())
         unknown -= fresh.keys()
         found = _recheck_changed(archive.root, found, recorded, fresh, mode)
+    if unknown and _any_recent(archive.root, unknown):  # published a moment ago, index entry on its way
+        time.sleep(IN_FLIGHT_WAIT)
+        unknown -= recorded_files(archive.index.iter_instances()).keys()
     report.findings += found
     report.findings += [_unknown_file(archive.root, path, F.ARCHIVE, "not in the index") for path in sorted(unknown)]
     if repair_from is not None:
@@ -124,6 +130,17 @@ def verify_archive(
             if finding.problem in F.DAMAGE and finding.where == F.ARCHIVE:
                 repair(archive, recorded[finding.path], repair_from, finding)
     return report.finish(started)
+
+
+def _any_recent(root: Path, paths: Iterable[str]) -> bool:
+    now = time.time()
+    for path in paths:
+        try:
+            if now - os.stat(root / path).st_ctime < RECENT_SECONDS:
+                return True
+        except FileNotFoundError:
+            continue
+    return False
 
 
 def _recheck_changed(

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -325,3 +326,31 @@ def test_a_receive_in_progress_is_never_taken_for_a_leftover(archive: Archive) -
     assert receiving.exists() and not stale.exists() and not dead.exists()
     assert sorted(f.path for f in report.findings) == sorted(f"tmp/{p.name}" for p in (stale, dead))
     assert report.summary.ok and report.summary.cleaned == 2
+
+
+def test_a_file_whose_index_entry_is_on_its_way_is_not_unknown(archive: Archive, ct_factory: Any) -> None:
+    """A writer renamed its file into objects/ and journals the index entry a moment later."""
+    import hashlib
+    import threading
+
+    from pacsctl.core.dicomfile import read_instance
+    from pacsctl.core.records import index_record
+
+    data = ct_factory(patient_id="LATE").read_bytes()
+    inst = read_instance(data)
+    relpath = Archive.object_relpath(inst.sop_instance_uid)
+    archive.path_of(relpath).parent.mkdir(parents=True, exist_ok=True)
+    archive.path_of(relpath).write_bytes(data)
+    record = index_record(inst.dataset, transfer_syntax_uid=inst.transfer_syntax_uid, path=relpath,
+                          size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    def journal_later() -> None:
+        time.sleep(0.3)
+        with Archive.open(archive.root) as writer:
+            writer.index.add([record])
+
+    thread = threading.Thread(target=journal_later)
+    thread.start()
+    report = verify_archive(archive, jobs=1)
+    thread.join()
+    assert report.findings == [] and report.summary.ok
