@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from tinydb import TinyDB
-from tinydb.middlewares import CachingMiddleware
 from tinydb.storages import Storage
 
+from pacsctl.storage import files
 from pacsctl.storage.files import FILE_MODE, ensure_dir, safe_file_name, temp_owner_alive, write_atomic
 
 Record = dict[str, Any]
@@ -96,13 +96,24 @@ class _Shard:
             db.close()
         self.dirty = False
 
-    def save(self) -> None:
-        db = TinyDB(str(self.path), storage=CachingMiddleware(_AtomicJSONStorage), tmp_dir=self.tmp_dir)
-        table = db.table(self.TABLE)
-        table.truncate()
-        table.insert_multiple(self.docs.values())
-        db.close()  # the caching middleware writes the file once, here
-        self.dirty = False
+    def payload(self) -> bytes:
+        """The shard's file content, as TinyDB writes it (for a batched, group-committed save)."""
+        db = TinyDB(storage=_MemoryStorage)
+        db.table(self.TABLE).insert_multiple(self.docs.values())
+        return json.dumps(db.storage.data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class _MemoryStorage(Storage):
+    """TinyDB storage that keeps what TinyDB would write, for the caller to write durably."""
+
+    def __init__(self) -> None:
+        self.data: dict | None = None
+
+    def read(self) -> dict | None:
+        return self.data
+
+    def write(self, data: dict) -> None:
+        self.data = data
 
 
 class _Catalog:
@@ -199,11 +210,29 @@ class _Catalog:
             patients.dirty = True
 
     def save(self) -> None:
-        """Write every changed shard; manifests first, so counts never run ahead of instances."""
-        for cache in (self._manifests, self._studies, self._patients):
-            for shard in cache.values():
-                if shard.dirty:
-                    shard.save()
+        """Write every changed shard atomically, with one group commit for all of them.
+
+        Temp files first, one barrier (syncfs, or an fsync each), then the renames, then one
+        barrier for the folders. Readers never see a half-done fold (it runs under the exclusive
+        lock), and a crash part-way is repaired by the next fold (the journals are deleted only
+        after this returns, and folding them again is idempotent).
+        """
+        dirty = [shard for cache in (self._manifests, self._studies, self._patients) for shard in cache.values() if shard.dirty]
+        if not dirty:
+            return
+        staged: list[tuple[_Shard, files.StagedFile]] = []
+        try:
+            for shard in dirty:
+                ensure_dir(shard.path.parent)
+                staged.append((shard, files.stage(self.tmp_dir, [shard.payload()], fsync=False)))
+            files.barrier(self.root, files=[st.temp_path for _, st in staged])
+            for shard, st in staged:
+                os.replace(st.temp_path, shard.path)
+                shard.dirty = False
+        finally:
+            for _, st in staged:
+                st.temp_path.unlink(missing_ok=True)
+        files.barrier(self.root, dirs={shard.path.parent for shard in dirty})
 
 
 def _merge(doc: Record, rec: Record, fields: Iterable[str]) -> None:
@@ -349,22 +378,41 @@ class Index:
     # -- reading -----------------------------------------------------------------------------
 
     @contextmanager
-    def _view(self) -> Iterator[_Catalog]:
-        """A catalog with every pending journal applied, consistent under the shared lock."""
+    def _view(self, patient_ids: list[str] | None = None, study_uids: list[str] | None = None) -> Iterator[_Catalog]:
+        """A catalog with the pending journals applied, consistent under the shared lock.
+
+        With `patient_ids` or `study_uids`, only the pending records that can change those
+        patients and studies are applied (a live writer keeps up to JOURNAL_LIMIT records
+        unfolded; applying all of them would load hundreds of shards for a one-patient lookup).
+        """
         with self._locked(fcntl.LOCK_SH):
             catalog = _Catalog(self.root, self.tmp_dir)
+            pending: list[Record] = []
             for path in sorted(self._journal_dir.glob("*.ndjson")):
                 try:
                     with open(path, "rb") as fh:
-                        for rec in _parse_lines(fh.read()):
-                            catalog.apply(rec)
+                        pending.extend(_parse_lines(fh.read()))
                 except FileNotFoundError:
                     continue
+            if pending and (patient_ids is not None or study_uids is not None):
+                patients = set(patient_ids or ())
+                studies = set(study_uids or ())
+                for pid in patients:  # the studies these patients hold on disk or gain now
+                    doc = catalog.patient_shard(pid).docs.get(pid)
+                    studies.update(doc["studies"] if doc else ())
+                studies.update(rec.get("StudyInstanceUID") for rec in pending if rec.get("PatientID", "") in patients)
+                pending = [
+                    rec for rec in pending
+                    if rec.get("PatientID", "") in patients or rec.get("StudyInstanceUID") in studies
+                    or rec.get("ReplacedStudyInstanceUID") in studies
+                ]
+            for rec in pending:
+                catalog.apply(rec)
             yield catalog
 
     def patients(self, patient_ids: list[str] | None = None) -> list[Record]:
         """Patient records (with study/series/instance counts), all or those with these IDs."""
-        with self._view() as cat:
+        with self._view(patient_ids) as cat:
             docs = self._patient_docs(cat, patient_ids)
             out = []
             for patient in docs:
@@ -379,7 +427,7 @@ class Index:
 
     def studies(self, patient_ids: list[str] | None = None, study_uids: list[str] | None = None) -> list[Record]:
         """Study records (patient fields, counts, ModalitiesInStudy), narrowed by exact keys."""
-        with self._view() as cat:
+        with self._view(patient_ids, study_uids) as cat:
             return [_public(s) for s in self._study_docs(cat, patient_ids, study_uids)]
 
     def series(
@@ -389,7 +437,7 @@ class Index:
         series_uids: list[str] | None = None,
     ) -> list[Record]:
         """Series records, each with its StudyInstanceUID and the patient fields."""
-        with self._view() as cat:
+        with self._view(patient_ids, study_uids) as cat:
             out = []
             for study in self._study_docs(cat, patient_ids, study_uids):
                 for uid, series in study["series"].items():
@@ -404,7 +452,7 @@ class Index:
         series_uids: list[str] | None = None,
     ) -> list[Record]:
         """Instance records (path, size, sha256...) with their series, study and patient keys."""
-        with self._view() as cat:
+        with self._view(patient_ids, study_uids) as cat:
             out = []
             for study in self._study_docs(cat, patient_ids, study_uids):
                 for uid, series in study["series"].items():

@@ -62,7 +62,7 @@ elif where == "mid-publish":       # some files of a batch have their names, oth
 elif where == "mid-stage":         # temp files written, syncing before any is published
     die_on(files, "barrier", 0)
 elif where == "mid-fold":          # while the journal is being folded into the shards
-    die_on(index._Shard, "save", 3)
+    die_on(index._Shard, "payload", 3)
 with Archive.open(root) as archive:
     import_sources(archive, collect_sources([tree]), jobs=1)
 """

@@ -272,15 +272,15 @@ ix = m.Index(root / "index", ensure_dir(root / "tmp"))
 recs = [{"PatientID": f"P{i % 50}", "StudyInstanceUID": f"1.{i % 100}", "SeriesInstanceUID": f"1.{i % 100}.{i % 3}",
          "Modality": "CT", "SOPInstanceUID": f"2.{i}", "path": str(i), "size": 1, "sha256": ""} for i in range(1500)]
 ix.add(recs)
-saved = 0
-original = m._Shard.save
-def save(self):
-    global saved
-    original(self)
-    saved += 1
-    if saved == 150:
+renamed = 0
+original = os.replace
+def replace(*args, **kwargs):  # dies half way through renaming the fold's shards into place
+    global renamed
+    original(*args, **kwargs)
+    renamed += 1
+    if renamed == 150:
         os.kill(os.getpid(), signal.SIGKILL)
-m._Shard.save = save
+m.os.replace = replace
 ix.flush()
 """
     proc = run_python(code, str(root), check=False)
@@ -303,3 +303,41 @@ def test_journal_limit_folds_automatically(root: Path, monkeypatch: pytest.Monke
     assert list((root / "index").glob("series/*/*/*.json"))
     assert journals(root) == []
     assert len(index.instances()) == 25
+
+
+def test_narrowed_reads_with_pending_records_equal_full_reads(root: Path) -> None:
+    """Lookups by PatientID / StudyInstanceUID apply only the pending records that matter;
+    they must give exactly what a full read narrowed afterwards gives, also when pending
+    records add studies, change a study's patient or move instances between studies."""
+    import random
+
+    rng = random.Random(7)
+    folded = open_index(root)
+    base = [rec(f"P{p}", f"1.{p}.{s}", f"1.{p}.{s}.{e}", f"1.{p}.{s}.{e}.{i}", rng.choice(["CT", "MR"]))
+            for p in range(6) for s in range(2) for e in range(2) for i in range(3)]
+    folded.add(base)
+    folded.flush()
+    pending = []
+    for n in range(40):  # new instances, new studies, a patient change, moves between studies
+        p, s = rng.randrange(8), rng.randrange(3)
+        pending.append(rec(f"P{p}", f"1.{p}.{s}", f"1.{p}.{s}.9", f"9.{n}", "PT"))
+    pending.append(rec("P9", "1.1.0", "1.1.0.0", "1.1.0.0.0"))  # study 1.1.0 now says patient P9
+    pending.append(rec("P2", "1.2.7", "1.2.7.1", "1.3.0.0.0", ReplacedStudyInstanceUID="1.3.0",
+                       ReplacedSeriesInstanceUID="1.3.0.0"))
+    writer = open_index(root)
+    writer.add(pending)  # stays a live, unfolded journal
+    reader = open_index(root)
+    all_studies = reader.studies()
+    all_instances = reader.instances()
+    key = lambda rows: sorted(json.dumps(r, sort_keys=True) for r in rows)
+    for p in [f"P{p}" for p in range(10)]:
+        assert key(reader.studies(patient_ids=[p])) == key([s for s in all_studies if s["PatientID"] == p]), p
+        assert key(reader.instances(patient_ids=[p])) == key([i for i in all_instances if i["PatientID"] == p]), p
+    for study in all_studies:
+        uid = study["StudyInstanceUID"]
+        assert reader.studies(study_uids=[uid]) == [study]
+        assert key(reader.series(study_uids=[uid])) == key([s for s in reader.series() if s["StudyInstanceUID"] == uid])
+    full_patients = {p["PatientID"]: p for p in reader.patients()}
+    for pid, patient in full_patients.items():
+        assert reader.patients([pid]) == [patient]
+    writer._seal_journal()
