@@ -40,7 +40,10 @@ from pacsctl.storage import files
 
 CHECKPOINT_SECONDS = 60.0  # the manifest is rewritten this often, so an interrupted run keeps its work
 READ_CHUNK = 4 << 20
-BATCH_FILES = 256  # copies made durable together: one flush of DEST instead of one per file
+# Copies made durable together (one flush of DEST instead of one per file); an interrupted
+# run re-copies at most one batch.
+BATCH_FILES = 4096
+BATCH_BYTES = 2 << 30
 
 Progress = Callable[[int, int], None]  # (files done, bytes copied) since the last call
 
@@ -157,9 +160,9 @@ class _Run:
         """
         mismatched: list[Expected] = []
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for start in range(0, len(todo), BATCH_FILES):
+            for batch in _batches(todo):
                 staged = []
-                for expected, result in pool.map(self._stage, todo[start:start + BATCH_FILES]):
+                for expected, result in pool.map(self._stage, batch):
                     if isinstance(result, files.StagedFile):
                         staged.append((expected, result))
                     elif isinstance(result, _CopyMismatch):
@@ -216,6 +219,20 @@ class _Run:
                 files.fsync_dir(folder)
         write_manifest(self.dest, self.dest / TMP, self.entries.values())
         self.last_checkpoint = time.monotonic()
+
+
+def _batches(todo: list[Expected]) -> Iterable[list[Expected]]:
+    """`todo` in batches of at most BATCH_FILES files and about BATCH_BYTES bytes."""
+    batch: list[Expected] = []
+    size = 0
+    for expected in todo:
+        batch.append(expected)
+        size += expected.size
+        if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def make_durable(dest: Path, paths: list[Path]) -> None:
