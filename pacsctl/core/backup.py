@@ -12,17 +12,19 @@ checked alone (`pacsctl verify --backup DEST`) and restored even if the archive 
   whose copy has that size is skipped.
 - Every copy is hashed while it is written and only renamed into place when it matches the
   hash recorded at ingest, so bit rot in the archive never overwrites a good copy. Copies are
-  written to DEST/tmp, fsynced, renamed, and their folders fsynced before the manifest, written
-  last and atomically, lists them.
+  written to DEST/tmp, made durable in batches (one `syncfs` of DEST per batch), renamed, and
+  only then listed by the manifest, which is written last and atomically.
 - Files the archive no longer has stay in the backup and in its manifest.
+- A full backup disk stops the run: what was copied is listed, the rest counted as failed.
 """
 
 from __future__ import annotations
 
-import errno
-import os
+import contextlib
 import ctypes
 import ctypes.util
+import errno
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -83,6 +85,14 @@ class _CopyMismatch(Exception):
     """The bytes read from the archive are not the ones recorded for the file."""
 
 
+class _DiskFull(Exception):
+    """DEST has no room left; `remaining` files were not copied."""
+
+    def __init__(self, remaining: list[Expected]) -> None:
+        super().__init__("backup disk full")
+        self.remaining = remaining
+
+
 def backup(
     archive: Archive,
     dest: Path,
@@ -113,16 +123,16 @@ def _backup(archive: Archive, dest: Path, jobs: int | None, on_total: Callable[[
         on_total(len(snapshot))
         progress(report.summary.skipped, 0)
         try:
-            retry = run.copy_all(todo, jobs or max(4, 2 * (os.cpu_count() or 1)))
-            if retry:  # replaced since the snapshot (on-conflict replace)? then copy the new version
-                fresh = recorded_files(archive.index.iter_instances())
-                again = [fresh[e.path] for e in retry if e.path in fresh and fresh[e.path].sha256 != e.sha256]
-                failed_again = run.copy_all(again, 1)
-                for expected in [e for e in retry if not (e.path in fresh and fresh[e.path].sha256 != e.sha256)] + failed_again:
-                    run.fail(expected, "the archive's file does not match the hash recorded at ingest (run `pacsctl verify`)")
-        finally:  # also on Ctrl-C: what was copied is kept and listed, half copies removed
-            run.commit()
+            run.copy_all(todo, jobs or max(4, 2 * (os.cpu_count() or 1)))
+        except _DiskFull as full:
+            run.fail_rest(full.remaining, "the backup disk is full")
+        except BaseException:  # Ctrl-C, an I/O error: keep and list what was copied
+            with contextlib.suppress(OSError):
+                run.commit()
             _remove_own_temps(dest / TMP)
+            raise
+        run.commit()
+        _remove_own_temps(dest / TMP)
         _copy_config(archive.root, dest)
         report.summary.other_files = _mirror_others(archive.root, dest)
     report.summary.instances = len(run.entries)
@@ -151,41 +161,63 @@ class _Run:
                 todo.append(expected)
         return todo
 
-    def copy_all(self, todo: list[Expected], threads: int) -> list[Expected]:
+    def copy_all(self, todo: list[Expected], threads: int) -> None:
         """Copy files in batches with one durability barrier each (group commit).
 
         A batch is staged in DEST/tmp by threads (reads, writes and hashing release the GIL),
-        made durable at once, then renamed into place. Returns the files whose archive bytes
-        did not match their record.
+        made durable at once, then renamed into place. Raises _DiskFull when DEST is full.
         """
         mismatched: list[Expected] = []
+        done = 0
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for batch in _batches(todo):
-                staged = []
+                staged, no_room = [], []
                 for expected, result in pool.map(self._stage, batch):
                     if isinstance(result, files.StagedFile):
                         staged.append((expected, result))
                     elif isinstance(result, _CopyMismatch):
                         mismatched.append(expected)
+                    elif isinstance(result, OSError) and result.errno in (errno.ENOSPC, errno.EDQUOT):
+                        no_room.append(expected)
                     else:
-                        self.fail(expected, str(result))
-                make_durable(self.dest, [s.temp_path for _, s in staged])
+                        self.fail(expected, result)
+                make_durable(self.dest, [s.temp_path for _, s in staged])  # keep what fitted
                 for expected, stage in staged:
                     self._publish(expected, stage)
+                done += len(batch)
+                if no_room:
+                    raise _DiskFull(no_room + todo[done:])
                 if time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS:
                     self.commit()
-        return mismatched
+        if mismatched:
+            self._retry_replaced(mismatched)
 
-    def _stage(self, expected: Expected) -> tuple[Expected, files.StagedFile | Exception | str]:
+    def _retry_replaced(self, mismatched: list[Expected]) -> None:
+        """Copy again files replaced since the snapshot (on-conflict replace); fail the rest."""
+        fresh = recorded_files(self.archive.index.iter_instances())
+        replaced = [fresh[e.path] for e in mismatched if e.path in fresh and fresh[e.path].sha256 != e.sha256]
+        rotten = [e for e in mismatched if not (e.path in fresh and fresh[e.path].sha256 != e.sha256)]
+        for expected, result in map(self._stage, replaced):
+            if isinstance(result, files.StagedFile):
+                make_durable(self.dest, [result.temp_path])
+                self._publish(expected, result)
+            else:
+                rotten.append(expected)
+        for expected in rotten:
+            self.fail(expected, "the archive's file does not match the hash recorded at ingest (run `pacsctl verify`)")
+
+    def _stage(self, expected: Expected) -> tuple[Expected, files.StagedFile | Exception]:
         """Copy one file into DEST/tmp, hashing it on the way; not yet durable nor named."""
         source = self.archive.path_of(expected.path)
         try:
             with open(source, "rb", buffering=0) as fh:
                 staged = files.stage(self.dest / TMP, iter(lambda: fh.read(READ_CHUNK), b""), fsync=False)
-        except FileNotFoundError:
-            return expected, "the archive's file is missing (run `pacsctl verify`)"
+        except FileNotFoundError as exc:
+            if exc.filename is not None and Path(exc.filename) == source:
+                return expected, FileNotFoundError("the archive's file is missing (run `pacsctl verify`)")
+            return expected, exc
         except OSError as exc:
-            return expected, _os_reason(exc)
+            return expected, exc
         if (staged.size, staged.sha256) != (expected.size, expected.sha256):
             staged.temp_path.unlink(missing_ok=True)
             return expected, _CopyMismatch()
@@ -205,11 +237,19 @@ class _Run:
         self.report.summary.bytes += expected.size
         self.progress(1, expected.size)
 
-    def fail(self, expected: Expected, reason: str) -> None:
+    def fail(self, expected: Expected, reason: str | Exception) -> None:
         """Count a file that could not be backed up; an older good copy stays listed."""
+        if isinstance(reason, OSError):
+            reason = _os_reason(reason)
         self.report.summary.failed += 1
-        self.report.findings.append(Finding(expected.path, F.COPY_FAILED, reason, expected.sop_instance_uid, F.BACKUP))
+        self.report.findings.append(Finding(expected.path, F.COPY_FAILED, str(reason), expected.sop_instance_uid, F.BACKUP))
         self.progress(1, 0)
+
+    def fail_rest(self, remaining: list[Expected], reason: str) -> None:
+        """Stop: count every file not copied as failed, with one finding for them all."""
+        self.report.summary.failed += len(remaining)
+        self.report.findings.append(Finding("", F.COPY_FAILED, f"{reason}: {len(remaining)} files not copied", where=F.BACKUP))
+        self.progress(len(remaining), 0)
 
     def commit(self) -> None:
         """Make the copies' names durable, then list them in the manifest (atomically)."""

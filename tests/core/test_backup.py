@@ -281,3 +281,42 @@ def test_interrupted_backup_keeps_what_it_copied_and_completes_on_rerun(
     report = backup(archive, dest)
     assert (report.summary.skipped, report.summary.copied) == (3, 4)
     assert verify_backup(dest, archive).summary.ok
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A real 1 MiB file system (tmpfs) for DEST, unmounted afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_backup_disk_stops_lists_what_was_copied_and_resumes(archive: Archive, small_fs: Path, ct_factory: Any) -> None:
+    big = ct_factory.series(12, patient_id="BIG", rows=256, cols=256)  # 128 kB each: 1.5 MiB in all
+    archive.ingest([(p.read_bytes(), str(p)) for p in big])
+    dest = small_fs / "pacs"
+
+    report = backup(archive, dest, jobs=2)
+
+    s = report.summary
+    assert not report.ok and s.failed > 0 and s.copied > 0 and s.copied + s.failed == 19
+    [finding] = report.findings
+    assert finding.problem == F.COPY_FAILED and "disk is full" in finding.detail
+    manifest = read_manifest(dest)
+    assert manifest.damage == [] and len(manifest.entries) == s.copied
+    for path, entry in manifest.entries.items():  # what is listed is whole
+        assert sha256_file(dest / path) == (entry.size, entry.sha256)
+    assert not list((dest / "tmp").iterdir())
+
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_fs)], check=True)
+    again = backup(archive, dest, jobs=2)
+    assert again.ok and again.summary.copied == s.failed and again.summary.skipped == s.copied
+    assert verify_backup(dest, archive).summary.ok
