@@ -16,6 +16,7 @@ one damaged later (cut short by a failing disk). Plain NDJSON: `grep`, `jq` and
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
@@ -109,6 +110,9 @@ def locked_backup(dest: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UsageError(f"{dest} is in use by another backup or verify", hint="wait for it to finish") from None
+        except OSError as exc:  # some network file systems have no locks: go on without
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
         yield
     finally:
         os.close(fd)
