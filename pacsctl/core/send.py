@@ -24,6 +24,7 @@ from pacsctl.net.types import NodeLike, StoreResult
 
 _DICM_OFFSET = 128
 _LOST = "association lost"  # what `scu.store` reports for files it never got to
+_NO_RESPONSE = "no response"  # ... and for a file sent but never answered
 
 
 @dataclass
@@ -176,12 +177,18 @@ def send(
         elif item.fail:
             account(SendOutcome(item.path, False, size=item.size, reason=item.fail))
 
-    lost: list[StoreResult] = []
+    lost: list[StoreResult] = []  # never tried: the association had gone
+    unanswered: list[StoreResult] = []  # sent, no answer: the culprit, or a victim of its abort
+    retrying = False
 
     def on_result(res: StoreResult) -> None:
-        if res.status is None and res.error == _LOST:
-            lost.append(res)  # never tried: retried on a new association below
-            return
+        if res.status is None and not retrying:
+            if res.error == _LOST:
+                lost.append(res)
+                return
+            if (res.error or "").startswith(_NO_RESPONSE):
+                unanswered.append(res)
+                return
         account(SendOutcome(res.path, res.ok, size=sizes.get(res.path, 0),
                             sop_instance_uid=res.sop_instance_uid, status=res.status,
                             reason=None if res.ok else (res.error or _status_text(res.status))))
@@ -198,14 +205,23 @@ def send(
             lost[:] = [StoreResult(p, None, None, str(exc)) for p in pending]
             break
         first = False
-        # A peer that chokes on one file drops the association; the files after it were
-        # never tried, so they get a fresh association rather than failing with it.
-        if len(lost) == len(pending):
-            break  # no progress at all: give up rather than loop
+        # A peer that chokes on one file drops the association: the files after it were never
+        # tried, so they go again on a fresh association.
+        if not lost or len(lost) == len(pending):
+            break
         pending = [r.path for r in lost]
     for res in lost:
         account(SendOutcome(res.path, False, size=sizes.get(res.path, 0),
                             sop_instance_uid=res.sop_instance_uid, reason=res.error))
+    # A file sent while the peer was aborting goes unanswered through no fault of its own;
+    # each unanswered file gets one more go, alone, so a real culprit cannot sink another.
+    retrying = True
+    for res in unanswered:
+        try:
+            scu.store(node, [res.path], calling_aet=calling_aet, progress=on_result, timeout=timeout)
+        except NetworkError as exc:
+            account(SendOutcome(res.path, False, size=sizes.get(res.path, 0),
+                                sop_instance_uid=res.sop_instance_uid, reason=str(exc)))
     summary.elapsed = time.perf_counter() - start
     return summary
 

@@ -56,7 +56,7 @@ def test_send_pydicom_test_files_to_orthanc(orthanc_factory: Any, testdata_dir: 
     assert proc.returncode == 3, proc.stdout + proc.stderr
     records = _json_lines(proc.stdout)
     summary = records[-1]
-    assert (summary["files"], summary["sent"], summary["failed"]) == (len(files), len(good), 1)
+    assert (summary["files"], summary["sent"], summary["failed"]) == (len(files), len(good), 1), records
     assert summary["bytes"] == sum(p.stat().st_size for p in good)
     [failed] = records[:-1]
     assert failed["path"] == str(testdata_dir / _CHOKES_ORTHANC) and failed["reason"]
