@@ -1,0 +1,101 @@
+"""The identifiers `pacsctl query/move/get` build and the answers they decode (no network)."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+
+from pacsctl.config import Node
+from pacsctl.core.retrieve import (
+    RetrieveSummary,
+    build_identifier,
+    response_record,
+    retrieve_identifiers,
+    return_keys,
+)
+from pacsctl.errors import UsageError
+
+# A node nobody listens on: the cases below must not need the network.
+NOWHERE = Node(name="x", aet="X", host="127.0.0.1", port=9)
+
+
+def _wire(elements: list[tuple[int, str, bytes]]) -> Dataset:
+    """A data set as it comes off the wire: implicit VR little endian, raw (undecoded) values."""
+    out = bytearray()
+    for tag, _vr, value in sorted(elements):
+        if len(value) % 2:
+            value += b" "
+        out += (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
+        out += len(value).to_bytes(4, "little") + value
+    return read_dataset(DicomBytesIO(bytes(out)), is_implicit_VR=True, is_little_endian=True)
+
+
+def test_study_identifier_has_level_keys_and_filters() -> None:
+    ds = build_identifier("STUDY", {"PatientName": "Doe*", "ModalitiesInStudy": "CT\\MR"},
+                          return_keys("STUDY"))
+    assert ds.QueryRetrieveLevel == "STUDY"
+    assert str(ds.PatientName) == "Doe*" and list(ds.ModalitiesInStudy) == ["CT", "MR"]
+    assert ds.StudyInstanceUID == "" and "NumberOfStudyRelatedInstances" in ds
+    assert "SpecificCharacterSet" not in ds
+
+
+def test_non_ascii_filter_declares_utf8_and_round_trips() -> None:
+    ds = build_identifier("PATIENT", {"PatientName": "Müller*"}, return_keys("PATIENT"))
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    from pydicom.filewriter import write_dataset
+
+    write_dataset(fp, ds)
+    assert "Müller*".encode() in fp.getvalue()
+
+
+def test_bad_numeric_filter_is_usage_error() -> None:
+    with pytest.raises(UsageError):
+        build_identifier("IMAGE", {"Rows": "many"})
+
+
+@pytest.mark.parametrize("charset, raw", [
+    (b"ISO_IR 100", "Buc^Jérôme".encode("latin-1")),
+    (None, "Buc^Jérôme".encode("latin-1")),        # peer omitted the character set
+    (None, "Buc^Jérôme".encode("utf-8")),          # ... and answered in UTF-8
+    (b"ISO_IR 192", "Buc^Jérôme".encode("latin-1")),  # declared UTF-8, sent Latin-1
+])
+def test_answers_decode_with_their_own_charset(charset: bytes | None, raw: bytes) -> None:
+    elements = [(0x00080052, "CS", b"STUDY"), (0x00100010, "PN", raw),
+                (0x00201208, "IS", b"12"), (0x00080061, "CS", b"CT\\SR"),
+                (0x0020000D, "UI", b"1.2.3\x00")]
+    if charset:
+        elements.append((0x00080005, "CS", charset))
+    record = response_record(_wire(elements), "STUDY", return_keys("STUDY"))
+    assert record["PatientName"] == "Buc^Jérôme"
+    assert record["NumberOfStudyRelatedInstances"] == 12
+    assert record["ModalitiesInStudy"] == ["CT", "SR"]
+    assert record["StudyInstanceUID"] == "1.2.3"
+    assert record["AccessionNumber"] == ""  # asked for, not answered: empty, as in `ls`
+    assert set(record) == set(return_keys("STUDY"))
+
+
+def test_unique_key_selection_needs_no_find() -> None:
+    idents = retrieve_identifiers(NOWHERE, "STUDY", {"StudyInstanceUID": "1.2.3\\1.2.4"}, "ME")
+    assert [(i.QueryRetrieveLevel, i.StudyInstanceUID) for i in idents] == [("STUDY", "1.2.3"), ("STUDY", "1.2.4")]
+    series = retrieve_identifiers(NOWHERE, "SERIES", {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.2.5"}, "ME")
+    assert [(s.StudyInstanceUID, s.SeriesInstanceUID) for s in series] == [("1.2", "1.2.5")]
+
+
+def test_summary_never_trusts_the_final_status_alone() -> None:
+    clean = RetrieveSummary(matched=1, completed=3, status=0, received=3, stored=2, duplicates=1,
+                            store_failed=0, expected=3)
+    assert clean.ok
+    short = RetrieveSummary(matched=1, completed=3, status=0, received=2, stored=2, duplicates=0,
+                            store_failed=0, expected=3, missing=["1.2.3"])
+    assert not short.ok
+    miscounted = RetrieveSummary(matched=1, completed=3, status=0, received=2, stored=2,
+                                 duplicates=0, store_failed=0)
+    assert not miscounted.ok
+    refused = RetrieveSummary(matched=1, status=0xC000)
+    assert refused.refused and not refused.ok
+    partial = RetrieveSummary(matched=1, completed=2, failed=1, status=0xB000)
+    assert not partial.refused and not partial.ok

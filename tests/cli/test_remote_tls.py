@@ -1,0 +1,41 @@
+"""The SCU commands reach a TLS-only pacsctl node through the node's stored TLS settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pacsctl.core.archive import Archive
+from pacsctl.core.server import serve
+from pacsctl.net.types import ScpOptions, TlsOptions
+from tests.helpers import run_cli
+from tests.net.conftest import tls_material  # noqa: F401  (fixture: a throwaway CA and certs)
+
+
+def test_tls_node_echo_send_query_get(tls_material: dict[str, str], ct_factory: Any,  # noqa: F811
+                                      tmp_path: Path, archive_dir: Path) -> None:
+    peer_archive = Archive.open(tmp_path / "peer")
+    tls = TlsOptions(cert=tls_material["server_cert"], key=tls_material["server_key"],
+                     ca=tls_material["ca"])  # client certificates required
+    node = serve(peer_archive, ScpOptions(ae_title="SECURE", host="127.0.0.1", port=0, tls=tls,
+                                          temp_dir=peer_archive.tmp_dir))
+    try:
+        added = run_cli("nodes", "add", "secure", "--aet", "SECURE", "--host", "127.0.0.1",
+                        "--port", str(node.port), "--tls", "--tls-ca", tls_material["ca"],
+                        "--tls-cert", tls_material["client_cert"], "--tls-key", tls_material["client_key"])
+        assert added.returncode == 0, added.stderr
+        assert run_cli("echo", "secure").returncode == 0
+        files = ct_factory.series(2, patient_id="TLS1")
+        sent = run_cli("send", "secure", *files, "--json")
+        assert sent.returncode == 0, sent.stderr
+        found = [json.loads(line) for line in run_cli("query", "secure", "--json").stdout.splitlines()]
+        assert [r["PatientID"] for r in found] == ["TLS1"]
+        got = run_cli("get", "secure", "-k", "PatientID=TLS1", "--json")
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout.splitlines()[-1])["stored"] == 2
+        # The same node without TLS: the listener refuses plain TCP.
+        plain = run_cli("echo", f"SECURE@127.0.0.1:{node.port}", "--timeout", "5")
+        assert plain.returncode == 4
+    finally:
+        node.stop(graceful=False, timeout=10)
