@@ -6,7 +6,7 @@ Built on TinyDB, shaped so that it stays fast at millions of instances:
   instance to its own journal (`journal/<pid>-<id>.ndjson`, locked while the process lives), and
   the journals are folded into TinyDB shards in batches ("compaction").
 - Shards are small TinyDB files: `patients/<hh>.json` (PatientID -> its studies),
-  `studies/<hh>.json` (study attributes, its series and counts) and one manifest per series,
+  `studies/<hhh>.json` (study attributes, its series and counts) and one manifest per series,
   `series/hh/hh/<SeriesInstanceUID>.json` (its instances with path, size and SHA-256). A lookup by
   PatientID or StudyInstanceUID reads one shard; nothing ever loads the whole index.
 - Readers see shards plus the journals not folded in yet, under a shared lock, so they always see
@@ -54,9 +54,14 @@ INSTANCE_FIELDS = (
 JOURNAL_LIMIT = 2000  # records a writer journals before it folds them into the shards
 
 
-def shard_of(key: str) -> str:
-    """The two-hex-digit shard a key belongs to (256 shards per kind)."""
-    return hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:2]
+def shard_of(key: str, digits: int = 2) -> str:
+    """The shard a key belongs to: `digits` hex digits of its hash (16**digits shards)."""
+    return hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:digits]
+
+
+# Study documents are the big ones (each carries its series): 4096 study shards keep a shard at
+# ~5 studies per 1M instances, so a fold touching many existing studies rewrites small files.
+STUDY_SHARD_DIGITS = 3
 
 
 class _AtomicJSONStorage(Storage):
@@ -129,7 +134,7 @@ class _Catalog:
         return self.shard("patients", shard_of(patient_id))
 
     def study_shard(self, study_uid: str) -> _Shard:
-        return self.shard("studies", shard_of(study_uid))
+        return self.shard("studies", shard_of(study_uid, STUDY_SHARD_DIGITS))
 
     def shard(self, kind: str, name: str) -> _Shard:
         """Shard `name` of kind "patients" or "studies", loaded once."""
