@@ -284,9 +284,8 @@ class _Dispatcher:
         if self.h.store is None:
             status = 0x0122  # SOP class not supported
         else:
-            # All fragments are written and flushed; closing now (pynetdicom would close it
-            # after the handler) lets the receiver unlink the temp file before it syncs, so
-            # its dirty pages are dropped instead of written back.
+            # All fragments are written and flushed. Close it now (pynetdicom would after the
+            # handler) so the receiver may take the file over: link or rename it into place.
             tmp_file = getattr(event.request, "_dataset_file", None)
             if tmp_file is not None:
                 tmp_file.close()
