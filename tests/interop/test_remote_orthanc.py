@@ -79,6 +79,11 @@ def test_query_orthanc_study_level_wildcard_and_latin1(orthanc: Any, testdata_di
 
     every = _json_lines(run_cli("query", _spec(orthanc), "--json").stdout)
     assert {r["PatientName"] for r in every} >= {"Buc^Jérôme", "CompressedSamples^CT1"}
+    accented = run_cli("query", _spec(orthanc), "-k", "PatientName=Buc^Jé*", "--json")  # sent as UTF-8
+    assert [r["PatientID"] for r in _json_lines(accented.stdout)] == ["LAT1"], accented.stderr
+    images = run_cli("query", _spec(orthanc), "--level", "instance", "-k", "PatientID=LAT1", "--json")
+    assert [r["SOPInstanceUID"] for r in _json_lines(images.stdout)] == [
+        str(pydicom.dcmread(latin1).SOPInstanceUID)]
     series = run_cli("query", _spec(orthanc), "--level", "series", "-k", "Modality=MR", "--json")
     assert [r["PatientID"] for r in _json_lines(series.stdout)] == ["4MR1"]
 
@@ -134,3 +139,23 @@ def test_move_from_orthanc_into_own_archive(orthanc_factory: Any, ct_factory: An
     listed = _json_lines(run_cli("ls", "--json").stdout)
     assert sorted((r["StudyInstanceUID"], r["NumberOfStudyRelatedInstances"]) for r in listed) == sorted(
         [(first, 2), (second, 3)])
+
+
+def test_move_into_own_archive_waits_for_an_asynchronous_peer(orthanc_factory: Any, ct_factory: Any,
+                                                              archive_dir: Path) -> None:
+    """Orthanc without SynchronousCMove answers Success before its C-STOREs are done: the
+    arrivals are awaited and counted, not taken from the final status."""
+    port = free_port()
+    for key, value in (("ae_title", "MIGRATE"), ("port", str(port)), ("host", "127.0.0.1")):
+        assert run_cli("config", "set", key, value).returncode == 0
+    peer = orthanc_factory(modalities={"pacsctl": ["MIGRATE", "127.0.0.1", port]},
+                           config={"SynchronousCMove": False})
+    study = generate_uid()
+    for path in ct_factory.series(6, study_uid=study, patient_id="ASYNC"):
+        peer.upload(path)
+    proc = run_cli("move", _spec(peer), "--to", "MIGRATE", "-k", f"StudyInstanceUID={study}", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = _summary(proc)
+    assert (summary["expected"], summary["received"], summary["stored"], summary["missing"]) == (6, 6, 6, 0), summary
+    listed = _json_lines(run_cli("ls", "--json").stdout)
+    assert [(r["StudyInstanceUID"], r["NumberOfStudyRelatedInstances"]) for r in listed] == [(study, 6)]
