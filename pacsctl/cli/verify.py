@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Optional
 import typer
 
 from pacsctl.cli import output
-from pacsctl.errors import EXIT_INTEGRITY, UsageError
+from pacsctl.errors import EXIT_INTEGRITY, PacsctlError, UsageError
 
 FINDING_COLUMNS = ("where", "problem", "path", "SOPInstanceUID", "action", "detail")
 
@@ -42,12 +42,16 @@ def write_report(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Write NDJSON records to `path` (replaced atomically, so a mail job never reads half)."""
     path = path.expanduser()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PacsctlError(f"cannot write the report {path}: {exc.strerror or exc}") from None
 
 
 def print_findings(records: list[dict], as_json: bool, title: str) -> None:
@@ -92,6 +96,8 @@ def verify(
         raise UsageError("--backup and --repair-from exclude each other", hint="check the backup first, then repair from it")
     if sample == 0:
         raise UsageError("--sample must be more than 0")
+    if report is not None and not report.expanduser().absolute().parent.is_dir():
+        raise UsageError(f"cannot write the report: no folder {report.expanduser().absolute().parent}")
     mode = verifier.QUICK if quick else verifier.FULL
     opts = state(ctx)
     with LazyProgress("verify", opts.verbosity >= 0) as bar:

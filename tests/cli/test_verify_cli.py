@@ -143,3 +143,8 @@ def test_quiet_clean_run_prints_nothing(records: list[dict], cli: Callable[..., 
 def test_help_says_what_the_command_does(command: str, cli: Callable[..., Any]) -> None:
     proc = cli(command, "--help")
     assert proc.returncode == 0 and "exit 0" in proc.stdout.lower() and "3" in proc.stdout
+
+
+def test_report_into_a_missing_folder_is_a_usage_error(records: list[dict], cli: Callable[..., Any], tmp_path: Path) -> None:
+    proc = cli("verify", "--report", tmp_path / "no" / "such" / "r.ndjson")
+    assert proc.returncode == 2 and "cannot write the report" in proc.stderr
