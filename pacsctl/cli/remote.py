@@ -280,7 +280,8 @@ def move_command(
         if dest in (config.ae_title, calling):
             with state(ctx).open_archive() as archive, retrieve.receiving(archive, dest) as (receiver, listening):
                 if not listening:
-                    output.warn(f"port {archive.config.port} is in use: assuming `pacsctl serve` receives for {dest}")
+                    output.warn(f"cannot listen on port {archive.config.port} (in use?): assuming a running "
+                                f"`pacsctl serve` receives for {dest}; arrivals are counted in the archive")
                 summary = retrieve.move(node, dest, query_level, filters, calling, receiver=receiver,
                                         on_progress=on_progress, settle=settle, timeout=timeout)
         else:

@@ -277,3 +277,27 @@ def test_move_to_a_third_node_and_unknown_destination(peer_factory: Callable[...
     unknown = run_cli("move", source.spec, "--to", "NOWHERE", "-k", "PatientID=P1", "--json")
     assert unknown.returncode == 1
     assert "0xA801" in unknown.stderr and _summary(unknown)["status"] == "0xA801"
+
+
+def test_move_to_own_ae_while_serve_runs_counts_from_the_archive(
+        peer_factory: Callable[..., Peer], ct_factory: Any, archive_dir: Path) -> None:
+    """A running node on our archive holds the port: it receives, and the move checks the
+    archive for every instance the source lists."""
+    ct_factory.series(3, patient_id="P1")
+    source = peer_factory(sorted(ct_factory.directory.rglob("*.dcm")), aet="SOURCE")
+    local = Archive.open(archive_dir)
+    local.config.ae_title, local.config.host = "LOCAL", "127.0.0.1"
+    local.config.port = free_port()
+    local.save_config()
+    ours = serve(local, ScpOptions(ae_title="LOCAL", host="127.0.0.1", port=local.config.port,
+                                   temp_dir=local.tmp_dir))
+    try:
+        source.add_destination("local", "LOCAL", local.config.port)
+        proc = run_cli("move", source.spec, "--to", "LOCAL", "-k", "PatientID=P1", "--json")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "pacsctl serve" in proc.stderr  # told why it did not listen itself
+        summary = _summary(proc)
+        assert (summary["expected"], summary["received"], summary["stored"], summary["missing"]) == (3, 3, 3, 0)
+    finally:
+        ours.stop(graceful=True, timeout=10)
+    assert len(_json_lines(run_cli("ls", "--level", "instance", "--json").stdout)) == 3
