@@ -14,6 +14,8 @@ journal (kept by `Index.clear`) or found by a second walk after the old index wa
 from __future__ import annotations
 
 import io
+import json
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -22,11 +24,13 @@ from typing import Callable, Iterable, Sequence
 
 from pacsctl.core import findings as F
 from pacsctl.core.archive import OBJECTS, Archive
-from pacsctl.core.filecheck import Content, read_content, walk_objects
+from pacsctl.core.filecheck import Content, Expected, read_content, walk_objects
 from pacsctl.core.findings import Finding
 from pacsctl.core.manifest import MANIFEST_NAME, read_manifest
 from pacsctl.core.parallel import chunk_size, chunked, default_jobs, map_unordered
 from pacsctl.core.records import index_record
+from pacsctl.storage import files
+from pacsctl.storage.index import Index
 
 ADD_BATCH = 20_000  # records folded into the index at a time (bounded memory at millions)
 
@@ -74,49 +78,99 @@ def reindex(
     started = time.monotonic()
     jobs = jobs or default_jobs()
     report = ReindexReport()
+    manifest = read_manifest(archive.root)
+    entries = manifest.entries if manifest is not None else None
+    if manifest is not None:
+        report.findings += [Finding(MANIFEST_NAME, F.MANIFEST_DAMAGED, text) for text in manifest.damage]
     paths = sorted(walk_objects(archive.root, OBJECTS))
     on_total(len(paths))
-    records = _read_all(archive.root, paths, jobs, report, progress)
-    manifest = read_manifest(archive.root)
-    if manifest is not None:
-        records = _check_manifest(records, manifest.entries, report)
-        report.findings += [Finding(MANIFEST_NAME, F.MANIFEST_DAMAGED, text) for text in manifest.damage]
-    archive.index.clear()
-    _add(archive, records)
-    # Stored while we read (their journals may have been folded and dropped by `clear`)?
-    late = sorted(set(walk_objects(archive.root, OBJECTS)) - set(paths))
-    late_records = _read_all(archive.root, late, 1, report, progress) if late else []
-    _add(archive, late_records)
+    # Records wait in a spool file, not in memory (a million records are gigabytes of dicts),
+    # and the old index is dropped only once every file has been read.
+    with _Spool(archive.tmp_dir) as spool:
+        _read_all(archive.root, paths, jobs, entries, report, progress, spool)
+        if entries is not None:
+            walked = set(paths)
+            report.findings += [
+                Finding(path, F.MISSING, "listed in the backup manifest, no such file", entry.sop_instance_uid)
+                for path, entry in entries.items() if path not in walked
+            ]
+        archive.index.clear()
+        spool.add_to(archive.index)
+        # Stored while we read (their journals may have been folded and dropped by `clear`)?
+        late = sorted(set(walk_objects(archive.root, OBJECTS)) - set(paths))
+        _read_all(archive.root, late, 1, entries, report, progress, spool)
+        spool.add_to(archive.index)
     report.summary.files = len(paths) + len(late)
-    report.summary.indexed = len(records) + len(late_records)
+    report.summary.indexed = spool.added
     report.findings.sort(key=lambda f: f.path)
     report.summary.problems = len(report.findings)
     report.summary.elapsed = time.monotonic() - started
     return report
 
 
-def _read_all(root: Path, paths: Sequence[str], jobs: int, report: ReindexReport, progress: Progress) -> list[dict]:
-    records: list[dict] = []
+class _Spool:
+    """Index records written to a temp file in the archive's tmp/, then added in batches."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self.path = files.temp_name(tmp_dir)
+        self.file = open(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, files.FILE_MODE), "w+b")
+        self.added = 0
+
+    def write(self, records: Iterable[dict]) -> None:
+        self.file.writelines(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
+
+    def add_to(self, index: Index) -> None:
+        """Add the spooled records to the index (folded and durable when this returns); empty the spool."""
+        self.file.seek(0)
+        batch: list[dict] = []
+        for line in self.file:
+            batch.append(json.loads(line))
+            if len(batch) >= ADD_BATCH:
+                self._add(index, batch)
+                batch = []
+        self._add(index, batch)
+        index.flush()
+        self.file.seek(0)
+        self.file.truncate()
+
+    def _add(self, index: Index, batch: list[dict]) -> None:
+        if batch:
+            index.add(batch, durable=False)
+            index.flush()  # folds into the shards, written atomically and durably
+            self.added += len(batch)
+
+    def __enter__(self) -> "_Spool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _read_all(
+    root: Path,
+    paths: Sequence[str],
+    jobs: int,
+    entries: dict[str, Expected] | None,
+    report: ReindexReport,
+    progress: Progress,
+    spool: _Spool,
+) -> None:
+    """Read, hash and parse `paths` in worker processes; spool the records that may be indexed."""
     size = chunk_size(len(paths), jobs)
-    for chunk_records, chunk_findings, nbytes in map_unordered(
+    for records, found, nbytes in map_unordered(
         _index_chunk, ((str(root), chunk) for chunk in chunked(paths, size)), jobs if len(paths) > size else 1
     ):
-        records += chunk_records
-        report.findings += chunk_findings
+        progress(len(records) + len(found), nbytes)
         report.summary.bytes += nbytes
-        progress(len(chunk_records) + len(chunk_findings), nbytes)
-    return records
+        report.findings += found
+        if entries is not None:
+            records = _check_manifest(records, entries, report)
+        spool.write(records)
 
 
-def _add(archive: Archive, records: list[dict]) -> None:
-    for start in range(0, len(records), ADD_BATCH):
-        archive.index.add(records[start:start + ADD_BATCH], durable=False)
-        archive.index.flush()  # folds into the shards, written atomically and durably
-    archive.index.flush()
-
-
-def _check_manifest(records: list[dict], entries: dict, report: ReindexReport) -> list[dict]:
-    """Keep the records whose bytes are the ones the backup manifest lists; report the rest."""
+def _check_manifest(records: list[dict], entries: dict[str, Expected], report: ReindexReport) -> list[dict]:
+    """The records whose bytes are the ones the backup manifest lists; the others are reported."""
     kept = []
     for rec in records:
         entry = entries.get(rec["path"])
@@ -127,10 +181,6 @@ def _check_manifest(records: list[dict], entries: dict, report: ReindexReport) -
                 report.findings.append(Finding(rec["path"], problem, "differs from the backup manifest; not indexed", rec["SOPInstanceUID"]))
                 continue
         kept.append(rec)
-    present = {rec["path"] for rec in records} | {f.path for f in report.findings}
-    for path, entry in entries.items():
-        if path not in present:
-            report.findings.append(Finding(path, F.MISSING, "listed in the backup manifest, no such file", entry.sop_instance_uid))
     return kept
 
 
