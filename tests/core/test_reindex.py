@@ -91,3 +91,30 @@ def test_reindex_of_a_backup_checks_files_against_its_manifest(archive: Archive,
         assert report.summary.indexed == 13 and report.summary.checked_against_manifest == 14
         # The damaged copy is not recorded as good: verify names it as unknown to the index.
         assert instances[0]["path"] not in {r["path"] for r in restored.index.iter_instances()}
+
+
+def test_reindex_while_another_process_writes_loses_nothing(archive: Archive, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.core.test_backup import WRITER
+    from tests.helpers import REPO_ROOT
+
+    stop = tmp_path / "stop"
+    (tmp_path / "w").mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(archive.root), str(tmp_path / "w"), str(stop)],
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    try:
+        for _ in range(5):
+            assert writer.stdout.readline()
+        report = reindex(archive, jobs=2)
+        during = writer.poll() is None
+    finally:
+        stop.touch()
+        writer.wait(60)
+    assert writer.returncode == 0 and during and report.ok
+    archive.index.flush()
+    on_disk = {p.relative_to(archive.root).as_posix() for p in (archive.root / "objects").rglob("*.dcm")}
+    assert {r["path"] for r in archive.index.iter_instances()} == on_disk
+    assert verify_archive(archive).summary.ok
