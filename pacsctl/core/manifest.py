@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 from pacsctl.core.filecheck import Expected
 from pacsctl.storage import files
 
-from pacsctl.errors import UsageError
+from pacsctl.errors import PacsctlError
 
 MANIFEST_NAME = "backup-manifest.ndjson"
 LOCK_NAME = "backup.lock"
@@ -109,7 +109,7 @@ def locked_backup(dest: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(f"{dest} is in use by another backup or verify", hint="wait for it to finish") from None
+            raise PacsctlError(f"{dest} is in use by another backup or verify", hint="wait for it to finish") from None
         except OSError as exc:  # some network file systems have no locks: go on without
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise

@@ -19,7 +19,7 @@ from pacsctl.core.backup import backup
 from pacsctl.core.manifest import read_manifest
 from pacsctl.core.reindex import reindex
 from pacsctl.core.verifier import verify_archive, verify_backup
-from pacsctl.errors import UsageError
+from pacsctl.errors import PacsctlError, UsageError
 from pacsctl.storage.files import sha256_file
 from tests.core.test_verify import dead_pid, flip_bit, make_archive, stored
 from tests.helpers import REPO_ROOT
@@ -208,7 +208,7 @@ def test_backup_is_locked_against_a_second_run(archive: Archive, tmp_path: Path)
     fd = os.open(dest / "backup.lock", os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with pytest.raises(UsageError, match="in use"):
+        with pytest.raises(PacsctlError, match="in use"):
             backup(archive, dest)
     finally:
         os.close(fd)
