@@ -8,7 +8,8 @@ archive, then times, each best of `--repeat`, with a warm page cache for both si
 - `pacsctl verify` (full: re-hash, header parse, index check; the whole process, start-up
   included) against `openssl dgst -sha256` over the same archive files: the practical limit
   of a full check. Goal: ratio <= 1.5.
-- `pacsctl verify --quick` (presence and sizes) against the same openssl run.
+- `pacsctl verify --quick` (presence and sizes) against the same openssl run, and
+  `pacsctl reindex` (every file read, hashed and parsed; the index rebuilt).
 - `pacsctl backup DEST` into an empty folder (every copy hashed, fsynced, renamed; manifest)
   against `cp -r` of the objects folder, and against `cp -r` followed by `sync` (durable, like
   the backup); then a second, incremental `backup` with nothing new.
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
               f" CPU {_cpu(help_run):.2f} s]")
         print(f"  without start-up: {t_full - t_help:.2f} s, ratio {(t_full - t_help) / t_ssl:.2f}")
         print(f"pacsctl verify --quick    {t_quick:6.2f} s  {count / t_quick:7.0f} files/s  ratio {t_quick / t_ssl:.2f}")
+        t_reindex, out = _best(args.repeat, lambda: _timed([*py, "reindex", "--json", *jobs], env))
+        assert _summary(out)["indexed"] == count
+        print(f"pacsctl reindex           {t_reindex:6.2f} s  {count / t_reindex:7.0f} files/s  ratio {t_reindex / t_ssl:.2f}")
 
         def fresh(name: str) -> Path:
             path = root / name
