@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,6 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
@@ -38,7 +36,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
 from pacsctl.errors import NetworkError, UsageError
-from pacsctl.net import sending, tls, tuning
+from pacsctl.net import receive, sending, tls, tuning
 from pacsctl.net.types import (
     STATUS_CANCEL,
     STATUS_IDENTIFIER_MISMATCH,
@@ -72,19 +70,8 @@ _NO_CONTEXT_SOP_CLASS = "1.2.826.0.1.3680043.10.1524.0.0"
 # Identifier keys safe to audit (UIDs and levels; never names or IDs).
 _AUDIT_KEYS = ("QueryRetrieveLevel", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
-# pynetdicom streams each incoming data set into a NamedTemporaryFile in the process's default
-# temp dir; point it at a dir on the archive's file system so the file can be renamed into place.
-_store_temp_dir: str | None = None
-_NamedTemporaryFile = tempfile.NamedTemporaryFile
-
-
-def _temp_file(*args: Any, **kwargs: Any) -> Any:
-    kwargs.setdefault("dir", _store_temp_dir)
-    kwargs.setdefault("prefix", ".incoming-")
-    return _NamedTemporaryFile(*args, **kwargs)
-
-
-_dimse_messages.NamedTemporaryFile = _temp_file  # type: ignore[attr-defined]
+# Received data sets stream into a file in a directory of our choosing (see net.receive).
+receive.install()
 
 
 def log_failure(what: str, exc: BaseException) -> None:
@@ -292,7 +279,6 @@ class _Dispatcher:
             path, offset = event.request._dataset_path, None
             if isinstance(path, tuple):  # pynetdicom's (path, offset) form on the send side
                 path, offset = path
-            meta = event.file_meta
             if offset is None:
                 offset = _data_offset(Path(path))
             store_req = StoreRequest(
@@ -302,7 +288,6 @@ class _Dispatcher:
                 assoc=info,
                 path=Path(path),
                 data_offset=offset,
-                file_meta=meta,
                 move_originator_aet=(
                     str(req.MoveOriginatorApplicationEntityTitle).strip()
                     if req.MoveOriginatorApplicationEntityTitle
@@ -546,10 +531,9 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
               sock: socket.socket | None = None) -> RunningScp:
     """Start a listener in background threads and return it; raises NetworkError when the
     address cannot be bound. With `sock`, serve that already-listening socket instead."""
-    global _store_temp_dir
     if options.temp_dir is not None:
         Path(options.temp_dir).mkdir(parents=True, exist_ok=True)
-        _store_temp_dir = str(options.temp_dir)
+        receive.set_temp_dir(Path(options.temp_dir))
 
     ae = _AE(ae_title=options.ae_title)
     ae.maximum_associations = max(1, options.max_associations)

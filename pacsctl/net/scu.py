@@ -222,19 +222,26 @@ def get(
     transfer_syntaxes: list[str] | None = None,
     progress: Callable[[RetrieveCounts], None] | None = None,
     timeout: float = 30.0,
+    storage_contexts: list[PresentationContext] | None = None,
 ) -> RetrieveCounts:
     """C-GET the matches of `identifier` from `node`; each arriving instance is handed to
     `store_cb` (a `StoreRequest` as the SCP gets one), whose return value is the C-STORE status.
 
     Storage contexts are proposed with the SCP role for `sop_classes` (default: pynetdicom's
     127 most common storage classes) in `transfer_syntaxes` (default: uncompressed, so the
-    peer decompresses when needed)."""
+    peer decompresses when needed). `storage_contexts`, when given, replaces that set (e.g.
+    one context per stored syntax, so the peer can send each instance as it holds it)."""
     uid = _GET[model]
-    syntaxes = transfer_syntaxes or list(sending.UNCOMPRESSED)
-    classes = list(sop_classes) if sop_classes is not None else [
-        str(cx.abstract_syntax) for cx in StoragePresentationContexts]
-    classes = classes[: sending.MAX_REQUESTED_CONTEXTS - 1]
-    contexts = [build_context(uid)] + [build_context(c, syntaxes) for c in classes]
+    if storage_contexts is not None:
+        storage = storage_contexts[: sending.MAX_REQUESTED_CONTEXTS - 1]
+        classes = list(dict.fromkeys(str(cx.abstract_syntax) for cx in storage))
+    else:
+        syntaxes = transfer_syntaxes or list(sending.UNCOMPRESSED)
+        classes = list(sop_classes) if sop_classes is not None else [
+            str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+        classes = classes[: sending.MAX_REQUESTED_CONTEXTS - 1]
+        storage = [build_context(c, syntaxes) for c in classes]
+    contexts = [build_context(uid)] + storage
     roles = [build_role(c, scp_role=True) for c in classes]
     counts = RetrieveCounts()
 

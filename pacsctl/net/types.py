@@ -85,8 +85,16 @@ class StoreRequest:
     assoc: AssocInfo
     path: Path
     data_offset: int
-    file_meta: Dataset
     move_originator_aet: str | None = None
+
+    @property
+    def file_meta(self) -> Dataset:
+        """The File Meta group at the head of `path` (built on demand, as pydicom objects)."""
+        from pynetdicom.dsutils import create_file_meta
+
+        return create_file_meta(sop_class_uid=self.sop_class_uid,
+                                sop_instance_uid=self.sop_instance_uid,
+                                transfer_syntax=self.transfer_syntax_uid)
 
 
 @dataclass(frozen=True)
