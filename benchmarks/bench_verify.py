@@ -3,16 +3,21 @@
     python -m benchmarks.bench_verify [CORPUS_DIR] [--count 1000] [--repeat 3] [--jobs N]
 
 Imports the CT corpus (benchmarks/corpus.py; written to CORPUS_DIR if missing) into a fresh
-archive, then times, each best of `--repeat`, with a warm page cache for both sides:
+archive, then times, with a warm page cache for both sides:
 
 - `pacsctl verify` (full: re-hash, header parse, index check; the whole process, start-up
   included) against `openssl dgst -sha256` over the same archive files: the practical limit
   of a full check. Goal: ratio <= 1.5.
 - `pacsctl verify --quick` (presence and sizes) against the same openssl run, and
   `pacsctl reindex` (every file read, hashed and parsed; the index rebuilt).
-- `pacsctl backup DEST` into an empty folder (every copy hashed, fsynced, renamed; manifest)
-  against `cp -r` of the objects folder, and against `cp -r` followed by `sync` (durable, like
-  the backup); then a second, incremental `backup` with nothing new.
+- `pacsctl backup DEST` into an empty folder (every copy hashed, made durable, renamed;
+  manifest) against `cp -r` of the objects folder, and against `cp -r` followed by `sync`
+  (durable, like the backup); then a second, incremental `backup` with nothing new.
+
+The machine is shared: every figure comes from `--repeat` interleaved rounds (each round runs
+every command once, so the commands of a round share one load level); times are the best
+round, ratios the median of the per-round ratios. CPU seconds (all processes of a command,
+workers included) are printed too.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -40,34 +48,46 @@ def _env(archive: Path) -> dict[str, str]:
     return env
 
 
-CPU: dict[int, float] = {}  # id of a run's stdout -> CPU seconds of it and its children
-
-
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
-def _timed(cmd: list[str], env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> tuple[float, str]:
-    """Wall seconds and stdout of a command; its CPU seconds (all its processes) go to CPU."""
+@dataclass
+class Run:
+    """One timed command: wall and CPU seconds (all its processes), and its stdout."""
+
+    wall: float
+    cpu: float
+    stdout: str
+
+
+def _timed(cmd: list[str], env: dict[str, str] | None = None) -> Run:
     cpu = _children_cpu()
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - start
-    if proc.returncode not in ok:
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])}... exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
-    CPU[id(proc.stdout)] = _children_cpu() - cpu
-    return elapsed, proc.stdout
+    return Run(wall, _children_cpu() - cpu, proc.stdout)
 
 
-def _best(repeat: int, run) -> tuple[float, str]:
-    """The fastest of `repeat` runs (the machine is shared: the minimum is the least disturbed)."""
-    results = [run() for _ in range(repeat)]
-    return min(results, key=lambda r: r[0])
+def _rounds(repeat: int, commands: dict[str, Callable[[], Run]]) -> dict[str, list[Run]]:
+    """Run every command once per round, interleaved, so each round shares the same load."""
+    runs: dict[str, list[Run]] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, run in commands.items():
+            runs[name].append(run())
+    return runs
 
 
-def _cpu(result: tuple[float, str]) -> float:
-    return CPU[id(result[1])]
+def _ratio(runs: dict[str, list[Run]], name: str, base: str) -> float:
+    """Median over rounds of name's wall time divided by base's in the same round."""
+    return statistics.median(a.wall / b.wall for a, b in zip(runs[name], runs[base]))
+
+
+def _best(runs: list[Run]) -> Run:
+    return min(runs, key=lambda r: r.wall)
 
 
 def _summary(stdout: str) -> dict:
@@ -88,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", nargs="?", type=Path, default=Path(tempfile.gettempdir()) / "pacsctl-corpus")
     parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--jobs", type=int, default=None, help="pacsctl --jobs (default: its own)")
     args = parser.parse_args(argv)
 
@@ -107,42 +127,51 @@ def main(argv: list[str] | None = None) -> int:
         openssl = ["openssl", "dgst", "-sha256", *objects]
         _timed(openssl)  # warm the page cache for both sides
         _timed([*py, "verify", "--json", *jobs], env)
-        ssl_run = _best(args.repeat, lambda: _timed(openssl))
-        full_run = _best(args.repeat, lambda: _timed([*py, "verify", "--json", *jobs], env))
-        (t_ssl, _), (t_full, out) = ssl_run, full_run
-        full = _summary(out)
-        t_quick, out = _best(args.repeat, lambda: _timed([*py, "verify", "--quick", "--json"], env))
-        help_run = _best(args.repeat, lambda: _timed([*py, "--help"], env))
-        t_help = help_run[0]
-        assert full["ok"] and full["hashed"] == count, full
+        runs = _rounds(args.repeat, {
+            "openssl": lambda: _timed(openssl),
+            "verify": lambda: _timed([*py, "verify", "--json", *jobs], env),
+            "quick": lambda: _timed([*py, "verify", "--quick", "--json"], env),
+            "help": lambda: _timed([*py, "--help"], env),
+            "reindex": lambda: _timed([*py, "reindex", "--json", *jobs], env),
+        })
+        checks = [_summary(r.stdout) for r in runs["verify"]]
+        assert all(c["ok"] and c["hashed"] == count for c in checks), checks[0]
+        checking = [c["elapsed"] for c in checks]
         mb = total / 1e6
-        print(f"openssl dgst -sha256      {t_ssl:6.2f} s  {mb / t_ssl:7.0f} MB/s  (CPU {_cpu(ssl_run):.2f} s)")
-        print(f"pacsctl verify (full)     {t_full:6.2f} s  {mb / t_full:7.0f} MB/s  ratio {t_full / t_ssl:.2f} (goal <= 1.5)"
-              f"  [CPU {_cpu(full_run):.2f} s; checking {full['elapsed']:.2f} s; `pacsctl --help` alone {t_help:.2f} s,"
-              f" CPU {_cpu(help_run):.2f} s]")
-        print(f"  without start-up: {t_full - t_help:.2f} s, ratio {(t_full - t_help) / t_ssl:.2f}")
-        print(f"pacsctl verify --quick    {t_quick:6.2f} s  {count / t_quick:7.0f} files/s  ratio {t_quick / t_ssl:.2f}")
-        t_reindex, out = _best(args.repeat, lambda: _timed([*py, "reindex", "--json", *jobs], env))
-        assert _summary(out)["indexed"] == count
-        print(f"pacsctl reindex           {t_reindex:6.2f} s  {count / t_reindex:7.0f} files/s  ratio {t_reindex / t_ssl:.2f}")
+        ssl, full, quick, start = (_best(runs[k]) for k in ("openssl", "verify", "quick", "help"))
+        print(f"{args.repeat} interleaved rounds; times are the best round, ratios the median of per-round ratios")
+        print(f"openssl dgst -sha256      {ssl.wall:6.2f} s  {mb / ssl.wall:6.0f} MB/s  CPU {ssl.cpu:5.2f} s")
+        print(f"pacsctl verify (full)     {full.wall:6.2f} s  {mb / full.wall:6.0f} MB/s  CPU {full.cpu:5.2f} s"
+              f"  ratio {_ratio(runs, 'verify', 'openssl'):.2f} (goal <= 1.5)")
+        print(f"  the check alone (summary elapsed: index, walk, re-hash, parse) {min(checking):.2f} s,"
+              f" ratio {statistics.median(c / o.wall for c, o in zip(checking, runs['openssl'])):.2f}")
+        print(f"  CLI start-up (`pacsctl --help`) {start.wall:.2f} s, CPU {start.cpu:.2f} s: in every command")
+        print(f"pacsctl verify --quick    {quick.wall:6.2f} s  {count / quick.wall:6.0f} files/s          "
+              f"ratio {_ratio(runs, 'quick', 'openssl'):.2f}")
 
         def fresh(name: str) -> Path:
             path = root / name
             shutil.rmtree(path, ignore_errors=True)
             return path
 
-        t_cp, _ = _best(args.repeat, lambda: _timed(["cp", "-r", str(archive / "objects"), str(fresh("cp"))]))
-        t_cp_sync, _ = _best(args.repeat, lambda: _timed(["sh", "-c", f"cp -r '{archive / 'objects'}' '{fresh('cps')}' && sync"]))
-        t_backup, out = _best(args.repeat, lambda: _timed([*py, "backup", str(fresh("backup")), "--json", *jobs], env))
-        first = _summary(out)
-        t_incr, out = _best(args.repeat, lambda: _timed([*py, "backup", str(root / "backup"), "--json", *jobs], env))
-        again = _summary(out)
+        copies = _rounds(args.repeat, {
+            "cp": lambda: _timed(["cp", "-r", str(archive / "objects"), str(fresh("cp"))]),
+            "cp_sync": lambda: _timed(["sh", "-c", f"cp -r '{archive / 'objects'}' '{fresh('cps')}' && sync"]),
+            "backup": lambda: _timed([*py, "backup", str(fresh("backup")), "--json", *jobs], env),
+            "again": lambda: _timed([*py, "backup", str(root / "backup"), "--json", *jobs], env),
+        })
+        first, again = _summary(copies["backup"][-1].stdout), _summary(copies["again"][-1].stdout)
         assert first["copied"] == count and again["copied"] == 0 and again["skipped"] == count, (first, again)
-        print(f"cp -r                     {t_cp:6.2f} s  {mb / t_cp:7.0f} MB/s")
-        print(f"cp -r && sync             {t_cp_sync:6.2f} s  {mb / t_cp_sync:7.0f} MB/s")
-        print(f"pacsctl backup (new DEST) {t_backup:6.2f} s  {mb / t_backup:7.0f} MB/s  ratio {t_backup / t_cp:.2f} vs cp -r, "
-              f"{t_backup / t_cp_sync:.2f} vs cp -r && sync")
-        print(f"pacsctl backup (no change){t_incr:6.2f} s  ratio {t_incr / t_cp:.2f} vs cp -r")
+        assert _summary(runs["reindex"][-1].stdout)["indexed"] == count
+        cp, cp_sync, new, incr = (_best(copies[k]) for k in ("cp", "cp_sync", "backup", "again"))
+        rebuilt = _best(runs["reindex"])
+        print(f"cp -r                     {cp.wall:6.2f} s  {mb / cp.wall:6.0f} MB/s  CPU {cp.cpu:5.2f} s")
+        print(f"cp -r && sync             {cp_sync.wall:6.2f} s  {mb / cp_sync.wall:6.0f} MB/s  CPU {cp_sync.cpu:5.2f} s")
+        print(f"pacsctl backup (new DEST) {new.wall:6.2f} s  {mb / new.wall:6.0f} MB/s  CPU {new.cpu:5.2f} s"
+              f"  ratio {_ratio(copies, 'backup', 'cp'):.2f} vs cp -r, {_ratio(copies, 'backup', 'cp_sync'):.2f} vs cp -r && sync")
+        print(f"pacsctl backup (no change){incr.wall:6.2f} s                 CPU {incr.cpu:5.2f} s  ratio {_ratio(copies, 'again', 'cp'):.2f} vs cp -r")
+        print(f"pacsctl reindex           {rebuilt.wall:6.2f} s  {count / rebuilt.wall:6.0f} files/s  CPU {rebuilt.cpu:5.2f} s"
+              f"  ratio {_ratio(runs, 'reindex', 'openssl'):.2f} vs openssl")
     return 0
 
 
