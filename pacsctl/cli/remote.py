@@ -226,6 +226,8 @@ def _retrieve_text(verb: str, summary: retrieve.RetrieveSummary, level: str) -> 
     if summary.counted_locally:
         text += (f"; arrived {summary.received}, stored {summary.stored} new, {summary.duplicates} already "
                  f"archived, {summary.store_failed} refused")
+        if summary.conflicts:
+            text += f", {summary.conflicts} differing from the archived copy (quarantined)"
         if summary.expected is not None:
             text += f", {len(summary.missing)} of {summary.expected} expected missing"
     return text + f" ({summary.elapsed:.1f} s)"

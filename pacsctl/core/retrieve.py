@@ -15,19 +15,20 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
+from pynetdicom.presentation import PresentationContext
 
 from pacsctl.core.archive import Archive
 from pacsctl.core.identifiers import parse_identifier
 from pacsctl.core.matching import LEVEL_KEYS, LEVELS, UNIQUE_KEY, compile_filters
 from pacsctl.errors import NetworkError, UsageError
-from pacsctl.net import scu
+from pacsctl.net import scu, sending
 from pacsctl.net.scp import RunningScp, start_scp
 from pacsctl.net.types import (
     STATUS_CANCEL,
@@ -45,6 +46,10 @@ from pacsctl.net.types import (
 LOG = logging.getLogger(__name__)
 
 UTF8 = "ISO_IR 192"
+# The archive's answer to an instance whose UID it holds with other bytes: the archived copy
+# stays, the received one goes to quarantine (`core.server.STATUS_CONFLICT_KEPT`). The instance
+# is in the archive, so for a retrieve it arrived; it is reported, not failed.
+_CONFLICT_KEPT = 0xB000
 _INT_VRS = frozenset({"IS", "US", "UL", "SS", "SL", "SV", "UV"})
 _TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})  # a backslash is text, not a separator
 _LIST_KEYS = frozenset({"ModalitiesInStudy"})  # lists in `ls` records too
@@ -199,29 +204,58 @@ def _unique_identifier(level: str, keys: Mapping[str, str]) -> Dataset:
 
 def expected_instances(
     node: NodeLike, identifier: Dataset, calling_aet: str, timeout: float = 30.0
-) -> set[str]:
-    """SOP Instance UIDs under one retrieve identifier, found level by level with C-FIND
-    (hierarchical, so strict SCPs answer too)."""
+) -> dict[str, str]:
+    """SOP Instance UID -> SOP Class UID of every instance under one retrieve identifier,
+    found level by level with C-FIND (hierarchical, so strict SCPs answer too)."""
     level = str(identifier.QueryRetrieveLevel)
     keys = {k: str(identifier.get(k)) for k in _path_keys(level)}
-    if level == "IMAGE":
-        return {keys["SOPInstanceUID"]}
-    below = LEVELS[LEVELS.index(level) + 1]
-    model = query_model(level)
-    request = build_identifier(below, keys, (UNIQUE_KEY[below],))
-    uids: set[str] = set()
-    for ds in scu.find(node, request, model, calling_aet=calling_aet, timeout=timeout):
+    below = level if level == "IMAGE" else LEVELS[LEVELS.index(level) + 1]
+    wanted = ("SOPInstanceUID", "SOPClassUID") if below == "IMAGE" else (UNIQUE_KEY[below],)
+    request = build_identifier(below, {k: v for k, v in keys.items() if k != UNIQUE_KEY[below]}
+                               if level != "IMAGE" else keys, wanted)
+    found: dict[str, str] = {}
+    for ds in scu.find(node, request, query_model(level), calling_aet=calling_aet, timeout=timeout):
         value = str(ds.get(UNIQUE_KEY[below], "") or "").strip()
         if not value:
             continue
         if below == "IMAGE":
-            uids.add(value)
+            found[value] = str(ds.get("SOPClassUID", "") or "").strip()
         else:
             # Patient Root's PatientID does not belong in the Study Root finds further down.
             parents = {} if level == "PATIENT" else keys
             child = _unique_identifier(below, {**parents, UNIQUE_KEY[below]: value})
-            uids |= expected_instances(node, child, calling_aet, timeout)
-    return uids
+            found.update(expected_instances(node, child, calling_aet, timeout))
+    return found
+
+
+# Syntaxes a C-GET offers each SOP class one context apiece (after uncompressed), so the peer
+# sends an instance as it holds it instead of failing to transcode (Orthanc cannot decode
+# JPEG 2000 or JPEG-LS, for one). Most common first: the list is cut when classes are many.
+GET_SYNTAXES = (
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.5",     # RLE
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.1.99",  # Deflated explicit VR little endian
+    "1.2.840.10008.1.2.2",     # Explicit VR big endian (retired, still met)
+)
+
+
+def get_contexts(sop_classes: Iterable[str]) -> list[PresentationContext] | None:
+    """Storage contexts for a C-GET of instances of `sop_classes`: per class one uncompressed
+    context and one per compressed syntax, as many as fit in 127. None when the classes are
+    unknown or too many (the net layer's default set is used then)."""
+    classes = sorted({c for c in sop_classes if c})
+    if not classes or len(classes) * 2 > sending.MAX_REQUESTED_CONTEXTS - 1:
+        return None
+    per_class = (sending.MAX_REQUESTED_CONTEXTS - 1) // len(classes) - 1
+    pairs = [(c, ts) for c in classes for ts in GET_SYNTAXES[:per_class]]
+    return sending.contexts_for(pairs)
 
 
 # ------------------------------------------------------------------------------------------
@@ -246,6 +280,7 @@ class RetrieveSummary:
     received: int | None = None
     stored: int | None = None  # received and now in the archive (new)
     duplicates: int | None = None  # received, already in the archive
+    conflicts: int | None = None  # received, other bytes than the archived copy (quarantined)
     store_failed: int | None = None  # received but refused or quarantined by our archive
     missing: list[str] = field(default_factory=list)  # expected but not in the archive
     elapsed: float = 0.0
@@ -268,11 +303,14 @@ class RetrieveSummary:
     def ok(self) -> bool:
         """Everything the peer reported went well and, when we could count, all of it arrived
         and was stored."""
-        if self.failed or self.remaining or (self.status not in (None, STATUS_SUCCESS)):
+        # A Warning final status with no failed sub-operation means delivered with warnings
+        # (our own archive answers one for a conflicting copy): not a failure by itself.
+        warned = self.status is not None and 0xB000 <= self.status <= 0xB0FF
+        if self.failed or self.remaining or not (self.status in (None, STATUS_SUCCESS) or warned):
             return False
         if not self.counted_locally:
             return True
-        arrived = (self.stored or 0) + (self.duplicates or 0)
+        arrived = (self.stored or 0) + (self.duplicates or 0) + (self.conflicts or 0)
         return (not self.store_failed and not self.missing
                 and arrived == self.completed + self.warning
                 and (self.expected is None or arrived >= self.expected))
@@ -297,7 +335,8 @@ class RetrieveSummary:
         }
         if self.counted_locally:
             out.update(received=self.received, stored=self.stored, duplicates=self.duplicates,
-                       store_failed=self.store_failed, missing=len(self.missing))
+                       conflicts=self.conflicts, store_failed=self.store_failed,
+                       missing=len(self.missing))
             if self.expected is not None:
                 out["expected"] = self.expected
         if self.failed_uids:
@@ -319,6 +358,7 @@ class ArchiveReceiver:
         self.received: set[str] = set()
         self.stored = 0
         self.duplicates = 0
+        self.conflicts = 0
         self.store_failed = 0
         self._store, self._close = _archive_store_handler(archive)
         self.on_arrival: Callable[[], None] | None = None
@@ -336,10 +376,13 @@ class ArchiveReceiver:
             req = dataclasses.replace(req, assoc=self.source)
         existed = self.has(uid)
         status = self._store(req)
-        ok = status == STATUS_SUCCESS
         with self._lock:
             self.received.add(uid)
-            if not ok:
+            if status == _CONFLICT_KEPT:
+                self.conflicts += 1
+                LOG.warning("instance %s differs from the archived copy: kept that one, the "
+                            "received one is in quarantine", uid)
+            elif status != STATUS_SUCCESS:
                 self.store_failed += 1
                 LOG.warning("instance %s not stored (status 0x%04X)", uid, status)
             elif existed:
@@ -406,7 +449,7 @@ def move(
     if receiver is not None:
         expected = set()
         for ident in targets:
-            expected |= expected_instances(node, ident, calling_aet, timeout)
+            expected |= set(expected_instances(node, ident, calling_aet, timeout))
         summary.expected = len(expected)
         before = {uid for uid in expected if receiver.has(uid)}
     for ident in targets:
@@ -441,21 +484,26 @@ def _await_arrivals(receiver: ArchiveReceiver, expected: set[str], settle: float
 
 
 def _fill_local_counts(summary: RetrieveSummary, receiver: ArchiveReceiver,
-                       expected: set[str] | None, before: set[str] = frozenset()) -> None:
-    """Local counts from the receiver; when nothing came through it (a running `pacsctl serve`
-    on this archive took the instances), from what is now in the archive."""
-    wanted = expected if expected is not None else receiver.received
+                       expected: set[str] | None, before: Set[str] = frozenset(),
+                       from_archive: bool | None = None) -> None:
+    """Local counts from the receiver; or, `from_archive` (default: when nothing came through
+    the receiver, so a running `pacsctl serve` on this archive took the instances), from what
+    is now in the archive."""
+    wanted = expected | receiver.received if expected is not None else receiver.received
     summary.missing = sorted(uid for uid in wanted if not receiver.has(uid))
-    if expected is not None and not receiver.received:
+    if from_archive is None:
+        from_archive = expected is not None and not receiver.received
+    if from_archive and expected is not None:
         present = expected.difference(summary.missing)
         summary.received = len(present)
         summary.stored = len(present - before)
         summary.duplicates = len(present & before)
-        summary.store_failed = 0
+        summary.conflicts = summary.store_failed = 0
         return
     summary.received = len(receiver.received)
     summary.stored = receiver.stored
     summary.duplicates = receiver.duplicates
+    summary.conflicts = receiver.conflicts
     summary.store_failed = receiver.store_failed
 
 
@@ -469,21 +517,35 @@ def get(
     timeout: float = 30.0,
 ) -> RetrieveSummary:
     """C-GET the selection from `node` straight into the receiver's archive and count what
-    arrived and was stored, next to the peer's own counts."""
+    arrived and was stored, next to the peer's own counts.
+
+    Each target's instances are listed first (C-FIND): their SOP classes decide the storage
+    contexts offered, and every listed instance must be in the archive afterwards. A peer
+    that cannot list them is still retrieved from, with the default contexts."""
     start = time.perf_counter()
     summary = RetrieveSummary()
     targets = retrieve_identifiers(node, level, filters, calling_aet, timeout)
     summary.matched = len(targets)
     receiver.source = AssocInfo(calling_aet=node.aet, called_aet=calling_aet,
                                 peer_host=node.host, peer_port=int(node.port))
+    expected: set[str] | None = set()
     for ident in targets:
+        try:
+            listed = expected_instances(node, ident, calling_aet, timeout)
+        except NetworkError as exc:  # no IMAGE-level C-FIND there: count what the peer says
+            LOG.warning("cannot list the instances to get (%s); relying on the peer's counts", exc)
+            listed = {}
+            expected = None
+        if expected is not None:
+            expected |= set(listed)
         counts = scu.get(node, ident, receiver, query_model(level), calling_aet=calling_aet,
-                         timeout=timeout)
+                         timeout=timeout, storage_contexts=get_contexts(listed.values()))
         summary.add(counts)
         if on_progress:
             on_progress(summary)
     receiver.close()
-    _fill_local_counts(summary, receiver, None)
+    summary.expected = None if expected is None else len(expected)
+    _fill_local_counts(summary, receiver, expected, from_archive=False)
     summary.elapsed = time.perf_counter() - start
     return summary
 

@@ -159,3 +159,30 @@ def test_move_into_own_archive_waits_for_an_asynchronous_peer(orthanc_factory: A
     assert (summary["expected"], summary["received"], summary["stored"], summary["missing"]) == (6, 6, 6, 0), summary
     listed = _json_lines(run_cli("ls", "--json").stdout)
     assert [(r["StudyInstanceUID"], r["NumberOfStudyRelatedInstances"]) for r in listed] == [(study, 6)]
+
+
+def test_get_keeps_compressed_instances_as_orthanc_holds_them(orthanc: Any, testdata_dir: Path,
+                                                              archive_dir: Path) -> None:
+    """Orthanc cannot transcode JPEG 2000: offered a context in the stored syntax, it sends the
+    instance as it is, and the archive keeps that syntax."""
+    j2k = testdata_dir / "JPEG2000.dcm"
+    orthanc.upload(j2k)
+    ds = pydicom.dcmread(j2k, stop_before_pixels=True)
+    proc = run_cli("get", _spec(orthanc), "-k", f"StudyInstanceUID={ds.StudyInstanceUID}", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (_summary(proc)["stored"], _summary(proc)["expected"]) == (1, 1)
+    [listed] = _json_lines(run_cli("ls", "--level", "instance", "--json").stdout)
+    assert listed["TransferSyntaxUID"] == str(ds.file_meta.TransferSyntaxUID)
+
+
+def test_get_of_an_instance_archived_with_other_bytes_is_reported_not_failed(
+        orthanc: Any, testdata_dir: Path, archive_dir: Path) -> None:
+    """Imported from the file, then retrieved from Orthanc (which rewrites a few elements):
+    the archived copy stays, the received one is quarantined, and the summary says so."""
+    source = testdata_dir / "CT_small.dcm"
+    assert run_cli("import", source).returncode == 0
+    orthanc.upload(source)
+    proc = run_cli("get", _spec(orthanc), "-k", "PatientID=1CT1", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = _summary(proc)
+    assert (summary["received"], summary["stored"], summary["duplicates"] + summary["conflicts"]) == (1, 0, 1)
