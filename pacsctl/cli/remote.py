@@ -266,9 +266,9 @@ def move_command(
 
     Filters other than unique keys are resolved with a C-FIND first, then one C-MOVE per match.
     When the destination is our own AE title, pacsctl receives into the archive (listening on
-    the configured port unless `pacsctl serve` already does), checks that every instance the
-    node lists arrived, and exits 3 when anything is missing or failed, whatever the node's
-    final status says.
+    the configured port unless `pacsctl serve` already does) and checks that every instance the
+    node lists arrived, whatever the node's final status says. Exit 3 when anything is missing
+    or failed, 1 when the node refuses outright (e.g. it does not know the destination).
 
     Example: pacsctl move OLDPACS --to PACSCTL -k StudyDate=20240101-20240131
     """
@@ -304,8 +304,10 @@ def get_command(
 ) -> None:
     """Retrieve studies from a node straight into the archive (C-GET).
 
-    Counts what actually arrived and was stored next to the node's own counts; exit 3 when
-    they disagree or anything failed.
+    The selection's instances are listed first (C-FIND), so compressed ones can be offered
+    their own syntax and arrive as the node holds them, and so every one of them is checked in
+    the archive afterwards. Counts what actually arrived and was stored next to the node's own
+    counts; exit 3 when they disagree, anything is missing or failed.
 
     Example: pacsctl get ORTHANC -k StudyInstanceUID=1.2.840.113619.2.1 --json
     """
