@@ -250,9 +250,10 @@ def get_contexts(sop_classes: Iterable[str]) -> list[PresentationContext] | None
     """Storage contexts for a C-GET of instances of `sop_classes`: per class one uncompressed
     context and one per compressed syntax, as many as fit in 127. None when the classes are
     unknown or too many (the net layer's default set is used then)."""
-    classes = sorted({c for c in sop_classes if c})
-    if not classes or len(classes) * 2 > sending.MAX_REQUESTED_CONTEXTS - 1:
-        return None
+    listed = set(sop_classes)
+    classes = sorted(listed - {""})
+    if not classes or "" in listed or len(classes) * 2 > sending.MAX_REQUESTED_CONTEXTS - 1:
+        return None  # an instance of an unknown class must not go without a context
     per_class = (sending.MAX_REQUESTED_CONTEXTS - 1) // len(classes) - 1
     pairs = [(c, ts) for c in classes for ts in GET_SYNTAXES[:per_class]]
     return sending.contexts_for(pairs)
@@ -292,7 +293,7 @@ class RetrieveSummary:
         self.warning += counts.warning
         self.remaining += counts.remaining
         self.failed_uids += counts.failed_uids
-        if self.status in (None, STATUS_SUCCESS) or counts.status != STATUS_SUCCESS:
+        if self.status is None or _severity(counts.status) > _severity(self.status):
             self.status = counts.status
 
     @property
@@ -343,6 +344,13 @@ class RetrieveSummary:
             out["failed_uids"] = self.failed_uids
         out["elapsed"] = round(self.elapsed, 3)
         return out
+
+
+def _severity(status: int | None) -> int:
+    """0 Success, 1 Warning, 2 Cancel or Failure: the summary keeps the worst final status."""
+    if status == STATUS_SUCCESS:
+        return 0
+    return 1 if status is not None and 0xB000 <= status <= 0xB0FF else 2
 
 
 StoreCallback = Callable[[StoreRequest], int]

@@ -99,3 +99,24 @@ def test_summary_never_trusts_the_final_status_alone() -> None:
     assert refused.refused and not refused.ok
     partial = RetrieveSummary(matched=1, completed=2, failed=1, status=0xB000)
     assert not partial.refused and not partial.ok
+
+
+def test_summary_keeps_the_worst_final_status() -> None:
+    from pacsctl.net.types import RetrieveCounts
+
+    summary = RetrieveSummary()
+    for status in (0x0000, 0xC000, 0xB000, 0x0000):
+        summary.add(RetrieveCounts(status=status))
+    assert summary.status == 0xC000 and not summary.ok
+
+
+def test_get_contexts_offer_each_stored_syntax_apart() -> None:
+    from pacsctl.core.retrieve import get_contexts
+
+    ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+    contexts = get_contexts([ct, mr, ct])
+    assert contexts is not None and len(contexts) <= 127
+    j2k = [c for c in contexts if c.transfer_syntax == ["1.2.840.10008.1.2.4.91"]]
+    assert {c.abstract_syntax for c in j2k} == {ct, mr}
+    assert get_contexts([ct, ""]) is None  # an unknown class: the default set, not none
+    assert get_contexts([]) is None
