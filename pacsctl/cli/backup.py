@@ -39,7 +39,8 @@ def backup(
     if not as_json and opts.verbosity >= 0:
         output.stderr.print(
             f"backup to {dest}: {s.copied} copied ({s.bytes / 1e6:.0f} MB), {s.skipped} unchanged, "
-            f"{s.failed} failed; {s.instances} instances in the manifest; {s.elapsed:.1f} s",
+            f"{s.failed} failed; {s.instances} instances in the manifest; {s.elapsed:.1f} s"
+            + (f"; {s.unindexed} files not in the index, not backed up (run `pacsctl reindex`)" if s.unindexed else ""),
             highlight=False,
         )
     if not report.ok:

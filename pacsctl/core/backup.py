@@ -16,6 +16,8 @@ checked alone (`pacsctl verify --backup DEST`) and restored even if the archive 
   only then listed by the manifest, which is written last and atomically.
 - Files the archive no longer has stay in the backup and in its manifest.
 - A full backup disk stops the run: what was copied is listed, the rest counted as failed.
+- Files in objects/ that the index does not know (a lost or stale index) cannot be part of the
+  snapshot; they are reported (`unindexed`, exit 3) rather than passed over in silence.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pacsctl.core.archive import AUDIT_LOG, OBJECTS, QUARANTINE, TMP, Archive
 from pacsctl.core.filecheck import Expected, clean_leftovers, recorded_files
 from pacsctl.core.findings import Finding
 from pacsctl.core.manifest import MANIFEST_NAME, Manifest, locked_backup, read_manifest, write_manifest
+from pacsctl.core.verifier import unindexed_files
 from pacsctl.errors import PacsctlError, UsageError
 from pacsctl.storage import files
 
@@ -60,6 +63,7 @@ class BackupSummary:
     bytes: int = 0
     instances: int = 0  # entries in the manifest afterwards
     other_files: int = 0  # quarantine and audit log files copied (not instances; no manifest)
+    unindexed: int = 0  # files in objects/ the index does not know: not backed up
     elapsed: float = 0.0
 
     def as_dict(self) -> dict:
@@ -77,8 +81,8 @@ class BackupReport:
 
     @property
     def ok(self) -> bool:
-        """Whether every file of the snapshot is in the backup (exit 0; else 3)."""
-        return self.summary.failed == 0
+        """Whether every file of the archive is in the backup (exit 0; else 3)."""
+        return self.summary.failed == 0 and self.summary.unindexed == 0
 
 
 class _CopyMismatch(Exception):
@@ -135,6 +139,12 @@ def _backup(archive: Archive, dest: Path, jobs: int | None, on_total: Callable[[
         _remove_own_temps(dest / TMP)
         _copy_config(archive.root, dest)
         report.summary.other_files = _mirror_others(archive.root, dest)
+    # What the index does not know is not backed up: say so (a lost index must not pass silently).
+    unindexed = unindexed_files(archive, snapshot.keys())
+    for finding in unindexed:
+        finding.detail += "; not backed up"
+    report.findings += unindexed
+    report.summary.unindexed = len(unindexed)
     report.summary.instances = len(run.entries)
     return report
 

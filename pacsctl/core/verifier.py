@@ -120,9 +120,7 @@ def verify_archive(
         fresh = recorded_files(archive.index.iter_instances())
         unknown -= fresh.keys()
         found = _recheck_changed(archive.root, found, recorded, fresh, mode)
-    if unknown and _any_recent(archive.root, unknown):  # published a moment ago, index entry on its way
-        time.sleep(IN_FLIGHT_WAIT)
-        unknown -= recorded_files(archive.index.iter_instances()).keys()
+    unknown = settle_unknown(archive, unknown)
     report.findings += found
     report.findings += [_unknown_file(archive.root, path, F.ARCHIVE, "not in the index") for path in sorted(unknown)]
     if repair_from is not None:
@@ -130,6 +128,23 @@ def verify_archive(
             if finding.problem in F.DAMAGE and finding.where == F.ARCHIVE:
                 repair(archive, recorded[finding.path], repair_from, finding)
     return report.finish(started)
+
+
+def settle_unknown(archive: Archive, unknown: set[str]) -> set[str]:
+    """Of files not in the index, those still not there after their writers had a moment."""
+    if unknown and _any_recent(archive.root, unknown):  # renamed a moment ago, index entry on its way
+        time.sleep(IN_FLIGHT_WAIT)
+        unknown = unknown - recorded_files(archive.index.iter_instances()).keys()
+    return unknown
+
+
+def unindexed_files(archive: Archive, known: Iterable[str]) -> list[Finding]:
+    """Files in objects/ the index does not know (beyond `known` paths), as findings."""
+    unknown = set(walk_objects(archive.root, OBJECTS)).difference(known)
+    if unknown:
+        unknown -= recorded_files(archive.index.iter_instances()).keys()
+    unknown = settle_unknown(archive, unknown)
+    return [_unknown_file(archive.root, path, F.ARCHIVE, "not in the index") for path in sorted(unknown)]
 
 
 def _any_recent(root: Path, paths: Iterable[str]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -320,3 +321,16 @@ def test_full_backup_disk_stops_lists_what_was_copied_and_resumes(archive: Archi
     again = backup(archive, dest, jobs=2)
     assert again.ok and again.summary.copied == s.failed and again.summary.skipped == s.copied
     assert verify_backup(dest, archive).summary.ok
+
+
+def test_files_the_index_does_not_know_are_reported_not_skipped_silently(archive: Archive, tmp_path: Path) -> None:
+    """A lost index must not make a backup that copies nothing and says all is well."""
+    shutil.rmtree(archive.root / "index" / "series")
+    shutil.rmtree(archive.root / "index" / "studies")
+    report = backup(archive, tmp_path / "backup")
+    assert not report.ok and report.summary.unindexed == 7 and report.summary.copied == 0
+    assert {f.problem for f in report.findings} == {F.UNKNOWN_FILE}
+    assert all("not backed up" in f.detail and f.sop_instance_uid for f in report.findings)
+    assert reindex(archive).ok
+    fixed = backup(archive, tmp_path / "backup")
+    assert fixed.ok and fixed.summary.copied == 7
