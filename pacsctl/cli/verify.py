@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
@@ -14,6 +15,7 @@ from pacsctl.cli import output
 from pacsctl.errors import EXIT_INTEGRITY, PacsctlError, UsageError
 
 FINDING_COLUMNS = ("where", "problem", "path", "SOPInstanceUID", "action", "detail")
+TABLE_LIMIT = 200  # rows a table shows; a lost index can mean a million findings
 
 
 class LazyProgress:
@@ -62,7 +64,11 @@ def print_findings(records: list[dict], as_json: bool, title: str) -> None:
         return
     findings = [r for r in records if r.get("type") != "summary"]
     if findings:
-        output.emit(findings, FINDING_COLUMNS, "table", title=title)
+        output.emit(findings[:TABLE_LIMIT], FINDING_COLUMNS, "table", title=title)
+    if len(findings) > TABLE_LIMIT:
+        counts = Counter(r["problem"] for r in findings[TABLE_LIMIT:])
+        more = ", ".join(f"{n} {problem}" for problem, n in counts.most_common())
+        output.warn(f"{len(findings) - TABLE_LIMIT} more not shown ({more}): use --json or --report for all")
 
 
 def verify(

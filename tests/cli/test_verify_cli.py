@@ -148,3 +148,17 @@ def test_help_says_what_the_command_does(command: str, cli: Callable[..., Any]) 
 def test_report_into_a_missing_folder_is_a_usage_error(records: list[dict], cli: Callable[..., Any], tmp_path: Path) -> None:
     proc = cli("verify", "--report", tmp_path / "no" / "such" / "r.ndjson")
     assert proc.returncode == 2 and "cannot write the report" in proc.stderr
+
+
+def test_table_is_capped_json_is_not(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from pacsctl.cli import verify as verify_cli
+
+    monkeypatch.setattr(verify_cli, "TABLE_LIMIT", 2)
+    found = [{"type": "problem", "path": f"objects/{i}.dcm", "SOPInstanceUID": "", "problem": "missing" if i < 4 else "unknown_file",
+              "where": "archive", "detail": "", "action": ""} for i in range(6)]
+    verify_cli.print_findings(found + [{"type": "summary"}], False, "t")
+    out, err = capsys.readouterr()
+    assert "objects/1.dcm" in out and "objects/2.dcm" not in out
+    assert "4 more not shown (2 missing, 2 unknown_file)" in err
+    verify_cli.print_findings(found + [{"type": "summary"}], True, "t")
+    assert len(lines(capsys.readouterr().out)) == 7
