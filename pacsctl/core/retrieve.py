@@ -369,7 +369,6 @@ class ArchiveReceiver:
         self.conflicts = 0
         self.store_failed = 0
         self._store, self._close = _archive_store_handler(archive)
-        self.on_arrival: Callable[[], None] | None = None
         # C-GET: the net layer describes the association from the acceptor's side, which is
         # the peer; the archive must record the peer as the sender, not us.
         self.source: AssocInfo | None = None
@@ -397,8 +396,6 @@ class ArchiveReceiver:
                 self.duplicates += 1
             else:
                 self.stored += 1
-        if self.on_arrival:
-            self.on_arrival()
         return status
 
     def close(self) -> None:
@@ -408,27 +405,12 @@ class ArchiveReceiver:
 
 
 def _archive_store_handler(archive: Archive) -> tuple[StoreCallback, Callable[[], None]]:
-    """The serving node's C-STORE handler over `archive` (durable, group-committed) when
-    `core.server` is available, else a direct ingest of the received file."""
-    try:
-        from pacsctl.core.server import ArchiveService
-    except ImportError:  # the server module not in this tree yet
-        return _direct_ingest(archive), lambda: None
+    """The serving node's C-STORE handler over `archive`: durable and indexed before it
+    answers, concurrent associations group-committed, conflicts and garbage quarantined."""
+    from pacsctl.core.server import ArchiveService  # imported late: it pulls in the SCP side
+
     service = ArchiveService(archive)
     return service.store, service.close
-
-
-def _direct_ingest(archive: Archive) -> StoreCallback:
-    from pathlib import Path
-
-    from pacsctl.core.archive import DUPLICATE, STORED
-
-    def ingest(req: StoreRequest) -> int:
-        origin = f"dicom://{req.assoc.calling_aet}@{req.assoc.peer_host}"
-        result = archive.ingest([(Path(req.path).read_bytes(), origin)])[0]
-        return STATUS_SUCCESS if result.status in (STORED, DUPLICATE) else 0xC000
-
-    return ingest
 
 
 def move(
