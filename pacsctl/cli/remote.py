@@ -285,7 +285,8 @@ def move_command(
                     output.warn(f"cannot listen on port {archive.config.port} (in use?): assuming a running "
                                 f"`pacsctl serve` receives for {dest}; arrivals are counted in the archive")
                 summary = retrieve.move(node, dest, query_level, filters, calling, receiver=receiver,
-                                        on_progress=on_progress, settle=settle, timeout=timeout)
+                                        on_progress=on_progress, settle=settle, timeout=timeout,
+                                        listening=listening)
         else:
             summary = retrieve.move(node, dest, query_level, filters, calling, on_progress=on_progress,
                                     timeout=timeout)

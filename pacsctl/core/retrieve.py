@@ -423,13 +423,15 @@ def move(
     on_progress: Callable[[RetrieveSummary], None] | None = None,
     settle: float = 10.0,
     timeout: float = 30.0,
+    listening: bool = True,
 ) -> RetrieveSummary:
     """C-MOVE the selection from `node` to `destination_aet`.
 
     With a `receiver` (the destination is our own archive), the instances the peer lists for
     the selection are checked in the archive afterwards; once the peer's final answer is in,
     arrivals are awaited up to `settle` seconds of silence, since some peers answer Success
-    before their last C-STORE arrived."""
+    before their last C-STORE arrived. `listening` False: another process (a running
+    `pacsctl serve`) receives for us, so arrivals are counted from the archive alone."""
     start = time.perf_counter()
     summary = RetrieveSummary()
     targets = retrieve_identifiers(node, level, filters, calling_aet, timeout)
@@ -452,7 +454,7 @@ def move(
             break  # the same answer for every other target
     if receiver is not None and expected is not None:
         _await_arrivals(receiver, expected, settle)
-        _fill_local_counts(summary, receiver, expected, before)
+        _fill_local_counts(summary, receiver, expected, before, from_archive=not listening)
     summary.elapsed = time.perf_counter() - start
     return summary
 
@@ -475,14 +477,11 @@ def _await_arrivals(receiver: ArchiveReceiver, expected: set[str], settle: float
 
 def _fill_local_counts(summary: RetrieveSummary, receiver: ArchiveReceiver,
                        expected: set[str] | None, before: Set[str] = frozenset(),
-                       from_archive: bool | None = None) -> None:
-    """Local counts from the receiver; or, `from_archive` (default: when nothing came through
-    the receiver, so a running `pacsctl serve` on this archive took the instances), from what
-    is now in the archive."""
+                       from_archive: bool = False) -> None:
+    """Local counts from the receiver; or, `from_archive` (another process received), from
+    which of the `expected` instances are now in the archive."""
     wanted = expected | receiver.received if expected is not None else receiver.received
     summary.missing = sorted(uid for uid in wanted if not receiver.has(uid))
-    if from_archive is None:
-        from_archive = expected is not None and not receiver.received
     if from_archive and expected is not None:
         present = expected.difference(summary.missing)
         summary.received = len(present)
@@ -535,7 +534,7 @@ def get(
             on_progress(summary)
     receiver.close()
     summary.expected = None if expected is None else len(expected)
-    _fill_local_counts(summary, receiver, expected, from_archive=False)
+    _fill_local_counts(summary, receiver, expected)
     summary.elapsed = time.perf_counter() - start
     return summary
 
