@@ -354,3 +354,25 @@ def test_a_file_whose_index_entry_is_on_its_way_is_not_unknown(archive: Archive,
     report = verify_archive(archive, jobs=1)
     thread.join()
     assert report.findings == [] and report.summary.ok
+
+
+def test_huge_files_are_hashed_in_chunks_and_parsed_from_their_head(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files past WHOLE_FILE_LIMIT are never held whole: chunks are hashed, the head parsed."""
+    from pacsctl.core import filecheck
+    from pacsctl.core.reindex import reindex
+
+    monkeypatch.setattr(filecheck, "WHOLE_FILE_LIMIT", 4096)
+    monkeypatch.setattr(filecheck, "HEADER_LIMIT", 3000)
+    monkeypatch.setattr(filecheck, "CHUNK", 1000)
+    recs = stored(archive)
+    big = [r for r in recs if r["size"] > 4096]
+    assert len(big) >= 6
+    content = filecheck.read_content(archive.path_of(big[0]["path"]))
+    assert (content.size, content.sha256, len(content.head)) == (big[0]["size"], big[0]["sha256"], 3000)
+    assert verify_archive(archive, jobs=1).summary.ok
+    flip_bit(archive.path_of(big[0]["path"]), offset=big[0]["size"] - 10)
+    assert [f.problem for f in verify_archive(archive, jobs=1).findings] == [F.HASH_MISMATCH]
+    flip_bit(archive.path_of(big[0]["path"]), offset=big[0]["size"] - 10)  # healed
+    before = sorted(archive.index.instances(), key=lambda r: r["path"])
+    assert reindex(archive, jobs=1).ok
+    assert sorted(archive.index.instances(), key=lambda r: r["path"]) == before
