@@ -376,3 +376,12 @@ def test_huge_files_are_hashed_in_chunks_and_parsed_from_their_head(archive: Arc
     before = sorted(archive.index.instances(), key=lambda r: r["path"])
     assert reindex(archive, jobs=1).ok
     assert sorted(archive.index.instances(), key=lambda r: r["path"]) == before
+
+
+def test_a_header_longer_than_the_head_kept_is_read_from_the_file(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pacsctl.core import filecheck
+
+    monkeypatch.setattr(filecheck, "WHOLE_FILE_LIMIT", 4096)
+    monkeypatch.setattr(filecheck, "HEADER_LIMIT", 200)  # cuts the File Meta header itself
+    report = verify_archive(archive, jobs=1)
+    assert report.findings == [] and report.summary.hashed == 9
