@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from pacsctl.core import findings as F
 from pacsctl.core.archive import OBJECTS, Archive
@@ -31,6 +31,9 @@ from pacsctl.core.parallel import chunk_size, chunked, default_jobs, map_unorder
 from pacsctl.core.records import index_record
 from pacsctl.storage import files
 from pacsctl.storage.index import Index
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 ADD_BATCH = 20_000  # records folded into the index at a time (bounded memory at millions)
 
@@ -200,14 +203,17 @@ def _index_chunk(task: tuple[str, Sequence[str]]) -> tuple[list[dict], list[Find
             continue
         nbytes += content.size
         try:
-            records.append(record_of(path, content))
+            records.append(record_of(path, content, root / path))
         except ValueError as exc:
             found.append(Finding(path, F.UNREADABLE, str(exc)))
     return records, found, nbytes
 
 
-def record_of(path: str, content: Content) -> dict:
-    """The index record of a stored file. Raises ValueError when it cannot be indexed as is."""
+def record_of(path: str, content: Content, file: Path) -> dict:
+    """The index record of stored file `file` (archive path `path`), read as `content`.
+
+    Raises ValueError when it cannot be indexed as is.
+    """
     from pacsctl.core.dicomfile import NotDicomError, DicomdirError, read_instance
     from pacsctl.errors import InvalidDicomError
 
@@ -219,20 +225,27 @@ def record_of(path: str, content: Content) -> dict:
         if inst.data is not content.head and inst.data != content.head:
             raise ValueError("not a Part-10 file (no File Meta header)")
         ds, uid, syntax = inst.dataset, inst.sop_instance_uid, inst.transfer_syntax_uid
-    else:  # huge: parse the header only
-        ds, uid, syntax = _header_dataset(content.head)
+    else:  # huge: parse the header only, from the head kept in memory or else from the file
+        try:
+            ds, uid, syntax = _header_dataset(content.head)
+        except ValueError:
+            ds, uid, syntax = _header_dataset(file)
     if Archive.object_relpath(uid) != path:
         raise ValueError(f"misplaced: holds SOP Instance UID {uid}, stored at {Archive.object_relpath(uid)}")
     return index_record(ds, transfer_syntax_uid=syntax, path=path, size=content.size, sha256=content.sha256)
 
 
-def _header_dataset(head: bytes):
+def _header_dataset(source: bytes | Path) -> tuple[Dataset, str, str]:
+    """The header of a huge file (up to the pixel data; from a file, big values are deferred)."""
     import pydicom
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True)
+            if isinstance(source, Path):
+                ds = pydicom.dcmread(source, stop_before_pixels=True, defer_size=1 << 20)
+            else:
+                ds = pydicom.dcmread(io.BytesIO(source), stop_before_pixels=True)
         except Exception as exc:
             raise ValueError(f"DICOM header unreadable: {str(exc)[:200]}") from None
     uid = str(ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID") or "")

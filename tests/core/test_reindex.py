@@ -118,3 +118,14 @@ def test_reindex_while_another_process_writes_loses_nothing(archive: Archive, tm
     on_disk = {p.relative_to(archive.root).as_posix() for p in (archive.root / "objects").rglob("*.dcm")}
     assert {r["path"] for r in archive.index.iter_instances()} == on_disk
     assert verify_archive(archive).summary.ok
+
+
+def test_reindex_of_files_whose_header_is_longer_than_the_head_kept(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pacsctl.core import filecheck
+
+    before = snapshot(archive)
+    monkeypatch.setattr(filecheck, "WHOLE_FILE_LIMIT", 2048)
+    monkeypatch.setattr(filecheck, "HEADER_LIMIT", 200)
+    report = reindex(archive, jobs=1)
+    assert report.ok and report.summary.indexed == 15
+    assert snapshot(archive) == before
