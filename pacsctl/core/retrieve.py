@@ -26,7 +26,7 @@ from pynetdicom.presentation import PresentationContext
 
 from pacsctl.core.archive import Archive
 from pacsctl.core.identifiers import parse_identifier
-from pacsctl.core.matching import LEVEL_KEYS, LEVELS, UNIQUE_KEY, compile_filters
+from pacsctl.core.matching import LEVEL_KEYS, LEVELS, UNIQUE_KEY, RecordFilter, compile_filters
 from pacsctl.errors import NetworkError, UsageError
 from pacsctl.net import scu, sending
 from pacsctl.net.scp import RunningScp, start_scp
@@ -141,12 +141,30 @@ def query(
     timeout: float = 30.0,
 ) -> Iterator[dict[str, Any]]:
     """C-FIND `node` at `level` with `ls` filters; yield one `ls`-shaped record per match."""
-    compile_filters(filters)  # the same syntax checks as `ls`, before anything goes out
+    flt = compile_filters(filters)  # the same syntax checks as `ls`, before anything goes out
     keys = return_keys(level)
     identifier = build_identifier(level, filters, keys)
     for ds in scu.find(node, identifier, query_model(level), calling_aet=calling_aet,
                        timeout=timeout):
-        yield response_record(ds, level, keys)
+        record = response_record(ds, level, keys)
+        if agrees(flt, record):
+            yield record
+
+
+def agrees(flt: RecordFilter, record: Mapping[str, Any]) -> bool:
+    """False when an answered value contradicts a filter.
+
+    Strictly hierarchical SCPs ignore keys of other levels (dcmqrscp answers every instance
+    to an IMAGE-level PatientID filter), so answers are checked with `ls` matching too. A key
+    the peer left empty cannot be judged and passes: peers leave out what they do not index.
+    """
+    for keyword, criterion in flt.criteria.items():
+        value = record.get(keyword)
+        if criterion.kind != "value" or value in (None, "", []):
+            continue
+        if not criterion.matches_value(value):
+            return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------
@@ -172,7 +190,7 @@ def retrieve_identifiers(
 
     Filters on exactly the unique keys of the path are used as they are (a UID list split
     into one identifier per UID); anything else is resolved with a C-FIND first."""
-    compile_filters(filters)
+    flt = compile_filters(filters)  # syntax errors before anything goes out
     path = _path_keys(level)
     own = UNIQUE_KEY[level]
     direct = (
@@ -184,11 +202,15 @@ def retrieve_identifiers(
         parents = {k: filters[k] for k in path if k != own}
         return [_unique_identifier(level, {**parents, own: v})
                 for v in dict.fromkeys(filters[own].split("\\")) if v]
-    found = scu.find(node, build_identifier(level, filters, tuple(path)), query_model(level),
+    keys = tuple(dict.fromkeys([*path, *filters]))
+    found = scu.find(node, build_identifier(level, filters, keys), query_model(level),
                      calling_aet=calling_aet, timeout=timeout)
     targets: dict[tuple[str, ...], Dataset] = {}
     for ds in found:
-        values = tuple(str(ds.get(k, "") or "").strip() for k in path)
+        record = response_record(ds, level, keys)
+        if not agrees(flt, record):
+            continue
+        values = tuple(str(record.get(k, "") or "").strip() for k in path)
         if all(values) and values not in targets:
             targets[values] = _unique_identifier(level, dict(zip(path, values)))
     return list(targets.values())

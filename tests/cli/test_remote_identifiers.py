@@ -120,3 +120,14 @@ def test_get_contexts_offer_each_stored_syntax_apart() -> None:
     assert {c.abstract_syntax for c in j2k} == {ct, mr}
     assert get_contexts([ct, ""]) is None  # an unknown class: the default set, not none
     assert get_contexts([]) is None
+
+
+def test_answers_that_contradict_a_filter_are_dropped_unjudgeable_kept() -> None:
+    from pacsctl.core.matching import compile_filters
+    from pacsctl.core.retrieve import agrees
+
+    flt = compile_filters({"PatientID": "4MR1", "StudyDate": "20240101-20240131", "PatientName": "doe*"})
+    assert agrees(flt, {"PatientID": "4MR1", "StudyDate": "20240115", "PatientName": "DOE^J"})
+    assert not agrees(flt, {"PatientID": "1CT1", "StudyDate": "20240115", "PatientName": "DOE^J"})
+    assert not agrees(flt, {"PatientID": "4MR1", "StudyDate": "20230101", "PatientName": "DOE^J"})
+    assert agrees(flt, {"PatientID": "4MR1", "StudyDate": "", "PatientName": ""})  # not answered
