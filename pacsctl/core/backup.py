@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 
 from pacsctl.config import CONFIG_NAME
 from pacsctl.core import findings as F
-from pacsctl.core.archive import AUDIT_LOG, OBJECTS, QUARANTINE, TMP, Archive
+from pacsctl.core.archive import AUDIT_LOG, INDEX, OBJECTS, QUARANTINE, TMP, Archive
 from pacsctl.core.filecheck import Expected, clean_leftovers, recorded_files
 from pacsctl.core.findings import Finding
 from pacsctl.core.manifest import MANIFEST_NAME, Manifest, locked_backup, read_manifest, write_manifest
@@ -329,6 +329,8 @@ def _prepare_dest(archive_root: Path, dest: Path) -> Path:
     known = (MANIFEST_NAME, OBJECTS, CONFIG_NAME)
     if dest.is_dir() and any(dest.iterdir()) and not any((dest / name).exists() for name in known):
         raise UsageError(f"{dest} is not empty and not a pacsctl backup", hint="choose an empty or new folder")
+    if (dest / INDEX).is_dir() and not (dest / MANIFEST_NAME).exists():
+        raise UsageError(f"{dest} is a pacsctl archive, not a backup", hint="back up to an empty or new folder")
     for sub in (OBJECTS, TMP):
         files.ensure_dir(dest / sub)
     return dest

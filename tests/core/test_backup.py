@@ -131,6 +131,9 @@ def test_dest_of_something_else_is_refused(archive: Archive, tmp_path: Path) -> 
     (other / "thesis.pdf").write_bytes(b"%PDF")
     with pytest.raises(UsageError):
         backup(archive, other)
+    Archive.open(tmp_path / "another-archive").close()
+    with pytest.raises(UsageError, match="archive, not a backup"):
+        backup(archive, tmp_path / "another-archive")
 
 
 def test_restore_from_backup_alone(archive: Archive, tmp_path: Path) -> None:
