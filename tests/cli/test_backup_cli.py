@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -59,18 +61,24 @@ def test_backup_usage_errors_exit_2(records: list[dict], archive_dir: Path, cli:
 
 
 def test_restore_procedure(records: list[dict], archive_dir: Path, cli: Callable[..., Any], tmp_path: Path) -> None:
-    """README's restore: check the backup, `reindex` it as an archive, verify it, use it."""
+    """README's restore, step by step: the archive is lost, the backup becomes the archive."""
     dest = tmp_path / "backup"
     assert cli("backup", dest).returncode == 0
     studies_before = lines(cli("ls", "--json").stdout)
-    assert cli("verify", "--backup", dest).returncode == 0
+    shutil.rmtree(archive_dir)  # the disk died
 
-    reindexed = cli("--archive", dest, "reindex", "--json", "--jobs", "2")
+    assert cli("verify", "--backup", dest).returncode == 0            # 1. the backup is intact
+    restored = tmp_path / "srv-pacs"
+    subprocess.run(["cp", "-a", str(dest), str(restored)], check=True)  # 2. copy it into place
+    reindexed = cli("--archive", restored, "reindex", "--json")        # 3. rebuild the index
     assert reindexed.returncode == 0, reindexed.stderr
     [summary] = lines(reindexed.stdout)
     assert (summary["command"], summary["files"], summary["indexed"], summary["checked_against_manifest"]) == ("reindex", 7, 7, 7)
-    assert cli("--archive", dest, "verify").returncode == 0
-    assert lines(cli("--archive", dest, "ls", "--json").stdout) == studies_before
+    (restored / "backup-manifest.ndjson").unlink()                     # 4. a backup no more
+    (restored / "backup.lock").unlink()
+    assert cli("--archive", restored, "verify").returncode == 0
+    assert lines(cli("--archive", restored, "ls", "--json").stdout) == studies_before
+    assert (restored / "objects").stat().st_mode & 0o777 == 0o700
 
 
 def test_reindex_exit_codes(records: list[dict], archive_dir: Path, cli: Callable[..., Any]) -> None:
