@@ -16,7 +16,7 @@ import typer
 
 from pacsctl.cli import output
 from pacsctl.cli.app import state
-from pacsctl.cli.listing import COLUMNS, SORT_KEYS, _sortable
+from pacsctl.cli.listing import COLUMNS, SORT_KEYS
 from pacsctl.config import CONFIG_NAME, Config, Node, load_config, parse_node_spec, resolve_archive_dir, validate_ae_title
 from pacsctl.core import retrieve
 from pacsctl.core import send as sending
@@ -200,9 +200,16 @@ def query_command(
     query_level, filters = _filters(keys, level)
     node, calling, _ = _setup(ctx, node_spec, aet)
     records = list(retrieve.query(node, query_level, filters, calling, timeout=timeout))
-    records.sort(key=lambda r: tuple(_sortable(r.get(k)) for k in SORT_KEYS[query_level]))
+    records.sort(key=lambda r: tuple(_sort_value(r.get(k)) for k in SORT_KEYS[query_level]))
     fmt = "json" if as_json else "csv" if as_csv else "table"
     output.emit(records, COLUMNS[query_level], fmt)
+
+
+def _sort_value(value: object) -> tuple[int, object]:
+    """Numbers before text, as `ls` sorts; peers may answer a number as text or not at all."""
+    if isinstance(value, (int, float)):
+        return (0, value)
+    return (1, "" if value is None else str(value))
 
 
 # -- move and get ------------------------------------------------------------------------------
