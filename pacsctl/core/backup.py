@@ -326,6 +326,8 @@ def _prepare_dest(archive_root: Path, dest: Path) -> Path:
         raise UsageError(f"backup folder {dest} overlaps the archive {archive_root}", hint="back up to another folder, ideally another disk")
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest} is not a folder")
+    if not dest.exists() and not dest.parent.is_dir():  # e.g. the backup disk is not mounted
+        raise UsageError(f"no folder {dest.parent}", hint="is the backup disk mounted? DEST itself is created, its parent must exist")
     known = (MANIFEST_NAME, OBJECTS, CONFIG_NAME)
     if dest.is_dir() and any(dest.iterdir()) and not any((dest / name).exists() for name in known):
         raise UsageError(f"{dest} is not empty and not a pacsctl backup", hint="choose an empty or new folder")

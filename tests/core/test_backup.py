@@ -35,7 +35,7 @@ def archive(archive_dir: Path, ct_factory: Any, dicom_test_files: list[Path]) ->
 
 
 def test_first_backup_copies_everything_with_a_manifest(archive: Archive, tmp_path: Path) -> None:
-    dest = tmp_path / "nas" / "pacs"
+    dest = tmp_path / "pacs"
     report = backup(archive, dest)
     s = report.summary
     assert (s.copied, s.skipped, s.failed, s.instances) == (7, 0, 0, 7) and report.ok
@@ -131,6 +131,8 @@ def test_dest_of_something_else_is_refused(archive: Archive, tmp_path: Path) -> 
     (other / "thesis.pdf").write_bytes(b"%PDF")
     with pytest.raises(UsageError):
         backup(archive, other)
+    with pytest.raises(UsageError, match="mounted"):
+        backup(archive, tmp_path / "unmounted" / "pacs")
     Archive.open(tmp_path / "another-archive").close()
     with pytest.raises(UsageError, match="archive, not a backup"):
         backup(archive, tmp_path / "another-archive")
