@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -9,8 +10,6 @@ import typer
 
 from pacsctl.cli import output
 from pacsctl.cli.app import state
-from pacsctl.core.archive import DUPLICATE, STORED, IngestResult
-from pacsctl.core.importer import collect_sources, default_jobs, import_sources
 from pacsctl.errors import EXIT_INTEGRITY
 
 
@@ -23,7 +22,7 @@ def import_command(
     ctx: typer.Context,
     paths: List[Path] = typer.Argument(..., help="Folders (recursive), files, zip files or DICOMDIR files."),
     as_json: bool = typer.Option(False, "--json", help="NDJSON: one record per quarantined or skipped file, then a summary."),
-    jobs: int = typer.Option(default_jobs(), "--jobs", "-j", min=1, help="Worker processes (default: one per core)."),
+    jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1, help="Worker processes (default: one per core)."),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Show what would happen; write nothing."),
     on_conflict: Optional[str] = typer.Option(
         None, "--on-conflict", help="Same SOP Instance UID, different bytes: keep (default) or replace.",
@@ -38,11 +37,14 @@ def import_command(
 
     Example: pacsctl import /media/cdrom/DICOMDIR ~/Downloads/study.zip /data/incoming --json
     """
+    from pacsctl.core.archive import DUPLICATE, STORED, IngestResult
+    from pacsctl.core.importer import collect_sources, import_sources
+
     archive = state(ctx).open_archive()
     sources = collect_sources([str(p) for p in paths])
 
     with output.progress("importing", total=len(sources), enabled=not as_json) as bar:
-        def on_result(result: IngestResult) -> None:
+        def on_result(result: "IngestResult") -> None:
             bar.advance(1, result.size)
             if result.status in (STORED, DUPLICATE):
                 return

@@ -8,8 +8,6 @@ import typer
 
 from pacsctl.cli import output
 from pacsctl.cli.app import state
-from pacsctl.core.matching import compile_filters, level_from_name, parse_key_values
-from pacsctl.core.query import find_records
 from pacsctl.errors import UsageError
 
 COLUMNS = {
@@ -48,6 +46,9 @@ def ls_command(
 
     Example: pacsctl ls -k PatientName='DOE*' -k StudyDate=20240101-20240331 --json
     """
+    from pacsctl.core.matching import compile_filters, level_from_name, parse_key_values
+    from pacsctl.core.query import find_records
+
     if as_json and as_csv:
         raise UsageError("--json and --csv exclude each other")
     query_level = level_from_name(level)
