@@ -126,4 +126,105 @@ def install() -> None:
     _dimse_messages.NamedTemporaryFile = _temp_file  # type: ignore[attr-defined]
     _dimse_messages.create_file_meta = _create_file_meta  # type: ignore[attr-defined]
     _dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[attr-defined]
+    _dimse_messages.decode = _decode  # type: ignore[attr-defined]
     _installed = True
+
+
+# -- C-STORE-RQ command sets ----------------------------------------------------------------------
+# pynetdicom decodes every command set with pydicom (element objects, UID validation) before it
+# even knows the message type. A C-STORE-RQ command set holds a handful of fixed elements:
+# decode those directly; anything else (other commands, unexpected elements) goes to pydicom.
+
+class _Elem(NamedTuple):
+    tag: int
+    keyword: str
+    value: Any
+    VM: int = 1
+
+
+# tag -> (keyword, kind); kind: "US", "UI", "AE" or "UL"
+_C_STORE_RQ_ELEMENTS = {
+    0x00000000: ("CommandGroupLength", "UL"),
+    0x00000002: ("AffectedSOPClassUID", "UI"),
+    0x00000100: ("CommandField", "US"),
+    0x00000110: ("MessageID", "US"),
+    0x00000700: ("Priority", "US"),
+    0x00000800: ("CommandDataSetType", "US"),
+    0x00001000: ("AffectedSOPInstanceUID", "UI"),
+    0x00001030: ("MoveOriginatorApplicationEntityTitle", "AE"),
+    0x00001031: ("MoveOriginatorMessageID", "US"),
+}
+_REQUIRED = {0x00000002, 0x00000100, 0x00000110, 0x00000700, 0x00000800, 0x00001000}
+
+
+class StoreCommand:
+    """A decoded C-STORE-RQ command set: the attribute and iteration interface pynetdicom's
+    DIMSE message code uses on a pydicom Dataset."""
+
+    def __init__(self, elems: list[_Elem]) -> None:
+        self._elems = elems
+        for e in elems:
+            setattr(self, e.keyword, e.value)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._elems)
+
+    def __contains__(self, keyword: object) -> bool:
+        return any(e.keyword == keyword for e in self._elems)
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        return getattr(self, keyword, default)
+
+
+def decode_store_command(raw: bytes) -> StoreCommand | None:
+    """Decode an implicit VR little endian C-STORE-RQ command set, or None when it is not a
+    plain one (the caller then uses pydicom)."""
+    elems: list[_Elem] = []
+    pos, end = 0, len(raw)
+    seen: set[int] = set()
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, element, length = struct.unpack_from("<HHI", raw, pos)
+        pos += 8
+        tag = (group << 16) | element
+        spec = _C_STORE_RQ_ELEMENTS.get(tag)
+        if spec is None or pos + length > end or tag in seen:
+            return None
+        seen.add(tag)
+        value_bytes = raw[pos:pos + length]
+        pos += length
+        keyword, kind = spec
+        if kind == "US":
+            if length != 2:
+                return None
+            value: Any = struct.unpack("<H", value_bytes)[0]
+        elif kind == "UL":
+            if length != 4:
+                return None
+            value = struct.unpack("<I", value_bytes)[0]
+        else:
+            try:
+                text = value_bytes.decode("ascii")
+            except UnicodeDecodeError:
+                return None
+            value = text.rstrip("\x00 ").strip() if kind == "UI" else text.strip()
+        elems.append(_Elem(tag, keyword, value))
+    if not _REQUIRED <= seen:
+        return None
+    command = StoreCommand(elems)
+    if command.CommandField != 0x0001:  # type: ignore[attr-defined]
+        return None
+    return command
+
+
+def _decode(bytestring: Any, is_implicit_vr: bool, is_little_endian: bool,
+            deflated: bool = False) -> Any:
+    if is_implicit_vr and is_little_endian and not deflated:
+        fast = decode_store_command(bytestring.getvalue())
+        if fast is not None:
+            return fast
+    return _pydicom_decode(bytestring, is_implicit_vr, is_little_endian, deflated)
+
+
+_pydicom_decode = _dimse_messages.decode

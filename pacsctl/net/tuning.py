@@ -43,6 +43,10 @@ def _association_wait(assoc: Association, seconds: float) -> None:
     with q.not_empty:
         if not q._qsize():  # type: ignore[attr-defined]
             q.not_empty.wait(seconds)
+            if q._qsize():  # type: ignore[attr-defined]
+                # Queue.put wakes one waiter. It may have been meant for a thread blocked in
+                # get() on this queue (a send_c_store waiting for its response): pass it on.
+                q.not_empty.notify()
             return
     _time.sleep(seconds)  # a message is already waiting: the caller waits for something else
 
