@@ -47,8 +47,8 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl query') echo @text ;;
         'opts:pacsctl reindex') echo '--json --jobs -j --help -h' ;;
         'vopts:pacsctl reindex') echo '--jobs -j' ;;
-        'opts:pacsctl send') echo '--study --key -k --aet --timeout --json --help -h' ;;
-        'vopts:pacsctl send') echo '--study --key -k --aet --timeout' ;;
+        'opts:pacsctl send') echo '--study --key -k --associations -j --aet --timeout --json --help -h' ;;
+        'vopts:pacsctl send') echo '--study --key -k --associations -j --aet --timeout' ;;
         'args:pacsctl send') echo @file ;;
         'opts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w --help -h' ;;
         'vopts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w' ;;
@@ -93,6 +93,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl reindex --jobs'|'pacsctl reindex -j') echo @text ;;
         'pacsctl send --study') echo @text ;;
         'pacsctl send --key'|'pacsctl send -k') echo @text ;;
+        'pacsctl send --associations'|'pacsctl send -j') echo @text ;;
         'pacsctl send --aet') echo @text ;;
         'pacsctl send --timeout') echo @text ;;
         'pacsctl serve --aet') echo @text ;;

@@ -121,15 +121,16 @@ def send_command(
     paths: Optional[List[Path]] = typer.Argument(None, help="Files, folders (recursive) or DICOMDIR files."),
     studies: List[str] = typer.Option([], "--study", metavar="UID", help="Send this archived study (repeatable)."),
     keys: List[str] = typer.Option([], "--key", "-k", metavar="KEY=VALUE", help="Send archived instances matching this (as `pacsctl ls`)."),
+    associations: int = typer.Option(2, "--associations", "-j", min=1, max=16, help="Associations in parallel (1 for peers that allow only one)."),
     aet: Optional[str] = _aet_option(),
     timeout: float = _timeout_option(),
     as_json: bool = typer.Option(False, "--json", help="NDJSON: one record per failed or skipped file, then a summary."),
 ) -> None:
     """Send DICOM files, or instances from the archive, to a node (C-STORE).
 
-    Each file goes in its stored transfer syntax when the node accepts it, else decompressed.
-    Non-DICOM files met in folders are skipped. Exit 3 when any file failed, 4 when the node
-    cannot be reached.
+    Each file goes in its stored transfer syntax when the node accepts it, else decompressed,
+    over two associations at once by default (-j). Non-DICOM files met in folders are
+    skipped. Exit 3 when any file failed, 4 when the node cannot be reached.
 
     Example: pacsctl send PACS /data/study1 --json; pacsctl send PACS --study 1.2.840.113619.2.1
     """
@@ -166,7 +167,8 @@ def send_command(
             elif not outcome.skipped or verbose:
                 output.warn(f"{status}: {outcome.path}: {outcome.reason}")
 
-        summary = sending.send(node, items, calling, on_outcome=on_outcome, timeout=timeout)
+        summary = sending.send(node, items, calling, on_outcome=on_outcome, timeout=timeout,
+                               associations=associations)
     rate = summary.bytes / summary.elapsed / 1e6 if summary.elapsed else 0.0
     text = (f"sent {summary.sent} of {summary.files} files to {node}: {summary.failed} failed, "
             f"{summary.skipped} skipped ({summary.bytes / 1e6:.1f} MB in {summary.elapsed:.1f} s, {rate:.1f} MB/s)")

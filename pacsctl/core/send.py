@@ -8,6 +8,7 @@ because of its viewer. Anything that looks like DICOM and does not arrive is a f
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -150,80 +151,132 @@ def send(
     calling_aet: str,
     on_outcome: Callable[[SendOutcome], None] | None = None,
     timeout: float = 30.0,
+    associations: int = 1,
 ) -> SendSummary:
-    """C-STORE the sendable `items` to `node`; account for every item. Files a dropped
-    association never got to are sent again on a new one.
+    """C-STORE the sendable `items` to `node` over up to `associations` associations at once;
+    account for every item (`on_outcome` is called under a lock, one outcome at a time).
 
-    Raises NetworkError when the association cannot be opened at all (nothing was sent)."""
-    summary = SendSummary()
+    Per-message overhead, not bytes, limits a Python sender, and peers answer each instance
+    after their own write: several associations overlap those waits. Files are split into
+    contiguous runs, so a series mostly travels on one association. A peer that refuses the
+    extra associations gets their files over the ones it accepted. Raises NetworkError when
+    no association can be opened at all (nothing was sent)."""
+    sender = _Sender(node, calling_aet, {i.path: i.size for i in items}, on_outcome, timeout)
     start = time.perf_counter()
-    sizes = {i.path: i.size for i in items}
-
-    def account(outcome: SendOutcome) -> None:
-        if outcome.skipped:
-            summary.skipped += 1
-        elif outcome.ok:
-            summary.sent += 1
-            summary.bytes += outcome.size
-        else:
-            summary.failed += 1
-            summary.failures.append(outcome)
-        if on_outcome:
-            on_outcome(outcome)
-
     for item in items:
         if item.skip:
-            account(SendOutcome(item.path, False, skipped=True, size=item.size, reason=item.skip))
+            sender.account(SendOutcome(item.path, False, skipped=True, size=item.size, reason=item.skip))
         elif item.fail:
-            account(SendOutcome(item.path, False, size=item.size, reason=item.fail))
+            sender.account(SendOutcome(item.path, False, size=item.size, reason=item.fail))
+    paths = [i.path for i in items if not (i.skip or i.fail)]
+    runs = max(1, min(associations, len(paths) // 2))
+    size = -(-len(paths) // runs) if paths else 0
+    chunks = [paths[n * size:(n + 1) * size] for n in range(runs)] if paths else []
+    errors: list[NetworkError] = []
+    leftovers: list[str] = []
 
-    lost: list[StoreResult] = []  # never tried: the association had gone
-    unanswered: list[StoreResult] = []  # sent, no answer: the culprit, or a victim of its abort
-    retrying = False
+    def work(chunk: list[str]) -> None:
+        try:
+            sender.send(chunk)
+        except NetworkError as exc:  # this association was refused; the others may be fine
+            errors.append(exc)
+            leftovers.extend(chunk)
 
-    def on_result(res: StoreResult) -> None:
-        if res.status is None and not retrying:
-            if res.error == _LOST:
+    # Daemon threads: Ctrl-C in the main thread ends the run, not just its own association.
+    threads = [threading.Thread(target=work, args=(c,), name=f"pacsctl-send-{n}", daemon=True)
+               for n, c in enumerate(chunks[1:], 1)]
+    for thread in threads:
+        thread.start()
+    if chunks:
+        work(chunks[0])
+    for thread in threads:
+        thread.join()
+    if chunks and len(errors) == len(chunks):
+        raise errors[0]  # not a single association: the node is unreachable (exit 4)
+    if leftovers:
+        try:
+            sender.send(leftovers)
+        except NetworkError as exc:
+            for path in leftovers:
+                sender.account(SendOutcome(path, False, size=sender.sizes.get(path, 0), reason=str(exc)))
+    sender.summary.elapsed = time.perf_counter() - start
+    return sender.summary
+
+
+class _Sender:
+    """Sends runs of files to one node and accounts for each, from several threads."""
+
+    def __init__(self, node: NodeLike, calling_aet: str, sizes: dict[str, int],
+                 on_outcome: Callable[[SendOutcome], None] | None, timeout: float) -> None:
+        self.node, self.calling_aet, self.sizes = node, calling_aet, sizes
+        self.on_outcome, self.timeout = on_outcome, timeout
+        self.summary = SendSummary()
+        self._lock = threading.Lock()
+
+    def account(self, outcome: SendOutcome) -> None:
+        """Count one outcome and report it."""
+        with self._lock:
+            if outcome.skipped:
+                self.summary.skipped += 1
+            elif outcome.ok:
+                self.summary.sent += 1
+                self.summary.bytes += outcome.size
+            else:
+                self.summary.failed += 1
+                self.summary.failures.append(outcome)
+            if self.on_outcome:
+                self.on_outcome(outcome)
+
+    def _result(self, res: StoreResult) -> None:
+        self.account(SendOutcome(res.path, res.ok, size=self.sizes.get(res.path, 0),
+                                 sop_instance_uid=res.sop_instance_uid, status=res.status,
+                                 reason=None if res.ok else (res.error or _status_text(res.status))))
+
+    def send(self, paths: list[str]) -> None:
+        """Send `paths` on one association at a time, accounting for each file.
+
+        Raises NetworkError only when the first association cannot be opened (nothing of
+        `paths` was sent or accounted then)."""
+        lost: list[StoreResult] = []  # never tried: the association had gone
+        unanswered: list[StoreResult] = []  # sent, no answer: the culprit, or a victim of its abort
+
+        def on_result(res: StoreResult) -> None:
+            if res.status is None and res.error == _LOST:
                 lost.append(res)
-                return
-            if (res.error or "").startswith(_NO_RESPONSE):
+            elif res.status is None and (res.error or "").startswith(_NO_RESPONSE):
                 unanswered.append(res)
-                return
-        account(SendOutcome(res.path, res.ok, size=sizes.get(res.path, 0),
-                            sop_instance_uid=res.sop_instance_uid, status=res.status,
-                            reason=None if res.ok else (res.error or _status_text(res.status))))
+            else:
+                self._result(res)
 
-    pending = [i.path for i in items if not (i.skip or i.fail)]
-    first = True
-    while pending:
-        lost.clear()
-        try:
-            scu.store(node, pending, calling_aet=calling_aet, progress=on_result, timeout=timeout)
-        except NetworkError as exc:
-            if first:
-                raise  # nothing went out: the node is unreachable (exit 4)
-            lost[:] = [StoreResult(p, None, None, str(exc)) for p in pending]
-            break
-        first = False
-        # A peer that chokes on one file drops the association: the files after it were never
-        # tried, so they go again on a fresh association.
-        if not lost or len(lost) == len(pending):
-            break
-        pending = [r.path for r in lost]
-    for res in lost:
-        account(SendOutcome(res.path, False, size=sizes.get(res.path, 0),
-                            sop_instance_uid=res.sop_instance_uid, reason=res.error))
-    # A file sent while the peer was aborting goes unanswered through no fault of its own;
-    # each unanswered file gets one more go, alone, so a real culprit cannot sink another.
-    retrying = True
-    for res in unanswered:
-        try:
-            scu.store(node, [res.path], calling_aet=calling_aet, progress=on_result, timeout=timeout)
-        except NetworkError as exc:
-            account(SendOutcome(res.path, False, size=sizes.get(res.path, 0),
-                                sop_instance_uid=res.sop_instance_uid, reason=str(exc)))
-    summary.elapsed = time.perf_counter() - start
-    return summary
+        pending, first = paths, True
+        while pending:
+            lost.clear()
+            try:
+                scu.store(self.node, pending, calling_aet=self.calling_aet, progress=on_result,
+                          timeout=self.timeout)
+            except NetworkError as exc:
+                if first:
+                    raise
+                lost[:] = [StoreResult(p, None, None, str(exc)) for p in pending]
+                break
+            first = False
+            # A peer that chokes on one file drops the association: the files after it were
+            # never tried, so they go again on a fresh association.
+            if not lost or len(lost) == len(pending):
+                break
+            pending = [r.path for r in lost]
+        for res in lost:
+            self.account(SendOutcome(res.path, False, size=self.sizes.get(res.path, 0),
+                                     sop_instance_uid=res.sop_instance_uid, reason=res.error))
+        # A file sent while the peer was aborting goes unanswered through no fault of its own;
+        # each unanswered file gets one more go, alone, so a real culprit cannot sink another.
+        for res in unanswered:
+            try:
+                scu.store(self.node, [res.path], calling_aet=self.calling_aet,
+                          progress=self._result, timeout=self.timeout)
+            except NetworkError as exc:
+                self.account(SendOutcome(res.path, False, size=self.sizes.get(res.path, 0),
+                                         sop_instance_uid=res.sop_instance_uid, reason=str(exc)))
 
 
 def _status_text(status: int | None) -> str:

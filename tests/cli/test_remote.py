@@ -51,12 +51,13 @@ def peer_factory(tmp_path: Path) -> Iterator[Callable[..., Peer]]:
     """Start pacsctl nodes over fresh archives: ``peer_factory(files=[...], allow=[...])``."""
     started: list[Peer] = []
 
-    def start(files: list[Path] = (), aet: str = "PEER", allow: list[str] | None = None) -> Peer:
+    def start(files: list[Path] = (), aet: str = "PEER", allow: list[str] | None = None,
+              max_associations: int = 32) -> Peer:
         archive = Archive.open(tmp_path / f"peer{len(started)}")
         if files:
             archive.ingest([(Path(f).read_bytes(), str(f)) for f in files])
         options = ScpOptions(ae_title=aet, host="127.0.0.1", port=0, allow=allow or [],
-                             temp_dir=archive.tmp_dir)
+                             max_associations=max_associations, temp_dir=archive.tmp_dir)
         peer = Peer(archive, serve(archive, options), aet)
         started.append(peer)
         return peer
@@ -135,6 +136,18 @@ def test_send_folder_recursive_skips_non_dicom(peer_factory: Callable[..., Peer]
     from pydicom import dcmread
 
     assert peer.instance_uids() == {str(dcmread(f).SOPInstanceUID) for f in files}
+
+
+def test_send_over_parallel_associations_to_a_one_association_peer(
+        peer_factory: Callable[..., Peer], ct_factory: Any, archive_dir: Path) -> None:
+    """-j 3 to a node that takes one association at a time: whatever it refuses goes over
+    the association it accepted; every file arrives."""
+    peer = peer_factory(max_associations=1)
+    files = ct_factory.series(9)
+    proc = run_cli("send", peer.spec, *files, "-j", "3", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (_summary(proc)["sent"], _summary(proc)["failed"]) == (9, 0)
+    assert len(peer.instance_uids()) == 9
 
 
 def test_send_partial_failure_exits_3(peer_factory: Callable[..., Peer], ct_factory: Any,
