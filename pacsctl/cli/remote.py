@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import statistics
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 
@@ -18,11 +18,13 @@ from pacsctl.cli import output
 from pacsctl.cli.app import state
 from pacsctl.cli.listing import COLUMNS, SORT_KEYS
 from pacsctl.config import CONFIG_NAME, Config, Node, load_config, parse_node_spec, resolve_archive_dir, validate_ae_title
-from pacsctl.core import retrieve
-from pacsctl.core import send as sending
-from pacsctl.core.matching import level_from_name, parse_key_values
 from pacsctl.errors import EXIT_INTEGRITY, EXIT_NETWORK, NetworkError, PacsctlError, UsageError
-from pacsctl.net import scu
+
+if TYPE_CHECKING:
+    from pacsctl.core.retrieve import RetrieveSummary
+
+# The core (pydicom, pynetdicom) is imported inside each command: every other `pacsctl`
+# command, `--help` and completion would otherwise pay ~0.5 s for it at start-up.
 
 NODE_HELP = "A node name from `pacsctl nodes`, or AET@host:port."
 KEY_HELP = "Filter on a DICOM keyword, as in `pacsctl ls`: wildcards * ?, ranges 20240101-20240331, UID lists a\\b."
@@ -55,6 +57,8 @@ def _setup(ctx: typer.Context, spec: str, aet: Optional[str]) -> tuple[Node, str
 
 
 def _filters(keys: List[str], level_name: str) -> tuple[str, dict[str, str]]:
+    from pacsctl.core.matching import level_from_name, parse_key_values
+
     return level_from_name(level_name), parse_key_values(keys)
 
 
@@ -76,6 +80,8 @@ def echo_command(
 
     Example: pacsctl echo ORTHANC@127.0.0.1:4242 --count 3
     """
+    from pacsctl.net import scu
+
     node, calling, _ = _setup(ctx, node_spec, aet)
     times: list[float] = []
     last_error: NetworkError | None = None
@@ -134,6 +140,9 @@ def send_command(
 
     Example: pacsctl send PACS /data/study1 --json; pacsctl send PACS --study 1.2.840.113619.2.1
     """
+    from pacsctl.core import send as sending
+    from pacsctl.core.matching import parse_key_values
+
     node, calling, _ = _setup(ctx, node_spec, aet)
     filters = parse_key_values(keys)
     if studies:
@@ -197,6 +206,8 @@ def query_command(
 
     Example: pacsctl query ORTHANC -k PatientName='DOE*' -k StudyDate=20240101- --json
     """
+    from pacsctl.core import retrieve
+
     if as_json and as_csv:
         raise UsageError("--json and --csv exclude each other")
     query_level, filters = _filters(keys, level)
@@ -225,7 +236,7 @@ def _selection(keys: List[str], level: str, everything: bool) -> tuple[str, dict
     return query_level, filters
 
 
-def _retrieve_text(verb: str, summary: retrieve.RetrieveSummary, level: str) -> str:
+def _retrieve_text(verb: str, summary: RetrieveSummary, level: str) -> str:
     text = (f"{verb} {summary.matched} {level.lower()}(s): peer reports {summary.completed} completed, "
             f"{summary.failed} failed, {summary.warning} warning")
     if summary.remaining:
@@ -242,7 +253,7 @@ def _retrieve_text(verb: str, summary: retrieve.RetrieveSummary, level: str) -> 
     return text + f" ({summary.elapsed:.1f} s)"
 
 
-def _finish(summary: retrieve.RetrieveSummary, as_json: bool, text: str, node: Node, dest: str) -> None:
+def _finish(summary: RetrieveSummary, as_json: bool, text: str, node: Node, dest: str) -> None:
     """Print the summary; exit 1 when the peer refused outright, 3 when anything is short."""
     output.summary({"type": "summary", **summary.as_dict()}, as_json, text)
     if summary.destination_unknown:
@@ -281,11 +292,13 @@ def move_command(
 
     Example: pacsctl move OLDPACS --to PACSCTL -k StudyDate=20240101-20240131
     """
+    from pacsctl.core import retrieve
+
     query_level, filters = _selection(keys, level, everything)
     node, calling, config = _setup(ctx, node_spec, aet)
     dest = config.nodes[to].aet if to in config.nodes else validate_ae_title(to)
     with output.progress(f"moving from {node.aet}", total=None, enabled=not as_json) as bar:
-        def on_progress(_: retrieve.RetrieveSummary) -> None:
+        def on_progress(_: RetrieveSummary) -> None:
             bar.advance(1)
 
         if dest in (config.ae_title, calling):
@@ -321,10 +334,12 @@ def get_command(
 
     Example: pacsctl get ORTHANC -k StudyInstanceUID=1.2.840.113619.2.1 --json
     """
+    from pacsctl.core import retrieve
+
     query_level, filters = _selection(keys, level, everything)
     node, calling, _ = _setup(ctx, node_spec, aet)
     with output.progress(f"getting from {node.aet}", total=None, enabled=not as_json) as bar:
-        def on_progress(_: retrieve.RetrieveSummary) -> None:
+        def on_progress(_: RetrieveSummary) -> None:
             bar.advance(1)
 
         with state(ctx).open_archive() as archive:
