@@ -195,3 +195,35 @@ def test_graceful_stop_closes_listener(serve):
     assert s.scp.stop(graceful=True, timeout=5)
     with pytest.raises(NetworkError):
         scu.echo(s.node, timeout=3)
+
+
+def test_c_cancel_stops_a_find(serve):
+    """C-CANCEL during a long C-FIND: the node stops and answers Cancel (0xFE00)."""
+    from pynetdicom.presentation import build_context
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+    s = serve()
+
+    def slow_find(model, identifier, ctx):
+        for i in range(200):
+            time.sleep(0.01)
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "IMAGE"
+            ds.SOPInstanceUID = f"1.2.3.{i}"
+            yield ds
+
+    # Swap the listener's find callable for a slow one (its dispatcher is bound to the server).
+    on_find, _args = s.scp.server._handlers[evt.EVT_C_FIND]
+    on_find.__self__.h.find = slow_find
+    statuses, pending = [], 0
+    with scu.associate(s.node, [build_context(FIND)]) as assoc:
+        cx_id = assoc.accepted_contexts[0].context_id
+        for status, ds in assoc.send_c_find(_ident(), FIND, msg_id=1):
+            code = status.Status
+            statuses.append(code)
+            if code == 0xFF00:
+                pending += 1
+                if pending == 3:
+                    assoc.send_c_cancel(1, cx_id)
+    assert statuses[-1] == 0xFE00
+    assert pending < 200
