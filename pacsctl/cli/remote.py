@@ -267,6 +267,9 @@ def _finish(summary: RetrieveSummary, as_json: bool, text: str, node: Node, dest
     if not summary.ok:
         if summary.missing:
             output.warn(f"{len(summary.missing)} instance(s) the peer lists never arrived, e.g. {summary.missing[0]}")
+            if summary.received == 0 and dest != node.aet:
+                output.warn(f"nothing arrived: does {node.aet} reach us at our host and port, and store with "
+                            f"the calling AE title {node.aet}? (others: `pacsctl config set allow`)")
         raise typer.Exit(EXIT_INTEGRITY)
 
 
@@ -302,7 +305,7 @@ def move_command(
             bar.advance(1)
 
         if dest in (config.ae_title, calling):
-            with state(ctx).open_archive() as archive, retrieve.receiving(archive, dest) as (receiver, listening):
+            with state(ctx).open_archive() as archive, retrieve.receiving(archive, dest, node.aet) as (receiver, listening):
                 if not listening:
                     output.warn(f"cannot listen on port {archive.config.port} (in use?): assuming a running "
                                 f"`pacsctl serve` receives for {dest}; arrivals are counted in the archive")

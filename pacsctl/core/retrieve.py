@@ -562,14 +562,19 @@ def get(
 
 
 @contextmanager
-def receiving(archive: Archive, ae_title: str) -> Iterator[tuple[ArchiveReceiver, bool]]:
+def receiving(archive: Archive, ae_title: str, source_aet: str) -> Iterator[tuple[ArchiveReceiver, bool]]:
     """A temporary storage listener on the archive's configured host and port, as `ae_title`,
     storing into `archive` (for C-MOVEs to our own AE title). Yields (receiver, listening);
     when the port is taken, presumably by a running `pacsctl serve` on this archive, nothing
-    listens here and arrivals are counted from the archive afterwards."""
+    listens here and arrivals are counted from the archive afterwards.
+
+    Only `source_aet` (the node moving to us) and the archive's allow-list may store: the
+    listener is open on the configured host while the move runs, and nobody else should be
+    able to slip instances into the archive through it."""
     receiver = ArchiveReceiver(archive)
     cfg = archive.config
-    options = ScpOptions(ae_title=ae_title, host=cfg.host, port=cfg.port, allow=list(cfg.allow),
+    allow = list(dict.fromkeys([source_aet, *cfg.allow]))
+    options = ScpOptions(ae_title=ae_title, host=cfg.host, port=cfg.port, allow=allow,
                          max_associations=cfg.max_associations, temp_dir=archive.tmp_dir)
     try:
         listener: RunningScp | None = start_scp(ScpHandlers(store=receiver), options)

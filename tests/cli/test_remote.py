@@ -314,3 +314,22 @@ def test_move_to_own_ae_while_serve_runs_counts_from_the_archive(
     finally:
         ours.stop(graceful=True, timeout=10)
     assert len(_json_lines(run_cli("ls", "--level", "instance", "--json").stdout)) == 3
+
+
+def test_move_listener_only_takes_stores_from_the_source(ct_factory: Any, archive_dir: Path) -> None:
+    """While a move into our archive runs, the temporary listener takes C-STOREs from the
+    node moving to us only (and the archive's allow-list): nobody else slips data in."""
+    from pacsctl.config import Node
+    from pacsctl.core.retrieve import receiving
+    from pacsctl.errors import NetworkError
+    from pacsctl.net import scu
+
+    archive = Archive.open(archive_dir)
+    archive.config.host, archive.config.port = "127.0.0.1", free_port()
+    me = Node(name="me", aet="LOCAL", host="127.0.0.1", port=archive.config.port)
+    with receiving(archive, "LOCAL", "SOURCE") as (receiver, listening):
+        assert listening
+        with pytest.raises(NetworkError):
+            scu.store(me, [ct_factory()], calling_aet="INTRUDER", timeout=5)
+        [result] = scu.store(me, [ct_factory()], calling_aet="SOURCE", timeout=5)
+        assert result.ok and receiver.stored == 1
