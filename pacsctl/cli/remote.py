@@ -267,7 +267,7 @@ def _finish(summary: RetrieveSummary, as_json: bool, text: str, node: Node, dest
     if not summary.ok:
         if summary.missing:
             output.warn(f"{len(summary.missing)} instance(s) the peer lists never arrived, e.g. {summary.missing[0]}")
-            if summary.received == 0 and dest != node.aet:
+            if summary.received == 0:
                 output.warn(f"nothing arrived: does {node.aet} reach us at our host and port, and store with "
                             f"the calling AE title {node.aet}? (others: `pacsctl config set allow`)")
         raise typer.Exit(EXIT_INTEGRITY)
