@@ -20,7 +20,10 @@ from typing import Callable, Iterable, Iterator
 from pacsctl.core.archive import DUPLICATE, QUARANTINED, SKIPPED, STORED, Archive, IngestResult
 from pacsctl.core.sources import Problem, Source, find_sources
 
-BATCH_FILES = 16
+# A batch is read into memory and committed with one round of syncs: up to BATCH_FILES inputs,
+# fewer when they add up to BATCH_BYTES (a batch of 16 multi-GB files must not exhaust memory).
+BATCH_FILES = 64
+BATCH_BYTES = 32 << 20
 
 
 @dataclass
@@ -114,8 +117,17 @@ def ingest_batch(archive: Archive, batch: list[Source], on_conflict: str | None,
 
 
 def _batches(sources: list[Source]) -> Iterator[list[Source]]:
-    for start in range(0, len(sources), BATCH_FILES):
-        yield sources[start:start + BATCH_FILES]
+    """Consecutive batches of at most BATCH_FILES sources and (beyond the first) BATCH_BYTES."""
+    batch: list[Source] = []
+    size = 0
+    for source in sources:
+        if batch and (len(batch) >= BATCH_FILES or size + source.size > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(source)
+        size += source.size
+    if batch:
+        yield batch
 
 
 # -- worker processes ----------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -26,6 +26,7 @@ class Source:
 
     path: str
     member: str | None = None
+    size: int = field(default=0, compare=False)  # bytes, as found while walking (for batching)
 
     @property
     def origin(self) -> str:
@@ -106,20 +107,21 @@ def _file(path: Path) -> Iterator[Source | Problem]:
     try:
         with open(path, "rb") as fh:
             magic = fh.read(4)
+            size = os.fstat(fh.fileno()).st_size
     except OSError as exc:
         yield Problem(str(path), _os_reason(exc))
         return
     if magic != ZIP_MAGIC:
-        yield Source(str(path))
+        yield Source(str(path), size=size)
         return
     try:
         with zipfile.ZipFile(path) as archive:
-            members = [i.filename for i in archive.infolist() if not i.is_dir()]
+            members = {i.filename: i.file_size for i in archive.infolist() if not i.is_dir()}
     except (zipfile.BadZipFile, OSError) as exc:
         yield Problem(str(path), f"unreadable zip file: {exc}")
         return
     for member in sorted(members):
-        yield Source(str(path), member)
+        yield Source(str(path), member, size=members[member])
 
 
 def dicomdir_sources(dicomdir: Path) -> Iterator[Source | Problem]:

@@ -44,8 +44,10 @@ import os, signal, sys
 from pathlib import Path
 from pacsctl.core.archive import Archive
 from pacsctl.core.importer import collect_sources, import_sources
+from pacsctl.core import importer
 from pacsctl.storage import files, index
 tree, root, where = sys.argv[1], sys.argv[2], sys.argv[3]
+importer.BATCH_FILES = 16  # several batches: the kill lands after some were committed
 calls = {"n": 0}
 def die_on(module, name, after):
     original = getattr(module, name)

@@ -191,3 +191,17 @@ def test_unreadable_files_and_folders_are_skipped_with_reason(tmp_path: Path, ct
             assert summary["files"] == 3 == summary["imported"] + summary["skipped"]
     finally:
         (tree / "closed").chmod(0o700)
+
+
+def test_batches_are_bounded_by_count_and_bytes(tmp_path: Path) -> None:
+    from pacsctl.core import importer
+    from pacsctl.core.sources import Source
+
+    small = [Source(f"s{i}", size=1000) for i in range(importer.BATCH_FILES * 2 + 5)]
+    assert [len(b) for b in importer._batches(small)] == [importer.BATCH_FILES, importer.BATCH_FILES, 5]
+    big = importer.BATCH_BYTES // 3 + 1
+    mixed = [Source("a", size=big), Source("b", size=big), Source("c", size=big), Source("huge", size=10 * importer.BATCH_BYTES), Source("d", size=1)]
+    assert [[s.path for s in b] for b in importer._batches(mixed)] == [["a", "b"], ["c"], ["huge"], ["d"]]
+    (tmp_path / "f.dcm").write_bytes(b"x" * 1234)
+    [found] = collect_sources([str(tmp_path / "f.dcm")])
+    assert found.size == 1234 and found == Source(str(tmp_path / "f.dcm"))
