@@ -94,8 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assoc", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--work", type=Path, default=None, help="temp folder for archives")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the best time counts")
+    parser.add_argument("--own-fs", metavar="SIZE", help="put every receiver's storage on a "
+                        "loop-mounted ext4 image of SIZE (e.g. 3G; root), so other processes' "
+                        "writes do not land in pacsctl's syncfs or the peers' fsyncs")
     args = parser.parse_args(argv)
 
+    if args.own_fs:
+        from benchmarks.bench_index import own_file_system
+
+        args.work = own_file_system(Path(tempfile.gettempdir()) / "bench-serve-fs", args.own_fs)
     write_corpus(args.corpus, count=args.count)
     files = corpus_files(args.corpus)[: args.count]
     size = sum(f.stat().st_size for f in files) / 1e6
