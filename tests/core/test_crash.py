@@ -115,20 +115,50 @@ def test_kill_9_of_a_running_cli_import_then_rerun(tmp_path: Path, archive_dir: 
     assert consistency(archive_dir) == []
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path):
-    """A real 2 MiB file system (tmpfs), unmounted afterwards."""
+USABLE = 2 << 20  # what the small file system leaves free for the test
+
+
+@pytest.fixture(params=["tmpfs", "ext4"])
+def small_fs(request: pytest.FixtureRequest, tmp_path: Path):
+    """A real file system with 2 MiB free, unmounted afterwards: tmpfs (ENOSPC at write), and a
+    loop-mounted ext4 image (journaled, delayed allocation, 1 KiB blocks), as disks really are.
+    A ballast file takes the rest of the room; `grow()` deletes it (resizing a mounted file
+    system is not permitted in every container)."""
     mnt = tmp_path / "small"
     mnt.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small file system needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mnt)], capture_output=True)
+    if request.param == "tmpfs":
+        cmd = ["mount", "-t", "tmpfs", "-o", "size=6m,mode=0700", "tmpfs", str(mnt)]
+    else:
+        image = tmp_path / "ext4.img"
+        subprocess.run(["truncate", "-s", "7M", str(image)], check=True)
+        made = subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "1024", "-N", "4096", str(image)], capture_output=True)
+        if made.returncode != 0:
+            pytest.skip(f"mkfs.ext4 failed: {made.stderr.decode().strip()}")
+        cmd = ["mount", "-o", "loop", str(image), str(mnt)]
+    done = subprocess.run(cmd, capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {done.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount {request.param}: {done.stderr.decode().strip()}")
+    mnt.chmod(0o700)
     try:
+        st = os.statvfs(mnt)
+        ballast = st.f_bavail * st.f_frsize - USABLE
+        assert ballast > USABLE, "the small file system is too small for its ballast"
+        fd = os.open(mnt / "ballast", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, b"\1" * ballast)  # real blocks (not a sparse file), synced
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def grow(mnt: Path) -> None:
+    """Give the small file system more room, as an admin would: here, delete the ballast."""
+    (mnt / "ballast").unlink()
 
 
 def test_full_disk_core_reports_and_stays_consistent(small_fs: Path, tmp_path: Path) -> None:
@@ -149,9 +179,8 @@ def test_full_disk_core_reports_and_stays_consistent(small_fs: Path, tmp_path: P
     by_name = {p.name: p for p in big}
     for path in stored.values():
         pydicom.dcmread(path)  # complete, parseable
-    # free space (drop the first tree's files by hand as an admin would not; here: unmount is
-    # not possible, so grow the file system) and re-run: completes, nothing duplicated
-    subprocess.run(["mount", "-o", "remount,size=8m", str(small_fs)], check=True)
+    # make room and re-run: completes, nothing duplicated
+    grow(small_fs)
     again = reimport(archive_dir, tmp_path / "big")
     assert again.imported + again.duplicates == 40 and again.quarantined == 0
     assert len(object_files(archive_dir)) == 160

@@ -140,6 +140,12 @@ def test_bare_data_set_gets_a_proper_file_meta(tmp_path: Path, archive_dir: Path
         assert meta.TransferSyntaxUID == ("1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1")
         assert "FileMetaInformationGroupLength" in meta and "ImplementationClassUID" in meta
         assert ds.PatientID == original.PatientID and ds.PixelData == original.PixelData
+        dcmftest = Path("/usr/bin/dcmftest")  # DCMTK, an independent reader: a proper Part-10 file?
+        if dcmftest.exists():
+            import subprocess
+
+            checked = subprocess.run([str(dcmftest), str(archive_dir_i / result.path)], capture_output=True, text=True)
+            assert checked.returncode == 0 and checked.stdout.startswith("yes:"), checked.stdout + checked.stderr
 
 
 def test_unreadable_files_and_folders_are_skipped_with_reason(tmp_path: Path, ct_factory) -> None:
