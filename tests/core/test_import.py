@@ -211,3 +211,39 @@ def test_batches_are_bounded_by_count_and_bytes(tmp_path: Path) -> None:
     (tmp_path / "f.dcm").write_bytes(b"x" * 1234)
     [found] = collect_sources([str(tmp_path / "f.dcm")])
     assert found.size == 1234 and found == Source(str(tmp_path / "f.dcm"))
+
+
+def test_damaged_and_encrypted_zip_members_are_accounted(tmp_path: Path, archive_dir: Path, ct_factory) -> None:
+    """A member failing its CRC, a password-protected zip and a zip cut short: each input
+    is reported with a reason, the good members are imported, nothing stops the run."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    cts = ct_factory.series(3)
+    crc = tmp_path / "crc.zip"
+    with zipfile.ZipFile(crc, "w", compression=zipfile.ZIP_STORED) as zf:
+        for p in cts:
+            zf.write(p, p.name)
+    raw = bytearray(crc.read_bytes())
+    at = raw.find(cts[1].read_bytes()[200:240])  # flip a byte inside the second member's data
+    raw[at] ^= 0xFF
+    crc.write_bytes(bytes(raw))
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(bytes(raw[: len(raw) // 2]))  # no central directory
+    inputs = [crc, cut]
+    if shutil.which("zip"):
+        locked = tmp_path / "locked.zip"
+        subprocess.run(["zip", "-q", "-j", "-P", "secret", str(locked), str(cts[0])], check=True)
+        inputs.append(locked)
+    summary, results = run_import(archive_dir, inputs)
+    by = {r.origin: r for r in results}
+    assert by[f"{crc}!{cts[0].name}"].status == STORED and by[f"{crc}!{cts[2].name}"].status == STORED
+    damaged = by[f"{crc}!{cts[1].name}"]
+    assert damaged.status == "skipped" and "CRC" in damaged.reason
+    assert by[str(cut)].status == "skipped" and "zip" in by[str(cut)].reason
+    if len(inputs) == 3:
+        enc = by[f"{inputs[2]}!{cts[0].name}"]
+        assert enc.status == "skipped" and "encrypted" in enc.reason
+    assert summary.files == len(results) == summary.imported + summary.duplicates + summary.quarantined + summary.skipped
+    assert consistency(archive_dir) == []
