@@ -13,12 +13,14 @@ import signal
 import time
 import zipfile
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from pacsctl.core.archive import DUPLICATE, QUARANTINED, SKIPPED, STORED, Archive, IngestResult
 from pacsctl.core.sources import Problem, Source, find_sources
+from pacsctl.errors import PacsctlError
 
 # A batch is read into memory and committed with one round of syncs: up to BATCH_FILES inputs,
 # fewer when they add up to BATCH_BYTES (a batch of 16 multi-GB files must not exhaust memory).
@@ -168,6 +170,11 @@ def _run_pool(
         for future in pending:
             for result in future.result():
                 record(result)
+    except BrokenProcessPool:
+        raise PacsctlError(
+            "a worker process died (killed, or out of memory)",
+            hint="what was committed is safe; run the same import again to complete it",
+        ) from None
     finally:
         # Workers exit here, which releases their journals for the parent's final fold.
         pool.shutdown(wait=True, cancel_futures=True)

@@ -269,3 +269,33 @@ def test_ctrl_c_stops_cleanly_with_130_then_rerun_completes(tmp_path: Path, arch
     summary = json.loads(result.stdout.splitlines()[-1])
     assert (summary["imported"], summary["duplicates"]) == (200 - done, done)
     assert consistency(archive_dir) == []
+
+
+def test_a_worker_killed_mid_import_gives_a_clear_error_and_rerun_completes(tmp_path: Path, archive_dir: Path) -> None:
+    """The OOM killer (here: kill -9) takes one worker of `import --jobs 2`: one clear error
+    line, exit 1, and the re-run completes with nothing duplicated."""
+    import json
+    import sys
+
+    from tests.helpers import cli_env
+
+    tree = tmp_path / "tree"
+    ct_tree(tree, 240, rows=256)
+    proc = subprocess.Popen([sys.executable, "-m", "pacsctl", "import", "--jobs", "2", "--json", str(tree)],
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(object_files(archive_dir)) < 30 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    if proc.poll() is not None or not workers:
+        pytest.skip("the import finished before a worker could be killed")
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "error: a worker process died" in err and "internal error" not in err
+    result = run_cli("import", "--json", str(tree))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["imported"] + summary["duplicates"] == 240
+    assert len(object_files(archive_dir)) == 240
+    assert consistency(archive_dir) == []
