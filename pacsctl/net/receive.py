@@ -41,7 +41,8 @@ class _StreamFile:
 
     def __init__(self, directory: str) -> None:
         while True:
-            name = os.path.join(directory, f".incoming-{secrets.token_hex(8)}.dcm")
+            # The pid tells `verify` a transfer in progress from the leftover of a killed node.
+            name = os.path.join(directory, f".incoming-{os.getpid()}-{secrets.token_hex(8)}.dcm")
             try:
                 fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                              FILE_MODE)

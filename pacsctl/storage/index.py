@@ -20,6 +20,7 @@ This module is the only user of TinyDB; its interface (`Index`) is small so it c
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -34,7 +35,7 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 
 from pacsctl.storage import files
-from pacsctl.storage.files import FILE_MODE, ensure_dir, safe_file_name, temp_owner_alive, write_atomic
+from pacsctl.storage.files import FILE_MODE, ensure_dir, safe_file_name, write_atomic
 
 Record = dict[str, Any]
 
@@ -373,7 +374,18 @@ class Index:
 
     @contextmanager
     def _locked(self, mode: int) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as exc:
+            # Reading an archive on read-only media (a backup disk, a snapshot): a shared lock
+            # works on a read-only descriptor, and without a lock file nobody ever wrote here.
+            if mode != fcntl.LOCK_SH or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            try:
+                fd = os.open(self._lock_path, os.O_RDONLY)
+            except FileNotFoundError:
+                yield
+                return
         try:
             fcntl.flock(fd, mode)
             yield
@@ -521,8 +533,3 @@ def _parse_lines(data: bytes) -> Iterator[Record]:
 def _read_journal(fd: int) -> Iterator[Record]:
     with os.fdopen(os.dup(fd), "rb") as fh:
         yield from _parse_lines(fh.read())
-
-
-def leftover_temp_files(tmp_dir: Path) -> list[Path]:
-    """Temp files whose writer is gone: interrupted writes, never acknowledged."""
-    return [p for p in tmp_dir.glob("*") if p.is_file() and not temp_owner_alive(p)]

@@ -20,7 +20,7 @@ from benchmarks.corpus import make_ct
 from pacsctl.core.archive import Archive
 from pacsctl.core.importer import collect_sources, import_sources
 from pacsctl.errors import StorageFullError
-from pacsctl.storage.index import leftover_temp_files
+from pacsctl.core.filecheck import is_leftover
 from tests.helpers import run_cli
 from tests.storage.checks import consistency, object_files, run_python, start_python
 
@@ -87,7 +87,7 @@ def test_kill_9_at_the_worst_moment_then_rerun(where: str, tmp_path: Path, archi
     # leftovers of the killed process are temp files in tmp/ only, known as such (verify removes them)
     leftovers = sorted((archive_dir / "tmp").iterdir())
     assert all(p.suffix == ".part" for p in leftovers)
-    assert sorted(leftover_temp_files(archive_dir / "tmp")) == leftovers
+    assert sorted(p for p in (archive_dir / "tmp").iterdir() if is_leftover(p)) == leftovers
 
 
 def test_kill_9_of_a_running_cli_import_then_rerun(tmp_path: Path, archive_dir: Path) -> None:
@@ -299,3 +299,34 @@ def test_a_worker_killed_mid_import_gives_a_clear_error_and_rerun_completes(tmp_
     assert summary["imported"] + summary["duplicates"] == 240
     assert len(object_files(archive_dir)) == 240
     assert consistency(archive_dir) == []
+
+
+def test_read_only_archive_lists_but_refuses_writes_clearly(tmp_path: Path, ct_factory) -> None:
+    """An archive on read-only media (a backup disk, a snapshot): `ls` works, `import` says why not."""
+    import json
+
+    if os.geteuid() != 0:
+        pytest.skip("bind-mounting read-only needs root")
+    archive = tmp_path / "archive"
+    ct_factory.series(3, patient_id="RO1")
+    assert run_cli("--archive", str(archive), "import", str(tmp_path / "ct")).returncode == 0
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "--bind", str(archive), str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only")
+        listed = run_cli("--archive", str(mnt), "ls", "--json", "-k", "PatientID=RO1")
+        assert listed.returncode == 0, listed.stderr
+        [study] = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert study["NumberOfStudyRelatedInstances"] == 3
+        more = tmp_path / "more"
+        ct_factory.series(2, directory=more)
+        for jobs in ("1", "2"):
+            refused = run_cli("--archive", str(mnt), "import", "--jobs", jobs, str(more))
+            assert refused.returncode == 1
+            assert "error: cannot write to the archive" in refused.stderr and "internal error" not in refused.stderr
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+    assert consistency(archive) == []
