@@ -82,25 +82,20 @@ def main_options(
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
+# One module per command group, each with `register(app)`; the order is the order of `--help`.
+COMMAND_MODULES = (
+    "serve", "importing", "listing", "remote", "backup", "verify", "reindex", "audit",
+    "quarantine", "completions", "nodes", "config_cmd",
+)
+
+
 def _register_commands() -> None:
     import importlib
 
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"pacsctl.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"pacsctl.cli.{name}":
-                raise
-            continue  # a command group still being written in this tree
-        module.register(app)
+        importlib.import_module(f"pacsctl.cli.{name}").register(app)
 
 
-# One module per command group, each with `register(app)`.
-COMMAND_MODULES = (
-    "serve", "importing", "listing", "remote",
-    "anonymize", "backup", "verify", "reindex", "export", "nodes", "config_cmd", "audit", "quarantine",
-    "completions",
-)
 _register_commands()
 
 
