@@ -31,7 +31,7 @@ import pydicom
 from pacsctl.config import CONFIG_NAME, ON_CONFLICT_POLICIES, Config, dump_config, load_config, resolve_archive_dir
 from pacsctl.core.dicomfile import DicomdirError, Instance, NotDicomError, read_instance
 from pacsctl.core.records import index_record
-from pacsctl.errors import InvalidDicomError, StorageFullError, UsageError
+from pacsctl.errors import InvalidDicomError, PacsctlError, StorageFullError, UsageError
 from pacsctl.storage import files
 from pacsctl.storage.index import Index
 
@@ -271,4 +271,6 @@ def _filed_under(path: Path) -> tuple[str, str]:
 def _storage_error(exc: OSError) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFullError("the archive's disk is full", hint="free space or move the archive; nothing was half-written")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return PacsctlError(f"cannot write to the archive: {exc.strerror}", hint="a read-only or foreign archive can be listed, not written")
     return exc

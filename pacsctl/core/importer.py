@@ -8,6 +8,7 @@ duplicating anything: what was committed is found by name and counted as a dupli
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -20,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 from pacsctl.core.archive import DUPLICATE, QUARANTINED, SKIPPED, STORED, Archive, IngestResult
 from pacsctl.core.sources import Problem, Source, find_sources
-from pacsctl.errors import PacsctlError
+from pacsctl.errors import PacsctlError, StorageFullError
 
 # A batch is read into memory and committed with one round of syncs: up to BATCH_FILES inputs,
 # fewer when they add up to BATCH_BYTES (a batch of 16 multi-GB files must not exhaust memory).
@@ -98,9 +99,22 @@ def import_sources(
                     record(result)
         else:
             _run_pool(archive.root, batches, jobs, on_conflict, dry_run, record)
-    finally:
+    except BaseException:
+        if not dry_run:  # fold what was committed, but never hide the error that stopped us
+            try:
+                archive.index.flush()
+            except (OSError, PacsctlError):
+                pass  # (e.g. the disk is full or read-only): the next writer folds the journals
+        raise
+    else:
         if not dry_run:
-            archive.index.flush()
+            try:
+                archive.index.flush()
+            except OSError as exc:
+                error = StorageFullError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else PacsctlError
+                raise error(f"could not fold the index: {exc.strerror or exc}",
+                            hint="the files are stored and journaled; the next import (or `pacsctl reindex`) completes the index") from None
+    finally:
         summary.elapsed = time.monotonic() - started
     return summary
 
