@@ -74,12 +74,20 @@ def main_options(
     Example: pacsctl --archive /srv/pacs import /media/cdrom
     """
     _state.archive, _state.verbosity, _state.debug = archive, (-1 if quiet else verbose), debug
+    output.quiet = quiet
     ctx.obj = _state
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if verbose < 2:  # library log lines can echo identifiers and values: only with -vv
-        for name in ("pynetdicom", "pydicom"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if verbose < 2:
+        # Library log lines can echo identifiers and values: only with -vv. A handler filter,
+        # since pydicom resets its logger's level when it is (lazily) imported.
+        handler.addFilter(_no_library_chatter)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _no_library_chatter(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or not record.name.startswith(("pydicom", "pynetdicom"))
 
 
 # One module per command group, each with `register(app)`; the order is the order of `--help`.

@@ -96,17 +96,22 @@ def emit(
     return count
 
 
+# Set by `--quiet`: only errors on stderr (cron mails only when something is wrong).
+quiet = False
+
+
 def summary(record: Mapping[str, Any], as_json: bool, text: str) -> None:
     """An action command's closing summary: one JSON object, or one human line on stderr."""
     if as_json:
         json_line(record)
-    else:
+    elif not quiet:
         stderr.print(text, highlight=False)
 
 
 def warn(message: str) -> None:
-    """A one-line warning on stderr."""
-    stderr.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    """A one-line warning on stderr (silent with --quiet)."""
+    if not quiet:
+        stderr.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 
 
 def error(message: str, hint: str | None = None) -> None:
