@@ -36,7 +36,12 @@ def _json_default(value: Any) -> Any:
 
 def json_line(record: Mapping[str, Any]) -> None:
     """Write one NDJSON record to stdout, flushed at once (a script may be reading along)."""
-    sys.stdout.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
+    line = json.dumps(record, ensure_ascii=False, default=_json_default)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a non-UTF-8 file name (lone surrogates): \u-escape this line
+        line = json.dumps(record, ensure_ascii=True, default=_json_default)
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
