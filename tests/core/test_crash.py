@@ -263,7 +263,7 @@ def test_ctrl_c_stops_cleanly_with_130_then_rerun_completes(tmp_path: Path, arch
     assert list((archive_dir / "tmp").iterdir()) == []
     assert consistency(archive_dir) == []
     done = len(object_files(archive_dir))
-    assert 40 <= done < 200
+    assert 40 <= done <= 200  # the interrupt may land after the last batch committed
     result = run_cli("import", "--json", str(tree))
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.splitlines()[-1])
