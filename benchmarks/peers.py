@@ -397,7 +397,7 @@ def time_storescu(files: Sequence[str | os.PathLike[str]], port: int, *,
     for proc in procs:
         _, err = proc.communicate(timeout=timeout)
         if proc.returncode != 0:
-            errors.append(err.decode(errors="replace")[-500:])
+            errors.append(f"exit {proc.returncode}: " + err.decode(errors="replace")[-500:])
     elapsed = time.perf_counter() - start
     if errors:
         raise PeerError("storescu failed: " + "\n".join(errors))
