@@ -29,7 +29,7 @@ import errno
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -42,6 +42,7 @@ from pacsctl.core.manifest import MANIFEST_NAME, Manifest, locked_backup, read_m
 from pacsctl.core.verifier import unindexed_files
 from pacsctl.errors import PacsctlError, UsageError
 from pacsctl.storage import files
+from pacsctl.core.summary import SummaryRecord
 
 CHECKPOINT_SECONDS = 60.0  # the manifest is rewritten this often, so an interrupted run keeps its work
 READ_CHUNK = 4 << 20
@@ -54,7 +55,7 @@ Progress = Callable[[int, int], None]  # (files done, bytes copied) since the la
 
 
 @dataclass
-class BackupSummary:
+class BackupSummary(SummaryRecord):
     """The closing record of a backup."""
 
     copied: int = 0
@@ -66,10 +67,6 @@ class BackupSummary:
     unindexed: int = 0  # files in objects/ the index does not know: not backed up
     elapsed: float = 0.0
 
-    def as_dict(self) -> dict:
-        record = asdict(self)
-        record["elapsed"] = round(self.elapsed, 3)
-        return record
 
 
 @dataclass

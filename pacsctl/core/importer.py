@@ -15,13 +15,14 @@ import time
 import zipfile
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from pacsctl.core.archive import DUPLICATE, QUARANTINED, SKIPPED, STORED, Archive, IngestResult
 from pacsctl.core.sources import Problem, Source, find_sources
 from pacsctl.errors import PacsctlError, StorageFullError
+from pacsctl.core.summary import SummaryRecord
 
 # A batch is read into memory and committed with one round of syncs: up to BATCH_FILES inputs,
 # fewer when they add up to BATCH_BYTES (a batch of 16 multi-GB files must not exhaust memory).
@@ -30,7 +31,7 @@ BATCH_BYTES = 32 << 20
 
 
 @dataclass
-class ImportSummary:
+class ImportSummary(SummaryRecord):
     """Counts of an import; `files == imported + duplicates + quarantined + skipped`."""
 
     files: int = 0
@@ -55,10 +56,6 @@ class ImportSummary:
         else:
             self.skipped += 1
 
-    def as_dict(self) -> dict:
-        record = asdict(self)
-        record["elapsed"] = round(self.elapsed, 3)
-        return record
 
 
 def collect_sources(paths: list[str]) -> list[Source | Problem]:

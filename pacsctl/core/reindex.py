@@ -18,7 +18,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
@@ -31,6 +31,7 @@ from pacsctl.core.parallel import chunk_size, chunked, default_jobs, map_unorder
 from pacsctl.core.records import index_record
 from pacsctl.storage import files
 from pacsctl.storage.index import Index
+from pacsctl.core.summary import SummaryRecord
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -41,7 +42,7 @@ Progress = Callable[[int, int], None]  # (files done, bytes read) since the last
 
 
 @dataclass
-class ReindexSummary:
+class ReindexSummary(SummaryRecord):
     """The closing record of a reindex."""
 
     files: int = 0
@@ -51,10 +52,6 @@ class ReindexSummary:
     checked_against_manifest: int = 0
     elapsed: float = 0.0
 
-    def as_dict(self) -> dict:
-        record = asdict(self)
-        record["elapsed"] = round(self.elapsed, 3)
-        return record
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -31,6 +31,7 @@ from pacsctl.core.manifest import MANIFEST_NAME, locked_backup, read_manifest
 from pacsctl.core.parallel import chunk_size, chunked, default_jobs, map_unordered
 from pacsctl.errors import UsageError
 from pacsctl.storage import files
+from pacsctl.core.summary import SummaryRecord
 
 FULL, QUICK = "full", "quick"
 RECENT_SECONDS = 10.0   # a file this new may be between its rename and its index entry
@@ -40,7 +41,7 @@ Progress = Callable[[int, int], None]  # (files done, bytes read) since the last
 
 
 @dataclass
-class VerifySummary:
+class VerifySummary(SummaryRecord):
     """The closing record of a check. `problems` counts what is still wrong afterwards."""
 
     target: str
@@ -54,10 +55,6 @@ class VerifySummary:
     elapsed: float = 0.0
     ok: bool = True
 
-    def as_dict(self) -> dict:
-        record = asdict(self)
-        record["elapsed"] = round(self.elapsed, 3)
-        return record
 
 
 @dataclass

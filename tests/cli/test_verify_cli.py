@@ -9,7 +9,6 @@ from typing import Any, Callable
 
 import pytest
 
-from pacsctl.core.archive import Archive
 from tests.core.test_verify import dead_pid, flip_bit, make_archive
 
 SUMMARY_INTS = ("checked", "hashed", "bytes", "problems", "repaired", "cleaned")

@@ -22,7 +22,7 @@ from pacsctl.core.importer import collect_sources, import_sources
 from pacsctl.errors import StorageFullError
 from pacsctl.core.filecheck import is_leftover
 from tests.helpers import run_cli
-from tests.storage.checks import consistency, object_files, run_python, start_python
+from tests.storage.checks import consistency, object_files, run_python
 
 
 def ct_tree(root: Path, count: int, rows: int = 64, study: str = "1.2.826.0.1.3680043.8.498.77") -> list[Path]:

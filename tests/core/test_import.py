@@ -11,7 +11,7 @@ import pytest
 
 from pacsctl.core.archive import DUPLICATE, STORED, Archive, IngestResult
 from pacsctl.core.importer import collect_sources, import_sources
-from tests.storage.checks import bad_modes, consistency, object_files
+from tests.storage.checks import bad_modes, consistency
 from tests.storage.trees import Expected, bare_dataset_bytes, messy_tree
 
 
@@ -163,7 +163,7 @@ def test_unreadable_files_and_folders_are_skipped_with_reason(tmp_path: Path, ct
     if os.geteuid() != 0 or setpriv is None:
         pytest.skip("needs root and setpriv to meet a real permission error")
     tree = tmp_path / "perm"
-    good = ct_factory("good.dcm", directory=tree)
+    ct_factory("good.dcm", directory=tree)
     locked = ct_factory("locked.dcm", directory=tree)
     locked.chmod(0)
     (tree / "closed").mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pacsctl.core.archive import STORED, Archive
+from pacsctl.core.archive import Archive
 from pacsctl.core.importer import collect_sources, import_sources
 from pacsctl.core.sources import Problem, Source, dicomdir_sources, resolve_file_id
 
