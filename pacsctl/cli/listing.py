@@ -49,18 +49,27 @@ def ls_command(
     from pacsctl.core.matching import compile_filters, level_from_name, parse_key_values
     from pacsctl.core.query import find_records
 
-    if as_json and as_csv:
-        raise UsageError("--json and --csv exclude each other")
+    check_format(as_json, as_csv)
     query_level = level_from_name(level)
     flt = compile_filters(parse_key_values(keys))
     archive = state(ctx).open_archive()
-    records = find_records(archive.index, query_level, flt)
-    records.sort(key=lambda r: tuple(_sortable(r.get(k)) for k in SORT_KEYS[query_level]))
-    fmt = "json" if as_json else "csv" if as_csv else "table"
-    output.emit(records, COLUMNS[query_level], fmt)
+    emit_level(find_records(archive.index, query_level, flt), query_level, as_json, as_csv)
+
+
+def check_format(as_json: bool, as_csv: bool) -> None:
+    """--json and --csv exclude each other."""
+    if as_json and as_csv:
+        raise UsageError("--json and --csv exclude each other")
+
+
+def emit_level(records: list[dict], level: str, as_json: bool, as_csv: bool) -> None:
+    """Sort records of a query level the way `ls` does and write them (shared by `query`)."""
+    records.sort(key=lambda r: tuple(_sortable(r.get(k)) for k in SORT_KEYS[level]))
+    output.emit(records, COLUMNS[level], "json" if as_json else "csv" if as_csv else "table")
 
 
 def _sortable(value: object) -> tuple[int, object]:
+    """Numbers before text; a peer may answer a number as text or not at all."""
     if isinstance(value, (int, float)):
         return (0, value)
     return (1, "" if value is None else str(value))

@@ -16,7 +16,7 @@ import typer
 
 from pacsctl.cli import output
 from pacsctl.cli.app import state
-from pacsctl.cli.listing import COLUMNS, SORT_KEYS
+from pacsctl.cli.listing import check_format, emit_level
 from pacsctl.config import CONFIG_NAME, Config, Node, load_config, parse_node_spec, resolve_archive_dir, validate_ae_title
 from pacsctl.errors import EXIT_INTEGRITY, EXIT_NETWORK, NetworkError, PacsctlError, UsageError
 
@@ -208,21 +208,11 @@ def query_command(
     """
     from pacsctl.core import retrieve
 
-    if as_json and as_csv:
-        raise UsageError("--json and --csv exclude each other")
+    check_format(as_json, as_csv)
     query_level, filters = _filters(keys, level)
     node, calling, _ = _setup(ctx, node_spec, aet)
     records = list(retrieve.query(node, query_level, filters, calling, timeout=timeout))
-    records.sort(key=lambda r: tuple(_sort_value(r.get(k)) for k in SORT_KEYS[query_level]))
-    fmt = "json" if as_json else "csv" if as_csv else "table"
-    output.emit(records, COLUMNS[query_level], fmt)
-
-
-def _sort_value(value: object) -> tuple[int, object]:
-    """Numbers before text, as `ls` sorts; peers may answer a number as text or not at all."""
-    if isinstance(value, (int, float)):
-        return (0, value)
-    return (1, "" if value is None else str(value))
+    emit_level(records, query_level, as_json, as_csv)
 
 
 # -- move and get ------------------------------------------------------------------------------
