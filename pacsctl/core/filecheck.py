@@ -14,11 +14,14 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from pacsctl.core import findings as F
 from pacsctl.core.findings import Finding
 from pacsctl.storage.files import temp_owner_alive
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 # Files up to this size are read whole; bigger ones are hashed in chunks and only their first
 # HEADER_LIMIT bytes are kept for the header (pixel data, which comes last, is not needed).
@@ -69,8 +72,8 @@ def read_content(path: Path) -> Content:
         return Content(size, digest.hexdigest(), bytes(head))
 
 
-def header_uid(source: bytes | Path) -> str:
-    """Parse a DICOM header (up to the pixel data) and return its SOP Instance UID.
+def read_header(source: bytes | Path) -> "Dataset":
+    """Parse a DICOM header, up to the pixel data.
 
     `source` is the file's first bytes, or the file itself (big values are then skipped, not
     read). Raises ValueError with a short reason when the header cannot be parsed.
@@ -81,12 +84,16 @@ def header_uid(source: bytes | Path) -> str:
         warnings.simplefilter("ignore")
         try:
             if isinstance(source, Path):
-                ds = pydicom.dcmread(source, stop_before_pixels=True, defer_size=1 << 20)
-            else:
-                ds = pydicom.dcmread(io.BytesIO(source), stop_before_pixels=True)
-            uid = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")
+                return pydicom.dcmread(source, stop_before_pixels=True, defer_size=1 << 20)
+            return pydicom.dcmread(io.BytesIO(source), stop_before_pixels=True)
         except Exception as exc:  # pydicom raises many types on corrupt input
             raise ValueError(_first_line(exc)) from None
+
+
+def header_uid(source: bytes | Path) -> str:
+    """The SOP Instance UID in a DICOM header (see `read_header`); ValueError if unreadable."""
+    ds = read_header(source)
+    uid = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")
     if not uid:
         raise ValueError("no SOP Instance UID")
     return str(uid)

@@ -13,18 +13,16 @@ journal (kept by `Index.clear`) or found by a second walk after the old index wa
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from pacsctl.core import findings as F
 from pacsctl.core.archive import OBJECTS, Archive
-from pacsctl.core.filecheck import Content, Expected, read_content, walk_objects
+from pacsctl.core.filecheck import Content, Expected, read_content, read_header, walk_objects
 from pacsctl.core.findings import Finding
 from pacsctl.core.manifest import MANIFEST_NAME, read_manifest
 from pacsctl.core.parallel import chunk_size, chunked, default_jobs, map_unordered
@@ -234,17 +232,10 @@ def record_of(path: str, content: Content, file: Path) -> dict:
 
 def _header_dataset(source: bytes | Path) -> tuple[Dataset, str, str]:
     """The header of a huge file (up to the pixel data; from a file, big values are deferred)."""
-    import pydicom
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            if isinstance(source, Path):
-                ds = pydicom.dcmread(source, stop_before_pixels=True, defer_size=1 << 20)
-            else:
-                ds = pydicom.dcmread(io.BytesIO(source), stop_before_pixels=True)
-        except Exception as exc:
-            raise ValueError(f"DICOM header unreadable: {str(exc)[:200]}") from None
+    try:
+        ds = read_header(source)
+    except ValueError as exc:
+        raise ValueError(f"DICOM header unreadable: {exc}") from None
     uid = str(ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID") or "")
     syntax = str(ds.file_meta.get("TransferSyntaxUID") or "")
     if not uid or not syntax:
