@@ -455,12 +455,7 @@ class Index:
     ) -> list[Record]:
         """Series records, each with its StudyInstanceUID and the patient fields."""
         with self._view(patient_ids, study_uids) as cat:
-            out = []
-            for study in self._study_docs(cat, patient_ids, study_uids):
-                for uid, series in study["series"].items():
-                    if series_uids is None or uid in series_uids:
-                        out.append({**_context(study), **series})
-            return out
+            return list(self._series_records(cat, patient_ids, study_uids, series_uids))
 
     def instances(
         self,
@@ -470,14 +465,24 @@ class Index:
     ) -> list[Record]:
         """Instance records (path, size, sha256...) with their series, study and patient keys."""
         with self._view(patient_ids, study_uids) as cat:
-            out = []
-            for study in self._study_docs(cat, patient_ids, study_uids):
-                for uid, series in study["series"].items():
-                    if series_uids is not None and uid not in series_uids:
-                        continue
-                    context = {**_context(study), **series}
-                    out.extend({**context, **inst} for inst in cat.manifest(uid).docs.values())
-            return out
+            return [
+                {**series, **inst}
+                for series in self._series_records(cat, patient_ids, study_uids, series_uids)
+                for inst in cat.manifest(series["SeriesInstanceUID"]).docs.values()
+            ]
+
+    def _series_records(
+        self,
+        cat: _Catalog,
+        patient_ids: list[str] | None,
+        study_uids: list[str] | None,
+        series_uids: list[str] | None,
+    ) -> Iterator[Record]:
+        """Series records with their study and patient keys, narrowed by exact keys."""
+        for study in self._study_docs(cat, patient_ids, study_uids):
+            for uid, series in study["series"].items():
+                if series_uids is None or uid in series_uids:
+                    yield {**_context(study), **series}
 
     def iter_instances(self) -> Iterator[Record]:
         """Every instance record (SOP UIDs, path, size, sha256), one series manifest at a time."""
