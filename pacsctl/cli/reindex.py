@@ -21,6 +21,8 @@ def reindex(
     Restore from a backup: pacsctl --archive /mnt/nas/pacs reindex (a backup folder holds a
     manifest; files that differ from it are reported and left out of the index).
     Exit 0 when every file was indexed, 3 when some could not be.
+
+    Example: pacsctl --archive /srv/pacs reindex --jobs 2
     """
     from pacsctl.cli.app import state
     from pacsctl.core.reindex import records_of, reindex as run_reindex
