@@ -111,6 +111,10 @@ def main() -> None:
     """Console-script entry point: run the app, map errors to one line and an exit code."""
     try:
         app(standalone_mode=True)
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a silent exit 130
+            output.error("interrupted")
+        raise
     except PacsctlError as exc:
         if _state.debug:
             raise
