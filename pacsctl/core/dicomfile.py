@@ -21,7 +21,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     PYDICOM_IMPLEMENTATION_UID,
-    UID,
 )
 
 from pacsctl.errors import InvalidDicomError
@@ -170,7 +169,3 @@ def _check_complete(ds: Dataset, size: int) -> None:
 def _first_line(exc: object) -> str:
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
-
-def is_valid_uid(value: str) -> bool:
-    """Whether `value` is a syntactically valid UID (used to name files after it)."""
-    return bool(value) and UID(value).is_valid
