@@ -17,6 +17,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
@@ -126,7 +127,7 @@ def load_for_peer(info: FileInfo, accepted: set[str]) -> tuple[str | Path | Data
     the stored syntax was accepted; else a decoded data set, decompressed when compressed.
     Raises ValueError when nothing usable was accepted, or when decompression fails."""
     ts = info.transfer_syntax_uid
-    if ts in accepted and info.has_meta:
+    if ts in accepted and info.has_meta and not _odd_deflated(info):
         return info.path, ts
     ds = pydicom.dcmread(info.path, force=True)
     if ts in accepted:  # no meta in the file: pydicom re-encodes in the same syntax
@@ -140,6 +141,16 @@ def load_for_peer(info: FileInfo, accepted: set[str]) -> tuple[str | Path | Data
         ds.decompress(generate_instance_uid=False)
     _ensure_meta(ds, info, target)
     return ds, target
+
+
+def _odd_deflated(info: FileInfo) -> bool:
+    """A deflated data set of odd length (PS3.5 A.5 wants it padded): sent as stored, peers such
+    as Orthanc refuse the odd fragment and the association hangs, so it is re-encoded instead
+    (pynetdicom pads what it deflates)."""
+    if info.transfer_syntax_uid != DeflatedExplicitVRLittleEndian:
+        return False
+    _meta, offset = split_dataset(info.path)
+    return (info.path.stat().st_size - offset) % 2 == 1
 
 
 def _ensure_meta(ds: Dataset, info: FileInfo, ts: str) -> None:

@@ -186,3 +186,15 @@ def test_get_of_an_instance_archived_with_other_bytes_is_reported_not_failed(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = _summary(proc)
     assert (summary["received"], summary["stored"], summary["duplicates"] + summary["conflicts"]) == (1, 0, 1)
+
+
+def test_send_odd_length_deflated_file_to_orthanc(orthanc_factory: Any, testdata_dir: Path,
+                                                  archive_dir: Path) -> None:
+    """pydicom's image_dfl.dcm holds an odd-length deflated data set; sent as stored, Orthanc
+    refuses the odd fragment and the association hangs. It must arrive, re-encoded and padded."""
+    peer = orthanc_factory(config={"DicomScpTimeout": 2})
+    path = testdata_dir / "image_dfl.dcm"
+    proc = run_cli("send", _spec(peer), str(path), "--json", "--timeout", "10")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _json_lines(proc.stdout)[-1]["sent"] == 1
+    assert peer.instance_uids() == {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)}

@@ -14,7 +14,7 @@ from pynetdicom.dsutils import split_dataset
 
 from pacsctl.config import Node
 from pacsctl.errors import NetworkError
-from pacsctl.net import scu
+from pacsctl.net import sending, scu
 from pacsctl.net.types import Destination, StoreRequest
 from tests.helpers import TESTDATA_DIR, free_port
 
@@ -68,6 +68,11 @@ def test_store_keeps_bytes_as_sent(serve, dicom_test_files):
         assert uid in s.archive.files, path.name
         received = s.archive.files[uid]
         req = next(r for r in s.archive.requests if r.sop_instance_uid == uid)
+        if sending._odd_deflated(sending.file_info(path)):
+            # Re-encoded by the sender (an odd deflated stream must be padded): the same data
+            # set arrives, stored as sent, but not the file's bytes.
+            assert pydicom.dcmread(received) == pydicom.dcmread(path), path.name
+            continue
         assert received.read_bytes()[req.data_offset:] == _dataset_bytes(path), path.name
         assert req.file_meta.TransferSyntaxUID == req.transfer_syntax_uid
     # The temp files were renamed away: nothing left behind in the temp dir.
