@@ -12,7 +12,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -379,14 +379,7 @@ class _Dispatcher:
         yield len(infos)
         status = None
         try:
-            for info in infos:
-                if event.is_cancelled:
-                    status = STATUS_CANCEL
-                    yield STATUS_CANCEL, None
-                    return
-                yield STATUS_PENDING, _dataset_for(store_assoc.get("assoc"), info, tally)
-            tally.settle(len(infos))  # every sub-operation has been answered by now
-            status = tally.final_status(len(infos))
+            status = yield from _suboperations(event, infos, tally, lambda: store_assoc.get("assoc"))
         finally:
             self.audit("move", ctx.assoc, destination=dest_aet, status=status,
                        matches=len(infos), **tally.as_fields(), **keys)
@@ -406,14 +399,7 @@ class _Dispatcher:
         yield len(infos)
         status = None
         try:
-            for info in infos:
-                if event.is_cancelled:
-                    status = STATUS_CANCEL
-                    yield STATUS_CANCEL, None
-                    return
-                yield STATUS_PENDING, _dataset_for(event.assoc, info, tally)
-            tally.settle(len(infos))  # every sub-operation has been answered by now
-            status = tally.final_status(len(infos))
+            status = yield from _suboperations(event, infos, tally, lambda: event.assoc)
         finally:
             event.assoc.unbind(evt.EVT_DIMSE_RECV, tally.on_dimse_recv)
             self.audit("get", ctx.assoc, status=status, matches=len(infos),
@@ -465,6 +451,19 @@ def _audit_keys(identifier: Dataset | None) -> dict[str, Any]:
         if value not in (None, ""):
             out[key] = str(value) if not isinstance(value, list) else [str(v) for v in value]
     return out
+
+
+def _suboperations(event: evt.Event, infos: list[Any], tally: "_SubopTally",
+                   store_assoc: Callable[[], Association | None]) -> Generator[Any, None, int]:
+    """The C-MOVE/C-GET sub-operations: one Pending per instance, honouring C-CANCEL; returns
+    the final status, decided only once every sub-operation has been answered."""
+    for info in infos:
+        if event.is_cancelled:
+            yield STATUS_CANCEL, None
+            return STATUS_CANCEL
+        yield STATUS_PENDING, _dataset_for(store_assoc(), info, tally)
+    tally.settle(len(infos))
+    return tally.final_status(len(infos))
 
 
 def _infos(paths: list[str]) -> list[sending.FileInfo | None]:
