@@ -218,7 +218,7 @@ class Archive:
 
     @staticmethod
     def _record(inst: Instance, relpath: str, stage: files.StagedFile) -> dict:
-        return index_record(inst.dataset, transfer_syntax_uid=inst.transfer_syntax_uid, path=relpath, size=stage.size, sha256=stage.sha256)
+        return index_record(inst.fields(), transfer_syntax_uid=inst.transfer_syntax_uid, path=relpath, size=stage.size, sha256=stage.sha256)
 
     # -- quarantine --------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -23,6 +24,8 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
 )
 
+from pacsctl.core.rawheader import scan
+from pacsctl.core.records import dataset_fields
 from pacsctl.errors import InvalidDicomError
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -42,13 +45,22 @@ class DicomdirError(Exception):
 
 @dataclass
 class Instance:
-    """A checked instance: the Part-10 bytes to store and its parsed data set."""
+    """A checked instance: the Part-10 bytes to store, and its parsed data set or, when the
+    fast scan read it (`rawheader`), only the index fields."""
 
     data: bytes
-    dataset: Dataset
+    dataset: Dataset | None
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
+    _fields: dict[str, Any] | None = field(default=None, repr=False)
+
+    def fields(self) -> dict[str, Any]:
+        """The index record's data set values (`records.dataset_fields`)."""
+        if self._fields is None:
+            assert self.dataset is not None
+            self._fields = dataset_fields(self.dataset)
+        return self._fields
 
 
 def looks_like_dicom(head: bytes) -> bool:
@@ -70,6 +82,10 @@ def read_instance(data: bytes) -> Instance:
         raise NotDicomError("empty file")
     if not looks_like_dicom(data[:132]):
         raise NotDicomError("not a DICOM file")
+    plain = scan(data)
+    if plain is not None:
+        return Instance(data, None, plain.sop_class_uid, plain.sop_instance_uid,
+                        plain.transfer_syntax_uid, plain.fields)
     part10 = len(data) >= 132 and data[128:132] == b"DICM"
     ds = _parse(data, force=not part10)
     meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -10,17 +11,24 @@ from pydicom.valuerep import PersonName
 
 from pacsctl.storage.index import INSTANCE_FIELDS, PATIENT_FIELDS, SERIES_FIELDS, STUDY_FIELDS
 
-_INTEGER_KEYS = {"SeriesNumber", "InstanceNumber"}
-_DATASET_KEYS = [
+INTEGER_KEYS = frozenset({"SeriesNumber", "InstanceNumber"})
+# The record's values read from the data set; the others describe the stored file.
+DATASET_KEYS = tuple(
     k for k in PATIENT_FIELDS + STUDY_FIELDS + SERIES_FIELDS + INSTANCE_FIELDS
     if k not in ("TransferSyntaxUID", "path", "size", "sha256")
-]
+)
 
 
-def index_record(ds: Dataset, *, transfer_syntax_uid: str, path: str, size: int, sha256: str) -> dict[str, Any]:
-    """The index record of a stored instance: JSON-ready values decoded with its character set."""
-    record: dict[str, Any] = {key: _value(ds, key) for key in _DATASET_KEYS}
-    record["SOPClassUID"] = record["SOPClassUID"] or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+def dataset_fields(ds: Dataset) -> dict[str, Any]:
+    """The record's data set values: JSON-ready, decoded with the instance's character set."""
+    fields: dict[str, Any] = {key: _value(ds, key) for key in DATASET_KEYS}
+    fields["SOPClassUID"] = fields["SOPClassUID"] or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    return fields
+
+
+def index_record(fields: Mapping[str, Any], *, transfer_syntax_uid: str, path: str, size: int, sha256: str) -> dict[str, Any]:
+    """The index record of a stored instance: its data set `fields` and where and what the file is."""
+    record = dict(fields)
     record.update(TransferSyntaxUID=transfer_syntax_uid, path=path, size=size, sha256=sha256)
     return record
 
@@ -36,7 +44,7 @@ def _value(ds: Dataset, keyword: str) -> Any:
         return "\\".join(str(v) for v in value)
     if isinstance(value, PersonName):
         return str(value)
-    if keyword in _INTEGER_KEYS:
+    if keyword in INTEGER_KEYS:
         try:
             return int(value)
         except (TypeError, ValueError):

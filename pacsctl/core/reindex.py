@@ -26,7 +26,7 @@ from pacsctl.core.filecheck import Content, Expected, read_content, read_header,
 from pacsctl.core.findings import Finding
 from pacsctl.core.manifest import MANIFEST_NAME, read_manifest
 from pacsctl.core.parallel import chunk_size, chunked, default_jobs, map_unordered
-from pacsctl.core.records import index_record
+from pacsctl.core.records import dataset_fields, index_record
 from pacsctl.storage import files
 from pacsctl.storage.index import Index
 from pacsctl.core.summary import SummaryRecord
@@ -219,15 +219,16 @@ def record_of(path: str, content: Content, file: Path) -> dict:
             raise ValueError(f"not a storable DICOM instance: {exc}") from None
         if inst.data is not content.head and inst.data != content.head:
             raise ValueError("not a Part-10 file (no File Meta header)")
-        ds, uid, syntax = inst.dataset, inst.sop_instance_uid, inst.transfer_syntax_uid
+        fields, uid, syntax = inst.fields(), inst.sop_instance_uid, inst.transfer_syntax_uid
     else:  # huge: parse the header only, from the head kept in memory or else from the file
         try:
             ds, uid, syntax = _header_dataset(content.head)
         except ValueError:
             ds, uid, syntax = _header_dataset(file)
+        fields = dataset_fields(ds)
     if Archive.object_relpath(uid) != path:
         raise ValueError(f"misplaced: holds SOP Instance UID {uid}, stored at {Archive.object_relpath(uid)}")
-    return index_record(ds, transfer_syntax_uid=syntax, path=path, size=content.size, sha256=content.sha256)
+    return index_record(fields, transfer_syntax_uid=syntax, path=path, size=content.size, sha256=content.sha256)
 
 
 def _header_dataset(source: bytes | Path) -> tuple[Dataset, str, str]:

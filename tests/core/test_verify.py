@@ -341,7 +341,7 @@ def test_a_file_whose_index_entry_is_on_its_way_is_not_unknown(archive: Archive,
     relpath = Archive.object_relpath(inst.sop_instance_uid)
     archive.path_of(relpath).parent.mkdir(parents=True, exist_ok=True)
     archive.path_of(relpath).write_bytes(data)
-    record = index_record(inst.dataset, transfer_syntax_uid=inst.transfer_syntax_uid, path=relpath,
+    record = index_record(inst.fields(), transfer_syntax_uid=inst.transfer_syntax_uid, path=relpath,
                           size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
     def journal_later() -> None:
