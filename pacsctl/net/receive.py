@@ -19,6 +19,7 @@ import os
 import secrets
 import struct
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -75,11 +76,23 @@ class _Meta(NamedTuple):
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
+    source_aet: str = ""
 
 
 def _create_file_meta(*, sop_class_uid: str, sop_instance_uid: str,
                       transfer_syntax: str, **_: Any) -> _Meta:
-    return _Meta(str(sop_class_uid), str(sop_instance_uid), str(transfer_syntax))
+    return _Meta(str(sop_class_uid), str(sop_instance_uid), str(transfer_syntax), _peer_aet())
+
+
+def _peer_aet() -> str:
+    """The AE title of the node sending the data set being received. pynetdicom decodes it in
+    the association's DUL thread, which knows its association."""
+    assoc = getattr(threading.current_thread(), "assoc", None)
+    try:
+        peer = assoc.acceptor if assoc.is_requestor else assoc.requestor  # type: ignore[union-attr]
+        return str(peer.ae_title or "").strip()
+    except AttributeError:
+        return ""
 
 
 def _short(tag_elem: int, vr: bytes, value: bytes) -> bytes:
@@ -91,8 +104,10 @@ def _ui(value: str) -> bytes:
     return raw + b"\x00" if len(raw) % 2 else raw
 
 
-def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
-    """File Meta Information group 0002 (explicit VR little endian), group length first."""
+def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
+                     source_aet: str = "") -> bytes:
+    """File Meta Information group 0002 (explicit VR little endian), group length first; with
+    `source_aet`, the sender's AE title (0002,0016), so each file says where it came from."""
     version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
     if len(version) % 2:
         version += b" "
@@ -104,6 +119,9 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax:
         _short(0x0012, b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID)),
         _short(0x0013, b"SH", version),
     ))
+    if source_aet:
+        aet = source_aet.encode("ascii", "replace")[:16]
+        body += _short(0x0016, b"AE", aet + b" " if len(aet) % 2 else aet)
     return _short(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 

@@ -75,6 +75,9 @@ def test_store_keeps_bytes_as_sent(serve, dicom_test_files):
             continue
         assert received.read_bytes()[req.data_offset:] == _dataset_bytes(path), path.name
         assert req.file_meta.TransferSyntaxUID == req.transfer_syntax_uid
+        # The File Meta group says which node sent the file.
+        meta = pydicom.dcmread(received, stop_before_pixels=True).file_meta
+        assert meta.SourceApplicationEntityTitle == req.assoc.calling_aet != ""
     # The temp files were renamed away: nothing left behind in the temp dir.
     assert not list((s.archive.root.parent / "tmp").iterdir())
     stores = [a for a in s.archive.audit if a["event"] == "store"]
