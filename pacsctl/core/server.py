@@ -33,6 +33,7 @@ from pacsctl.core.identifiers import build_response, parse_identifier
 from pacsctl.core.query import find_records
 from pacsctl.errors import StorageFullError
 from pacsctl.storage import files
+from pacsctl.net.balance import SharedLoad, WorkerSlot
 from pacsctl.net.scp import RunningScp, bind_listener, log_failure, start_scp
 from pacsctl.net.types import (
     STATUS_CANNOT_UNDERSTAND,
@@ -264,12 +265,12 @@ def _wait_for_signal(stop: threading.Event) -> None:
 
 def _serve_in_this_process(root: Path, options: ScpOptions, sock: socket.socket | None,
                            ready: Callable[[int], None] | None, stop: threading.Event,
-                           grace: float) -> int:
+                           grace: float, load: WorkerSlot | None = None) -> int:
     archive = Archive.open(root)
     if options.temp_dir is None:
         options.temp_dir = archive.tmp_dir
     service = ArchiveService(archive)
-    scp = start_scp(service.handlers(), options, sock=sock)
+    scp = start_scp(service.handlers(), options, sock=sock, load=load)
     node = RunningNode(scp, service)
     if ready is not None:
         ready(node.port)
@@ -298,9 +299,9 @@ def run_node(root: Path, options: ScpOptions, workers: int = 1,
     """Serve the archive at `root` until SIGTERM/SIGINT, then stop accepting, let in-flight
     associations finish (up to `grace` seconds) and return 0.
 
-    With `workers` > 1, that many processes share one listening socket (the kernel hands each
-    connection to one of them), so several associations use several cores; a worker that dies
-    is replaced. `ready(port)` is called once the node accepts connections."""
+    With `workers` > 1, that many processes share one listening socket, the least busy one
+    accepting each connection (`net.balance`), so several associations use several cores; a
+    worker that dies is replaced. `ready(port)` is called once the node accepts connections."""
     stop = threading.Event()
     if workers <= 1:
         return _serve_in_this_process(root, options, None, ready, stop, grace)
@@ -309,7 +310,9 @@ def run_node(root: Path, options: ScpOptions, workers: int = 1,
     per_worker = max(1, -(-options.max_associations // workers))
     child_options = replace(options, port=port, max_associations=per_worker)
 
-    def spawn() -> int:
+    load = SharedLoad(workers)
+
+    def spawn(index: int) -> int:
         pid = os.fork()
         if pid == 0:  # the worker: no threads were started before the fork
             code = 1
@@ -318,14 +321,14 @@ def run_node(root: Path, options: ScpOptions, workers: int = 1,
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 code = _serve_in_this_process(root, replace(child_options), sock, None,
-                                              threading.Event(), grace)
+                                              threading.Event(), grace, load.slot(index))
             except BaseException as exc:
                 log_failure("worker failed", exc)
             finally:
                 os._exit(code)
         return pid
 
-    children = {spawn() for _ in range(workers)}
+    children = {spawn(index): index for index in range(workers)}
     if ready is not None:
         ready(port)
 
@@ -340,8 +343,8 @@ def run_node(root: Path, options: ScpOptions, workers: int = 1,
             done, status = os.waitpid(pid, os.WNOHANG)
             if done and not stop.is_set():
                 LOG.error("worker %d exited (%d); starting another", pid, status)
-                children.discard(pid)
-                children.add(spawn())
+                index = children.pop(pid)
+                children[spawn(index)] = index
     for pid in children:
         try:
             os.kill(pid, signal.SIGTERM)

@@ -37,6 +37,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
 from pacsctl.errors import NetworkError, UsageError
 from pacsctl.net import receive, sending, tls, tuning
+from pacsctl.net.balance import WorkerSlot
 from pacsctl.net.types import (
     STATUS_CANCEL,
     STATUS_IDENTIFIER_MISMATCH,
@@ -111,6 +112,13 @@ class _Server(ThreadedAssociationServer):
     handshake_timeout: float = 30.0
     on_refused: Any = None
     adopt_socket: socket.socket | None = None  # set on the class made by `_server_class`
+    load: WorkerSlot | None = None  # a worker of several: accept only when least busy
+
+    def _handle_request_noblock(self) -> None:
+        if self.load is not None and not self.load.should_accept():
+            self.load.pause()  # a less busy worker takes this connection
+            return
+        super()._handle_request_noblock()  # type: ignore[misc]
 
     def server_bind(self) -> None:
         if self.adopt_socket is None:
@@ -139,6 +147,8 @@ class _Server(ThreadedAssociationServer):
             client = self.ssl_context.wrap_socket(
                 client, server_side=True, do_handshake_on_connect=False
             )
+        if self.load is not None:
+            self.load.opened()  # closed() in shutdown_request, which every request ends in
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
@@ -149,6 +159,13 @@ class _Server(ThreadedAssociationServer):
                 self.on_refused(client_address, "too many connections")
             return False
         return True
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            super().shutdown_request(request)
+        finally:
+            if self.load is not None:
+                self.load.closed()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         if isinstance(request, ssl.SSLSocket):
@@ -527,9 +544,10 @@ def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
 
 
 def start_scp(handlers: ScpHandlers, options: ScpOptions,
-              sock: socket.socket | None = None) -> RunningScp:
+              sock: socket.socket | None = None, load: WorkerSlot | None = None) -> RunningScp:
     """Start a listener in background threads and return it; raises NetworkError when the
-    address cannot be bound. With `sock`, serve that already-listening socket instead."""
+    address cannot be bound. With `sock`, serve that already-listening socket instead; with
+    `load`, as one of several workers sharing it (see `net.balance`)."""
     if options.temp_dir is not None:
         Path(options.temp_dir).mkdir(parents=True, exist_ok=True)
         receive.set_temp_dir(Path(options.temp_dir))
@@ -569,7 +587,7 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
             ae_title=options.ae_title,
             ssl_context=ssl_context,
             evt_handlers=handlers_list,
-            server_class=type("_BoundServer", (_Server,), {"adopt_socket": sock}),
+            server_class=type("_BoundServer", (_Server,), {"adopt_socket": sock, "load": load}),
         )
     except OSError as exc:
         raise NetworkError(
