@@ -16,7 +16,7 @@ import mmap
 import threading
 import time
 
-PATIENCE = 0.05  # seconds a connection waits for a less busy worker to accept it
+PATIENCE = 0.2  # seconds a connection waits for a less busy worker to accept it
 _PAUSE = 0.001  # how long a worker that leaves a connection to another waits before looking again
 _NEW_EPISODE = 0.01  # a gap this long between look-ups: the socket went quiet, a new connection
 

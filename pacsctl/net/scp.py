@@ -32,7 +32,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
 from pacsctl.errors import NetworkError, UsageError
@@ -103,6 +103,21 @@ class _AE(AE):
         return [a for a in super().active_associations if a.is_established or a is me]
 
 
+class _Handler(RequestHandler):
+    """pynetdicom's connection handler, which starts the association's thread and returns; for a
+    worker that counts its connections (`net.balance`), it waits for that thread to end."""
+
+    def _create_association(self) -> Association:
+        self.association = super()._create_association()
+        return self.association
+
+    def handle(self) -> None:
+        super().handle()
+        if getattr(self.server, "load", None) is not None:
+            self.association.join()
+            self.server.count_closed(self.request)
+
+
 class _Server(ThreadedAssociationServer):
     """pynetdicom's server with three fixes: TCP_NODELAY on accepted sockets, the TLS
     handshake moved off the accept loop (a silent client would otherwise block it), and a cap
@@ -113,6 +128,8 @@ class _Server(ThreadedAssociationServer):
     on_refused: Any = None
     adopt_socket: socket.socket | None = None  # set on the class made by `_server_class`
     load: WorkerSlot | None = None  # a worker of several: accept only when least busy
+    _counted: set[Any] | None = None  # the connections `load` counts as open
+    _counted_lock = threading.Lock()
 
     def _handle_request_noblock(self) -> None:
         if self.load is not None and not self.load.should_accept():
@@ -148,8 +165,22 @@ class _Server(ThreadedAssociationServer):
                 client, server_side=True, do_handshake_on_connect=False
             )
         if self.load is not None:
-            self.load.opened()  # closed() in shutdown_request, which every request ends in
+            with self._counted_lock:
+                if self._counted is None:
+                    self._counted = set()
+                self._counted.add(client)
+            self.load.opened()
         return client, address
+
+    def count_closed(self, request: Any) -> None:
+        """Count a connection closed, once: pynetdicom may or may not shut it down itself when
+        its association ends, and `_Handler` counts it when the association thread ended."""
+        with self._counted_lock:
+            if self._counted is None or request not in self._counted:
+                return
+            self._counted.discard(request)
+        assert self.load is not None
+        self.load.closed()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         open_now = sum(1 for t in threading.enumerate() if t.name.startswith("AcceptorThread"))
@@ -164,8 +195,7 @@ class _Server(ThreadedAssociationServer):
         try:
             super().shutdown_request(request)
         finally:
-            if self.load is not None:
-                self.load.closed()
+            self.count_closed(request)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         if isinstance(request, ssl.SSLSocket):
@@ -588,6 +618,7 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
             ssl_context=ssl_context,
             evt_handlers=handlers_list,
             server_class=type("_BoundServer", (_Server,), {"adopt_socket": sock, "load": load}),
+            request_handler=_Handler,
         )
     except OSError as exc:
         raise NetworkError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from pynetdicom import AE
@@ -91,3 +92,9 @@ def test_four_associations_land_two_on_each_of_two_workers(serve_factory, archiv
         finally:
             for assoc in assocs:
                 assoc.release()
+        # A worker counts a connection as closed once its association thread ended.
+        deadline = time.monotonic() + 10
+        while _connections_per_worker(srv.process.proc.pid, srv.port) != [0, 0]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.2)
