@@ -24,6 +24,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -52,6 +53,7 @@ INSTANCE_FIELDS = (
     "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "TransferSyntaxUID",
     "SpecificCharacterSet", "path", "size", "sha256",
 )
+LOG = logging.getLogger(__name__)
 JOURNAL_LIMIT = 2000  # records a writer journals before it folds them into the shards
 
 
@@ -265,9 +267,14 @@ class Index:
     `patients()`, `studies()`, `series()`, `instances()` and `iter_instances()`.
     """
 
-    def __init__(self, root: Path, tmp_dir: Path) -> None:
+    def __init__(self, root: Path, tmp_dir: Path, files_root: Path | None = None) -> None:
         self.root = ensure_dir(root)
         self.tmp_dir = tmp_dir
+        # Record paths are relative to `files_root`. Given it, a record another process journaled
+        # counts only once its file exists: a writer appends a batch's lines before the one sync
+        # that makes them and the files' names durable, so after a power cut a line can outlive
+        # its file's name (never acknowledged: the sender sends it again).
+        self.files_root = files_root
         self._journal_dir = ensure_dir(root / "journal")
         self._lock_path = root / "lock"
         self._journal_fd: int | None = None
@@ -276,8 +283,15 @@ class Index:
 
     # -- writing -----------------------------------------------------------------------------
 
+    @property
+    def journal_path(self) -> Path | None:
+        """This process's journal file, once it has journaled something."""
+        return self._journal_path
+
     def add(self, records: Iterable[Record], durable: bool = True) -> None:
-        """Journal instance records. With `durable`, they survive a power cut once this returns."""
+        """Journal instance records. With `durable`, they survive a power cut once this returns
+        (and the journal is folded when it is long). Else the caller makes `journal_path`
+        durable, then calls `fold_if_due`."""
         lines = b"".join(
             json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
             for r in records
@@ -300,6 +314,11 @@ class Index:
                 pass
             raise
         self._journaled += lines.count(b"\n")
+        if durable:
+            self.fold_if_due()
+
+    def fold_if_due(self) -> None:
+        """Fold once this process has journaled JOURNAL_LIMIT records (all durable by now)."""
         if self._journaled >= JOURNAL_LIMIT:
             self.flush()
 
@@ -308,15 +327,17 @@ class Index:
 
         Returns the number of records folded. Safe to call at any time from any process.
         """
+        own = self._journal_path
         self._seal_journal()
         with self._locked(fcntl.LOCK_EX):
             claimed = self._claim_journals()
             catalog = _Catalog(self.root, self.tmp_dir)
             count = 0
-            for _path, fd in claimed:
+            for path, fd in claimed:
                 for rec in _read_journal(fd):
-                    catalog.apply(rec)
-                    count += 1
+                    if path == own or self._stored(rec):
+                        catalog.apply(rec)
+                        count += 1
             catalog.save()
             for path, fd in claimed:
                 path.unlink(missing_ok=True)
@@ -405,12 +426,16 @@ class Index:
         with self._locked(fcntl.LOCK_SH):
             catalog = _Catalog(self.root, self.tmp_dir)
             pending: list[Record] = []
+            others: set[int] = set()  # ids of the records other processes journaled
             for path in sorted(self._journal_dir.glob("*.ndjson")):
                 try:
                     with open(path, "rb") as fh:
-                        pending.extend(_parse_lines(fh.read()))
+                        records = list(_parse_lines(fh.read()))
                 except FileNotFoundError:
                     continue
+                if path != self._journal_path:
+                    others.update(map(id, records))
+                pending.extend(records)
             if pending and (patient_ids is not None or study_uids is not None):
                 patients = set(patient_ids or ())
                 studies = set(study_uids or ())
@@ -424,8 +449,20 @@ class Index:
                     or rec.get("ReplacedStudyInstanceUID") in studies
                 ]
             for rec in pending:
-                catalog.apply(rec)
+                if id(rec) not in others or self._stored(rec):
+                    catalog.apply(rec)
             yield catalog
+
+    def _stored(self, rec: Record) -> bool:
+        """Whether a journaled record's file exists (always true without `files_root`)."""
+        if self.files_root is None or not rec.get("path"):
+            return True
+        if os.path.exists(self.files_root / rec["path"]):
+            return True
+        LOG.warning("index: dropped the journal record of %s: its file is missing (a writer "
+                    "stopped before its batch was durable; it was never acknowledged)",
+                    rec.get("SOPInstanceUID", "?"))
+        return False
 
     def patients(self, patient_ids: list[str] | None = None) -> list[Record]:
         """Patient records (with study/series/instance counts), all or those with these IDs."""
