@@ -121,14 +121,15 @@ class _Handler(RequestHandler):
 class _Server(ThreadedAssociationServer):
     """pynetdicom's server with three fixes: TCP_NODELAY on accepted sockets, the TLS
     handshake moved off the accept loop (a silent client would otherwise block it), and a cap
-    on open connections so a flood of idle sockets cannot exhaust threads."""
+    on open connections so a flood of idle sockets cannot exhaust threads. As one worker of
+    several sharing the socket (`load` set), it leaves connections to less busy workers."""
 
     max_connections: int = 256
     handshake_timeout: float = 30.0
     on_refused: Any = None
     adopt_socket: socket.socket | None = None  # set on the class made by `_server_class`
-    load: WorkerSlot | None = None  # a worker of several: accept only when least busy
-    _counted: set[Any] | None = None  # the connections `load` counts as open
+    load: WorkerSlot | None = None  # set with the two below on the class made by `start_scp`
+    _counted: set[Any] = set()  # the connections `load` counts as open
     _counted_lock = threading.Lock()
 
     def _handle_request_noblock(self) -> None:
@@ -166,8 +167,6 @@ class _Server(ThreadedAssociationServer):
             )
         if self.load is not None:
             with self._counted_lock:
-                if self._counted is None:
-                    self._counted = set()
                 self._counted.add(client)
             self.load.opened()
         return client, address
@@ -176,7 +175,7 @@ class _Server(ThreadedAssociationServer):
         """Count a connection closed, once: pynetdicom may or may not shut it down itself when
         its association ends, and `_Handler` counts it when the association thread ended."""
         with self._counted_lock:
-            if self._counted is None or request not in self._counted:
+            if request not in self._counted:
                 return
             self._counted.discard(request)
         assert self.load is not None
@@ -617,7 +616,9 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
             ae_title=options.ae_title,
             ssl_context=ssl_context,
             evt_handlers=handlers_list,
-            server_class=type("_BoundServer", (_Server,), {"adopt_socket": sock, "load": load}),
+            server_class=type("_BoundServer", (_Server,), {
+                "adopt_socket": sock, "load": load,
+                "_counted": set(), "_counted_lock": threading.Lock()}),
             request_handler=_Handler,
         )
     except OSError as exc:
