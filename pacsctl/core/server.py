@@ -34,7 +34,8 @@ from pacsctl.core.query import find_records
 from pacsctl.errors import StorageFullError
 from pacsctl.storage import files
 from pacsctl.net.balance import SharedLoad, WorkerSlot
-from pacsctl.net.scp import RunningScp, bind_listener, log_failure, start_scp
+from pacsctl.net.listener import bind_listener
+from pacsctl.net.scp import RunningScp, log_failure, start_scp
 from pacsctl.net.types import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,

@@ -1,7 +1,8 @@
 """A non-blocking DICOM listener (Verification, Storage, Query/Retrieve FIND/MOVE/GET).
 
 `start_scp(handlers, options)` returns a `RunningScp`; everything archive-specific happens in
-the `ScpHandlers` callables. Sub-operations of MOVE/GET, counting and Pending responses are
+the `ScpHandlers` callables, and the socket side (accepting, TLS, worker balance) lives in
+`net.listener`. Sub-operations of MOVE/GET, counting and Pending responses are
 pynetdicom's (its final response is only sent after the last sub-operation was answered).
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -32,12 +32,12 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
 from pacsctl.errors import NetworkError, UsageError
 from pacsctl.net import receive, sending, tls, tuning
 from pacsctl.net.balance import WorkerSlot
+from pacsctl.net.listener import AcceptorAE, ConnectionHandler, Server
 from pacsctl.net.types import (
     STATUS_CANCEL,
     STATUS_IDENTIFIER_MISMATCH,
@@ -92,128 +92,10 @@ def assoc_info(assoc: Association) -> AssocInfo:
     )
 
 
-class _AE(AE):
-    """pynetdicom counts every accepted TCP connection against `maximum_associations`, so a
-    handful of idle sockets that never send an A-ASSOCIATE-RQ would lock real clients out
-    until they time out. Count established associations (plus the one asking) instead."""
-
-    @property
-    def active_associations(self) -> list[Association]:
-        me = threading.current_thread()
-        return [a for a in super().active_associations if a.is_established or a is me]
-
-
-class _Handler(RequestHandler):
-    """pynetdicom's connection handler, which starts the association's thread and returns; for a
-    worker that counts its connections (`net.balance`), it waits for that thread to end."""
-
-    def _create_association(self) -> Association:
-        self.association = super()._create_association()
-        return self.association
-
-    def handle(self) -> None:
-        super().handle()
-        if getattr(self.server, "load", None) is not None:
-            self.association.join()
-            self.server.count_closed(self.request)
-
-
-class _Server(ThreadedAssociationServer):
-    """pynetdicom's server with three fixes: TCP_NODELAY on accepted sockets, the TLS
-    handshake moved off the accept loop (a silent client would otherwise block it), and a cap
-    on open connections so a flood of idle sockets cannot exhaust threads. As one worker of
-    several sharing the socket (`load` set), it leaves connections to less busy workers."""
-
-    max_connections: int = 256
-    handshake_timeout: float = 30.0
-    on_refused: Any = None
-    adopt_socket: socket.socket | None = None  # set on the class made by `_server_class`
-    load: WorkerSlot | None = None  # set with the two below on the class made by `start_scp`
-    _counted: set[Any] = set()  # the connections `load` counts as open
-    _counted_lock = threading.Lock()
-
-    def _handle_request_noblock(self) -> None:
-        if self.load is not None and not self.load.should_accept():
-            self.load.pause()  # a less busy worker takes this connection
-            return
-        super()._handle_request_noblock()  # type: ignore[misc]
-
-    def server_bind(self) -> None:
-        if self.adopt_socket is None:
-            super().server_bind()
-            return
-        # Worker processes share one listening socket made before they forked. Non-blocking,
-        # so a worker that loses the race for a connection is not stuck in accept().
-        self.socket.close()
-        self.socket = self.adopt_socket
-        self.socket.setblocking(False)
-        self.server_address = self.socket.getsockname()
-
-    def server_activate(self) -> None:
-        if self.adopt_socket is None:
-            super().server_activate()
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        assert self.socket is not None
-        client, address = self.socket.accept()
-        client.setblocking(True)
-        try:
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        if self.ssl_context:
-            client = self.ssl_context.wrap_socket(
-                client, server_side=True, do_handshake_on_connect=False
-            )
-        if self.load is not None:
-            with self._counted_lock:
-                self._counted.add(client)
-            self.load.opened()
-        return client, address
-
-    def count_closed(self, request: Any) -> None:
-        """Count a connection closed, once: pynetdicom may or may not shut it down itself when
-        its association ends, and `_Handler` counts it when the association thread ended."""
-        with self._counted_lock:
-            if request not in self._counted:
-                return
-            self._counted.discard(request)
-        assert self.load is not None
-        self.load.closed()
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        open_now = sum(1 for t in threading.enumerate() if t.name.startswith("AcceptorThread"))
-        if open_now >= self.max_connections:
-            LOG.warning("refusing connection from %s: %d open", client_address[0], open_now)
-            if self.on_refused:
-                self.on_refused(client_address, "too many connections")
-            return False
-        return True
-
-    def shutdown_request(self, request: Any) -> None:
-        try:
-            super().shutdown_request(request)
-        finally:
-            self.count_closed(request)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.settimeout(self.handshake_timeout)
-                request.do_handshake()
-            except (OSError, ssl.SSLError) as exc:
-                LOG.info("TLS handshake with %s failed: %s", client_address[0], exc)
-                if self.on_refused:
-                    self.on_refused(client_address, f"TLS handshake failed: {exc}")
-                self.shutdown_request(request)
-                return
-        super().process_request_thread(request, client_address)
-
-
 class RunningScp:
     """A listener running in background threads."""
 
-    def __init__(self, ae: AE, server: _Server, options: ScpOptions) -> None:
+    def __init__(self, ae: AE, server: Server, options: ScpOptions) -> None:
         self.ae = ae
         self.server = server
         self.options = options
@@ -554,24 +436,6 @@ def _data_offset(path: Path) -> int:
     return 144 + group_len
 
 
-def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
-    """A listening TCP socket, made before worker processes fork so they can share it.
-    Raises NetworkError when the address cannot be bound."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        raise NetworkError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            hint="is another node using the port? pick another with --port",
-        ) from exc
-    return sock
-
-
 def start_scp(handlers: ScpHandlers, options: ScpOptions,
               sock: socket.socket | None = None, load: WorkerSlot | None = None) -> RunningScp:
     """Start a listener in background threads and return it; raises NetworkError when the
@@ -581,7 +445,7 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
         Path(options.temp_dir).mkdir(parents=True, exist_ok=True)
         receive.set_temp_dir(Path(options.temp_dir))
 
-    ae = _AE(ae_title=options.ae_title)
+    ae = AcceptorAE(ae_title=options.ae_title)
     ae.maximum_associations = max(1, options.max_associations)
     ae.maximum_pdu_size = options.maximum_pdu_size
     ae.acse_timeout = options.acse_timeout
@@ -616,10 +480,10 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
             ae_title=options.ae_title,
             ssl_context=ssl_context,
             evt_handlers=handlers_list,
-            server_class=type("_BoundServer", (_Server,), {
+            server_class=type("_BoundServer", (Server,), {
                 "adopt_socket": sock, "load": load,
                 "_counted": set(), "_counted_lock": threading.Lock()}),
-            request_handler=_Handler,
+            request_handler=ConnectionHandler,
         )
     except OSError as exc:
         raise NetworkError(
@@ -637,7 +501,7 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
     return RunningScp(ae, server, options)
 
 
-def _configure(server: Any, options: ScpOptions, d: _Dispatcher) -> _Server:
+def _configure(server: Any, options: ScpOptions, d: _Dispatcher) -> Server:
     server.max_connections = max(16, options.max_associations * 4)
     server.handshake_timeout = options.acse_timeout
     server.on_refused = d.on_refused
