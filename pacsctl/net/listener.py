@@ -59,6 +59,10 @@ class Server(ThreadedAssociationServer):
 
     max_connections: int = 256
     handshake_timeout: float = 30.0
+    # A request thread may live as long as its association (`ConnectionHandler`): closing the
+    # server must not wait for them; `scp.RunningScp.stop` waits for, then aborts, associations.
+    block_on_close = False
+    daemon_threads = True
     on_refused: Any = None
     adopt_socket: socket.socket | None = None  # set on the class made by `scp.start_scp`
     load: WorkerSlot | None = None  # set with the two below on the class made by `scp.start_scp`

@@ -10,6 +10,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from pacsctl.net.balance import PATIENCE, SharedLoad
+from pacsctl.net.scp import start_scp
+from pacsctl.net.types import ScpHandlers, ScpOptions
 
 
 def test_a_busier_worker_leaves_the_connection_to_a_less_busy_one() -> None:
@@ -98,3 +100,18 @@ def test_four_associations_land_two_on_each_of_two_workers(serve_factory, archiv
             assert time.monotonic() < deadline
             time.sleep(0.05)
         time.sleep(0.2)
+
+
+def test_stopping_a_counting_worker_does_not_wait_for_an_idle_association() -> None:
+    """A worker's connection threads wait for their associations; stopping must not: after the
+    grace period, what is still open is aborted."""
+    scp = start_scp(ScpHandlers(), ScpOptions(ae_title="NODE", host="127.0.0.1", port=0),
+                    load=SharedLoad(1).slot(0))
+    ae = AE(ae_title="IDLE")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="NODE")
+    assert assoc.is_established
+    started = time.monotonic()
+    assert scp.stop(graceful=True, timeout=0.5) is False  # the idle association was aborted
+    assert time.monotonic() - started < 5
+    assoc.abort()
