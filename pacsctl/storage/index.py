@@ -335,7 +335,7 @@ class Index:
             count = 0
             for path, fd in claimed:
                 for rec in _read_journal(fd):
-                    if path == own or self._stored(rec):
+                    if path == own or self._stored(rec, folding=True):
                         catalog.apply(rec)
                         count += 1
             catalog.save()
@@ -453,15 +453,16 @@ class Index:
                     catalog.apply(rec)
             yield catalog
 
-    def _stored(self, rec: Record) -> bool:
+    def _stored(self, rec: Record, folding: bool = False) -> bool:
         """Whether a journaled record's file exists (always true without `files_root`)."""
         if self.files_root is None or not rec.get("path"):
             return True
         if os.path.exists(self.files_root / rec["path"]):
             return True
-        LOG.warning("index: dropped the journal record of %s: its file is missing (a writer "
-                    "stopped before its batch was durable; it was never acknowledged)",
-                    rec.get("SOPInstanceUID", "?"))
+        if folding:  # said once, when the line is dropped for good
+            LOG.warning("index: dropped the journal record of %s: its file is missing (a writer "
+                        "stopped before its batch was durable; it was never acknowledged)",
+                        rec.get("SOPInstanceUID", "?"))
         return False
 
     def patients(self, patient_ids: list[str] | None = None) -> list[Record]:
