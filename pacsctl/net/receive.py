@@ -38,26 +38,40 @@ def set_temp_dir(path: Path | None) -> None:
 
 
 class _StreamFile:
-    """The subset of a NamedTemporaryFile pynetdicom uses: write, file.flush, name, close."""
+    """The subset of a NamedTemporaryFile pynetdicom uses: write, file.flush, name, close.
+
+    A failed create or write (disk full) must not reach pynetdicom's state machine, which
+    would abort the association: the first error is kept in `error`, later fragments are
+    dropped, and the store handler answers the C-STORE with a failure status instead."""
 
     def __init__(self, directory: str) -> None:
+        self.error: OSError | None = None
+        self.file: Any = None
         while True:
             # The pid tells `verify` a transfer in progress from the leftover of a killed node.
             name = os.path.join(directory, f".incoming-{os.getpid()}-{secrets.token_hex(8)}.dcm")
             try:
                 fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                              FILE_MODE)
-                break
             except FileExistsError:
                 continue
+            except OSError as exc:
+                self.error = exc
+            else:
+                self.file = open(fd, "wb", buffering=0)  # unbuffered: pynetdicom's flush is a no-op
+            break
         self.name = name
-        self.file = open(fd, "wb", buffering=0)  # unbuffered: pynetdicom's flush is a no-op
+        if self.file is None:
+            self.file = _NoFile()
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
         total = len(view)
-        while view:
-            view = view[self.file.write(view):]
+        try:
+            while view and self.error is None:
+                view = view[self.file.write(view):]
+        except OSError as exc:
+            self.error = exc
         return total
 
     def close(self) -> None:
@@ -66,6 +80,26 @@ class _StreamFile:
     @property
     def closed(self) -> bool:
         return self.file.closed
+
+
+class _NoFile:
+    """Stands in for a file that could not be created."""
+
+    closed = True
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def stream_error(stream: Any) -> OSError | None:
+    """The error that kept a received data set from being written whole, if any."""
+    return getattr(stream, "error", None)
 
 
 def _temp_file(*args: Any, **kwargs: Any) -> _StreamFile:

@@ -8,6 +8,7 @@ pynetdicom's (its final response is only sent after the last sub-operation was a
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
@@ -35,13 +36,14 @@ from pynetdicom.sop_class import (
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
 from pacsctl.errors import NetworkError, UsageError
-from pacsctl.net import receive, sending, tls, tuning
+from pacsctl.net import pdata, receive, sending, tls, tuning
 from pacsctl.net.balance import WorkerSlot
 from pacsctl.net.listener import AcceptorAE, ConnectionHandler, Server
 from pacsctl.net.types import (
     STATUS_CANCEL,
     STATUS_IDENTIFIER_MISMATCH,
     STATUS_MOVE_DESTINATION_UNKNOWN,
+    STATUS_OUT_OF_RESOURCES,
     STATUS_PENDING,
     STATUS_PROCESSING_FAILURE,
     STATUS_UNABLE_TO_PROCESS,
@@ -80,6 +82,15 @@ def log_failure(what: str, exc: BaseException) -> None:
     values (patient names), which must never reach the log. The traceback goes to DEBUG."""
     LOG.error("%s: %s", what, type(exc).__name__)
     LOG.debug("%s", what, exc_info=exc)
+
+
+def _write_failure_status(exc: OSError, sop_instance: str) -> int:
+    """The status of a C-STORE whose data set could not be written to the archive's tmp/."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        LOG.error("archive disk full: refusing %s with 0xA700", sop_instance)
+        return STATUS_OUT_OF_RESOURCES
+    log_failure(f"could not write the received data set of {sop_instance}", exc)
+    return STATUS_PROCESSING_FAILURE
 
 
 def assoc_info(assoc: Association) -> AssocInfo:
@@ -204,29 +215,14 @@ class _Dispatcher:
             tmp_file = getattr(event.request, "_dataset_file", None)
             if tmp_file is not None:
                 tmp_file.close()
+            failed = receive.stream_error(tmp_file)
             path, offset = event.request._dataset_path, None
             if isinstance(path, tuple):  # pynetdicom's (path, offset) form on the send side
                 path, offset = path
-            if offset is None:
-                offset = _data_offset(Path(path))
-            store_req = StoreRequest(
-                sop_class_uid=sop_class,
-                sop_instance_uid=sop_instance,
-                transfer_syntax_uid=ts,
-                assoc=info,
-                path=Path(path),
-                data_offset=offset,
-                move_originator_aet=(
-                    str(req.MoveOriginatorApplicationEntityTitle).strip()
-                    if req.MoveOriginatorApplicationEntityTitle
-                    else None
-                ),
-            )
-            try:
-                status = int(self.h.store(store_req))
-            except Exception as exc:
-                log_failure(f"store handler failed for {sop_instance}", exc)
-                status = STATUS_PROCESSING_FAILURE
+            if failed is not None:
+                status = _write_failure_status(failed, sop_instance)
+            else:
+                status = self._store(req, info, Path(path), offset, sop_class, sop_instance, ts)
         self.audit(
             "store",
             info,
@@ -236,6 +232,29 @@ class _Dispatcher:
             status=status,
         )
         return status
+
+    def _store(self, req: Any, info: AssocInfo, path: Path, offset: int | None, sop_class: str,
+               sop_instance: str, ts: str) -> int:
+        if offset is None:
+            offset = _data_offset(path)
+        store_req = StoreRequest(
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance,
+            transfer_syntax_uid=ts,
+            assoc=info,
+            path=path,
+            data_offset=offset,
+            move_originator_aet=(
+                str(req.MoveOriginatorApplicationEntityTitle).strip()
+                if req.MoveOriginatorApplicationEntityTitle
+                else None
+            ),
+        )
+        try:
+            return int(self.h.store(store_req))
+        except Exception as exc:
+            log_failure(f"store handler failed for {sop_instance}", exc)
+            return STATUS_PROCESSING_FAILURE
 
     def _query(self, event: evt.Event) -> tuple[QueryModel, str, Dataset, QueryContext]:
         model, service = _MODELS[str(event.request.AffectedSOPClassUID)]
@@ -461,6 +480,7 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
     # proposed syntax, SCP/SCU role selection honoured for C-GET).
 
     tuning.install()
+    pdata.install()
     d = _Dispatcher(handlers, options)
     handlers_list = [
         (evt.EVT_C_ECHO, d.on_echo),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pydicom
@@ -12,7 +13,7 @@ from benchmarks.peers import wait_for_port
 from pacsctl.config import Node
 from pacsctl.core.archive import Archive
 from pacsctl.core.server import options_from_config, serve
-from pacsctl.errors import StorageFullError
+from pacsctl.storage import files
 from pacsctl.net import scu
 from tests.helpers import CliProcess, free_port, run_cli
 
@@ -108,19 +109,23 @@ def test_unparsable_instance_is_refused_and_quarantined(serve_factory, archive_d
     assert any("StudyInstanceUID" in r for r in reasons)
 
 
-def test_disk_full_answers_a700_and_keeps_serving(archive_dir, ct_factory, monkeypatch):
+def test_disk_full_at_the_commit_answers_a700_and_keeps_serving(archive_dir, ct_factory, monkeypatch):
+    """The durability barrier itself fails (ENOSPC, as a file system without room for its
+    metadata says): 0xA700, no temp file left, and the next store succeeds. (A disk full while
+    the data set streams in: tests/core/test_crash.py, on a real full file system.)"""
     archive = Archive.open(archive_dir)
     node = serve(archive, options_from_config(archive, host="127.0.0.1", port=0))
     try:
         target = Node("n", "PACSCTL", "127.0.0.1", node.port)
-        real_ingest = archive.ingest
+        real_barrier = files.barrier
 
         def full(*args, **kwargs):
-            raise StorageFullError("the archive's disk is full")
+            raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(archive, "ingest", full)
+        monkeypatch.setattr(files, "barrier", full)
         assert [r.status for r in scu.store(target, [ct_factory()])] == [0xA700]
-        monkeypatch.setattr(archive, "ingest", real_ingest)
+        assert [p for p in (archive_dir / "tmp").iterdir()] == []
+        monkeypatch.setattr(files, "barrier", real_barrier)
         assert [r.status for r in scu.store(target, [ct_factory()])] == [0x0000]
     finally:
         node.stop()

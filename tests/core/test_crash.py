@@ -354,3 +354,32 @@ def test_read_only_archive_lists_but_refuses_writes_clearly(tmp_path: Path, ct_f
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
     assert consistency(archive) == []
+
+
+def test_full_disk_serve_answers_a700_keeps_serving_and_stores_once_room_is_made(small_fs: Path, tmp_path: Path) -> None:
+    """A node whose disk fills up answers 0xA700 (out of resources) to each C-STORE, whether
+    the disk fills while the data set streams in or at the commit, keeps its associations and
+    its port, leaves nothing half-written, and stores again once there is room."""
+    from pacsctl.config import Node
+    from pacsctl.core.server import options_from_config, serve
+    from pacsctl.net import scu
+
+    small = ct_tree(tmp_path / "small", 6, rows=64)  # ~9 kB each
+    archive_dir = small_fs / "archive"
+    archive = Archive.open(archive_dir)
+    node = serve(archive, options_from_config(archive, host="127.0.0.1", port=0))
+    try:
+        target = Node("n", "PACSCTL", "127.0.0.1", node.port)
+        assert [r.status for r in scu.store(target, small[:2])] == [0, 0]
+        filler = fill(small_fs)
+        statuses = [r.status for r in scu.store(target, small[2:4])]
+        assert statuses == [0xA700, 0xA700]
+        filler.unlink()
+        assert [r.status for r in scu.store(target, small[2:])] == [0, 0, 0, 0]
+    finally:
+        node.stop()
+        archive.close()
+    assert [p for p in (archive_dir / "tmp").iterdir() if not p.name.startswith(".")] == []
+    assert list((archive_dir / "tmp").glob(".incoming-*")) == []
+    assert len(object_files(archive_dir)) == 6
+    assert consistency(archive_dir) == []
