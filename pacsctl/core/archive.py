@@ -22,9 +22,9 @@ import errno
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import pydicom
 
@@ -53,6 +53,24 @@ class IngestResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class IngestBatch:
+    """Inputs on their way into the archive (`Archive.begin_ingest`, then `sync`, `name`,
+    `sync`): one result per input once named; the staged temp files; what naming touched."""
+
+    policy: str
+    origins: list[str]
+    results: list[IngestResult | None]
+    staged: list[tuple[int, Instance, files.StagedFile]] = field(default_factory=list)
+    named: bool = False
+    records: list[dict] = field(default_factory=list)
+    dirs: set[Path] = field(default_factory=set)
+
+    def outcome(self) -> list[IngestResult]:
+        """The results, in input order."""
+        return [r for r in self.results if r is not None]
 
 
 class Archive:
@@ -119,10 +137,99 @@ class Archive:
         followed by the importer). Raises StorageFullError when the disk is full; nothing of the
         batch is then acknowledged, and no temp file is left behind. With `dry_run`, the results
         say what would happen and nothing is written.
+
+        The steps, which a caller committing several batches at once may run itself (serve
+        does): `begin_ingest`, `sync` (the data), `name`, `sync` (the names and index lines).
         """
+        if dry_run:
+            policy = self._policy(on_conflict)
+            results, checked = self._check(items, dry_run=True)
+            for i, inst in checked:
+                results[i] = self._plan(inst, items[i][1], policy)
+            return [r for r in results if r is not None]
+        batch = self.begin_ingest(items, on_conflict)
+        if not batch.staged:
+            return batch.outcome()
+        try:
+            self.sync([batch])
+        except Exception:
+            self.discard(batch)
+            raise
+        self.name(batch)
+        self.sync([batch])  # the files are stored if this fails; a re-run journals them again
+        self.index.fold_if_due()
+        return batch.outcome()
+
+    def begin_ingest(
+        self, items: Sequence[tuple[bytes, str] | tuple[bytes, str, files.StagedFile]], on_conflict: str | None = None
+    ) -> IngestBatch:
+        """Check the inputs and write each instance to a temp file in tmp/, not yet durable.
+
+        Input that cannot be stored gets its result here (skipped, or quarantined: durable).
+        A third item element, a StagedFile already holding exactly these bytes in tmp/ (serve:
+        the file the network layer streamed into), is taken as is. Thread-safe."""
+        batch = IngestBatch(self._policy(on_conflict), [item[1] for item in items], [])
+        batch.results, checked = self._check(items, dry_run=False)
+        try:
+            for i, inst in checked:
+                pre = items[i][2] if len(items[i]) > 2 and inst.data is items[i][0] else None
+                batch.staged.append((i, inst, pre or files.stage(self.tmp_dir, [inst.data], fsync=False)))
+        except OSError as exc:
+            self.discard(batch)
+            raise _storage_error(exc) from None
+        return batch
+
+    def sync(self, batches: Iterable[IngestBatch]) -> None:
+        """One durability barrier for batches at either step: the data of those not yet named,
+        the names and index journal lines of those named. Raises StorageFullError, OSError."""
+        paths: list[Path] = []
+        dirs: set[Path] = set()
+        for batch in batches:
+            if batch.named:
+                dirs |= batch.dirs
+                if batch.records and self.index.journal_path:
+                    paths.append(self.index.journal_path)
+            else:
+                paths.extend(stage.temp_path for _, _, stage in batch.staged)
+        try:
+            files.barrier(self.root, files=paths, dirs=dirs)
+        except OSError as exc:
+            raise _storage_error(exc) from None
+
+    def name(self, batch: IngestBatch) -> None:
+        """Give a batch's instances their names and journal their index records. Their data
+        must be durable (`sync`) first: a name must never point at bytes a crash could lose.
+        The names and lines become durable at the next `sync`; a line that outlives its file's
+        name in a power cut is dropped when read (Index.files_root). Not thread-safe: one
+        thread of a process at a time (the index journal)."""
+        for i, inst, stage in batch.staged:
+            result, record = self._publish(inst, stage, batch.origins[i], batch.policy)
+            batch.results[i] = result
+            if record is not None:
+                batch.records.append(record)
+            if result.status == STORED:
+                batch.dirs.add(self.path_of(result.path).parent)
+        batch.named = True
+        try:
+            self.index.add(batch.records, durable=False)
+        except OSError as exc:
+            raise _storage_error(exc) from None
+
+    @staticmethod
+    def discard(batch: IngestBatch) -> None:
+        """Remove the temp files of a batch that will not be named (its ingest failed)."""
+        if not batch.named:
+            for _, _, stage in batch.staged:
+                stage.temp_path.unlink(missing_ok=True)
+
+    def _policy(self, on_conflict: str | None) -> str:
         policy = on_conflict or self.config.on_conflict
         if policy not in ON_CONFLICT_POLICIES:
             raise UsageError(f"invalid on-conflict policy {policy!r}", hint="keep or replace")
+        return policy
+
+    def _check(self, items: Sequence[tuple], dry_run: bool) -> tuple[list[IngestResult | None], list[tuple[int, Instance]]]:
+        """Parse each input: results for those that cannot be stored, the instances of the rest."""
         results: list[IngestResult | None] = [None] * len(items)
         checked: list[tuple[int, Instance]] = []
         for i, (data, origin, *_prestaged) in enumerate(items):
@@ -134,42 +241,7 @@ class Archive:
                 results[i] = IngestResult(SKIPPED, origin, reason="DICOMDIR (media index, not an instance)")
             except InvalidDicomError as exc:
                 results[i] = IngestResult(QUARANTINED, origin, reason=str(exc)) if dry_run else self.quarantine(data, str(exc), origin)
-        if dry_run:
-            for i, inst in checked:
-                results[i] = self._plan(inst, items[i][1], policy)
-            return [r for r in results if r is not None]
-        staged: list[tuple[int, Instance, files.StagedFile]] = []
-        try:
-            for i, inst in checked:
-                # A third item element, a StagedFile already holding exactly these bytes in
-                # tmp/ (serve: the file the network layer streamed into), is published as is.
-                pre = items[i][2] if len(items[i]) > 2 and inst.data is items[i][0] else None
-                staged.append((i, inst, pre or files.stage(self.tmp_dir, [inst.data], fsync=False)))
-            # Data first: a name must never point at bytes that a crash could still lose.
-            files.barrier(self.root, files=[s.temp_path for _, _, s in staged])
-        except OSError as exc:
-            for _, _, s in staged:
-                s.temp_path.unlink(missing_ok=True)
-            raise _storage_error(exc) from None
-        records, dirs = [], set()
-        for i, inst, stage in staged:
-            result, record = self._publish(inst, stage, items[i][1], policy)
-            results[i] = result
-            if record is not None:
-                records.append(record)
-            if result.status == STORED:
-                dirs.add(self.path_of(result.path).parent)
-        try:
-            # The journal lines and the names become durable in one sync: a line that outlives
-            # its file's name in a power cut is dropped when read (Index.files_root).
-            self.index.add(records, durable=False)
-            journal = self.index.journal_path
-            if staged or records:
-                files.barrier(self.root, files=[journal] if records and journal else [], dirs=dirs)
-        except OSError as exc:  # the files are stored; a re-run journals them again (duplicates)
-            raise _storage_error(exc) from None
-        self.index.fold_if_due()
-        return [r for r in results if r is not None]
+        return results, checked
 
     def _publish(self, inst: Instance, stage: files.StagedFile, origin: str, policy: str):
         """Give a staged instance its name, applying the duplicate policy. Returns (result, record)."""

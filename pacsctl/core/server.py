@@ -1,8 +1,8 @@
 """`pacsctl serve` as a library: the network layer's handlers, backed by the archive.
 
-- store: the received file goes through `Archive.ingest` (durable and indexed before the
-  C-STORE is answered). Stores from concurrent associations are committed together (one round
-  of fsyncs per batch: group commit). Disk full -> 0xA700; unparsable -> 0xC000 and the bytes
+- store: the received file goes through the archive's ingest steps (durable and indexed before
+  the C-STORE is answered). Stores from concurrent associations share their fsyncs (group
+  commit, pipelined: see GroupCommitter). Disk full -> 0xA700; unparsable -> 0xC000 and the bytes
   kept in quarantine; a conflicting copy (same UID, other bytes) -> quarantined, 0xB000.
 - find: the index query behind `pacsctl ls` (`core.query.find_records`), identifiers decoded
   and encoded by `core.identifiers` (character sets honoured).
@@ -27,7 +27,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from pacsctl.config import CONFIG_NAME, load_config
-from pacsctl.core.archive import AUDIT_LOG, DUPLICATE, QUARANTINED, SKIPPED, STORED, Archive
+from pacsctl.core.archive import AUDIT_LOG, DUPLICATE, QUARANTINED, SKIPPED, STORED, Archive, IngestBatch
 from pacsctl.core.audit import AuditLog
 from pacsctl.core.identifiers import build_response, parse_identifier
 from pacsctl.core.query import find_records
@@ -59,65 +59,114 @@ _MAX_BATCH = 64
 
 @dataclass
 class _Pending:
-    data: bytes
-    origin: str
-    done: threading.Event
+    batch: IngestBatch
+    done: bool = False
     status: int = STATUS_PROCESSING_FAILURE
-    staged: files.StagedFile | None = None
 
 
 class GroupCommitter:
-    """Group commit without a commit thread (leader/follower): a store queues its instance,
-    then whoever holds the commit lock ingests everything queued in one batch (one round of
-    fsyncs). A lone association commits its own instance with no thread hand-off; concurrent
-    ones share batches."""
+    """Group commit, pipelined, without a commit thread (leader/follower).
+
+    An instance needs two durability barriers: one for its data before its name is linked,
+    one for its name and index line before it is acknowledged. Whoever finds no barrier
+    running runs the next one for everything waiting, at either step, so one syncfs makes the
+    names of one store durable and the data of the next (measured: with two associations per
+    worker, a batch was one instance and every instance paid two barriers of its own). A lone
+    association still pays two barriers per instance; concurrent ones share them."""
 
     def __init__(self, archive: Archive, lock: threading.Lock) -> None:
         self.archive = archive
         self.lock = lock  # guards the archive (index, journal) for everything in this process
-        self._queue_lock = threading.Lock()
-        self._queued: list[_Pending] = []
+        self._cond = threading.Condition()
+        self._staged: list[_Pending] = []  # data written, not yet durable
+        self._named: list[_Pending] = []  # linked and journaled, not yet durable
+        self._syncing = False
 
     def submit(self, data: bytes, origin: str, staged: files.StagedFile | None = None) -> int:
         """Store one instance (optionally already staged in tmp/); returns its C-STORE status
         once durable and indexed."""
-        item = _Pending(data, origin, threading.Event(), staged=staged)
-        with self._queue_lock:
-            self._queued.append(item)
-        with self.lock:
-            if not item.done.is_set():
-                with self._queue_lock:
-                    batch, self._queued = self._queued[:_MAX_BATCH], self._queued[_MAX_BATCH:]
-                self._commit(batch)
-        item.done.wait()
-        return item.status
+        try:
+            batch = self.archive.begin_ingest([(data, origin, staged) if staged else (data, origin)])
+        except Exception as exc:
+            return _failure_status(exc)
+        if not batch.staged:  # skipped or quarantined by the check: nothing to commit
+            return self._settle(batch, data)
+        item = _Pending(batch)
+        with self._cond:
+            self._staged.append(item)
+        while True:
+            with self._cond:
+                while self._syncing and not item.done:
+                    self._cond.wait()
+                if item.done:
+                    return item.status
+                self._syncing = True
+                staged, self._staged = self._staged[:_MAX_BATCH], self._staged[_MAX_BATCH:]
+                named, self._named = self._named, []
+            newly_named: list[_Pending] = []
+            try:
+                newly_named = self._round(staged, named)
+            except BaseException:
+                self._finish([p for p in staged + named if not p.done], STATUS_PROCESSING_FAILURE)
+                raise
+            finally:
+                with self._cond:
+                    self._named.extend(newly_named)
+                    self._syncing = False
+                    self._cond.notify_all()
 
     def close(self) -> None:
         """Nothing is left queued once every submit has returned."""
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _round(self, staged: list[_Pending], named: list[_Pending]) -> list[_Pending]:
+        """One barrier for both steps, then name what it made durable. Returns those named."""
         try:
-            results = self.archive.ingest(
-                [(p.data, p.origin, p.staged) if p.staged else (p.data, p.origin) for p in batch]
-            )
-        except StorageFullError:
-            LOG.error("archive disk full: refusing %d instance(s) with 0xA700", len(batch))
-            statuses = [STATUS_OUT_OF_RESOURCES] * len(batch)
+            self.archive.sync(p.batch for p in staged + named)
         except Exception as exc:
-            log_failure("ingest failed", exc)
-            statuses = [STATUS_PROCESSING_FAILURE] * len(batch)
-        else:
-            statuses = []
-            for pending, result in zip(batch, results):
-                if result.status == SKIPPED:  # received bytes are never dropped
-                    try:
-                        self.archive.quarantine(pending.data, result.reason, pending.origin)
-                    except Exception as exc:
-                        log_failure("could not quarantine a skipped instance", exc)
-                statuses.append(_status_of(result))
-        for pending, status in zip(batch, statuses):
-            pending.status = status
-            pending.done.set()
+            for p in staged:
+                self.archive.discard(p.batch)
+            self._finish(staged + named, _failure_status(exc))
+            return []
+        for p in named:
+            self._finish([p], _status_of(p.batch.outcome()[0]))
+        done_naming = []
+        with self.lock:
+            try:
+                self.archive.index.fold_if_due()  # every journal line so far is durable now
+            except Exception as exc:  # the journal keeps the records; the next fold retries
+                log_failure("could not fold the index journal", exc)
+            for p in staged:
+                try:
+                    self.archive.name(p.batch)
+                except Exception as exc:
+                    self._finish([p], _failure_status(exc))
+                else:
+                    done_naming.append(p)
+        return done_naming
+
+    def _finish(self, items: list[_Pending], status: int) -> None:
+        with self._cond:
+            for p in items:
+                p.status, p.done = status, True
+
+    def _settle(self, batch: IngestBatch, data: bytes) -> int:
+        """The C-STORE status of an instance the check refused. Skipped input (not DICOM, a
+        DICOMDIR) is quarantined too: received bytes are never dropped."""
+        result = batch.outcome()[0]
+        if result.status == SKIPPED:
+            try:
+                self.archive.quarantine(data, result.reason, batch.origins[0])
+            except Exception as exc:
+                log_failure("could not quarantine a skipped instance", exc)
+        return _status_of(result)
+
+
+def _failure_status(exc: BaseException) -> int:
+    if isinstance(exc, StorageFullError):
+        LOG.error("archive disk full: refusing an instance with 0xA700")
+        return STATUS_OUT_OF_RESOURCES
+    log_failure("ingest failed", exc)
+    return STATUS_PROCESSING_FAILURE
 
 
 def _status_of(result: Any) -> int:
