@@ -66,7 +66,7 @@ class IngestBatch:
     staged: list[tuple[int, Instance, files.StagedFile]] = field(default_factory=list)
     named: bool = False
     records: list[dict] = field(default_factory=list)
-    dirs: set[Path] = field(default_factory=set)
+    dirs: set[str] = field(default_factory=set)
 
     def outcome(self) -> list[IngestResult]:
         """The results, in input order."""
@@ -78,6 +78,7 @@ class Archive:
 
     def __init__(self, root: Path, config: Config) -> None:
         self.root = root
+        self._root = str(root)
         self.config = config
         self.tmp_dir = root / TMP
         self.index = Index(root / INDEX, self.tmp_dir, files_root=root)
@@ -183,7 +184,7 @@ class Archive:
         """One durability barrier for batches at either step: the data of those not yet named,
         the names and index journal lines of those named. Raises StorageFullError, OSError."""
         paths: list[Path] = []
-        dirs: set[Path] = set()
+        dirs: set[str] = set()
         for batch in batches:
             if batch.named:
                 dirs |= batch.dirs
@@ -208,7 +209,7 @@ class Archive:
             if record is not None:
                 batch.records.append(record)
             if result.status == STORED:
-                batch.dirs.add(self.path_of(result.path).parent)
+                batch.dirs.add(os.path.dirname(os.path.join(self._root, result.path)))
         batch.named = True
         try:
             self.index.add(batch.records, durable=False)
@@ -246,7 +247,7 @@ class Archive:
     def _publish(self, inst: Instance, stage: files.StagedFile, origin: str, policy: str):
         """Give a staged instance its name, applying the duplicate policy. Returns (result, record)."""
         relpath = self.object_relpath(inst.sop_instance_uid)
-        target = self.path_of(relpath)
+        target = os.path.join(self._root, relpath)  # a str: this runs for every instance stored
         uid = inst.sop_instance_uid
         if files.publish(stage, target, replace=False):
             return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
@@ -303,7 +304,7 @@ class Archive:
             raise _storage_error(exc) from None
         return self._quarantine_file(staged.temp_path, reason, origin, sop_instance_uid)
 
-    def _quarantine_file(self, source: Path, reason: str, origin: str, sop_instance_uid: str, keep_source: bool = False) -> IngestResult:
+    def _quarantine_file(self, source: str | Path, reason: str, origin: str, sop_instance_uid: str, keep_source: bool = False) -> IngestResult:
         now = dt.datetime.now(dt.timezone.utc)
         folder = files.ensure_dir(self.root / QUARANTINE / now.strftime("%Y-%m-%d"))
         # Named by content, so quarantining the same bytes again (a re-run import) adds nothing.
@@ -332,7 +333,7 @@ class Archive:
         return sorted(records, key=lambda r: (r.get("time", ""), r["path"]))
 
 
-def _filed_under(path: Path) -> tuple[str, str]:
+def _filed_under(path: str | Path) -> tuple[str, str]:
     """(StudyInstanceUID, SeriesInstanceUID) of an archived file, empty strings if unreadable."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])

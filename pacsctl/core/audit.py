@@ -22,6 +22,9 @@ FILE_MODE = 0o600
 # Keys that must never reach the audit log, whatever a caller passes.
 _FORBIDDEN = frozenset({"PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs"})
 
+# One encoder for every record (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
 
 class AuditLog:
     """Appends audit records to one NDJSON file; thread-safe, multi-process safe."""
@@ -35,7 +38,7 @@ class AuditLog:
         """Write one record (adds `time` when missing). Patient identifiers are dropped."""
         clean = {k: v for k, v in record.items() if k not in _FORBIDDEN}
         clean.setdefault("time", datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
-        line = json.dumps(clean, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+        line = _ENCODER.encode(clean) + "\n"
         with self._lock:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)

@@ -19,6 +19,7 @@ before and nothing can wait longer than it did.
 from __future__ import annotations
 
 import os
+import re
 import select
 import struct
 import threading
@@ -32,11 +33,14 @@ from pynetdicom import association as _association
 from pynetdicom import dul as _dul
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom import _config as _pynetdicom_config
+from pynetdicom import dimse_primitives as _dimse_primitives
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
+from pydicom.uid import RE_VALID_UID, UID
 
 
 def _association_wait(assoc: Association, seconds: float) -> None:
@@ -127,6 +131,22 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     return buf
 
 
+_conformant_uid = re.compile(RE_VALID_UID).match
+_pynetdicom_set_uid = _dimse_primitives.set_uid
+
+
+def _set_uid(value: Any, name: str, allow_empty: bool = True, allow_none: bool = True,
+             validate: bool = True) -> UID | None:
+    """pynetdicom's `set_uid` for DIMSE primitives (several UIDs per message), with the common
+    case first: a conformant UID of 1-64 characters passes its validator and is not warned
+    about, so it is returned as a UID at once (pynetdicom re-checked it with an uncompiled
+    regex and copied it into a new UID). Everything else goes to pynetdicom's function."""
+    if (isinstance(value, str) and validate and 0 < len(value) < 65
+            and not _pynetdicom_config.ENFORCE_UID_CONFORMANCE and _conformant_uid(value)):
+        return value if type(value) is UID else UID(value)
+    return _pynetdicom_set_uid(value, name, allow_empty, allow_none, validate)
+
+
 def _shim() -> SimpleNamespace:
     ns = SimpleNamespace(**{k: getattr(_time, k) for k in dir(_time) if not k.startswith("__")})
     ns.sleep = _sleep
@@ -151,6 +171,7 @@ def install() -> None:
     DULServiceProvider.send_pdu = _send_pdu  # type: ignore[method-assign]
     AssociationSocket.recv = _recv  # type: ignore[method-assign]
     DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
+    _dimse_primitives.set_uid = _set_uid  # type: ignore[attr-defined]
     # pydicom checks every UID made against the standard's pattern (a regex), and pynetdicom
     # makes several per message: ~10% of the CPU a received C-STORE costs here. The checks only
     # warn, and nothing reads the warnings: data sets are stored as received, identifiers are

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import hashlib
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ def _load_syncfs():
 _syncfs = _load_syncfs()
 
 
-def barrier(anchor: Path, files: Iterable[Path] = (), dirs: Iterable[Path] = ()) -> None:
+def barrier(anchor: Path, files: Iterable[str | Path] = (), dirs: Iterable[str | Path] = ()) -> None:
     """Make the data of `files` and the entries of `dirs` (and any folders made on the way) durable.
 
     Group commit: on Linux one syncfs(2) of the file system holding `anchor` flushes a whole batch
@@ -66,13 +67,16 @@ def barrier(anchor: Path, files: Iterable[Path] = (), dirs: Iterable[Path] = ())
             os.close(fd)
         return
     make_durable(files)
-    for folder in {p for d in dirs for p in (d, d.parent, d.parent.parent)}:
+    for folder in {p for d in map(Path, dirs) for p in (d, d.parent, d.parent.parent)}:
         fsync_dir(folder)
+
+
+_PLAIN_UID = re.compile(r"[0-9.]{1,64}").fullmatch
 
 
 def safe_file_name(uid: str) -> str:
     """A file name for a UID: the UID itself when it is digits and dots, else a hash of it."""
-    if uid and len(uid) <= 64 and all(c.isdigit() or c == "." for c in uid):
+    if _PLAIN_UID(uid) or (uid and len(uid) <= 64 and all(c.isdigit() or c == "." for c in uid)):
         return uid
     return "x" + hashlib.sha1(uid.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -155,13 +159,21 @@ def make_durable(paths: Iterable[Path]) -> None:
             os.close(fd)
 
 
-def publish(staged: StagedFile, target: Path, replace: bool) -> bool:
+def publish(staged: StagedFile, target: str | Path, replace: bool) -> bool:
     """Give a staged temp file its final name. Returns False if `target` exists and not `replace`.
 
     Without `replace` this is an atomic create-if-absent (hard link), safe between processes.
-    The caller makes the names durable afterwards, once per batch (`barrier`).
+    Missing folders are made on the way. The caller makes the names durable afterwards, once
+    per batch (`barrier`).
     """
-    ensure_dir(target.parent, durable=False)
+    try:
+        return _publish(staged, target, replace)
+    except FileNotFoundError:  # the folder is new (the source missing raises again below)
+        ensure_dir(Path(target).parent, durable=False)
+        return _publish(staged, target, replace)
+
+
+def _publish(staged: StagedFile, target: str | Path, replace: bool) -> bool:
     if replace:
         os.replace(staged.temp_path, target)
         return True
@@ -172,7 +184,7 @@ def publish(staged: StagedFile, target: Path, replace: bool) -> bool:
     except OSError as exc:  # file systems without hard links: fall back to a checked rename
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK):
             raise
-        if target.exists():
+        if os.path.lexists(target):
             return False
         os.rename(staged.temp_path, target)
         return True
