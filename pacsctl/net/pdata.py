@@ -20,6 +20,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_items import PresentationDataValueItem
 
+from pacsctl.net import faststore
+
 LOGGER = logging.getLogger("pynetdicom.dul")
 
 _PDU_TYPES = frozenset(range(0x01, 0x08))
@@ -80,16 +82,21 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
                      f"{6 + pdu_length} bytes received)")
         self.event_queue.put("Evt17")
         return
+    fast = pdu_type == _P_DATA_TF and not any(self.assoc.get_handlers(e) for e in _RAW_PDU_EVENTS)
     try:
-        if pdu_type == _P_DATA_TF and not any(self.assoc.get_handlers(e) for e in _RAW_PDU_EVENTS):
+        if fast:
             pdu, event = decode_p_data(body), "Evt10"
         else:
             pdu, event = self._decode_pdu(bytearray(header) + body)
-        self.event_queue.put(event)
     except Exception:
         LOGGER.error("Unable to decode the received PDU data")
         self.event_queue.put("Evt19")
         return
+    if fast:
+        pdu = faststore.serve_p_data(self, pdu)
+        if pdu is None:  # served here: nothing for pynetdicom's state machine
+            return
+    self.event_queue.put(event)
     self._recv_pdu.put(pdu)
 
 

@@ -106,6 +106,17 @@ def _temp_file(*args: Any, **kwargs: Any) -> _StreamFile:
     return _StreamFile(_temp_dir or tempfile.gettempdir())
 
 
+def open_stream(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> _StreamFile:
+    """A file for a data set about to arrive, holding what pynetdicom would have written first
+    (preamble, DICM, File Meta group); `data_offset` says where the data set starts."""
+    stream = _temp_file()
+    head = b"\x00" * 128 + b"DICM" + encode_file_meta(sop_class_uid, sop_instance_uid,
+                                                       transfer_syntax, _peer_aet())
+    stream.write(head)
+    stream.data_offset = len(head)  # type: ignore[attr-defined]
+    return stream
+
+
 class _Meta(NamedTuple):
     sop_class_uid: str
     sop_instance_uid: str

@@ -36,7 +36,7 @@ from pynetdicom.sop_class import (
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
 from pacsctl.errors import NetworkError, UsageError
-from pacsctl.net import pdata, receive, sending, tls, tuning
+from pacsctl.net import faststore, pdata, receive, sending, tls, tuning
 from pacsctl.net.balance import WorkerSlot
 from pacsctl.net.listener import AcceptorAE, ConnectionHandler, Server
 from pacsctl.net.types import (
@@ -192,6 +192,7 @@ class _Dispatcher:
             self.audit("release", assoc_info(event.assoc))
 
     def on_aborted(self, event: evt.Event) -> None:
+        faststore.abandon(event.assoc.dul)  # a data set cut off mid-way: its temp file goes
         if event.assoc.is_acceptor:
             self.audit("abort", assoc_info(event.assoc))
 
@@ -201,28 +202,45 @@ class _Dispatcher:
         return 0x0000
 
     def on_store(self, event: evt.Event) -> int:
-        tuning.mark_busy()
         req = event.request
-        info = assoc_info(event.assoc)
-        sop_class = str(req.AffectedSOPClassUID)
-        sop_instance = str(req.AffectedSOPInstanceUID)
-        ts = str(event.context.transfer_syntax)
+        path, offset = req._dataset_path, None
+        if isinstance(path, tuple):  # pynetdicom's (path, offset) form on the send side
+            path, offset = path
+        originator = req.MoveOriginatorApplicationEntityTitle
+        return self.store_received(
+            event.assoc, str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID),
+            str(event.context.transfer_syntax), getattr(req, "_dataset_file", None), path,
+            str(originator).strip() if originator else None, offset)
+
+    def store_received(self, assoc: Association, sop_class: str, sop_instance: str, ts: str,
+                       stream: Any, path: Any, move_originator: str | None,
+                       offset: int | None = None) -> int:
+        """Hand a received data set (in `stream`, a receive._StreamFile, at `path`) to the
+        store handler; audit it; return the C-STORE status. pynetdicom's C-STORE event and the
+        DUL-thread path (faststore) both end here."""
+        info = assoc_info(assoc)
         if self.h.store is None:
             status = 0x0122  # SOP class not supported
         else:
             # All fragments are written and flushed. Close it now (pynetdicom would after the
             # handler) so the receiver may take the file over: link or rename it into place.
-            tmp_file = getattr(event.request, "_dataset_file", None)
-            if tmp_file is not None:
-                tmp_file.close()
-            failed = receive.stream_error(tmp_file)
-            path, offset = event.request._dataset_path, None
-            if isinstance(path, tuple):  # pynetdicom's (path, offset) form on the send side
-                path, offset = path
+            if stream is not None:
+                stream.close()
+            failed = receive.stream_error(stream)
             if failed is not None:
                 status = _write_failure_status(failed, sop_instance)
             else:
-                status = self._store(req, info, Path(path), offset, sop_class, sop_instance, ts)
+                if offset is None:
+                    offset = getattr(stream, "data_offset", None) or _data_offset(Path(path))
+                status = self._store(StoreRequest(
+                    sop_class_uid=sop_class,
+                    sop_instance_uid=sop_instance,
+                    transfer_syntax_uid=ts,
+                    assoc=info,
+                    path=Path(path),
+                    data_offset=offset,
+                    move_originator_aet=move_originator,
+                ))
         self.audit(
             "store",
             info,
@@ -233,27 +251,11 @@ class _Dispatcher:
         )
         return status
 
-    def _store(self, req: Any, info: AssocInfo, path: Path, offset: int | None, sop_class: str,
-               sop_instance: str, ts: str) -> int:
-        if offset is None:
-            offset = _data_offset(path)
-        store_req = StoreRequest(
-            sop_class_uid=sop_class,
-            sop_instance_uid=sop_instance,
-            transfer_syntax_uid=ts,
-            assoc=info,
-            path=path,
-            data_offset=offset,
-            move_originator_aet=(
-                str(req.MoveOriginatorApplicationEntityTitle).strip()
-                if req.MoveOriginatorApplicationEntityTitle
-                else None
-            ),
-        )
+    def _store(self, store_req: StoreRequest) -> int:
         try:
             return int(self.h.store(store_req))
         except Exception as exc:
-            log_failure(f"store handler failed for {sop_instance}", exc)
+            log_failure(f"store handler failed for {store_req.sop_instance_uid}", exc)
             return STATUS_PROCESSING_FAILURE
 
     def _query(self, event: evt.Event) -> tuple[QueryModel, str, Dataset, QueryContext]:
@@ -482,6 +484,7 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
     tuning.install()
     pdata.install()
     d = _Dispatcher(handlers, options)
+    faststore.enable(ae, d.store_received)
     handlers_list = [
         (evt.EVT_C_ECHO, d.on_echo),
         (evt.EVT_C_STORE, d.on_store),

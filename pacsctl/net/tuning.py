@@ -29,18 +29,20 @@ from types import SimpleNamespace
 from typing import Any
 
 from pydicom import config as pydicom_config
+from pydicom.uid import RE_VALID_UID, UID
+from pynetdicom import _config as _pynetdicom_config
 from pynetdicom import association as _association
+from pynetdicom import dimse_primitives as _dimse_primitives
 from pynetdicom import dul as _dul
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom import _config as _pynetdicom_config
-from pynetdicom import dimse_primitives as _dimse_primitives
-from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
-from pydicom.uid import RE_VALID_UID, UID
+
+from pacsctl.net.faststore import encode_c_store_rsp
 
 
 def _association_wait(assoc: Association, seconds: float) -> None:
@@ -185,28 +187,6 @@ def install() -> None:
 # it with pydicom (~0.5-1 ms of CPU per C-STORE here). A plain C-STORE-RSP is six fixed
 # elements: encode them directly (implicit VR little endian, PS3.7 table 9.3-2).
 
-def _element(elem: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, elem, len(value)) + value
-
-
-def _uid(value: object) -> bytes:
-    raw = str(value).encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
-def encode_c_store_rsp(primitive: C_STORE) -> bytes:
-    """The command set of a C-STORE-RSP for `primitive` (no optional status elements)."""
-    body = b"".join((
-        _element(0x0002, _uid(primitive.AffectedSOPClassUID)),
-        _element(0x0100, struct.pack("<H", 0x8001)),
-        _element(0x0120, struct.pack("<H", primitive.MessageIDBeingRespondedTo)),
-        _element(0x0800, struct.pack("<H", 0x0101)),
-        _element(0x0900, struct.pack("<H", primitive.Status)),
-        _element(0x1000, _uid(primitive.AffectedSOPInstanceUID)),
-    ))
-    return _element(0x0000, struct.pack("<I", len(body))) + body
-
-
 _original_send_msg = DIMSEServiceProvider.send_msg
 
 
@@ -223,7 +203,9 @@ def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> No
     ):
         pdata = P_DATA()
         pdata.presentation_data_value_list.append(
-            (context_id, b"\x03" + encode_c_store_rsp(primitive))
+            (context_id, b"\x03" + encode_c_store_rsp(
+                primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo,
+                primitive.Status, primitive.AffectedSOPInstanceUID))
         )
         self.dul.send_pdu(pdata)
         return

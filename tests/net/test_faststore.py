@@ -1,0 +1,95 @@
+"""C-STOREs served in the DUL thread (faststore) and by pynetdicom store the same bytes; a data
+set cut off by an abort leaves no temp file."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.dsutils import split_dataset
+
+from pacsctl.net import faststore, scu
+from pacsctl.net.receive import decode_store_command
+
+
+@pytest.mark.parametrize("pdu_size, in_dul_thread", [(1 << 20, True), (128, False)])
+def test_both_paths_store_the_bytes_as_sent(serve, dicom_test_files, monkeypatch, pdu_size, in_dul_thread):
+    """A command set that arrives whole is served where the PDUs are read; with a 128-byte PDU
+    limit it is split over PDUs and pynetdicom serves it. The stored data sets are identical."""
+    served: list[str] = []
+    finish = faststore._finish
+
+    def counting(dul, incoming):
+        served.append(incoming.sop_instance)
+        finish(dul, incoming)
+
+    monkeypatch.setattr(faststore, "_finish", counting)
+    files = [p for p in dicom_test_files if not p.name.startswith("DICOMDIR")][:6]
+    s = serve(maximum_pdu_size=pdu_size)
+    results = scu.store(s.node, files)
+    assert all(r.ok for r in results), [r for r in results if not r.ok]
+    assert len(served) == (len(files) if in_dul_thread else 0)
+    for path in files:
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID)
+        req = next(r for r in s.archive.requests if r.sop_instance_uid == uid)
+        _, offset = split_dataset(path)
+        if not path.name.endswith("deflate.dcm"):
+            assert s.archive.files[uid].read_bytes()[req.data_offset:] == path.read_bytes()[offset:]
+        assert req.file_meta.TransferSyntaxUID == req.transfer_syntax_uid
+
+
+def _p_data(context_id: int, control: int, value: bytes) -> bytes:
+    item = struct.pack(">LBB", len(value) + 2, context_id, control) + value
+    return struct.pack(">BBL", 0x04, 0, len(item)) + item
+
+
+def test_abort_in_the_middle_of_a_data_set_leaves_no_temp_file(serve, ct_factory):
+    """The sender aborts after the command and part of the data set: nothing stored, nothing
+    left in the temp folder, and the node goes on serving."""
+    s = serve()
+    path = ct_factory()
+    ds = pydicom.dcmread(path)
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(ds.SOPClassUID, str(ds.file_meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", s.node.port, ae_title=s.node.aet)
+    assert assoc.is_established
+    context_id = assoc.accepted_contexts[0].context_id
+    command = _c_store_rq(str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+    assert decode_store_command(command) is not None  # the node's fast path takes this one
+    _, offset = split_dataset(path)
+    data = path.read_bytes()[offset:]
+    assoc.dul.socket.send(_p_data(context_id, 0x03, command))
+    assoc.dul.socket.send(_p_data(context_id, 0x00, data[: len(data) // 2]))
+    temp = s.scp.options.temp_dir
+    _wait(lambda: list(temp.glob(".incoming-*")) != [])  # the data set is arriving
+    assoc.abort()
+    _wait(lambda: list(temp.glob(".incoming-*")) == [])
+    assert list(temp.glob(".incoming-*")) == []
+    assert s.archive.files == {}
+    assert all(r.ok for r in scu.store(s.node, [path]))
+
+
+def _wait(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _c_store_rq(sop_class: str, sop_instance: str) -> bytes:
+    """A C-STORE-RQ command set (implicit VR little endian)."""
+    def elem(tag: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", 0, tag, len(value)) + value
+
+    def uid(text: str) -> bytes:
+        raw = text.encode()
+        return raw + b"\0" if len(raw) % 2 else raw
+
+    body = b"".join((
+        elem(0x0002, uid(sop_class)), elem(0x0100, struct.pack("<H", 0x0001)),
+        elem(0x0110, struct.pack("<H", 7)), elem(0x0700, struct.pack("<H", 0)),
+        elem(0x0800, struct.pack("<H", 0x0000)), elem(0x1000, uid(sop_instance)),
+    ))
+    return elem(0x0000, struct.pack("<I", len(body))) + body
