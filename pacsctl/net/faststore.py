@@ -92,7 +92,8 @@ def _begin(dul: DULServiceProvider, context_id: int, value: Any) -> _Incoming | 
         return None
     assoc = dul.assoc
     store = getattr(assoc.ae, "_pacsctl_store", None)
-    if (store is None or dul.state_machine.current_state != "Sta6" or assoc._sent_release
+    if (store is None or not assoc.is_acceptor or dul.state_machine.current_state != "Sta6"
+            or assoc._sent_release
             or assoc.dimse.message is not None or not dul.event_queue.empty()
             or any(assoc.get_handlers(e) for e in _BYPASSED_EVENTS)):
         return None

@@ -54,7 +54,15 @@ def decode_p_data(body: bytearray) -> P_DATA_TF:
 
 def _read_pdu_data(self: DULServiceProvider) -> None:
     """pynetdicom's `DULServiceProvider._read_pdu_data`, same events (Evt17 for a closed or
-    short connection, Evt19 for an unknown or undecodable PDU), without the copies."""
+    short connection, Evt19 for an unknown or undecodable PDU), without the copies. While a
+    data set is arriving for faststore, its PDUs are read one after the other here, without
+    a trip through the reactor loop for each (its readiness select, timers and queues)."""
+    while _read_one_pdu(self) and getattr(self, "_pacsctl_incoming", None) is not None:
+        pass
+
+
+def _read_one_pdu(self: DULServiceProvider) -> bool:
+    """Read one PDU and pass it on; True when faststore took all of it."""
     sock = self.socket
     assert sock is not None
     try:
@@ -62,26 +70,26 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
     except (OSError, TimeoutError):
         LOGGER.error("Connection closed before the entire PDU was received")
         self.event_queue.put("Evt17")
-        return
+        return False
     if len(header) != 6:
         self.event_queue.put("Evt17")
-        return
+        return False
     pdu_type, _, pdu_length = struct.unpack(">BBL", header)
     if pdu_type not in _PDU_TYPES:
         LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
         self.event_queue.put("Evt19")
-        return
+        return False
     try:
         body = sock.recv(pdu_length) if pdu_length else bytearray()
     except (OSError, TimeoutError):
         LOGGER.error("Connection closed before the entire PDU was received")
         self.event_queue.put("Evt17")
-        return
+        return False
     if len(body) != pdu_length:
         LOGGER.error(f"The received PDU is shorter than expected ({6 + len(body)} of "
                      f"{6 + pdu_length} bytes received)")
         self.event_queue.put("Evt17")
-        return
+        return False
     fast = pdu_type == _P_DATA_TF and not any(self.assoc.get_handlers(e) for e in _RAW_PDU_EVENTS)
     try:
         if fast:
@@ -91,13 +99,14 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
     except Exception:
         LOGGER.error("Unable to decode the received PDU data")
         self.event_queue.put("Evt19")
-        return
+        return False
     if fast:
         pdu = faststore.serve_p_data(self, pdu)
         if pdu is None:  # served here: nothing for pynetdicom's state machine
-            return
+            return True
     self.event_queue.put(event)
     self._recv_pdu.put(pdu)
+    return False
 
 
 _installed = False
