@@ -94,13 +94,18 @@ def _write_failure_status(exc: OSError, sop_instance: str) -> int:
 
 
 def assoc_info(assoc: Association) -> AssocInfo:
-    """Who is calling whom, from an acceptor association."""
-    return AssocInfo(
-        calling_aet=str(assoc.requestor.ae_title).strip(),
-        called_aet=str(assoc.acceptor.ae_title).strip(),
-        peer_host=str(assoc.requestor.address),
-        peer_port=int(assoc.requestor.port or 0),
-    )
+    """Who is calling whom, from an acceptor association (kept on it once established)."""
+    info = getattr(assoc, "_pacsctl_info", None)
+    if info is None:
+        info = AssocInfo(
+            calling_aet=str(assoc.requestor.ae_title).strip(),
+            called_aet=str(assoc.acceptor.ae_title).strip(),
+            peer_host=str(assoc.requestor.address),
+            peer_port=int(assoc.requestor.port or 0),
+        )
+        if assoc.is_established:
+            assoc._pacsctl_info = info  # type: ignore[attr-defined]
+    return info
 
 
 class RunningScp:

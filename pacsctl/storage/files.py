@@ -169,8 +169,23 @@ def publish(staged: StagedFile, target: str | Path, replace: bool) -> bool:
     try:
         return _publish(staged, target, replace)
     except FileNotFoundError:  # the folder is new (the source missing raises again below)
-        ensure_dir(Path(target).parent, durable=False)
+        _make_dirs(os.path.dirname(target))
         return _publish(staged, target, replace)
+
+
+def _make_dirs(path: str) -> None:
+    """`ensure_dir(path, durable=False)` for a str path, without pathlib's cost: the fan-out
+    folders of a young archive are new for most instances stored."""
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        _make_dirs(os.path.dirname(path))
+        try:
+            os.mkdir(path, DIR_MODE)
+        except FileExistsError:
+            pass
 
 
 def _publish(staged: StagedFile, target: str | Path, replace: bool) -> bool:
