@@ -93,3 +93,33 @@ def _c_store_rq(sop_class: str, sop_instance: str) -> bytes:
         elem(0x0800, struct.pack("<H", 0x0000)), elem(0x1000, uid(sop_instance)),
     ))
     return elem(0x0000, struct.pack("<I", len(body))) + body
+
+
+def test_stores_echoes_and_finds_interleave_on_one_association(serve, ct_factory, monkeypatch):
+    """C-STOREs served in the DUL thread and messages pynetdicom serves (C-ECHO, C-FIND) take
+    turns on one association; each gets its own answer, and the release still works."""
+    served: list[str] = []
+    finish = faststore._finish
+    monkeypatch.setattr(faststore, "_finish", lambda dul, inc: (served.append(inc.sop_instance), finish(dul, inc))[1])
+    s = serve()
+    paths = [ct_factory(sop_uid=f"1.2.3.9.{i}") for i in range(3)]
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.2.1.1")  # Patient Root FIND
+    ae.add_requested_context(pydicom.dcmread(paths[0]).SOPClassUID, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", s.node.port, ae_title=s.node.aet)
+    assert assoc.is_established
+    try:
+        for path in paths:
+            assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
+            assert assoc.send_c_echo().Status == 0
+        query = pydicom.Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.SOPInstanceUID = ""
+        found = [ds for status, ds in assoc.send_c_find(query, "1.2.840.10008.5.1.4.1.2.1.1")
+                 if status and status.Status in (0xFF00, 0xFF01)]
+        assert sorted(str(ds.SOPInstanceUID) for ds in found) == sorted(served)
+    finally:
+        assoc.release()
+    assert not assoc.is_established and assoc.is_released
+    assert served == ["1.2.3.9.0", "1.2.3.9.1", "1.2.3.9.2"]
