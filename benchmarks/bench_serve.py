@@ -7,9 +7,9 @@ DCMTK `storescu` (TCP_NODELAY=1) sends the corpus (CT 512x512x16 bit, see corpus
 - DCMTK `storescp` (writes files, no fsync, no index),
 - Orthanc 1.10 (SQLite index),
 each fresh and empty, with 1 and with 4 associations at once, in interleaved rounds. Prints the
-best wall seconds of each, instances per second, and the ratios pacsctl/storescp and
-pacsctl/Orthanc (lower is better). The machine is noisy: only ratios measured in the same run
-mean anything, and the best of several rounds is the steadiest figure.
+best wall seconds of each, instances per second, the median, and the ratios pacsctl/storescp
+and pacsctl/Orthanc of the bests and of the medians (lower is better). The machine is noisy:
+only ratios measured in the same run mean anything.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,20 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     files = corpus_files(args.corpus)[: args.count]
     size = sum(f.stat().st_size for f in files) / 1e6
     print(f"corpus: {len(files)} instances, {size:.0f} MB, {args.corpus}")
-    print(f"{'assoc':>5} {'receiver':<22} {'seconds':>8} {'inst/s':>7}   (best of {args.repeat})")
+    print(f"{'assoc':>5} {'receiver':<22} {'seconds':>8} {'inst/s':>7} {'median':>8}"
+          f"   (best and median of {args.repeat})")
     for n in args.assoc:
-        best: dict[str, float] = {}
+        times: dict[str, list[float]] = {}
         ours_name = f"pacsctl ({args.workers} workers)"
         for _ in range(args.repeat):  # interleaved rounds: each peer sees the same noise
             secs = time_pacsctl(files, n, args.workers, args.work or Path(tempfile.gettempdir()))
-            best[ours_name] = min(best.get(ours_name, secs), secs)
+            times.setdefault(ours_name, []).append(secs)
             for name, t in peer_baselines(files, associations=n, work_dir=args.work).items():
-                best[name] = min(best.get(name, t), t)
+                times.setdefault(name, []).append(t)
+        best = {name: min(ts) for name, ts in times.items()}
+        median = {name: statistics.median(ts) for name, ts in times.items()}
         for name, secs in best.items():
-            print(f"{n:>5} {name:<22} {secs:8.2f} {len(files) / secs:7.0f}")
+            print(f"{n:>5} {name:<22} {secs:8.2f} {len(files) / secs:7.0f} {median[name]:8.2f}")
         for name, secs in best.items():
             if name != ours_name:
-                print(f"{n:>5} ratio pacsctl/{name:<10} {best[ours_name] / secs:8.2f}")
+                print(f"{n:>5} ratio pacsctl/{name:<10} {best[ours_name] / secs:8.2f} "
+                      f"{median[ours_name] / median[name]:15.2f}")
     return 0
 
 
