@@ -11,6 +11,8 @@ between the command and the data set: temp file 0.29 ms, `create_file_meta` 0.12
   file system, so the archive can link the file into place instead of copying it);
 - a File Meta group encoded directly (explicit VR little endian; the same elements and values
   pynetdicom writes).
+
+`open_stream` makes the same file, head written, for the C-STOREs `faststore` serves itself.
 """
 
 from __future__ import annotations

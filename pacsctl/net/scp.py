@@ -203,7 +203,6 @@ class _Dispatcher:
 
     # -- services ----------------------------------------------------------------------------
     def on_echo(self, event: evt.Event) -> int:
-        tuning.mark_busy()
         return 0x0000
 
     def on_store(self, event: evt.Event) -> int:

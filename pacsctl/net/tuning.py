@@ -188,10 +188,6 @@ def _shim() -> SimpleNamespace:
 _installed = False
 
 
-def mark_busy() -> None:
-    """Kept for callers; waiting is event-driven now, so there is nothing to note."""
-
-
 def install() -> None:
     """Swap the reactors' `time` module and hook `send_pdu` (idempotent)."""
     global _installed
