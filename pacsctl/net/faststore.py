@@ -13,7 +13,6 @@ DIMSE event handlers bound, release in progress) takes pynetdicom's path, messag
 
 from __future__ import annotations
 
-import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 
 from pacsctl.net import receive
-
-LOG = logging.getLogger(__name__)
 
 # (assoc, sop_class, sop_instance, transfer_syntax, stream, path, move_originator) -> status
 StoreCallable = Callable[[Any, str, str, str, Any, str, "str | None"], int]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import re
 import select
-import struct
 import threading
 import time as _time
 import weakref
