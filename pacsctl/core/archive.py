@@ -78,7 +78,6 @@ class Archive:
 
     def __init__(self, root: Path, config: Config) -> None:
         self.root = root
-        self._root = str(root)
         self.config = config
         self.tmp_dir = root / TMP
         self.index = Index(root / INDEX, self.tmp_dir, files_root=root)
@@ -147,7 +146,7 @@ class Archive:
             results, checked = self._check(items, dry_run=True)
             for i, inst in checked:
                 results[i] = self._plan(inst, items[i][1], policy)
-            return [r for r in results if r is not None]
+            return IngestBatch(policy, [], results).outcome()
         batch = self.begin_ingest(items, on_conflict)
         if not batch.staged:
             return batch.outcome()
@@ -209,7 +208,7 @@ class Archive:
             if record is not None:
                 batch.records.append(record)
             if result.status == STORED:
-                batch.dirs.add(os.path.dirname(os.path.join(self._root, result.path)))
+                batch.dirs.add(os.path.dirname(os.path.join(self.root, result.path)))
         batch.named = True
         try:
             self.index.add(batch.records, durable=False)
@@ -247,7 +246,7 @@ class Archive:
     def _publish(self, inst: Instance, stage: files.StagedFile, origin: str, policy: str):
         """Give a staged instance its name, applying the duplicate policy. Returns (result, record)."""
         relpath = self.object_relpath(inst.sop_instance_uid)
-        target = os.path.join(self._root, relpath)  # a str: this runs for every instance stored
+        target = os.path.join(self.root, relpath)  # a str, not a Path: this runs for every instance
         uid = inst.sop_instance_uid
         if files.publish(stage, target, replace=False):
             return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
