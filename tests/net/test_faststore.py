@@ -72,6 +72,33 @@ def test_abort_in_the_middle_of_a_data_set_leaves_no_temp_file(serve, ct_factory
     assert all(r.ok for r in scu.store(s.node, [path]))
 
 
+def test_a_command_before_the_data_set_ended_drops_it_and_is_served(serve, ct_factory):
+    """A peer that sends a new command (C-ECHO) in the middle of a C-STORE's data set: the
+    partial data set is dropped with its temp file, the echo is answered, nothing is stored."""
+    s = serve()
+    path = ct_factory()
+    ds = pydicom.dcmread(path)
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.add_requested_context(ds.SOPClassUID, str(ds.file_meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", s.node.port, ae_title=s.node.aet)
+    assert assoc.is_established
+    try:
+        storage = next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == ds.SOPClassUID)
+        _, offset = split_dataset(path)
+        data = path.read_bytes()[offset:]
+        assoc.dul.socket.send(_p_data(storage.context_id, 0x03,
+                                      _c_store_rq(str(ds.SOPClassUID), str(ds.SOPInstanceUID))))
+        assoc.dul.socket.send(_p_data(storage.context_id, 0x00, data[: len(data) // 2]))
+        temp = s.scp.options.temp_dir
+        _wait(lambda: list(temp.glob(".incoming-*")) != [])
+        assert assoc.send_c_echo().Status == 0
+        assert list(temp.glob(".incoming-*")) == []
+    finally:
+        assoc.release()
+    assert s.archive.files == {}
+
+
 def _wait(condition, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition() and time.monotonic() < deadline:
