@@ -28,16 +28,31 @@ def ensure_dir(path: Path, durable: bool = True) -> Path:
 
     With `durable=False` the caller makes the new names durable itself (see `barrier`).
     """
-    if path.is_dir():
-        return path
-    ensure_dir(path.parent, durable)
+    for made in make_dirs(os.fspath(path)):
+        if durable:  # the new folder's name must survive a crash like the files in it
+            fsync_dir(Path(os.path.dirname(made)))
+    return path
+
+
+def make_dirs(path: str) -> list[str]:
+    """Create `path` and missing parents (0700), trying mkdir first rather than asking first:
+    the fan-out folders of a young archive are new for most instances stored. Returns the
+    folders it created, parents first; their names are not yet durable."""
     try:
         os.mkdir(path, DIR_MODE)
     except FileExistsError:
-        return path
-    if durable:
-        fsync_dir(path.parent)  # the new folder's name must survive a crash like the files in it
-    return path
+        return []
+    except FileNotFoundError:
+        parent = os.path.dirname(path)
+        if not parent or parent == path:
+            raise
+        made = make_dirs(parent)
+        try:
+            os.mkdir(path, DIR_MODE)
+        except FileExistsError:
+            return made
+        return made + [path]
+    return [path]
 
 
 def _load_syncfs():
@@ -169,23 +184,8 @@ def publish(staged: StagedFile, target: str | Path, replace: bool) -> bool:
     try:
         return _publish(staged, target, replace)
     except FileNotFoundError:  # the folder is new (the source missing raises again below)
-        _make_dirs(os.path.dirname(target))
+        make_dirs(os.path.dirname(target))
         return _publish(staged, target, replace)
-
-
-def _make_dirs(path: str) -> None:
-    """`ensure_dir(path, durable=False)` for a str path, without pathlib's cost: the fan-out
-    folders of a young archive are new for most instances stored."""
-    try:
-        os.mkdir(path, DIR_MODE)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        _make_dirs(os.path.dirname(path))
-        try:
-            os.mkdir(path, DIR_MODE)
-        except FileExistsError:
-            pass
 
 
 def _publish(staged: StagedFile, target: str | Path, replace: bool) -> bool:
