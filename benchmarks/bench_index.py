@@ -6,7 +6,7 @@ Builds (once; reused by later runs) an index of synthesised records with a reali
 10 instances per series, 5 series per study, 2 studies per patient (1M instances = 100k series,
 20k studies, 10k patients), through `Index.add` + `flush` as ingest does. Then measures:
 
-- lookup: `ls --level study -k PatientID=X` as the CLI runs it (`core.query.find_records` on a
+- lookup: `ls --level study -k PatientID=X` as the CLI runs it (`archive.search.find_records` on a
   fresh `Index`), for 200 random patients: median / p95 / max of index time; once more with the
   page cache dropped (cold), and once with a live writer's 2000 unfolded journal records.
 - ingest: NEW records (new patients and studies) added in batches of 16, durable (fdatasync per
@@ -37,11 +37,12 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pacsctl.core.matching import compile_filters  # noqa: E402
-from pacsctl.core.query import find_records  # noqa: E402
+from pacsctl.dicom.matching import compile_filters  # noqa: E402
+from pacsctl.archive.search import find_records  # noqa: E402
 from pacsctl.storage import index as index_mod  # noqa: E402
 from pacsctl.storage.files import ensure_dir  # noqa: E402
 from pacsctl.storage.index import Index  # noqa: E402
+from pacsctl.dicom.attributes import INDEX_FIELDS  # noqa: E402
 
 PER_SERIES, PER_STUDY, PER_PATIENT = 10, 5, 2
 MARK = "bench-index.json"
@@ -69,7 +70,7 @@ def record(pop: int, i: int) -> dict:
 
 
 def open_index(root: Path) -> Index:
-    return Index(root / "index", ensure_dir(root / "tmp"))
+    return Index(root / "index", ensure_dir(root / "tmp"), INDEX_FIELDS)
 
 
 def build(root: Path, count: int) -> float:

@@ -95,8 +95,8 @@ def _summary(stdout: str) -> dict:
 
 
 def _import(archive: Path, corpus: Path, jobs: int) -> int:
-    from pacsctl.core.archive import Archive
-    from pacsctl.core.importer import collect_sources, import_sources
+    from pacsctl.archive.archive import Archive
+    from pacsctl.ingest.importer import collect_sources, import_sources
 
     with Archive.open(archive) as arch:
         summary = import_sources(arch, collect_sources([str(corpus)]), jobs=jobs)

@@ -38,7 +38,7 @@ class State:
 
     def open_archive(self, create: bool = True):
         """Open the archive the global options point at."""
-        from pacsctl.core.archive import Archive
+        from pacsctl.archive.archive import Archive
 
         return Archive.open(self.archive, create=create)
 

@@ -29,8 +29,8 @@ def audit_command(
 
     Example: pacsctl audit --since 24h --event store --json
     """
-    from pacsctl.core.archive import AUDIT_LOG
-    from pacsctl.core.audit import parse_since, read_audit
+    from pacsctl.archive.archive import AUDIT_LOG
+    from pacsctl.archive.audit import parse_since, read_audit
 
     archive = state(ctx).open_archive(create=False)
     when = parse_since(since) if since else None

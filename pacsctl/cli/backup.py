@@ -28,7 +28,7 @@ def backup(
     restore: pacsctl --archive /mnt/nas/pacs reindex
     """
     from pacsctl.cli.app import state
-    from pacsctl.core.backup import backup as run_backup
+    from pacsctl.integrity.backup import backup as run_backup
 
     opts = state(ctx)
     with opts.open_archive(create=False) as archive, LazyProgress("backup", opts.verbosity >= 0) as bar:

@@ -37,8 +37,8 @@ def import_command(
 
     Example: pacsctl import /media/cdrom/DICOMDIR ~/Downloads/study.zip /data/incoming --json
     """
-    from pacsctl.core.archive import DUPLICATE, STORED, IngestResult
-    from pacsctl.core.importer import collect_sources, import_sources
+    from pacsctl.archive.archive import DUPLICATE, STORED, IngestResult
+    from pacsctl.ingest.importer import collect_sources, import_sources
 
     archive = state(ctx).open_archive()
     sources = collect_sources([str(p) for p in paths])

@@ -46,8 +46,8 @@ def ls_command(
 
     Example: pacsctl ls -k PatientName='DOE*' -k StudyDate=20240101-20240331 --json
     """
-    from pacsctl.core.matching import compile_filters, level_from_name, parse_key_values
-    from pacsctl.core.query import find_records
+    from pacsctl.dicom.matching import compile_filters, level_from_name, parse_key_values
+    from pacsctl.archive.search import find_records
 
     check_format(as_json, as_csv)
     query_level = level_from_name(level)

@@ -25,7 +25,7 @@ def reindex(
     Example: pacsctl --archive /srv/pacs reindex --jobs 2
     """
     from pacsctl.cli.app import state
-    from pacsctl.core.reindex import records_of, reindex as run_reindex
+    from pacsctl.integrity.reindex import records_of, reindex as run_reindex
 
     opts = state(ctx)
     with opts.open_archive(create=False) as archive, LazyProgress("reindex", opts.verbosity >= 0) as bar:

@@ -21,7 +21,7 @@ from pacsctl.config import CONFIG_NAME, Config, Node, load_config, parse_node_sp
 from pacsctl.errors import EXIT_INTEGRITY, EXIT_NETWORK, NetworkError, PacsctlError, UsageError
 
 if TYPE_CHECKING:
-    from pacsctl.core.retrieve import RetrieveSummary
+    from pacsctl.remote.retrieve import RetrieveSummary
 
 # The core (pydicom, pynetdicom) is imported inside each command: every other `pacsctl`
 # command, `--help` and completion would otherwise pay ~0.5 s for it at start-up.
@@ -57,7 +57,7 @@ def _setup(ctx: typer.Context, spec: str, aet: Optional[str]) -> tuple[Node, str
 
 
 def _filters(keys: List[str], level_name: str) -> tuple[str, dict[str, str]]:
-    from pacsctl.core.matching import level_from_name, parse_key_values
+    from pacsctl.dicom.matching import level_from_name, parse_key_values
 
     return level_from_name(level_name), parse_key_values(keys)
 
@@ -140,8 +140,8 @@ def send_command(
 
     Example: pacsctl send PACS /data/study1 --json; pacsctl send PACS --study 1.2.840.113619.2.1
     """
-    from pacsctl.core import send as sending
-    from pacsctl.core.matching import parse_key_values
+    from pacsctl.remote import send as sending
+    from pacsctl.dicom.matching import parse_key_values
 
     node, calling, _ = _setup(ctx, node_spec, aet)
     filters = parse_key_values(keys)
@@ -206,12 +206,12 @@ def query_command(
 
     Example: pacsctl query ORTHANC -k PatientName='DOE*' -k StudyDate=20240101- --json
     """
-    from pacsctl.core import retrieve
+    from pacsctl.remote import find
 
     check_format(as_json, as_csv)
     query_level, filters = _filters(keys, level)
     node, calling, _ = _setup(ctx, node_spec, aet)
-    records = list(retrieve.query(node, query_level, filters, calling, timeout=timeout))
+    records = list(find.query(node, query_level, filters, calling, timeout=timeout))
     emit_level(records, query_level, as_json, as_csv)
 
 
@@ -285,7 +285,7 @@ def move_command(
 
     Example: pacsctl move OLDPACS --to PACSCTL -k StudyDate=20240101-20240131
     """
-    from pacsctl.core import retrieve
+    from pacsctl.remote import receiver as receiver_mod, retrieve
 
     query_level, filters = _selection(keys, level, everything)
     node, calling, config = _setup(ctx, node_spec, aet)
@@ -295,7 +295,7 @@ def move_command(
             bar.advance(1)
 
         if dest in (config.ae_title, calling):
-            with state(ctx).open_archive() as archive, retrieve.receiving(archive, dest, node.aet) as (receiver, listening):
+            with state(ctx).open_archive() as archive, receiver_mod.receiving(archive, dest, node.aet) as (receiver, listening):
                 if not listening:
                     output.warn(f"cannot listen on port {archive.config.port} (in use?): assuming a running "
                                 f"`pacsctl serve` receives for {dest}; arrivals are counted in the archive")
@@ -327,7 +327,7 @@ def get_command(
 
     Example: pacsctl get ORTHANC -k StudyInstanceUID=1.2.840.113619.2.1 --json
     """
-    from pacsctl.core import retrieve
+    from pacsctl.remote import receiver as receiver_mod, retrieve
 
     query_level, filters = _selection(keys, level, everything)
     node, calling, _ = _setup(ctx, node_spec, aet)
@@ -336,7 +336,7 @@ def get_command(
             bar.advance(1)
 
         with state(ctx).open_archive() as archive:
-            receiver = retrieve.ArchiveReceiver(archive)
+            receiver = receiver_mod.ArchiveReceiver(archive)
             try:
                 summary = retrieve.get(node, receiver, query_level, filters, calling,
                                        on_progress=on_progress, timeout=timeout)

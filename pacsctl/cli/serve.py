@@ -44,7 +44,8 @@ def serve_command(
 
     Example: pacsctl serve --aet MYPACS --port 11112 --allow CT01 --allow WORKSTATION
     """
-    from pacsctl.core.server import options_from_config, run_node
+    from pacsctl.node.service import options_from_config
+    from pacsctl.node.supervisor import run_node
     from pacsctl.net.types import TlsOptions
 
     archive = state(ctx).open_archive()

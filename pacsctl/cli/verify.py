@@ -94,7 +94,7 @@ def verify(
     pacsctl verify --backup /mnt/nas/pacs; pacsctl verify --repair-from /mnt/nas/pacs
     """
     from pacsctl.cli.app import state
-    from pacsctl.core import verifier
+    from pacsctl.integrity import verify as verifier
 
     if quick and sample is not None:
         raise UsageError("--quick and --sample exclude each other", hint="--sample re-hashes a share, --quick none")

@@ -1,4 +1,4 @@
-"""DICOM networking over pynetdicom. Takes callables; imports nothing from `pacsctl.core`.
+"""DICOM networking over pynetdicom. Takes callables; imports no capability package (archive, ingest, remote, node, ...).
 
 - `scp`: `start_scp(ScpHandlers, ScpOptions) -> RunningScp` (Verification, Storage of any SOP
   class as received, Patient/Study Root FIND, MOVE, GET; allow-list, TLS, audit events).

@@ -36,7 +36,8 @@ from pynetdicom.sop_class import (
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
 from pacsctl.errors import NetworkError, UsageError
-from pacsctl.net import faststore, pdata, receive, sending, tls, tuning
+from pacsctl.net import sending, tls
+from pacsctl.net.fastpath import faststore, pdata, receive, tuning
 from pacsctl.net.balance import WorkerSlot
 from pacsctl.net.listener import AcceptorAE, ConnectionHandler, Server
 from pacsctl.net.types import (
@@ -73,7 +74,7 @@ _NO_CONTEXT_SOP_CLASS = "1.2.826.0.1.3680043.10.1524.0.0"
 # Identifier keys safe to audit (UIDs and levels; never names or IDs).
 _AUDIT_KEYS = ("QueryRetrieveLevel", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
-# Received data sets stream into a file in a directory of our choosing (see net.receive).
+# Received data sets stream into a file in a directory of our choosing (see net.fastpath.receive).
 receive.install()
 
 

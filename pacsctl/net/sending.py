@@ -186,3 +186,34 @@ def send_file(
     if status is None:
         return None, used_ts, "no response (timeout or association lost)"
     return int(status), used_ts, None
+
+
+# Syntaxes a C-GET offers each SOP class one context apiece (after uncompressed), so the peer
+# sends an instance as it holds it instead of failing to transcode (Orthanc cannot decode
+# JPEG 2000 or JPEG-LS, for one). Most common first: the list is cut when classes are many.
+GET_SYNTAXES = (
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.5",     # RLE
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.1.99",  # Deflated explicit VR little endian
+    "1.2.840.10008.1.2.2",     # Explicit VR big endian (retired, still met)
+)
+
+
+def get_contexts(sop_classes: Iterable[str]) -> list[PresentationContext] | None:
+    """Storage contexts for a C-GET of instances of `sop_classes`: per class one uncompressed
+    context and one per compressed syntax, as many as fit in 127. None when the classes are
+    unknown or too many (the net layer's default set is used then)."""
+    listed = set(sop_classes)
+    classes = sorted(listed - {""})
+    if not classes or "" in listed or len(classes) * 2 > MAX_REQUESTED_CONTEXTS - 1:
+        return None  # an instance of an unknown class must not go without a context
+    per_class = (MAX_REQUESTED_CONTEXTS - 1) // len(classes) - 1
+    pairs = [(c, ts) for c in classes for ts in GET_SYNTAXES[:per_class]]
+    return contexts_for(pairs)

@@ -1,7 +1,7 @@
 """Plain data types shared by the SCP and SCU sides of `pacsctl.net`.
 
 `net` knows nothing about the archive: the server is driven by the callables in `ScpHandlers`,
-which `pacsctl.core.server` builds over the archive.
+which `pacsctl.node.service` builds over the archive.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import os
 import shutil
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -40,19 +41,19 @@ from pacsctl.storage.files import FILE_MODE, ensure_dir, safe_file_name, write_a
 
 Record = dict[str, Any]
 
-PATIENT_FIELDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
-STUDY_FIELDS = (
-    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
-    "StudyDescription", "ReferringPhysicianName",
-)
-SERIES_FIELDS = (
-    "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate",
-    "BodyPartExamined",
-)
-INSTANCE_FIELDS = (
-    "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "TransferSyntaxUID",
-    "SpecificCharacterSet", "path", "size", "sha256",
-)
+
+
+@dataclass(frozen=True)
+class LevelFields:
+    """Which record keys the index keeps at each level (the schema lives with the DICOM
+    attributes, `dicom.attributes.INDEX_FIELDS`; the index only stores what it is told)."""
+
+    patient: tuple[str, ...]
+    study: tuple[str, ...]
+    series: tuple[str, ...]
+    instance: tuple[str, ...]
+
+
 LOG = logging.getLogger(__name__)
 JOURNAL_LIMIT = 2000  # records a writer journals before it folds them into the shards
 
@@ -127,8 +128,8 @@ class _MemoryStorage(Storage):
 class _Catalog:
     """A working set of loaded shards; applies instance records the same way for reads and folds."""
 
-    def __init__(self, root: Path, tmp_dir: Path) -> None:
-        self.root, self.tmp_dir = root, tmp_dir
+    def __init__(self, root: Path, tmp_dir: Path, fields: LevelFields) -> None:
+        self.root, self.tmp_dir, self.fields = root, tmp_dir, fields
         self._patients: dict[str, _Shard] = {}
         self._studies: dict[str, _Shard] = {}
         self._manifests: dict[str, _Shard] = {}
@@ -171,21 +172,21 @@ class _Catalog:
         if old_series and old_series != series_uid:
             self.remove(rec["SOPInstanceUID"], rec.get("ReplacedStudyInstanceUID") or study_uid, old_series)
         manifest = self.manifest(series_uid)
-        manifest.docs[rec["SOPInstanceUID"]] = {k: rec.get(k) for k in INSTANCE_FIELDS}
+        manifest.docs[rec["SOPInstanceUID"]] = {k: rec.get(k) for k in self.fields.instance}
         manifest.dirty = True
 
         studies = self.study_shard(study_uid)
         study = studies.docs.setdefault(study_uid, {"StudyInstanceUID": study_uid, "series": {}})
-        _merge(study, rec, PATIENT_FIELDS + STUDY_FIELDS)
+        _merge(study, rec, self.fields.patient + self.fields.study)
         series = study["series"].setdefault(series_uid, {"SeriesInstanceUID": series_uid})
-        _merge(series, rec, SERIES_FIELDS)
+        _merge(series, rec, self.fields.series)
         series["NumberOfSeriesRelatedInstances"] = len(manifest.docs)
         _recount(study)
         studies.dirty = True
 
         patients = self.patient_shard(rec.get("PatientID") or "")
         patient = patients.docs.setdefault(rec.get("PatientID") or "", {"PatientID": rec.get("PatientID") or "", "studies": []})
-        _merge(patient, rec, PATIENT_FIELDS)
+        _merge(patient, rec, self.fields.patient)
         if study_uid not in patient["studies"]:
             patient["studies"].append(study_uid)
         patients.dirty = True
@@ -267,9 +268,11 @@ class Index:
     `patients()`, `studies()`, `series()`, `instances()` and `iter_instances()`.
     """
 
-    def __init__(self, root: Path, tmp_dir: Path, files_root: Path | None = None) -> None:
+    def __init__(self, root: Path, tmp_dir: Path, fields: LevelFields,
+                 files_root: Path | None = None) -> None:
         self.root = ensure_dir(root)
         self.tmp_dir = tmp_dir
+        self.fields = fields
         # Record paths are relative to `files_root`. Given it, a record another process journaled
         # counts only once its file exists: a writer appends a batch's lines before the one sync
         # that makes them and the files' names durable, so after a power cut a line can outlive
@@ -331,7 +334,7 @@ class Index:
         self._seal_journal()
         with self._locked(fcntl.LOCK_EX):
             claimed = self._claim_journals()
-            catalog = _Catalog(self.root, self.tmp_dir)
+            catalog = _Catalog(self.root, self.tmp_dir, self.fields)
             count = 0
             for path, fd in claimed:
                 for rec in _read_journal(fd):
@@ -424,7 +427,7 @@ class Index:
         unfolded; applying all of them would load hundreds of shards for a one-patient lookup).
         """
         with self._locked(fcntl.LOCK_SH):
-            catalog = _Catalog(self.root, self.tmp_dir)
+            catalog = _Catalog(self.root, self.tmp_dir, self.fields)
             pending: list[Record] = []
             others: set[int] = set()  # ids of the records other processes journaled
             for path in sorted(self._journal_dir.glob("*.ndjson")):
@@ -473,7 +476,7 @@ class Index:
             for patient in docs:
                 studies = [self._study(cat, uid) for uid in patient["studies"]]
                 studies = [s for s in studies if s]
-                rec = {k: patient.get(k, "") for k in PATIENT_FIELDS}
+                rec = {k: patient.get(k, "") for k in self.fields.patient}
                 rec["NumberOfPatientRelatedStudies"] = len(studies)
                 rec["NumberOfPatientRelatedSeries"] = sum(s["NumberOfStudyRelatedSeries"] for s in studies)
                 rec["NumberOfPatientRelatedInstances"] = sum(s["NumberOfStudyRelatedInstances"] for s in studies)

@@ -14,9 +14,9 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from pacsctl.core.manifest import read_manifest
+from pacsctl.integrity.manifest import read_manifest
 from pacsctl.storage.files import sha256_file
-from tests.core.test_verify import make_archive
+from tests.integrity.test_verify import make_archive
 
 
 def lines(text: str) -> list[dict[str, Any]]:

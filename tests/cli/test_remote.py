@@ -1,6 +1,6 @@
 """`pacsctl echo/send/query/move/get` against a real pacsctl node on loopback.
 
-The peer is `pacsctl.core.server.serve` over its own archive (real pynetdicom associations,
+The peer is `pacsctl.node.service.serve` over its own archive (real pynetdicom associations,
 real archive writes); the CLI runs in a subprocess with its own archive (`archive_dir`).
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from pydicom.uid import generate_uid
 
-from pacsctl.core.archive import Archive
-from pacsctl.core.query import find_records
-from pacsctl.core.matching import compile_filters
-from pacsctl.core.server import RunningNode, serve
+from pacsctl.archive.archive import Archive
+from pacsctl.archive.search import find_records
+from pacsctl.dicom.matching import compile_filters
+from pacsctl.node.service import RunningNode, serve
 from pacsctl.net.types import ScpOptions
 from tests.helpers import free_port, run_cli
 
@@ -320,7 +320,7 @@ def test_move_listener_only_takes_stores_from_the_source(ct_factory: Any, archiv
     """While a move into our archive runs, the temporary listener takes C-STOREs from the
     node moving to us only (and the archive's allow-list): nobody else slips data in."""
     from pacsctl.config import Node
-    from pacsctl.core.retrieve import receiving
+    from pacsctl.remote.receiver import receiving
     from pacsctl.errors import NetworkError
     from pacsctl.net import scu
 

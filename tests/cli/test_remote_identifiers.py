@@ -8,13 +8,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 
 from pacsctl.config import Node
-from pacsctl.core.retrieve import (
-    RetrieveSummary,
-    build_identifier,
-    response_record,
-    retrieve_identifiers,
-    return_keys,
-)
+from pacsctl.remote.find import build_identifier, response_record, return_keys
+from pacsctl.remote.retrieve import RetrieveSummary, retrieve_identifiers
 from pacsctl.errors import UsageError
 
 # A node nobody listens on: the cases below must not need the network.
@@ -111,7 +106,7 @@ def test_summary_keeps_the_worst_final_status() -> None:
 
 
 def test_get_contexts_offer_each_stored_syntax_apart() -> None:
-    from pacsctl.core.retrieve import get_contexts
+    from pacsctl.net.sending import get_contexts
 
     ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
     contexts = get_contexts([ct, mr, ct])
@@ -123,8 +118,8 @@ def test_get_contexts_offer_each_stored_syntax_apart() -> None:
 
 
 def test_answers_that_contradict_a_filter_are_dropped_unjudgeable_kept() -> None:
-    from pacsctl.core.matching import compile_filters
-    from pacsctl.core.retrieve import agrees
+    from pacsctl.dicom.matching import compile_filters
+    from pacsctl.remote.find import agrees
 
     flt = compile_filters({"PatientID": "4MR1", "StudyDate": "20240101-20240131", "PatientName": "doe*"})
     assert agrees(flt, {"PatientID": "4MR1", "StudyDate": "20240115", "PatientName": "DOE^J"})

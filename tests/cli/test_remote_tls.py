@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pacsctl.core.archive import Archive
-from pacsctl.core.server import serve
+from pacsctl.archive.archive import Archive
+from pacsctl.node.service import serve
 from pacsctl.net.types import ScpOptions, TlsOptions
 from tests.helpers import run_cli
 from tests.net.conftest import tls_material  # noqa: F401  (fixture: a throwaway CA and certs)

@@ -11,8 +11,8 @@ from pydicom.dataset import Dataset
 
 from benchmarks.peers import wait_for_port
 from pacsctl.config import Node
-from pacsctl.core.archive import Archive
-from pacsctl.core.server import options_from_config, serve
+from pacsctl.archive.archive import Archive
+from pacsctl.node.service import options_from_config, serve
 from pacsctl.storage import files
 from pacsctl.net import scu
 from tests.helpers import CliProcess, free_port, run_cli
@@ -112,7 +112,7 @@ def test_unparsable_instance_is_refused_and_quarantined(serve_factory, archive_d
 def test_disk_full_at_the_commit_answers_a700_and_keeps_serving(archive_dir, ct_factory, monkeypatch):
     """The durability barrier itself fails (ENOSPC, as a file system without room for its
     metadata says): 0xA700, no temp file left, and the next store succeeds. (A disk full while
-    the data set streams in: tests/core/test_crash.py, on a real full file system.)"""
+    the data set streams in: tests/archive/test_crash.py, on a real full file system.)"""
     archive = Archive.open(archive_dir)
     node = serve(archive, options_from_config(archive, host="127.0.0.1", port=0))
     try:

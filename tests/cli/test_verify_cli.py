@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.core.test_verify import dead_pid, flip_bit, make_archive
+from tests.integrity.test_verify import dead_pid, flip_bit, make_archive
 
 SUMMARY_INTS = ("checked", "hashed", "bytes", "problems", "repaired", "cleaned")
 PROBLEM_KEYS = {"type", "path", "SOPInstanceUID", "problem", "where", "detail", "action"}

@@ -14,7 +14,7 @@ import pytest
 from pynetdicom.dsutils import split_dataset
 
 from pacsctl.config import Node
-from pacsctl.core.archive import Archive
+from pacsctl.archive.archive import Archive
 from pacsctl.net import scu
 from tests.helpers import TESTDATA_DIR, dcmtk, dcmtk_env, run_cli, run_dcmtk
 

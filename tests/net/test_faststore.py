@@ -11,8 +11,9 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
 
-from pacsctl.net import faststore, scu
-from pacsctl.net.receive import decode_store_command
+from pacsctl.net import scu
+from pacsctl.net.fastpath import faststore
+from pacsctl.net.fastpath.receive import decode_store_command
 
 
 @pytest.mark.parametrize("pdu_size, in_dul_thread", [(1 << 20, True), (128, False)])

@@ -7,7 +7,7 @@ import struct
 import pytest
 from pynetdicom.pdu import P_DATA_TF
 
-from pacsctl.net.pdata import decode_p_data
+from pacsctl.net.fastpath.pdata import decode_p_data
 
 
 def _item(context_id: int, value: bytes) -> bytes:

@@ -51,13 +51,14 @@ def consistency(root: Path) -> list[str]:
     ModalitiesInStudy equal what the instance records say.
     """
     from pacsctl.storage.index import Index
+    from pacsctl.dicom.attributes import INDEX_FIELDS
 
     problems: list[str] = []
     objects = object_files(root)
     for rel in objects:
         if not rel.endswith(".dcm"):
             problems.append(f"not an object name under objects/: {rel}")
-    index = Index(root / "index", root / "tmp")
+    index = Index(root / "index", root / "tmp", INDEX_FIELDS)
     instances = index.instances()
     counted = Counter(r["path"] for r in instances)
     for rel, n in counted.items():

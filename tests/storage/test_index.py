@@ -13,11 +13,12 @@ import pytest
 from pacsctl.storage import index as index_mod
 from pacsctl.storage.files import ensure_dir
 from pacsctl.storage.index import Index
+from pacsctl.dicom.attributes import INDEX_FIELDS
 from tests.storage.checks import run_python, start_python
 
 
 def rec(patient: str, study: str, series: str, sop: str, modality: str = "CT", **extra) -> dict:
-    """An index record shaped like `pacsctl.core.records.index_record` makes them."""
+    """An index record shaped like `pacsctl.dicom.attributes.index_record` makes them."""
     record = {
         "PatientID": patient, "PatientName": f"NAME^{patient}", "PatientBirthDate": "", "PatientSex": "",
         "StudyInstanceUID": study, "StudyDate": "20240101", "StudyTime": "", "AccessionNumber": "",
@@ -49,7 +50,7 @@ def root(tmp_path: Path) -> Path:
 
 
 def open_index(root: Path) -> Index:
-    return Index(root / "index", ensure_dir(root / "tmp"))
+    return Index(root / "index", ensure_dir(root / "tmp"), INDEX_FIELDS)
 
 
 def journals(root: Path) -> list[Path]:
@@ -61,8 +62,9 @@ import json, os, sys
 from pathlib import Path
 from pacsctl.storage.files import ensure_dir
 from pacsctl.storage.index import Index
+from pacsctl.dicom.attributes import INDEX_FIELDS
 root = Path(sys.argv[1])
-index = Index(root / "index", ensure_dir(root / "tmp"))
+index = Index(root / "index", ensure_dir(root / "tmp"), INDEX_FIELDS)
 records = json.loads(sys.stdin.readline())
 index.add(records, durable=True)
 print("journaled", flush=True)
@@ -113,8 +115,8 @@ def test_reads_see_journaled_records_of_a_live_writer_before_any_fold(root: Path
         assert all(s["NumberOfStudyRelatedInstances"] == 6 for s in studies)
         # and from another process too
         out = run_python(
-            "import sys; from pathlib import Path; from pacsctl.storage.index import Index;"
-            "r = Path(sys.argv[1]); print(len(Index(r / 'index', r / 'tmp').instances()))", str(root)
+            "import sys; from pathlib import Path; from pacsctl.storage.index import Index; from pacsctl.dicom.attributes import INDEX_FIELDS;"
+            "r = Path(sys.argv[1]); print(len(Index(r / 'index', r / 'tmp', INDEX_FIELDS).instances()))", str(root)
         )
         assert out.stdout.strip() == str(len(records))
     finally:
@@ -139,8 +141,8 @@ def test_journal_of_a_killed_writer_is_folded_by_the_next_process(root: Path) ->
     assert sum(s["NumberOfStudyRelatedInstances"] for s in index.studies()) == len(records)
     # the fold is on disk: a third process sees it without any journal
     out = run_python(
-        "import sys; from pathlib import Path; from pacsctl.storage.index import Index;"
-        "r = Path(sys.argv[1]); print(len(Index(r / 'index', r / 'tmp').instances()))", str(root)
+        "import sys; from pathlib import Path; from pacsctl.storage.index import Index; from pacsctl.dicom.attributes import INDEX_FIELDS;"
+        "r = Path(sys.argv[1]); print(len(Index(r / 'index', r / 'tmp', INDEX_FIELDS).instances()))", str(root)
     )
     assert out.stdout.strip() == str(len(records))
 
@@ -165,7 +167,7 @@ def test_failed_append_does_not_swallow_the_next_record(root: Path, tmp_path: Pa
     if os.geteuid() != 0 or os.system(f"mount -t tmpfs -o size=64k tmpfs {mnt} 2>/dev/null") != 0:
         pytest.skip("cannot mount a small tmpfs here")
     try:
-        index = Index(mnt / "index", ensure_dir(mnt / "tmp"))
+        index = Index(mnt / "index", ensure_dir(mnt / "tmp"), INDEX_FIELDS)
         big = [rec("F", "1.1", "1.1.1", f"1.1.1.{i}", StudyDescription="x" * 2000) for i in range(100)]
         ok = [rec("F", "1.1", "1.1.1", "first")]
         index.add(ok)
@@ -188,10 +190,11 @@ def test_many_processes_at_once_nothing_lost(root: Path, monkeypatch: pytest.Mon
 import sys
 from pathlib import Path
 from pacsctl.storage import index as m
+from pacsctl.dicom.attributes import INDEX_FIELDS
 from pacsctl.storage.files import ensure_dir
 m.JOURNAL_LIMIT = 300
 root, me = Path(sys.argv[1]), int(sys.argv[2])
-index = m.Index(root / "index", ensure_dir(root / "tmp"))
+index = m.Index(root / "index", ensure_dir(root / "tmp"), INDEX_FIELDS)
 for batch in range(20):
     records = []
     for i in range(60):
@@ -224,16 +227,16 @@ def test_journal_created_while_another_process_folds_is_not_lost(root: Path) -> 
     deleted before its writer holds it)."""
     open_index(root)
     folder = start_python(
-        "import sys, time\nfrom pathlib import Path\nfrom pacsctl.storage.index import Index\n"
-        "r = Path(sys.argv[1]); ix = Index(r / 'index', r / 'tmp'); end = time.time() + 6\n"
+        "import sys, time\nfrom pathlib import Path\nfrom pacsctl.storage.index import Index\nfrom pacsctl.dicom.attributes import INDEX_FIELDS\n"
+        "r = Path(sys.argv[1]); ix = Index(r / 'index', r / 'tmp', INDEX_FIELDS); end = time.time() + 6\n"
         "while time.time() < end: ix.flush()\n",
         str(root),
     )
     run_python(
-        "import sys\nfrom pathlib import Path\nfrom pacsctl.storage.index import Index\n"
+        "import sys\nfrom pathlib import Path\nfrom pacsctl.storage.index import Index\nfrom pacsctl.dicom.attributes import INDEX_FIELDS\n"
         "r = Path(sys.argv[1])\n"
         "for i in range(1500):\n"
-        "    ix = Index(r / 'index', r / 'tmp')\n"
+        "    ix = Index(r / 'index', r / 'tmp', INDEX_FIELDS)\n"
         "    ix.add([{'PatientID': 'P', 'StudyInstanceUID': '1', 'SeriesInstanceUID': '1.1',"
         " 'SOPInstanceUID': f'1.1.{i}', 'path': str(i), 'size': 1, 'sha256': ''}], durable=False)\n"
         "    ix._seal_journal()\n",
@@ -266,9 +269,10 @@ def test_crash_mid_fold_is_repaired_by_the_next_fold(root: Path) -> None:
 import sys, os, signal
 from pathlib import Path
 from pacsctl.storage import index as m
+from pacsctl.dicom.attributes import INDEX_FIELDS
 from pacsctl.storage.files import ensure_dir
 root = Path(sys.argv[1])
-ix = m.Index(root / "index", ensure_dir(root / "tmp"))
+ix = m.Index(root / "index", ensure_dir(root / "tmp"), INDEX_FIELDS)
 recs = [{"PatientID": f"P{i % 50}", "StudyInstanceUID": f"1.{i % 100}", "SeriesInstanceUID": f"1.{i % 100}.{i % 3}",
          "Modality": "CT", "SOPInstanceUID": f"2.{i}", "path": str(i), "size": 1, "sha256": ""} for i in range(1500)]
 ix.add(recs)

@@ -1,0 +1,349 @@
+"""The local archive: one folder that every pacsctl command shares.
+
+Layout (everything private to the owner, 0700/0600)::
+
+    ARCHIVE/
+      pacsctl.toml             settings and known nodes
+      objects/hh/hh/UID.dcm    the DICOM files, as received (source of truth)
+      index/                   the catalog (rebuildable from objects/ with `pacsctl reindex`)
+      quarantine/DATE/H.dcm    input that could not be stored (named by its hash), H.json: why
+      tmp/                     temp files of writes in progress (same file system)
+      audit.log                who sent, asked for and took what (NDJSON)
+
+Objects are spread over 65,536 folders by a hash of their SOP Instance UID, so no folder grows
+past a few thousand entries even at a hundred million instances, and a duplicate is found by
+name alone, across processes, without asking the index.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pydicom
+
+from pacsctl.config import CONFIG_NAME, ON_CONFLICT_POLICIES, Config, dump_config, load_config, resolve_archive_dir
+from pacsctl.dicom.instance import DicomdirError, Instance, NotDicomError, read_instance
+from pacsctl.dicom.attributes import INDEX_FIELDS, index_record
+from pacsctl.errors import InvalidDicomError, PacsctlError, StorageFullError, UsageError
+from pacsctl.storage import files
+from pacsctl.storage.index import Index
+
+OBJECTS, INDEX, QUARANTINE, TMP, AUDIT_LOG = "objects", "index", "quarantine", "tmp", "audit.log"
+
+STORED, DUPLICATE, QUARANTINED, SKIPPED = "stored", "duplicate", "quarantined", "skipped"
+
+
+@dataclass
+class IngestResult:
+    """What happened to one input. `reason` says why for quarantined and skipped input."""
+
+    status: str
+    origin: str
+    sop_instance_uid: str = ""
+    path: str = ""
+    reason: str = ""
+    size: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class IngestBatch:
+    """Inputs on their way into the archive (`Archive.begin_ingest`, then `sync`, `name`,
+    `sync`): one result per input once named; the staged temp files; what naming touched."""
+
+    policy: str
+    origins: list[str]
+    results: list[IngestResult | None]
+    staged: list[tuple[int, Instance, files.StagedFile]] = field(default_factory=list)
+    named: bool = False
+    records: list[dict] = field(default_factory=list)
+    dirs: set[str] = field(default_factory=set)
+
+    def outcome(self) -> list[IngestResult]:
+        """The results, in input order."""
+        return [r for r in self.results if r is not None]
+
+
+class Archive:
+    """An open archive. Use as a context manager, or call `close()` to fold the index."""
+
+    def __init__(self, root: Path, config: Config) -> None:
+        self.root = root
+        self.config = config
+        self.tmp_dir = root / TMP
+        self.index = Index(root / INDEX, self.tmp_dir, INDEX_FIELDS, files_root=root)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike | None = None, create: bool = True) -> "Archive":
+        """Open the archive at `root` (else `PACSCTL_ARCHIVE`, else the default), creating it."""
+        path = resolve_archive_dir(root).absolute()
+        if not (path / CONFIG_NAME).exists():
+            if not create:
+                raise UsageError(f"no archive at {path}", hint="run `pacsctl import` or `pacsctl serve` to create one")
+            if path.exists() and any(path.iterdir()) and not (path / OBJECTS).exists():
+                raise UsageError(f"{path} is not empty and not a pacsctl archive", hint="choose an empty or new folder")
+        for sub in (OBJECTS, INDEX, QUARANTINE, TMP):
+            files.ensure_dir(path / sub)
+        config = load_config(path / CONFIG_NAME)
+        archive = cls(path, config)
+        if not (path / CONFIG_NAME).exists():
+            archive.save_config()
+        return archive
+
+    def __enter__(self) -> "Archive":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Fold this process's journal into the index (also done by the next writer if we die)."""
+        self.index.close()
+
+    def save_config(self) -> None:
+        """Write `pacsctl.toml` atomically."""
+        files.write_atomic(self.tmp_dir, self.root / CONFIG_NAME, dump_config(self.config).encode())
+
+    # -- paths -------------------------------------------------------------------------------
+
+    @staticmethod
+    def object_relpath(sop_instance_uid: str) -> str:
+        """Where an instance lives, relative to the archive root."""
+        digest = hashlib.sha1(sop_instance_uid.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{OBJECTS}/{digest[:2]}/{digest[2:4]}/{files.safe_file_name(sop_instance_uid)}.dcm"
+
+    def path_of(self, relpath: str) -> Path:
+        """Absolute path of an archive-relative path from the index."""
+        return self.root / relpath
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def ingest(
+        self, items: Sequence[tuple[bytes, str] | tuple[bytes, str, files.StagedFile]], on_conflict: str | None = None, dry_run: bool = False
+    ) -> list[IngestResult]:
+        """Store a batch of inputs `(bytes, origin)`; durable and indexed when this returns.
+
+        One round of fsyncs covers the whole batch (group commit). Non-DICOM input is skipped,
+        unreadable DICOM is quarantined with its reason; a DICOMDIR is skipped here (media are
+        followed by the importer). Raises StorageFullError when the disk is full; nothing of the
+        batch is then acknowledged, and no temp file is left behind. With `dry_run`, the results
+        say what would happen and nothing is written.
+
+        The steps, which a caller committing several batches at once may run itself (serve
+        does): `begin_ingest`, `sync` (the data), `name`, `sync` (the names and index lines).
+        """
+        if dry_run:
+            policy = self._policy(on_conflict)
+            results, checked = self._check(items, dry_run=True)
+            for i, inst in checked:
+                results[i] = self._plan(inst, items[i][1], policy)
+            return IngestBatch(policy, [], results).outcome()
+        batch = self.begin_ingest(items, on_conflict)
+        if not batch.staged:
+            return batch.outcome()
+        try:
+            self.sync([batch])
+        except Exception:
+            self.discard(batch)
+            raise
+        self.name(batch)
+        self.sync([batch])  # the files are stored if this fails; a re-run journals them again
+        self.index.fold_if_due()
+        return batch.outcome()
+
+    def begin_ingest(
+        self, items: Sequence[tuple[bytes, str] | tuple[bytes, str, files.StagedFile]], on_conflict: str | None = None
+    ) -> IngestBatch:
+        """Check the inputs and write each instance to a temp file in tmp/, not yet durable.
+
+        Input that cannot be stored gets its result here (skipped, or quarantined: durable).
+        A third item element, a StagedFile already holding exactly these bytes in tmp/ (serve:
+        the file the network layer streamed into), is taken as is. Thread-safe."""
+        batch = IngestBatch(self._policy(on_conflict), [item[1] for item in items], [])
+        batch.results, checked = self._check(items, dry_run=False)
+        try:
+            for i, inst in checked:
+                pre = items[i][2] if len(items[i]) > 2 and inst.data is items[i][0] else None
+                batch.staged.append((i, inst, pre or files.stage(self.tmp_dir, [inst.data], fsync=False)))
+        except OSError as exc:
+            self.discard(batch)
+            raise _storage_error(exc) from None
+        return batch
+
+    def sync(self, batches: Iterable[IngestBatch]) -> None:
+        """One durability barrier for batches at either step: the data of those not yet named,
+        the names and index journal lines of those named. Raises StorageFullError, OSError."""
+        paths: list[Path] = []
+        dirs: set[str] = set()
+        for batch in batches:
+            if batch.named:
+                dirs |= batch.dirs
+                if batch.records and self.index.journal_path:
+                    paths.append(self.index.journal_path)
+            else:
+                paths.extend(stage.temp_path for _, _, stage in batch.staged)
+        try:
+            files.barrier(self.root, files=paths, dirs=dirs)
+        except OSError as exc:
+            raise _storage_error(exc) from None
+
+    def name(self, batch: IngestBatch) -> None:
+        """Give a batch's instances their names and journal their index records. Their data
+        must be durable (`sync`) first: a name must never point at bytes a crash could lose.
+        The names and lines become durable at the next `sync`; a line that outlives its file's
+        name in a power cut is dropped when read (Index.files_root). Not thread-safe: one
+        thread of a process at a time (the index journal)."""
+        for i, inst, stage in batch.staged:
+            result, record = self._publish(inst, stage, batch.origins[i], batch.policy)
+            batch.results[i] = result
+            if record is not None:
+                batch.records.append(record)
+            if result.status == STORED:
+                batch.dirs.add(os.path.dirname(os.path.join(self.root, result.path)))
+        batch.named = True
+        try:
+            self.index.add(batch.records, durable=False)
+        except OSError as exc:
+            raise _storage_error(exc) from None
+
+    @staticmethod
+    def discard(batch: IngestBatch) -> None:
+        """Remove the temp files of a batch that will not be named (its ingest failed)."""
+        if not batch.named:
+            for _, _, stage in batch.staged:
+                stage.temp_path.unlink(missing_ok=True)
+
+    def _policy(self, on_conflict: str | None) -> str:
+        policy = on_conflict or self.config.on_conflict
+        if policy not in ON_CONFLICT_POLICIES:
+            raise UsageError(f"invalid on-conflict policy {policy!r}", hint="keep or replace")
+        return policy
+
+    def _check(self, items: Sequence[tuple], dry_run: bool) -> tuple[list[IngestResult | None], list[tuple[int, Instance]]]:
+        """Parse each input: results for those that cannot be stored, the instances of the rest."""
+        results: list[IngestResult | None] = [None] * len(items)
+        checked: list[tuple[int, Instance]] = []
+        for i, (data, origin, *_prestaged) in enumerate(items):
+            try:
+                checked.append((i, read_instance(data)))
+            except NotDicomError as exc:
+                results[i] = IngestResult(SKIPPED, origin, reason=str(exc))
+            except DicomdirError:
+                results[i] = IngestResult(SKIPPED, origin, reason="DICOMDIR (media index, not an instance)")
+            except InvalidDicomError as exc:
+                results[i] = IngestResult(QUARANTINED, origin, reason=str(exc)) if dry_run else self.quarantine(data, str(exc), origin)
+        return results, checked
+
+    def _publish(self, inst: Instance, stage: files.StagedFile, origin: str, policy: str):
+        """Give a staged instance its name, applying the duplicate policy. Returns (result, record)."""
+        relpath = self.object_relpath(inst.sop_instance_uid)
+        target = os.path.join(self.root, relpath)  # a str, not a Path: this runs for every instance
+        uid = inst.sop_instance_uid
+        if files.publish(stage, target, replace=False):
+            return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
+        try:
+            _size, existing_sha = files.sha256_file(target)
+        except FileNotFoundError:  # removed since: take its place
+            files.publish(stage, target, replace=True)
+            return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
+        if existing_sha == stage.sha256:
+            stage.temp_path.unlink(missing_ok=True)
+            # Journal it again (folding is idempotent): a writer killed between publishing a
+            # file and journaling it left the file unindexed, and only this re-run can tell.
+            return IngestResult(DUPLICATE, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
+        if policy == "keep":
+            quarantined = self._quarantine_file(stage.temp_path, "conflict: same SOP Instance UID, different bytes; kept the archived copy", origin, uid)
+            return quarantined, None
+        # replace: the archived copy goes to quarantine first (a hard link), so a name always exists
+        previous = _filed_under(target)
+        self._quarantine_file(target, "conflict: replaced by a newer copy with different bytes", relpath, uid, keep_source=True)
+        files.publish(stage, target, replace=True)
+        record = self._record(inst, relpath, stage)
+        if previous != (record["StudyInstanceUID"], record["SeriesInstanceUID"]) and all(previous):
+            # the new copy is filed under another study/series: the index moves it from the old one
+            record["ReplacedStudyInstanceUID"], record["ReplacedSeriesInstanceUID"] = previous
+        return IngestResult(STORED, origin, uid, relpath, size=stage.size, reason="replaced a different copy"), record
+
+    def _plan(self, inst: Instance, origin: str, policy: str) -> IngestResult:
+        """What `_publish` would do with an instance, without writing anything."""
+        relpath = self.object_relpath(inst.sop_instance_uid)
+        result = IngestResult(STORED, origin, inst.sop_instance_uid, relpath, size=len(inst.data))
+        try:
+            _size, existing_sha = files.sha256_file(self.path_of(relpath))
+        except FileNotFoundError:
+            return result
+        if existing_sha == hashlib.sha256(inst.data).hexdigest():
+            result.status = DUPLICATE
+        elif policy == "keep":
+            result.status, result.reason = QUARANTINED, "conflict: same SOP Instance UID, different bytes; would keep the archived copy"
+        else:
+            result.reason = "would replace a different copy"
+        return result
+
+    @staticmethod
+    def _record(inst: Instance, relpath: str, stage: files.StagedFile) -> dict:
+        return index_record(inst.fields(), transfer_syntax_uid=inst.transfer_syntax_uid, path=relpath, size=stage.size, sha256=stage.sha256)
+
+    # -- quarantine --------------------------------------------------------------------------
+
+    def quarantine(self, data: bytes, reason: str, origin: str, sop_instance_uid: str = "") -> IngestResult:
+        """Keep bytes that could not be stored, with the reason beside them; durable."""
+        try:
+            staged = files.stage(self.tmp_dir, [data], fsync=True)
+        except OSError as exc:
+            raise _storage_error(exc) from None
+        return self._quarantine_file(staged.temp_path, reason, origin, sop_instance_uid)
+
+    def _quarantine_file(self, source: str | Path, reason: str, origin: str, sop_instance_uid: str, keep_source: bool = False) -> IngestResult:
+        now = dt.datetime.now(dt.timezone.utc)
+        folder = files.ensure_dir(self.root / QUARANTINE / now.strftime("%Y-%m-%d"))
+        # Named by content, so quarantining the same bytes again (a re-run import) adds nothing.
+        name = files.sha256_file(source)[1][:40]
+        target = folder / f"{name}.dcm"
+        if keep_source:
+            if not target.exists():
+                os.link(source, target)
+        else:
+            os.replace(source, target)
+        info = {"time": now.isoformat(timespec="seconds"), "reason": reason, "origin": origin, "SOPInstanceUID": sop_instance_uid}
+        files.write_atomic(self.tmp_dir, folder / f"{name}.json", json.dumps(info).encode())
+        relpath = str(target.relative_to(self.root))
+        return IngestResult(QUARANTINED, origin, sop_instance_uid, relpath, reason, size=target.stat().st_size)
+
+    def quarantined(self) -> list[dict]:
+        """Every quarantined item's reason record, with its `path`, oldest first."""
+        records = []
+        for info in (self.root / QUARANTINE).glob("*/*.json"):
+            try:
+                record = json.loads(info.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            record["path"] = str(info.with_suffix(".dcm").relative_to(self.root))
+            records.append(record)
+        return sorted(records, key=lambda r: (r.get("time", ""), r["path"]))
+
+
+def _filed_under(path: str | Path) -> tuple[str, str]:
+    """(StudyInstanceUID, SeriesInstanceUID) of an archived file, empty strings if unreadable."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
+        return str(ds.get("StudyInstanceUID", "") or ""), str(ds.get("SeriesInstanceUID", "") or "")
+    except Exception:  # noqa: BLE001 - a damaged old copy must not block its replacement
+        return "", ""
+
+
+def _storage_error(exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError("the archive's disk is full", hint="free space or move the archive; nothing was half-written")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return PacsctlError(f"cannot write to the archive: {exc.strerror}", hint="a read-only or foreign archive can be listed, not written")
+    return exc

@@ -1,0 +1,28 @@
+"""Find index records at a query level: the one search behind `pacsctl ls` and C-FIND."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pacsctl.dicom.matching import RecordFilter
+from pacsctl.storage.index import Index
+
+
+def find_records(index: Index, level: str, flt: RecordFilter) -> list[dict[str, Any]]:
+    """Records at `level` (PATIENT, STUDY, SERIES or IMAGE) that match `flt`.
+
+    Exact PatientID / StudyInstanceUID / SeriesInstanceUID criteria go straight to their index
+    shards; every other criterion filters what those return.
+    """
+    patient_ids = flt.exact("PatientID")
+    study_uids = flt.exact("StudyInstanceUID")
+    series_uids = flt.exact("SeriesInstanceUID")
+    if level == "PATIENT":
+        records = index.patients(patient_ids)
+    elif level == "STUDY":
+        records = index.studies(patient_ids, study_uids)
+    elif level == "SERIES":
+        records = index.series(patient_ids, study_uids, series_uids)
+    else:
+        records = index.instances(patient_ids, study_uids, series_uids)
+    return [record for record in records if flt.matches(record)]

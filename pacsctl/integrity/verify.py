@@ -1,0 +1,343 @@
+"""`verify`: prove the archive (or a backup of it) holds exactly what was recorded, byte for byte.
+
+A full check re-hashes every file against the SHA-256 recorded at ingest and parses its DICOM
+header from the same bytes, in worker processes (one read per file). Index and files are
+compared both ways: a recorded file that is gone, a file nobody recorded. Temp files of
+interrupted writes are removed (they were never acknowledged). `--quick` checks presence and
+size only; `sample` re-hashes a random share and quick-checks the rest.
+
+Safe while `serve` writes: the index is read first and the files walked after, and a file that
+looks unknown is looked up in the index again before it is reported (it may have been stored
+during the check).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from pacsctl.integrity import findings as F
+from pacsctl.archive.archive import Archive, OBJECTS, TMP
+from pacsctl.integrity.filecheck import (
+    Expected, check_full, check_quick, clean_leftovers, header_uid, read_content, read_head, recorded_files,
+    walk_objects,
+)
+from pacsctl.integrity.findings import Finding
+from pacsctl.integrity.manifest import MANIFEST_NAME, locked_backup, read_manifest
+from pacsctl.parallel import chunk_size, chunked, default_jobs, map_unordered
+from pacsctl.errors import UsageError
+from pacsctl.storage import files
+from pacsctl.summary import SummaryRecord
+
+FULL, QUICK = "full", "quick"
+RECENT_SECONDS = 10.0   # a file this new may be between its rename and its index entry
+IN_FLIGHT_WAIT = 1.0    # how long to give such a writer before calling the file unknown
+
+Progress = Callable[[int, int], None]  # (files done, bytes read) since the last call
+
+
+@dataclass
+class VerifySummary(SummaryRecord):
+    """The closing record of a check. `problems` counts what is still wrong afterwards."""
+
+    target: str
+    mode: str
+    checked: int = 0
+    hashed: int = 0
+    bytes: int = 0
+    problems: int = 0
+    repaired: int = 0
+    cleaned: int = 0
+    elapsed: float = 0.0
+    ok: bool = True
+
+
+
+@dataclass
+class VerifyReport:
+    """Every finding, in path order, and the summary."""
+
+    findings: list[Finding] = field(default_factory=list)
+    summary: VerifySummary = field(default_factory=lambda: VerifySummary(F.ARCHIVE, FULL))
+
+    def finish(self, started: float) -> "VerifyReport":
+        """Sort the findings and count them into the summary."""
+        self.findings.sort(key=lambda f: (f.where, f.path, f.problem))
+        s = self.summary
+        s.cleaned = sum(f.action == F.REMOVED for f in self.findings)
+        s.repaired = sum(f.action == F.RESTORED for f in self.findings)
+        s.problems = sum(not f.resolved for f in self.findings)
+        # A repair means damage happened (look at that disk); a removed leftover is routine.
+        s.ok = s.problems == 0 and s.repaired == 0
+        s.elapsed = time.monotonic() - started
+        return self
+
+
+def _no_progress(_files: int, _bytes: int) -> None:
+    pass
+
+
+# -- the archive ------------------------------------------------------------------------------
+
+
+def verify_archive(
+    archive: Archive,
+    *,
+    mode: str = FULL,
+    sample: float | None = None,
+    jobs: int | None = None,
+    repair_from: Path | None = None,
+    on_total: Callable[[int], None] = lambda total: None,
+    progress: Progress = _no_progress,
+) -> VerifyReport:
+    """Check the archive's files against its index; repair damage from `repair_from` if given.
+
+    `on_total(n)` is called once the number of files to check is known, then `progress` as
+    files are done.
+    """
+    started = time.monotonic()
+    if repair_from is not None and not (repair_from / OBJECTS).is_dir():
+        raise UsageError(f"{repair_from} is not a pacsctl backup (no {OBJECTS}/ folder)", hint="give the DEST of `pacsctl backup DEST`")
+    report = VerifyReport(summary=VerifySummary(F.ARCHIVE, _mode_name(mode, sample)))
+    report.findings += clean_leftovers(archive.root / TMP, archive.root, F.ARCHIVE)
+    recorded = recorded_files(archive.index.iter_instances())
+    on_disk = set(walk_objects(archive.root, OBJECTS))
+    expected = sorted(recorded.values(), key=lambda e: e.path)
+    on_total(len(expected))
+    found, report.summary.hashed, report.summary.bytes = check_files(
+        archive.root, expected, mode, sample, jobs, F.ARCHIVE, progress
+    )
+    report.summary.checked = len(expected)
+    unknown = on_disk - recorded.keys()
+    if unknown or found:  # stored or replaced during the check? then the index knows by now
+        fresh = recorded_files(archive.index.iter_instances())
+        unknown -= fresh.keys()
+        found = _recheck_changed(archive.root, found, recorded, fresh, mode)
+    unknown = settle_unknown(archive, unknown)
+    report.findings += found
+    report.findings += [_unknown_file(archive.root, path, F.ARCHIVE, "not in the index") for path in sorted(unknown)]
+    if repair_from is not None:
+        for finding in report.findings:
+            if finding.problem in F.DAMAGE and finding.where == F.ARCHIVE:
+                repair(archive, recorded[finding.path], repair_from, finding)
+    return report.finish(started)
+
+
+def settle_unknown(archive: Archive, unknown: set[str]) -> set[str]:
+    """Of files not in the index, those still not there after their writers had a moment."""
+    if unknown and _any_recent(archive.root, unknown):  # renamed a moment ago, index entry on its way
+        time.sleep(IN_FLIGHT_WAIT)
+        unknown = unknown - recorded_files(archive.index.iter_instances()).keys()
+    return unknown
+
+
+def unindexed_files(archive: Archive, known: Iterable[str]) -> list[Finding]:
+    """Files in objects/ the index does not know (beyond `known` paths), as findings."""
+    unknown = set(walk_objects(archive.root, OBJECTS)).difference(known)
+    if unknown:
+        unknown -= recorded_files(archive.index.iter_instances()).keys()
+    unknown = settle_unknown(archive, unknown)
+    return [_unknown_file(archive.root, path, F.ARCHIVE, "not in the index") for path in sorted(unknown)]
+
+
+def _any_recent(root: Path, paths: Iterable[str]) -> bool:
+    now = time.time()
+    for path in paths:
+        try:
+            if now - os.stat(root / path).st_ctime < RECENT_SECONDS:
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def _recheck_changed(
+    root: Path, found: list[Finding], recorded: dict[str, Expected], fresh: dict[str, Expected], mode: str
+) -> list[Finding]:
+    """Check again, against its new record, a file replaced during the check (on-conflict replace)."""
+    out = []
+    for finding in found:
+        new = fresh.get(finding.path)
+        old = recorded.get(finding.path)
+        if finding.problem in F.DAMAGE and new is not None and old is not None and new.sha256 != old.sha256:
+            recorded[finding.path] = new
+            finding = check_quick(root, new) if mode == QUICK else check_full(root, new)[0]
+        if finding is not None:
+            out.append(finding)
+    return out
+
+
+def repair(archive: Archive, expected: Expected, backup: Path, finding: Finding) -> None:
+    """Restore one damaged or missing file from the backup copy, if its hash is the recorded one.
+
+    The copy is staged in the archive's tmp/, hashed while written, and only a byte-identical
+    copy is renamed into place (atomically, durably). `finding.action` says what happened.
+    """
+    source = backup / expected.path
+    try:
+        with open(source, "rb") as fh:
+            staged = files.stage(archive.tmp_dir, iter(lambda: fh.read(1 << 20), b""), fsync=True)
+    except FileNotFoundError:
+        finding.action = "not repaired: no copy in the backup"
+        return
+    except OSError as exc:
+        finding.action = f"not repaired: backup copy unreadable ({exc.strerror or exc})"
+        return
+    if (staged.size, staged.sha256) != (expected.size, expected.sha256):
+        staged.temp_path.unlink(missing_ok=True)
+        finding.action = "not repaired: the backup copy differs from the recorded hash too"
+        return
+    target = archive.path_of(expected.path)
+    try:
+        files.publish(staged, target, replace=True)
+        files.fsync_dir(target.parent)
+    except OSError as exc:  # e.g. a folder in the file's place
+        staged.temp_path.unlink(missing_ok=True)
+        finding.action = f"not repaired: cannot replace the file ({exc.strerror or exc})"
+        return
+    finding.action = F.RESTORED
+
+
+# -- a backup ---------------------------------------------------------------------------------
+
+
+def verify_backup(
+    dest: Path,
+    archive: Archive | None,
+    *,
+    mode: str = FULL,
+    sample: float | None = None,
+    jobs: int | None = None,
+    on_total: Callable[[int], None] = lambda total: None,
+    progress: Progress = _no_progress,
+) -> VerifyReport:
+    """Check a backup folder against its manifest, and the manifest against the archive's index.
+
+    Without an archive (gone, or elsewhere) the backup is checked on its own.
+    """
+    started = time.monotonic()
+    manifest = read_manifest(dest)
+    if manifest is None:
+        raise UsageError(f"{dest} has no {MANIFEST_NAME}: not a pacsctl backup", hint="make one with `pacsctl backup DEST`")
+    report = VerifyReport(summary=VerifySummary(F.BACKUP, _mode_name(mode, sample)))
+    with locked_backup(dest):
+        report.findings += [Finding(MANIFEST_NAME, F.MANIFEST_DAMAGED, text, where=F.BACKUP) for text in manifest.damage]
+        report.findings += clean_leftovers(dest / TMP, dest, F.BACKUP)
+        expected = sorted(manifest.entries.values(), key=lambda e: e.path)
+        on_total(len(expected))
+        found, report.summary.hashed, report.summary.bytes = check_files(dest, expected, mode, sample, jobs, F.BACKUP, progress)
+        report.summary.checked = len(expected)
+        report.findings += found
+        unknown = set(walk_objects(dest, OBJECTS)) - manifest.entries.keys()
+        report.findings += [_unknown_file(dest, path, F.BACKUP, "not in the backup manifest") for path in sorted(unknown)]
+    if archive is not None:
+        report.findings += compare_with_archive(manifest.entries, recorded_files(archive.index.iter_instances()))
+    return report.finish(started)
+
+
+def compare_with_archive(backed_up: dict[str, Expected], recorded: dict[str, Expected]) -> list[Finding]:
+    """What the backup lacks or holds differently from the archive, and what the archive lost."""
+    out: list[Finding] = []
+    for path, rec in recorded.items():
+        copy = backed_up.get(path)
+        if copy is None:
+            out.append(Finding(path, F.NOT_BACKED_UP, "in the archive, not in the backup (run `pacsctl backup`)", rec.sop_instance_uid, F.BACKUP))
+        elif (copy.size, copy.sha256) != (rec.size, rec.sha256):
+            out.append(Finding(path, F.DIFFERS_FROM_ARCHIVE, "the backup holds other bytes than the archive recorded", rec.sop_instance_uid, F.BACKUP))
+    for path in backed_up.keys() - recorded.keys():
+        copy = backed_up[path]
+        out.append(Finding(path, F.NOT_IN_ARCHIVE, "backed up, but not in the archive's index", copy.sop_instance_uid, F.ARCHIVE))
+    return out
+
+
+# -- shared -----------------------------------------------------------------------------------
+
+
+def check_files(
+    root: Path,
+    expected: Sequence[Expected],
+    mode: str,
+    sample: float | None,
+    jobs: int | None,
+    where: str,
+    progress: Progress = _no_progress,
+) -> tuple[list[Finding], int, int]:
+    """Check `expected` files under `root` in parallel. Returns (findings, files hashed, bytes read)."""
+    if mode not in (FULL, QUICK):
+        raise UsageError(f"unknown verify mode {mode!r}")
+    if sample is not None and not 0 < sample <= 1:
+        raise UsageError(f"--sample must be a fraction in (0, 1], not {sample}")
+    jobs = jobs or default_jobs()
+    full = _full_set(len(expected), mode, sample)
+    tasks = [(e, i in full) for i, e in enumerate(expected)]
+    found: list[Finding] = []
+    hashed = nbytes = 0
+    size = chunk_size(len(tasks), jobs)
+    # Quick checks are a stat each: not worth a worker process.
+    workers = jobs if full and len(full) > size else 1
+    for chunk_found, chunk_files, chunk_hashed, chunk_bytes in map_unordered(
+        _check_chunk, ((str(root), where, chunk) for chunk in chunked(tasks, size)), workers
+    ):
+        found += chunk_found
+        hashed += chunk_hashed
+        nbytes += chunk_bytes
+        progress(chunk_files, chunk_bytes)
+    return found, hashed, nbytes
+
+
+def _full_set(count: int, mode: str, sample: float | None) -> set[int] | range:
+    """Indexes of the files to re-hash: all (full), none (quick), or a random share (sample)."""
+    if mode == QUICK:
+        return set()
+    if sample is None or sample >= 1:
+        return range(count)
+    return set(random.sample(range(count), max(1, round(count * sample)) if count else 0))
+
+
+def _check_chunk(task: tuple[str, str, Sequence[tuple[Expected, bool]]]) -> tuple[list[Finding], int, int, int]:
+    """Worker: check one chunk of files. Returns (findings, files, files hashed, bytes read)."""
+    root, where, items = Path(task[0]), task[1], task[2]
+    found: list[Finding] = []
+    hashed = nbytes = 0
+    for expected, full in items:
+        if full:
+            finding, read = check_full(root, expected, where)
+            hashed += 1
+            nbytes += read
+        else:
+            finding = check_quick(root, expected, where)
+        if finding is not None:
+            found.append(finding)
+    return found, len(items), hashed, nbytes
+
+
+def _unknown_file(root: Path, path: str, where: str, detail: str) -> Finding:
+    """A finding for a file nobody recorded, naming its SOP Instance UID when it is DICOM."""
+    try:
+        try:
+            uid = header_uid(read_head(root / path))
+        except ValueError:  # a header longer than the prefix? then the whole file
+            uid = header_uid(read_content(root / path).head)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        return Finding(path, F.UNKNOWN_FILE, f"{detail}; not a readable DICOM file ({reason})", where=where)
+    hint = " (run `pacsctl reindex` to index it)" if where == F.ARCHIVE else ""
+    return Finding(path, F.UNKNOWN_FILE, detail + hint, uid, where)
+
+
+def _mode_name(mode: str, sample: float | None) -> str:
+    if mode == FULL and sample is not None and sample < 1:
+        return f"sample {sample:g}"
+    return mode
+
+
+def records(report: VerifyReport) -> Iterable[dict]:
+    """The report as JSON records: one per finding, then the summary."""
+    for finding in report.findings:
+        yield finding.as_dict()
+    yield {"type": "summary", "command": "verify", **report.summary.as_dict()}
+

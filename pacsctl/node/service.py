@@ -1,0 +1,147 @@
+"""`pacsctl serve` as a library: the network layer's handlers, backed by the archive.
+
+- store: the received file goes through the group commit (`archive.commit.GroupCommitter`).
+- find: the index query behind `pacsctl ls` (`archive.search.find_records`), identifiers decoded
+  and encoded by `dicom.identifiers` (character sets honoured).
+- locate: instance file paths under the matched patients/studies/series/instances.
+- destination: C-MOVE destinations are the archive's known nodes, looked up by AE title.
+- audit: every event appended to the archive's audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from pacsctl.archive.archive import AUDIT_LOG, Archive
+from pacsctl.archive.audit import AuditLog
+from pacsctl.archive.commit import GroupCommitter
+from pacsctl.archive.search import find_records
+from pacsctl.config import CONFIG_NAME, load_config
+from pacsctl.dicom.identifiers import build_response, parse_identifier
+from pacsctl.net.scp import RunningScp, start_scp
+from pacsctl.net.types import (
+    Destination,
+    QueryContext,
+    QueryModel,
+    ScpHandlers,
+    ScpOptions,
+    StoreRequest,
+    TlsOptions,
+)
+
+LOG = logging.getLogger(__name__)
+
+
+class ArchiveService:
+    """The `ScpHandlers` of a node serving one archive."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self._lock = threading.Lock()  # the index and journal are per process, not per thread
+        self.committer = GroupCommitter(archive, self._lock)
+        self.audit_log = AuditLog(archive.root / AUDIT_LOG)
+
+    def handlers(self) -> ScpHandlers:
+        """The callables for `pacsctl.net.scp.start_scp`."""
+        return ScpHandlers(store=self.store, find=self.find, locate=self.locate,
+                           destination=self.destination, audit=self.audit_log.append)
+
+    def close(self) -> None:
+        """Finish pending writes, fold the index journal, close the audit log."""
+        with self._lock:
+            self.archive.close()
+        self.audit_log.close()
+
+    # -- handlers ----------------------------------------------------------------------------
+    def store(self, req: StoreRequest) -> int:
+        """Ingest one received instance (`GroupCommitter.store_received`)."""
+        return self.committer.store_received(req)
+
+    def find(self, model: QueryModel, identifier: Dataset, ctx: QueryContext
+             ) -> Iterator[Dataset]:
+        """C-FIND: matching index records as response identifiers."""
+        query = parse_identifier(identifier)
+        flt = query.filter()
+        with self._lock:
+            records = find_records(self.archive.index, query.level, flt)
+        for record in records:
+            yield build_response(record, query)
+
+    def locate(self, model: QueryModel, identifier: Dataset, ctx: QueryContext) -> list[str]:
+        """C-MOVE/C-GET: files of every instance under the matches."""
+        query = parse_identifier(identifier)
+        flt = query.filter()
+        index = self.archive.index
+        with self._lock:
+            matched = find_records(index, query.level, flt)
+            if query.level == "IMAGE":
+                instances = matched
+            elif query.level == "PATIENT":
+                ids = sorted({str(r.get("PatientID", "")) for r in matched})
+                instances = index.instances(patient_ids=ids) if ids else []
+            elif query.level == "STUDY":
+                uids = sorted({str(r["StudyInstanceUID"]) for r in matched})
+                instances = index.instances(study_uids=uids) if uids else []
+            else:
+                series = sorted({str(r["SeriesInstanceUID"]) for r in matched})
+                studies = sorted({str(r["StudyInstanceUID"]) for r in matched})
+                instances = index.instances(study_uids=studies, series_uids=series) if series else []
+        return [str(self.archive.path_of(r["path"])) for r in instances if r.get("path")]
+
+    def destination(self, aet: str) -> Destination | None:
+        """A known node with this AE title (config re-read, so `nodes add` applies at once)."""
+        try:
+            config = load_config(self.archive.root / CONFIG_NAME)
+        except Exception:
+            config = self.archive.config
+        for node in config.nodes.values():
+            if node.aet == aet:
+                tls = TlsOptions(node.tls_cert, node.tls_key, node.tls_ca) if node.tls else None
+                return Destination(node.host, int(node.port), tls)
+        return None
+
+
+@dataclass
+class RunningNode:
+    """A serving node: the listener and the archive service behind it."""
+
+    scp: RunningScp
+    service: ArchiveService
+
+    @property
+    def port(self) -> int:
+        return self.scp.port
+
+    def stop(self, graceful: bool = True, timeout: float | None = 60.0) -> bool:
+        """Stop accepting, let in-flight associations finish (graceful), then close the
+        archive. True when no association had to be aborted."""
+        clean = self.scp.stop(graceful=graceful, timeout=timeout)
+        self.service.close()
+        return clean
+
+
+def serve(archive: Archive, options: ScpOptions) -> RunningNode:
+    """Start serving `archive` with `options` (its temp dir defaults to the archive's)."""
+    if options.temp_dir is None:
+        options.temp_dir = archive.tmp_dir
+    service = ArchiveService(archive)
+    scp = start_scp(service.handlers(), options)
+    return RunningNode(scp, service)
+
+
+def options_from_config(archive: Archive, **overrides: Any) -> ScpOptions:
+    """ScpOptions from the archive config, with non-None `overrides` applied."""
+    cfg = archive.config
+    opts = ScpOptions(ae_title=cfg.ae_title, host=cfg.host, port=cfg.port,
+                      allow=list(cfg.allow), max_associations=cfg.max_associations,
+                      temp_dir=archive.tmp_dir)
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(opts, key, value)
+    return opts

@@ -1,0 +1,99 @@
+"""Receiving retrieved instances into the archive: C-GET sub-operations and C-MOVEs to us.
+
+Every instance goes through the serving node's group commit (durable and indexed before it is
+answered, conflicts and garbage quarantined) and is counted: received, new, already there,
+refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pacsctl.archive.archive import Archive
+from pacsctl.archive.commit import STATUS_CONFLICT_KEPT, GroupCommitter
+from pacsctl.errors import NetworkError
+from pacsctl.net.scp import RunningScp, start_scp
+from pacsctl.net.types import STATUS_SUCCESS, AssocInfo, ScpHandlers, ScpOptions, StoreRequest
+
+LOG = logging.getLogger(__name__)
+
+
+class ArchiveReceiver:
+    """Stores instances handed over by a C-GET or an incoming C-STORE into the archive and
+    counts them: received, new, already there, refused. Thread-safe (SCP threads call it)."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self._lock = threading.Lock()
+        self.received: set[str] = set()
+        self.stored = 0
+        self.duplicates = 0
+        self.conflicts = 0
+        self.store_failed = 0
+        self._archive_lock = threading.Lock()  # the index and journal are per process
+        self._committer = GroupCommitter(archive, self._archive_lock)
+        # C-GET: the net layer describes the association from the acceptor's side, which is
+        # the peer; the archive must record the peer as the sender, not us.
+        self.source: AssocInfo | None = None
+
+    def has(self, sop_instance_uid: str) -> bool:
+        """True when the archive holds this instance (files are the source of truth)."""
+        return self.archive.path_of(Archive.object_relpath(sop_instance_uid)).is_file()
+
+    def __call__(self, req: StoreRequest) -> int:
+        uid = req.sop_instance_uid
+        if self.source is not None:
+            req = dataclasses.replace(req, assoc=self.source)
+        existed = self.has(uid)
+        status = self._committer.store_received(req)
+        with self._lock:
+            self.received.add(uid)
+            if status == STATUS_CONFLICT_KEPT:
+                self.conflicts += 1
+                LOG.warning("instance %s differs from the archived copy: kept that one, the "
+                            "received one is in quarantine", uid)
+            elif status != STATUS_SUCCESS:
+                self.store_failed += 1
+                LOG.warning("instance %s not stored (status 0x%04X)", uid, status)
+            elif existed:
+                self.duplicates += 1
+            else:
+                self.stored += 1
+        return status
+
+    def close(self) -> None:
+        """Fold the index journal and close the archive; safe to call twice."""
+        with self._archive_lock:
+            self.archive.close()
+
+
+@contextmanager
+def receiving(archive: Archive, ae_title: str, source_aet: str) -> Iterator[tuple[ArchiveReceiver, bool]]:
+    """A temporary storage listener on the archive's configured host and port, as `ae_title`,
+    storing into `archive` (for C-MOVEs to our own AE title). Yields (receiver, listening);
+    when the port is taken, presumably by a running `pacsctl serve` on this archive, nothing
+    listens here and arrivals are counted from the archive afterwards.
+
+    Only `source_aet` (the node moving to us) and the archive's allow-list may store: the
+    listener is open on the configured host while the move runs, and nobody else should be
+    able to slip instances into the archive through it."""
+    receiver = ArchiveReceiver(archive)
+    cfg = archive.config
+    allow = list(dict.fromkeys([source_aet, *cfg.allow]))
+    options = ScpOptions(ae_title=ae_title, host=cfg.host, port=cfg.port, allow=allow,
+                         max_associations=cfg.max_associations, temp_dir=archive.tmp_dir)
+    try:
+        listener: RunningScp | None = start_scp(ScpHandlers(store=receiver), options)
+    except NetworkError as exc:
+        LOG.info("not listening on port %s (%s): counting arrivals from the archive", cfg.port, exc)
+        listener = None
+    try:
+        yield receiver, listener is not None
+    finally:
+        if listener is not None:
+            listener.stop(graceful=True, timeout=60.0)
+        receiver.close()
