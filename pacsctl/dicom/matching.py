@@ -54,7 +54,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from datetime import date, datetime, timedelta
 from types import MappingProxyType
@@ -63,6 +63,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
 from pydicom.tag import Tag
 
+from pacsctl.dicom.identifying import shown_value
 from pacsctl.errors import UsageError
 
 __all__ = [
@@ -222,8 +223,9 @@ def parse_key_values(items: Iterable[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
+            # Not quoted: without a keyword we cannot tell whether it holds a patient's name.
             raise UsageError(
-                f"expected KEY=VALUE, got {item!r}",
+                "a filter has no keyword before '='" if sep else "a filter is not KEY=VALUE",
                 hint="for example -k PatientName='Doe*' or -k StudyDate=20240101-20240331",
             )
         keyword = resolve_keyword(key)
@@ -282,7 +284,8 @@ def _reject_wildcards(keyword: str, vr: str, query: str) -> None:
         hint = "wildcards * and ? work on text attributes only"
         if vr in _FORMATS:
             hint = f"{vr} values look like {_FORMATS[vr]}; use a range such as A-B, -B or A-"
-        raise UsageError(f"{keyword} ({vr}) does not take wildcards: {query!r}", hint=hint)
+        raise UsageError(f"{keyword} ({vr}) does not take wildcards: {shown_value(keyword, query)}",
+                         hint=hint)
 
 
 # --------------------------------------------------------------------------
@@ -362,7 +365,7 @@ def _uid_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, tuple[str, 
     for uid in uids:
         if len(uid) > 64 or not _UID_RE.fullmatch(uid):
             raise UsageError(
-                f"{keyword}: {uid!r} is not a valid UID",
+                f"{keyword}: {shown_value(keyword, uid)} is not a valid UID",
                 hint="UIDs are digits and dots, at most 64 characters; list several with a backslash",
             )
     wanted = frozenset(uids)
@@ -383,7 +386,7 @@ def _numeric_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, None]:
         if number is None:
             kind = "an integer" if as_int else "a number"
             raise UsageError(
-                f"{keyword} ({vr}) expects {kind}, got {alt!r}",
+                f"{keyword} ({vr}) expects {kind}, got {shown_value(keyword, alt)}",
                 hint="numeric attributes match one value exactly (or several separated by a backslash)",
             )
         wanted.add(number)
@@ -520,7 +523,7 @@ def _range_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, None]:
     hint = f"{vr} values look like {_FORMATS[vr]}; ranges are A-B, -B or A-"
 
     def bad(text: str, why: str = "is not valid") -> UsageError:
-        return UsageError(f"{keyword}: {text!r} {why}", hint=hint)
+        return UsageError(f"{keyword}: {shown_value(keyword, text)} {why}", hint=hint)
 
     intervals: list[tuple[Any, Any]] = []
     for alt in query.split("\\"):
@@ -612,12 +615,12 @@ class Criterion:
 
     keyword: str
     vr: str
-    query: str
+    query: str = field(repr=False)  # may be a patient's name: not in reprs or tracebacks
     #: "universal", "empty", or "value" (single value, wildcard, range, list)
     kind: str
     #: the exact values a record must hold, when matching is exact and
     #: case-sensitive (UIDs, IDs): lets the index jump to a shard
-    exact_values: tuple[str, ...] | None
+    exact_values: tuple[str, ...] | None = field(repr=False)
     _test: ValueTest | None
 
     def matches_value(self, value: Any) -> bool:
@@ -724,7 +727,7 @@ class RecordFilter:
     __call__ = matches
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{c.keyword}={c.query!r}" for c in self._active)
+        inner = ", ".join(f"{c.keyword}={shown_value(c.keyword, c.query)}" for c in self._active)
         return f"RecordFilter({inner})"
 
 

@@ -14,6 +14,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 
 from pacsctl.dicom.identifiers import parse_identifier
+from pacsctl.dicom.identifying import shown_value
 from pacsctl.dicom.matching import LEVEL_KEYS, LEVELS, UNIQUE_KEY, RecordFilter, compile_filters
 from pacsctl.errors import UsageError
 from pacsctl.net import scu
@@ -62,7 +63,7 @@ def build_identifier(level: str, filters: Mapping[str, str], keys: tuple[str, ..
             try:
                 value = [int(v) for v in value] if isinstance(value, list) else int(value)
             except ValueError:
-                raise UsageError(f"{keyword} needs a number, got {filters[keyword]!r}") from None
+                raise UsageError(f"{keyword} needs a number, got {shown_value(keyword, filters[keyword])}") from None
         elif value == "" and vr in ("US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"):
             value = None
         ds.add_new(tag_for_keyword(keyword), vr, value)
