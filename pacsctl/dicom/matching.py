@@ -45,6 +45,10 @@ Deliberate choices (documented for admins):
   LT/ST/UT.
 * DT offsets (``&ZZXX``) are applied when present, so values are compared in
   UTC; values without an offset are compared as written.
+* Wildcards are matched without backtracking (time linear in the value times
+  the pattern), and a wildcard value takes at most ``MAX_WILDCARDS`` wildcards
+  (a run of ``*`` counts once) and ``MAX_WILDCARD_VALUE_LENGTH`` characters:
+  a query must not be able to stall a serving node.
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ __all__ = [
     "LEVEL_KEYS",
     "UNIQUE_KEY",
     "Criterion",
+    "MAX_WILDCARDS",
+    "MAX_WILDCARD_VALUE_LENGTH",
+    "QueryValueTooComplexError",
     "RecordFilter",
     "compile_filters",
     "level_from_name",
@@ -270,13 +277,119 @@ def _has_wildcard(text: str) -> bool:
     return "*" in text or "?" in text
 
 
-def _wildcard_regex(pattern: str, ignore_case: bool) -> re.Pattern[str]:
-    """Translate DICOM wildcards (`*` any run, `?` one character) to a regex."""
-    parts = (
-        ".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern
-    )
-    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
-    return re.compile("".join(parts), flags)
+#: Query values with wildcards are refused beyond these sizes (the SCP answers 0xA900), so
+#: that no query makes matching costly: a value's cost is bounded by its length times the
+#: length of the record value it is matched against.
+MAX_WILDCARD_VALUE_LENGTH = 1024
+MAX_WILDCARDS = 32
+
+
+class QueryValueTooComplexError(UsageError):
+    """A query value refused for its size, not its content: the message names the keyword,
+    never the value (it may be a patient's name)."""
+
+    def __init__(self, keyword: str, why: str) -> None:
+        super().__init__(
+            f"{keyword}: the query value {why}",
+            hint=f"wildcard values take at most {MAX_WILDCARDS} wildcards and "
+                 f"{MAX_WILDCARD_VALUE_LENGTH} characters",
+        )
+        self.keyword = keyword
+
+
+def _check_wildcard_value(keyword: str, query: str) -> None:
+    """Refuse a wildcard query value too long or with too many wildcards (runs of `*` count
+    once: they mean the same as one)."""
+    if not _has_wildcard(query):
+        return
+    if len(query) > MAX_WILDCARD_VALUE_LENGTH:
+        raise QueryValueTooComplexError(
+            keyword, f"is {len(query)} characters long (at most {MAX_WILDCARD_VALUE_LENGTH} "
+                     "with wildcards)")
+    wildcards = query.count("?") + len(_STAR_RUN.findall(query))
+    if wildcards > MAX_WILDCARDS:
+        raise QueryValueTooComplexError(
+            keyword, f"has {wildcards} wildcards (at most {MAX_WILDCARDS})")
+
+
+_STAR_RUN = re.compile(r"\*+")
+
+
+@lru_cache(maxsize=4096)
+def _fold_char(ch: str) -> str:
+    """Case-fold one character, keeping it one character (so `?` still matches it)."""
+    for folded in (ch.casefold(), ch.lower()):
+        if len(folded) == 1:
+            return folded
+    return ch
+
+
+def _fold(text: str) -> str:
+    """Case-insensitive comparison form with the same length as `text`. Not str.lower() on
+    non-ASCII text: it changes lengths (İ) and treats a final sigma differently."""
+    if text.isascii():
+        return text.lower()
+    return "".join(map(_fold_char, text))
+
+
+def _segment_at(text: str, pos: int, segment: str) -> bool:
+    """Whether `segment` (literal characters and `?`) matches `text` at `pos`."""
+    if "?" not in segment:
+        return text.startswith(segment, pos)
+    if pos + len(segment) > len(text):
+        return False
+    return all(p == "?" or p == text[pos + i] for i, p in enumerate(segment))
+
+
+def _find_segment(text: str, segment: str, start: int, end: int) -> int:
+    """Leftmost position >= start where `segment` matches and ends by `end`, or -1."""
+    if "?" not in segment:
+        return text.find(segment, start, end)
+    for pos in range(start, end - len(segment) + 1):
+        if _segment_at(text, pos, segment):
+            return pos
+    return -1
+
+
+class _Glob:
+    """A DICOM wildcard pattern (`*` any run, `?` one character) matched without backtracking.
+
+    The pattern is split at its `*` runs into fixed-length segments: the first must match at
+    the start, the last at the end, and each one between is placed at its leftmost match after
+    the previous one. Leftmost placement never loses a match (a later one leaves less room for
+    the rest), so nothing is retried: the time is at most the text's length times the
+    pattern's, where a regex's `.*` backtracking is exponential in the number of stars
+    (issue 10 item 13: 25 stars against a 19-character name never finished)."""
+
+    __slots__ = ("ignore_case", "segments", "has_star", "min_length")
+
+    def __init__(self, pattern: str, ignore_case: bool) -> None:
+        self.ignore_case = ignore_case
+        pattern = _STAR_RUN.sub("*", _fold(pattern) if ignore_case else pattern)
+        self.segments = pattern.split("*")
+        self.has_star = len(self.segments) > 1
+        self.min_length = len(pattern) - (len(self.segments) - 1)
+
+    def fullmatch(self, text: str) -> bool:
+        """True when the whole of `text` matches the pattern."""
+        if self.ignore_case:
+            text = _fold(text)
+        segments = self.segments
+        if not self.has_star:
+            return len(text) == self.min_length and _segment_at(text, 0, segments[0])
+        if len(text) < self.min_length:
+            return False
+        head, tail = segments[0], segments[-1]
+        end = len(text) - len(tail)
+        if not (_segment_at(text, 0, head) and _segment_at(text, end, tail)):
+            return False
+        pos = len(head)
+        for segment in segments[1:-1]:
+            found = _find_segment(text, segment, pos, end)
+            if found < 0:
+                return False
+            pos = found + len(segment)
+        return True
 
 
 def _reject_wildcards(keyword: str, vr: str, query: str) -> None:
@@ -299,11 +412,11 @@ def _string_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, tuple[st
     """Exact or wildcard matching with exact case (all string VRs but PN)."""
     strip: Callable[[str], str] = str.rstrip if vr in _TEXT_VRS else str.strip
     exact: dict[str, None] = {}  # ordered set: exact() keeps the user's order
-    patterns: list[re.Pattern[str]] = []
+    patterns: list[_Glob] = []
     for alt in _split_values(query, vr):
         alt = _nfc(strip(alt))
         if _has_wildcard(alt):
-            patterns.append(_wildcard_regex(alt, ignore_case=False))
+            patterns.append(_Glob(alt, ignore_case=False))
         else:
             exact[alt] = None
 
@@ -329,12 +442,12 @@ def _pn_groups(text: str) -> tuple[str, ...]:
 
 def _pn_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, None]:
     """Case-insensitive PN matching with wildcards, per component group."""
-    alternatives: list[list[re.Pattern[str] | None]] = []
+    alternatives: list[list[_Glob | None]] = []
     for alt in _split_values(query, vr):
         groups = _pn_groups(alt)
         # An empty query group matches any record group (universal per group).
         alternatives.append(
-            [_wildcard_regex(g, ignore_case=True) if g else None for g in groups]
+            [_Glob(g, ignore_case=True) if g else None for g in groups]
         )
 
     def test(value: Any) -> bool:
@@ -664,8 +777,10 @@ def _compile_criterion(keyword: str, query: str) -> Criterion:
     elif vr in _NUMERIC_INT_VRS or vr in _NUMERIC_FLOAT_VRS:
         test, exact = _numeric_test(keyword, vr, query)
     elif vr == "PN":
+        _check_wildcard_value(keyword, query)
         test, exact = _pn_test(keyword, vr, query)
     elif vr in _STRING_VRS:
+        _check_wildcard_value(keyword, query)
         test, exact = _string_test(keyword, vr, query)
     else:
         raise UsageError(f"{keyword} ({vr}) cannot be matched")

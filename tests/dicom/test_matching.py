@@ -149,6 +149,60 @@ def test_question_mark_is_exactly_one_character() -> None:
     assert match("PatientID", "???", "ABC")
 
 
+@pytest.mark.timeout(60)
+def test_many_stars_match_in_linear_time() -> None:
+    """Issue 10 item 13: each `*` became `.*` for re.fullmatch, which backtracks
+    exponentially: 12 stars and a Z took 4.6 s against a 19-character name, 25 never ended
+    (and held the GIL and the archive lock meanwhile)."""
+    name = "Abcdefghij^Klmnopqr"  # 19 characters, no Z: the worst case, no match
+    for stars in (12, 25, 32):
+        query = "*" * stars + "Z"
+        assert not match("PatientName", query, name)
+        assert not match("StudyDescription", query, name)
+        assert match("PatientName", query, name + "z")
+    spread = "*a" * 16 + "*Z"  # stars that cannot collapse: 17 of them
+    assert not match("StudyDescription", spread, "a" * 64)
+    assert match("StudyDescription", spread, "a" * 64 + "Z")
+
+
+def test_glob_matcher_agrees_with_a_regex_on_small_cases() -> None:
+    """Every pattern over {a, b, *, ?} up to 5 characters against every text over {a, b} up
+    to 6: the leftmost-placement matcher says what a (backtracking) regex says."""
+    import itertools
+    import re
+
+    texts = ["".join(t) for n in range(1, 7) for t in itertools.product("ab", repeat=n)]
+    for n in range(1, 6):
+        for pattern in map("".join, itertools.product("ab*?", repeat=n)):
+            regex = re.compile("".join(".*" if c == "*" else "." if c == "?" else c for c in pattern))
+            flt = compile_filters({"StudyDescription": pattern})
+            for text in texts:
+                assert flt.matches({"StudyDescription": text}) == bool(regex.fullmatch(text)), (pattern, text)
+
+
+def test_pn_wildcards_ignore_case_beyond_ascii() -> None:
+    assert match("PatientName", "müller*", "MÜLLER^Hans")
+    assert match("PatientName", "ΣΑΣ*", "σας^Νίκος")  # final sigma folds like any sigma
+    assert match("PatientName", "?stanbul", "İstanbul")  # `?` is one character, even İ
+    assert not match("StudyDescription", "müller*", "MÜLLER")  # exact case outside PN
+
+
+def test_wildcard_values_are_capped_and_the_error_names_only_the_keyword() -> None:
+    from pacsctl.dicom.matching import MAX_WILDCARD_VALUE_LENGTH, MAX_WILDCARDS, QueryValueTooComplexError
+
+    too_many = "Doe" + "?" * (MAX_WILDCARDS + 1)
+    too_long = "Doe" + "x" * MAX_WILDCARD_VALUE_LENGTH + "*"
+    for query in (too_many, too_long, "*a" * (MAX_WILDCARDS + 1)):
+        with pytest.raises(QueryValueTooComplexError) as err:
+            compile_filters({"PatientName": query})
+        assert err.value.keyword == "PatientName" and "PatientName" in str(err.value)
+        assert "Doe" not in str(err.value) and "Doe" not in (err.value.hint or "")
+        assert err.value.exit_code == EXIT_USAGE
+    # runs of stars count once; values without wildcards are not capped here
+    assert match("PatientName", "*" * 200 + "Doe*", "Doe^John")
+    assert match("PatientID", "x" * 2000, "x" * 2000)
+
+
 def test_text_vrs_keep_backslash_literal() -> None:
     # LT/ST/UT are single-valued: '\\' is text, not a value separator.
     assert match("ImageComments", "a\\b", "a\\b")
