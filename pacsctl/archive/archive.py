@@ -23,13 +23,22 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import pydicom
 
 from pacsctl.config import CONFIG_NAME, ON_CONFLICT_POLICIES, Config, dump_config, load_config, resolve_archive_dir
-from pacsctl.dicom.instance import DicomdirError, Instance, NotDicomError, read_instance
+from pacsctl.dicom.instance import (
+    DicomdirError,
+    Instance,
+    DataSetIdentity,
+    NotDicomError,
+    data_set_identity,
+    data_set_identity_of_file,
+    read_instance,
+)
 from pacsctl.dicom.attributes import INDEX_FIELDS, index_record
 from pacsctl.errors import InvalidDicomError, PacsctlError, StorageFullError, UsageError
 from pacsctl.storage import files
@@ -38,6 +47,47 @@ from pacsctl.storage.index import Index
 OBJECTS, INDEX, QUARANTINE, TMP, AUDIT_LOG = "objects", "index", "quarantine", "tmp", "audit.log"
 
 STORED, DUPLICATE, QUARANTINED, SKIPPED = "stored", "duplicate", "quarantined", "skipped"
+
+CONFLICT_KEPT_REASON = "conflict: same SOP Instance UID, different bytes in the data set; kept the archived copy"
+SAME_DATA_SET_REASON = "same data set as the archived copy (only the File Meta header differs)"
+
+
+class Match(Enum):
+    """How an incoming copy compares with the archived one of the same SOP Instance UID."""
+
+    ABSENT = "absent"  # nothing archived under that UID
+    IDENTICAL = "identical"  # the same bytes
+    SAME_DATA_SET = "same_data_set"  # the same data set and transfer syntax; File Meta differs
+    DIFFERENT = "different"  # a conflict
+
+
+@dataclass(frozen=True)
+class _Archived:
+    """Size and SHA-256 of the archived file (what its index record says)."""
+
+    size: int
+    sha256: str
+
+
+def _compare_with_archived(target: str, data: bytes, sha256: str) -> tuple[Match, _Archived]:
+    """Compare incoming Part-10 bytes with the archived file at `target`.
+
+    Duplicates are decided by the data set (PS3.10: the File Meta group describes the file,
+    not the instance): the whole file's hash first, which settles nearly every case in one
+    read of the archived file, and only when that differs the data sets' hashes."""
+    try:
+        size, existing_sha = files.sha256_file(target)
+    except FileNotFoundError:
+        return Match.ABSENT, _Archived(0, "")
+    archived = _Archived(size, existing_sha)
+    if existing_sha == sha256:
+        return Match.IDENTICAL, archived
+    incoming = data_set_identity(data)
+    try:
+        same = incoming is not None and incoming == data_set_identity_of_file(target)
+    except OSError:  # replaced or removed meanwhile: not provably the same
+        same = False
+    return (Match.SAME_DATA_SET if same else Match.DIFFERENT), archived
 
 
 @dataclass
@@ -50,6 +100,7 @@ class IngestResult:
     path: str = ""
     reason: str = ""
     size: int = 0
+    conflict: bool = False  # same SOP Instance UID as an archived copy, different data set
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +132,8 @@ class Archive:
         self.config = config
         self.tmp_dir = root / TMP
         self.index = Index(root / INDEX, self.tmp_dir, INDEX_FIELDS, files_root=root)
+        # dry runs: SOP Instance UID -> (SHA-256, data set identity) of what would be archived
+        self._planned: dict[str, tuple[str, DataSetIdentity | None]] = {}
 
     @classmethod
     def open(cls, root: str | os.PathLike | None = None, create: bool = True) -> "Archive":
@@ -250,48 +303,64 @@ class Archive:
         uid = inst.sop_instance_uid
         if files.publish(stage, target, replace=False):
             return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
-        try:
-            _size, existing_sha = files.sha256_file(target)
-        except FileNotFoundError:  # removed since: take its place
+        match, archived = _compare_with_archived(target, inst.data, stage.sha256)
+        if match is Match.ABSENT:  # removed since: take its place
             files.publish(stage, target, replace=True)
             return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
-        if existing_sha == stage.sha256:
+        if match in (Match.IDENTICAL, Match.SAME_DATA_SET):
             stage.temp_path.unlink(missing_ok=True)
             # Journal it again (folding is idempotent): a writer killed between publishing a
             # file and journaling it left the file unindexed, and only this re-run can tell.
-            return IngestResult(DUPLICATE, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
+            # The record describes the archived file, which stays as it is.
+            reason = "" if match is Match.IDENTICAL else SAME_DATA_SET_REASON
+            return (IngestResult(DUPLICATE, origin, uid, relpath, reason, size=stage.size),
+                    self._record(inst, relpath, archived))
         if policy == "keep":
-            quarantined = self._quarantine_file(stage.temp_path, "conflict: same SOP Instance UID, different bytes; kept the archived copy", origin, uid)
+            quarantined = self._quarantine_file(stage.temp_path, CONFLICT_KEPT_REASON, origin, uid)
+            quarantined.conflict = True
             return quarantined, None
         # replace: the archived copy goes to quarantine first (a hard link), so a name always exists
         previous = _filed_under(target)
-        self._quarantine_file(target, "conflict: replaced by a newer copy with different bytes", relpath, uid, keep_source=True)
+        self._quarantine_file(target, "conflict: replaced by a newer copy with different bytes in the data set", relpath, uid, keep_source=True)
         files.publish(stage, target, replace=True)
         record = self._record(inst, relpath, stage)
         if previous != (record["StudyInstanceUID"], record["SeriesInstanceUID"]) and all(previous):
             # the new copy is filed under another study/series: the index moves it from the old one
             record["ReplacedStudyInstanceUID"], record["ReplacedSeriesInstanceUID"] = previous
-        return IngestResult(STORED, origin, uid, relpath, size=stage.size, reason="replaced a different copy"), record
+        return IngestResult(STORED, origin, uid, relpath, size=stage.size, reason="replaced a different copy", conflict=True), record
 
     def _plan(self, inst: Instance, origin: str, policy: str) -> IngestResult:
-        """What `_publish` would do with an instance, without writing anything."""
-        relpath = self.object_relpath(inst.sop_instance_uid)
-        result = IngestResult(STORED, origin, inst.sop_instance_uid, relpath, size=len(inst.data))
-        try:
-            _size, existing_sha = files.sha256_file(self.path_of(relpath))
-        except FileNotFoundError:
-            return result
-        if existing_sha == hashlib.sha256(inst.data).hexdigest():
-            result.status = DUPLICATE
-        elif policy == "keep":
-            result.status, result.reason = QUARANTINED, "conflict: same SOP Instance UID, different bytes; would keep the archived copy"
+        """What `_publish` would do with an instance, without writing anything. Instances planned
+        earlier in this dry run count as archived (`_planned`), so a dry run finds duplicates
+        and conflicts inside one batch and across batches, as the real run would."""
+        uid = inst.sop_instance_uid
+        relpath = self.object_relpath(uid)
+        result = IngestResult(STORED, origin, uid, relpath, size=len(inst.data))
+        sha256 = hashlib.sha256(inst.data).hexdigest()
+        planned = self._planned.get(uid)
+        if planned is not None:
+            if planned[0] == sha256:
+                match = Match.IDENTICAL
+            else:
+                match = Match.SAME_DATA_SET if planned[1] is not None and planned[1] == data_set_identity(inst.data) else Match.DIFFERENT
         else:
-            result.reason = "would replace a different copy"
+            match, _ = _compare_with_archived(str(self.path_of(relpath)), inst.data, sha256)
+        if match is Match.ABSENT:
+            self._planned[uid] = (sha256, data_set_identity(inst.data))
+        elif match is Match.IDENTICAL:
+            result.status = DUPLICATE
+        elif match is Match.SAME_DATA_SET:
+            result.status, result.reason = DUPLICATE, SAME_DATA_SET_REASON
+        elif policy == "keep":
+            result.status, result.reason, result.conflict = QUARANTINED, CONFLICT_KEPT_REASON, True
+        else:
+            result.reason, result.conflict = "would replace a different copy", True
+            self._planned[uid] = (sha256, data_set_identity(inst.data))
         return result
 
     @staticmethod
-    def _record(inst: Instance, relpath: str, stage: files.StagedFile) -> dict:
-        return index_record(inst.fields(), transfer_syntax_uid=inst.transfer_syntax_uid, path=relpath, size=stage.size, sha256=stage.sha256)
+    def _record(inst: Instance, relpath: str, stored: files.StagedFile | _Archived) -> dict:
+        return index_record(inst.fields(), transfer_syntax_uid=inst.transfer_syntax_uid, path=relpath, size=stored.size, sha256=stored.sha256)
 
     # -- quarantine --------------------------------------------------------------------------
 

@@ -161,7 +161,7 @@ def _status_of(result: Any) -> int:
     if result.status in (STORED, DUPLICATE):
         return STATUS_SUCCESS
     if result.status == QUARANTINED:
-        if result.reason.startswith("conflict"):
+        if result.conflict:
             return STATUS_CONFLICT_KEPT
         return STATUS_CANNOT_UNDERSTAND
     return STATUS_CANNOT_UNDERSTAND  # skipped (e.g. a DICOMDIR sent as an instance)

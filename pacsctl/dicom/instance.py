@@ -7,7 +7,9 @@ reason), and gives files without a File Meta header a proper one, keeping the da
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,13 @@ PREAMBLE = b"\x00" * 128 + b"DICM"
 _DEFER_SIZE = 4096
 # First groups a bare data set (no preamble, no meta) plausibly starts with.
 _BARE_START_GROUPS = {0x0002, 0x0008}
+
+
+# Explicit VRs with a 4-byte length (PS3.5 7.1.2): the File Meta group is always explicit VR LE.
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_TRANSFER_SYNTAX_TAG = (0x0002, 0x0010)
+# How much of a stored file is read to find where its File Meta group ends (it is rarely 1 KiB).
+_META_HEAD = 64 << 10
 
 
 class NotDicomError(Exception):
@@ -61,6 +70,65 @@ class Instance:
             assert self.dataset is not None
             self._fields = dataset_fields(self.dataset)
         return self._fields
+
+
+@dataclass(frozen=True)
+class DataSetIdentity:
+    """What makes two Part-10 copies the same instance: the data set's bytes (everything after
+    the File Meta group 0002) and the transfer syntax they are encoded in. The File Meta group
+    itself says who wrote the file (Implementation Class UID, Source AE Title): copies of one
+    image written by a modality, by `serve` and by another PACS differ there and nowhere else."""
+
+    transfer_syntax_uid: str
+    sha256: str
+
+
+def data_set_offset(head: bytes | memoryview) -> tuple[int, str] | None:
+    """(offset where the data set starts, Transfer Syntax UID) of Part-10 bytes; None when
+    `head` is not Part-10 or its File Meta group does not end inside `head`."""
+    size = len(head)
+    if size < 132 or bytes(head[128:132]) != b"DICM":
+        return None
+    pos, syntax = 132, ""
+    while pos + 8 <= size:
+        group, element = int.from_bytes(head[pos:pos + 2], "little"), int.from_bytes(head[pos + 2:pos + 4], "little")
+        if group != 0x0002:
+            return pos, syntax
+        if bytes(head[pos + 4:pos + 6]) in _LONG_VRS:
+            if pos + 12 > size:
+                return None
+            length, pos = int.from_bytes(head[pos + 8:pos + 12], "little"), pos + 12
+        else:
+            length, pos = int.from_bytes(head[pos + 6:pos + 8], "little"), pos + 8
+        if length == 0xFFFFFFFF or pos + length > size:
+            return None
+        if (group, element) == _TRANSFER_SYNTAX_TAG:
+            syntax = bytes(head[pos:pos + length]).rstrip(b"\x00 ").decode("ascii", "replace")
+        pos += length
+    return (pos, syntax) if pos == size else None
+
+
+def data_set_identity(data: bytes) -> DataSetIdentity | None:
+    """The identity of Part-10 bytes in memory (None: not Part-10, or no complete meta group)."""
+    found = data_set_offset(memoryview(data)[:_META_HEAD] if len(data) > _META_HEAD else data)
+    if found is None:
+        return None
+    offset, syntax = found
+    return DataSetIdentity(syntax, hashlib.sha256(memoryview(data)[offset:]).hexdigest())
+
+
+def data_set_identity_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> DataSetIdentity | None:
+    """The identity of a Part-10 file, read once in chunks (memory stays bounded)."""
+    with open(path, "rb", buffering=0) as fh:
+        head = fh.read(_META_HEAD)
+        found = data_set_offset(head)
+        if found is None:
+            return None
+        offset, syntax = found
+        digest = hashlib.sha256(memoryview(head)[offset:])
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return DataSetIdentity(syntax, digest.hexdigest())
 
 
 def looks_like_dicom(head: bytes) -> bool:
