@@ -17,7 +17,7 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'cmds:pacsctl config') echo 'set show' ;;
         'opts:pacsctl config') echo '--help -h' ;;
         'opts:pacsctl config set') echo '--help -h' ;;
-        'args:pacsctl config set') echo @text ;;
+        'args:pacsctl config set') echo 'ae_title port host on_conflict allow max_associations' ;;
         'opts:pacsctl config show') echo '--json --help -h' ;;
         'opts:pacsctl echo') echo '--count -c --aet --timeout --json --help -h' ;;
         'vopts:pacsctl echo') echo '--count -c --aet --timeout' ;;
@@ -61,21 +61,21 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
     case "$1 $2" in
         'pacsctl --archive'|'pacsctl -a') echo @file ;;
         'pacsctl audit --since') echo @text ;;
-        'pacsctl audit --event'|'pacsctl audit -e') echo @text ;;
+        'pacsctl audit --event'|'pacsctl audit -e') echo 'associate reject release abort refuse store find move get' ;;
         'pacsctl backup --jobs'|'pacsctl backup -j') echo @text ;;
         'pacsctl echo --count'|'pacsctl echo -c') echo @text ;;
         'pacsctl echo --aet') echo @text ;;
         'pacsctl echo --timeout') echo @text ;;
-        'pacsctl get --level'|'pacsctl get -l') echo @text ;;
+        'pacsctl get --level'|'pacsctl get -l') echo 'patient study series instance' ;;
         'pacsctl get --key'|'pacsctl get -k') echo @text ;;
         'pacsctl get --aet') echo @text ;;
         'pacsctl get --timeout') echo @text ;;
         'pacsctl import --jobs'|'pacsctl import -j') echo @text ;;
-        'pacsctl import --on-conflict') echo @text ;;
-        'pacsctl ls --level'|'pacsctl ls -l') echo @text ;;
+        'pacsctl import --on-conflict') echo 'keep replace' ;;
+        'pacsctl ls --level'|'pacsctl ls -l') echo 'patient study series instance' ;;
         'pacsctl ls --key'|'pacsctl ls -k') echo @text ;;
         'pacsctl move --to') echo @text ;;
-        'pacsctl move --level'|'pacsctl move -l') echo @text ;;
+        'pacsctl move --level'|'pacsctl move -l') echo 'patient study series instance' ;;
         'pacsctl move --key'|'pacsctl move -k') echo @text ;;
         'pacsctl move --settle') echo @text ;;
         'pacsctl move --aet') echo @text ;;
@@ -86,7 +86,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl nodes add --tls-cert') echo @text ;;
         'pacsctl nodes add --tls-key') echo @text ;;
         'pacsctl nodes add --tls-ca') echo @text ;;
-        'pacsctl query --level'|'pacsctl query -l') echo @text ;;
+        'pacsctl query --level'|'pacsctl query -l') echo 'patient study series instance' ;;
         'pacsctl query --key'|'pacsctl query -k') echo @text ;;
         'pacsctl query --aet') echo @text ;;
         'pacsctl query --timeout') echo @text ;;

@@ -11,6 +11,7 @@ import os
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 
 from pacsctl.errors import UsageError
@@ -18,7 +19,16 @@ from pacsctl.errors import UsageError
 CONFIG_NAME = "pacsctl.toml"
 DEFAULT_AE_TITLE = "PACSCTL"
 DEFAULT_PORT = 11112
-ON_CONFLICT_POLICIES = ("keep", "replace")
+
+
+class OnConflict(StrEnum):
+    """What to do with a second copy of a SOP Instance UID whose bytes differ from the archived one."""
+
+    KEEP = "keep"  # keep the archived copy, quarantine the newcomer (the default)
+    REPLACE = "replace"  # archive the newcomer, quarantine the old copy
+
+
+ON_CONFLICT_POLICIES: tuple[OnConflict, ...] = tuple(OnConflict)
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars of the DICOM default repertoire, no backslash
 
@@ -47,13 +57,24 @@ class Config:
     ae_title: str = DEFAULT_AE_TITLE
     port: int = DEFAULT_PORT
     host: str = "0.0.0.0"
-    on_conflict: str = "keep"
+    on_conflict: OnConflict = OnConflict.KEEP
     allow: list[str] = field(default_factory=list)
     max_associations: int = 32
     nodes: dict[str, Node] = field(default_factory=dict)
 
 
-SETTABLE_KEYS = ("ae_title", "port", "host", "on_conflict", "allow", "max_associations")
+class SettingKey(StrEnum):
+    """The settings `pacsctl config set KEY VALUE` may change (the flat keys of pacsctl.toml)."""
+
+    AE_TITLE = "ae_title"
+    PORT = "port"
+    HOST = "host"
+    ON_CONFLICT = "on_conflict"
+    ALLOW = "allow"
+    MAX_ASSOCIATIONS = "max_associations"
+
+
+SETTABLE_KEYS: tuple[SettingKey, ...] = tuple(SettingKey)
 
 
 def default_archive_dir() -> Path:
@@ -120,6 +141,8 @@ def load_config(path: Path) -> Config:
     if unknown:
         raise UsageError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
     config = Config(**raw)
+    if config.on_conflict in ON_CONFLICT_POLICIES:  # else left as written: ingest names the bad value
+        config.on_conflict = OnConflict(config.on_conflict)
     for name, node in nodes_raw.items():
         try:
             config.nodes[name] = Node(name=name, **node)
@@ -167,9 +190,10 @@ def coerce_setting(key: str, value: str) -> object:
             raise UsageError(f"invalid max_associations {value!r}", hint="a positive integer")
         return int(value)
     if key == "on_conflict":
-        if value not in ON_CONFLICT_POLICIES:
-            raise UsageError(f"invalid on_conflict {value!r}", hint="keep or replace")
-        return value
+        try:
+            return OnConflict(value)
+        except ValueError:
+            raise UsageError(f"invalid on_conflict {value!r}", hint="keep or replace") from None
     if key == "allow":
         return [validate_ae_title(v.strip()) for v in value.split(",") if v.strip()]
     return value

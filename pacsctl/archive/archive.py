@@ -23,13 +23,13 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import pydicom
 
-from pacsctl.config import CONFIG_NAME, ON_CONFLICT_POLICIES, Config, dump_config, load_config, resolve_archive_dir
+from pacsctl.config import CONFIG_NAME, ON_CONFLICT_POLICIES, Config, OnConflict, dump_config, load_config, resolve_archive_dir
 from pacsctl.dicom.instance import (
     DicomdirError,
     Instance,
@@ -46,7 +46,19 @@ from pacsctl.storage.index import Index
 
 OBJECTS, INDEX, QUARANTINE, TMP, AUDIT_LOG = "objects", "index", "quarantine", "tmp", "audit.log"
 
-STORED, DUPLICATE, QUARANTINED, SKIPPED = "stored", "duplicate", "quarantined", "skipped"
+
+class IngestStatus(StrEnum):
+    """What became of one input (the `status` of import's JSON records)."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # the same bytes were archived already: nothing written
+    QUARANTINED = "quarantined"
+    SKIPPED = "skipped"  # not DICOM (or a DICOMDIR): nothing to store
+
+
+STORED, DUPLICATE, QUARANTINED, SKIPPED = (
+    IngestStatus.STORED, IngestStatus.DUPLICATE, IngestStatus.QUARANTINED, IngestStatus.SKIPPED,
+)
 
 CONFLICT_KEPT_REASON = "conflict: same SOP Instance UID, different bytes in the data set; kept the archived copy"
 SAME_DATA_SET_REASON = "same data set as the archived copy (only the File Meta header differs)"
@@ -94,7 +106,7 @@ def _compare_with_archived(target: str, data: bytes, sha256: str) -> tuple[Match
 class IngestResult:
     """What happened to one input. `reason` says why for quarantined and skipped input."""
 
-    status: str
+    status: IngestStatus
     origin: str
     sop_instance_uid: str = ""
     path: str = ""
@@ -111,7 +123,7 @@ class IngestBatch:
     """Inputs on their way into the archive (`Archive.begin_ingest`, then `sync`, `name`,
     `sync`): one result per input once named; the staged temp files; what naming touched."""
 
-    policy: str
+    policy: OnConflict
     origins: list[str]
     results: list[IngestResult | None]
     staged: list[tuple[int, Instance, files.StagedFile]] = field(default_factory=list)
@@ -275,11 +287,11 @@ class Archive:
             for _, _, stage in batch.staged:
                 stage.temp_path.unlink(missing_ok=True)
 
-    def _policy(self, on_conflict: str | None) -> str:
+    def _policy(self, on_conflict: str | None) -> OnConflict:
         policy = on_conflict or self.config.on_conflict
         if policy not in ON_CONFLICT_POLICIES:
             raise UsageError(f"invalid on-conflict policy {policy!r}", hint="keep or replace")
-        return policy
+        return OnConflict(policy)
 
     def _check(self, items: Sequence[tuple], dry_run: bool) -> tuple[list[IngestResult | None], list[tuple[int, Instance]]]:
         """Parse each input: results for those that cannot be stored, the instances of the rest."""

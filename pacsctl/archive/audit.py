@@ -12,12 +12,27 @@ import os
 import threading
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pacsctl.errors import UsageError
 
 FILE_MODE = 0o600
+
+
+class AuditEvent(StrEnum):
+    """The `event` of an audit record (`pacsctl audit --event`)."""
+
+    ASSOCIATE = "associate"
+    REJECT = "reject"  # an association refused by the node (allow-list, AE title, limits)
+    RELEASE = "release"
+    ABORT = "abort"
+    REFUSE = "refuse"  # a connection dropped before any association (too many, hostile)
+    STORE = "store"
+    FIND = "find"
+    MOVE = "move"
+    GET = "get"
 
 # Keys that must never reach the audit log, whatever a caller passes.
 _FORBIDDEN = frozenset({"PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs"})

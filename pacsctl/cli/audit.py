@@ -8,6 +8,7 @@ import typer
 
 from pacsctl.cli import output
 from pacsctl.cli.app import state
+from pacsctl.cli.options import Event, JsonRecords
 
 _COLUMNS = ["time", "event", "calling_aet", "called_aet", "peer", "status", "detail"]
 
@@ -19,9 +20,9 @@ def register(app: typer.Typer) -> None:
 
 def audit_command(
     ctx: typer.Context,
-    since: Optional[str] = typer.Option(None, "--since", help="Only records from this time on: ISO time (UTC unless zoned) or an age such as 30m, 12h, 7d."),
-    event: Optional[str] = typer.Option(None, "--event", "-e", help="Only this event (associate, reject, release, abort, store, find, move, get, refuse)."),
-    as_json: bool = typer.Option(False, "--json", help="NDJSON: the records as written."),
+    since: Optional[str] = typer.Option(None, "--since", metavar="TIME", help="Only records from this time on: ISO time (UTC unless zoned) or an age such as 30m, 12h, 7d."),
+    event: Event = None,
+    as_json: JsonRecords = False,
 ) -> None:
     """Show who associated, stored, queried and retrieved what: the audit trail `pacsctl serve`
     writes (time, event, calling and called AE title, peer address, UIDs, status). It never

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from pacsctl.cli import output
+from pacsctl.cli.options import CopyJobs, DestArg, JsonReport
 from pacsctl.cli.verify import LazyProgress, print_findings
 from pacsctl.errors import EXIT_INTEGRITY
 
 
 def backup(
     ctx: typer.Context,
-    dest: Path = typer.Argument(..., metavar="DEST", help="Backup folder (a mounted NAS, a USB disk); created if new."),
-    as_json: bool = typer.Option(False, "--json", help="NDJSON: one record per problem, then a summary."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Parallel copies (default: 2 per core, at least 4)."),
+    dest: DestArg,
+    as_json: JsonReport = False,
+    jobs: CopyJobs = None,
 ) -> None:
     """Copy what is new or changed to DEST, with a manifest to verify and restore from.
 

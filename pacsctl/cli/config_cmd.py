@@ -6,6 +6,7 @@ import typer
 
 from pacsctl.cli import output
 from pacsctl.cli.app import state
+from pacsctl.cli.options import JsonRecords, Setting
 from pacsctl.config import SETTABLE_KEYS, coerce_setting
 
 config_app = typer.Typer(help="Show or change the archive's settings.", no_args_is_help=True)
@@ -17,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 @config_app.command("show")
-def show(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="One JSON object.")) -> None:
+def show(ctx: typer.Context, as_json: JsonRecords = False) -> None:
     """Show the settings and where the archive is.
 
     Example: pacsctl config show --json
@@ -33,8 +34,8 @@ def show(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
 @config_app.command("set")
 def set_value(
     ctx: typer.Context,
-    key: str = typer.Argument(..., help=f"One of: {', '.join(SETTABLE_KEYS)}."),
-    value: str = typer.Argument(..., help="New value (for allow: comma-separated AE titles)."),
+    key: Setting,
+    value: str = typer.Argument(..., metavar="VALUE", help="New value (for allow: comma-separated AE titles)."),
 ) -> None:
     """Change a setting.
 

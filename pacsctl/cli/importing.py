@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import List, Optional
-
 import typer
 
 from pacsctl.cli import output
 from pacsctl.cli.app import state
+from pacsctl.cli.options import DryRun, Jobs, JsonSummary, OnConflictOpt, PathsArg
 from pacsctl.errors import EXIT_INTEGRITY
 
 
@@ -20,13 +18,11 @@ def register(app: typer.Typer) -> None:
 
 def import_command(
     ctx: typer.Context,
-    paths: List[Path] = typer.Argument(..., help="Folders (recursive), files, zip files or DICOMDIR files."),
-    as_json: bool = typer.Option(False, "--json", help="NDJSON: one record per quarantined or skipped file, then a summary."),
-    jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1, help="Worker processes (default: one per core)."),
-    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Show what would happen; write nothing."),
-    on_conflict: Optional[str] = typer.Option(
-        None, "--on-conflict", help="Same SOP Instance UID, different bytes: keep (default) or replace.",
-    ),
+    paths: PathsArg,
+    as_json: JsonSummary = False,
+    jobs: Jobs = None,
+    dry_run: DryRun = False,
+    on_conflict: OnConflictOpt = None,
 ) -> None:
     """Import DICOM files into the archive: folders, single files, zip files and CD/DVD media.
 
@@ -59,7 +55,7 @@ def import_command(
                 output.warn(f"{result.status}: {result.origin}: {result.reason}")
 
         summary = import_sources(
-            archive, sources, jobs=jobs, on_conflict=on_conflict, dry_run=dry_run, on_result=on_result,
+            archive, sources, jobs=jobs or os.cpu_count() or 1, on_conflict=on_conflict, dry_run=dry_run, on_result=on_result,
         )
     record = {"type": "summary", **summary.as_dict()}
     rate = summary.bytes / summary.elapsed / 1e6 if summary.elapsed else 0.0

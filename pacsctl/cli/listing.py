@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import List
-
 import typer
 
 from pacsctl.cli import output
 from pacsctl.cli.app import state
+from pacsctl.cli.options import Csv, JsonRecords, Keys, Level, LevelName
 from pacsctl.errors import UsageError
 
 COLUMNS = {
@@ -34,23 +33,20 @@ def register(app: typer.Typer) -> None:
 
 def ls_command(
     ctx: typer.Context,
-    level: str = typer.Option("study", "--level", "-l", help="patient, study, series or instance."),
-    keys: List[str] = typer.Option(
-        [], "--key", "-k", metavar="KEY=VALUE",
-        help="Filter on a DICOM keyword with DICOM matching: wildcards * ?, ranges 20240101-20240331, UID lists a\\b.",
-    ),
-    as_json: bool = typer.Option(False, "--json", help="NDJSON, one record per line, keyed by DICOM keywords."),
-    as_csv: bool = typer.Option(False, "--csv", help="CSV with a header row."),
+    level: Level = LevelName.STUDY,
+    keys: Keys = [],
+    as_json: JsonRecords = False,
+    as_csv: Csv = False,
 ) -> None:
     """List what the archive holds.
 
     Example: pacsctl ls -k PatientName='DOE*' -k StudyDate=20240101-20240331 --json
     """
-    from pacsctl.dicom.matching import compile_filters, level_from_name, parse_key_values
+    from pacsctl.dicom.matching import compile_filters, parse_key_values
     from pacsctl.archive.search import find_records
 
     check_format(as_json, as_csv)
-    query_level = level_from_name(level)
+    query_level = level.query_level
     flt = compile_filters(parse_key_values(keys))
     archive = state(ctx).open_archive()
     emit_level(find_records(archive.index, query_level, flt), query_level, as_json, as_csv)

@@ -9,6 +9,7 @@ import typer
 
 from pacsctl.cli import output
 from pacsctl.cli.app import state
+from pacsctl.cli.options import NO_METAVAR, JsonRecords
 from pacsctl.config import Node, validate_ae_title, validate_port
 from pacsctl.errors import UsageError
 
@@ -23,15 +24,15 @@ def register(app: typer.Typer) -> None:
 @nodes_app.command("add")
 def add(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Name to use in commands, e.g. old-pacs."),
-    aet: str = typer.Option(..., "--aet", help="The node's AE title."),
-    host: str = typer.Option(..., "--host", help="Host name or IP address."),
-    port: int = typer.Option(..., "--port", help="DICOM port."),
-    tls: bool = typer.Option(False, "--tls", help="Talk to it over TLS."),
-    tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="Our client certificate (PEM) for it."),
-    tls_key: Optional[str] = typer.Option(None, "--tls-key", help="Our client key (PEM) for it."),
-    tls_ca: Optional[str] = typer.Option(None, "--tls-ca", help="CA bundle that signs its certificate."),
-    replace: bool = typer.Option(False, "--replace", help="Overwrite an existing node of that name."),
+    name: str = typer.Argument(..., metavar="NAME", help="Name to use in commands, e.g. old-pacs."),
+    aet: str = typer.Option(..., "--aet", metavar="AET", help="The node's AE title."),
+    host: str = typer.Option(..., "--host", metavar="HOST", help="Host name or IP address."),
+    port: int = typer.Option(..., "--port", metavar="PORT", help="DICOM port."),
+    tls: bool = typer.Option(False, "--tls", metavar=NO_METAVAR, help="Talk to it over TLS."),
+    tls_cert: Optional[str] = typer.Option(None, "--tls-cert", metavar="FILE", help="Our client certificate (PEM) for it."),
+    tls_key: Optional[str] = typer.Option(None, "--tls-key", metavar="FILE", help="Our client key (PEM) for it."),
+    tls_ca: Optional[str] = typer.Option(None, "--tls-ca", metavar="FILE", help="CA bundle that signs its certificate."),
+    replace: bool = typer.Option(False, "--replace", metavar=NO_METAVAR, help="Overwrite an existing node of that name."),
 ) -> None:
     """Add a remote node.
 
@@ -52,7 +53,7 @@ def add(
 @nodes_app.command("list")
 def list_nodes(
     ctx: typer.Context,
-    as_json: bool = typer.Option(False, "--json", help="NDJSON, one node per line."),
+    as_json: JsonRecords = False,
 ) -> None:
     """List the known nodes.
 
@@ -64,7 +65,7 @@ def list_nodes(
 
 
 @nodes_app.command("remove")
-def remove(ctx: typer.Context, name: str = typer.Argument(..., help="The node's name.")) -> None:
+def remove(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME", help="The node's name.")) -> None:
     """Forget a node.
 
     Example: pacsctl nodes remove old-pacs

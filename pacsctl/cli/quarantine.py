@@ -6,6 +6,7 @@ import typer
 
 from pacsctl.cli import output
 from pacsctl.cli.app import state
+from pacsctl.cli.options import JsonRecords
 
 
 def register(app: typer.Typer) -> None:
@@ -15,7 +16,7 @@ def register(app: typer.Typer) -> None:
 
 def quarantine_command(
     ctx: typer.Context,
-    as_json: bool = typer.Option(False, "--json", help="NDJSON, one quarantined item per line."),
+    as_json: JsonRecords = False,
 ) -> None:
     """List quarantined input with its reason, origin and SOP Instance UID, oldest first.
 

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from pacsctl.cli import output
+from pacsctl.cli.options import Jobs, JsonReport
 from pacsctl.cli.verify import LazyProgress, print_findings
 from pacsctl.errors import EXIT_INTEGRITY
 
 
 def reindex(
     ctx: typer.Context,
-    as_json: bool = typer.Option(False, "--json", help="NDJSON: one record per file not indexed, then a summary."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Worker processes (default: one per core)."),
+    as_json: JsonReport = False,
+    jobs: Jobs = None,
 ) -> None:
     """Rebuild the index from objects/: every file read, hashed and parsed again.
 

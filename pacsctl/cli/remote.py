@@ -17,6 +17,7 @@ import typer
 from pacsctl.cli import output
 from pacsctl.cli.app import state
 from pacsctl.cli.listing import check_format, emit_level
+from pacsctl.cli.options import Aet, All, Csv, JsonRecords, JsonSummary, Keys, Level, LevelName, NodeArg, RetrieveLevel, Timeout
 from pacsctl.config import CONFIG_NAME, Config, Node, load_config, parse_node_spec, resolve_archive_dir, validate_ae_title
 from pacsctl.errors import EXIT_INTEGRITY, EXIT_NETWORK, NetworkError, PacsctlError, UsageError
 
@@ -26,16 +27,6 @@ if TYPE_CHECKING:
 # The core (pydicom, pynetdicom) is imported inside each command: every other `pacsctl`
 # command, `--help` and completion would otherwise pay ~0.5 s for it at start-up.
 
-NODE_HELP = "A node name from `pacsctl nodes`, or AET@host:port."
-KEY_HELP = "Filter on a DICOM keyword, as in `pacsctl ls`: wildcards * ?, ranges 20240101-20240331, UID lists a\\b."
-
-
-def _aet_option() -> Any:
-    return typer.Option(None, "--aet", help="Calling AE title (default: the archive's ae_title).")
-
-
-def _timeout_option() -> Any:
-    return typer.Option(30.0, "--timeout", min=1.0, help="Seconds to wait for the peer to connect or answer.")
 
 
 def register(app: typer.Typer) -> None:
@@ -56,10 +47,10 @@ def _setup(ctx: typer.Context, spec: str, aet: Optional[str]) -> tuple[Node, str
     return node, validate_ae_title(aet) if aet else config.ae_title, config
 
 
-def _filters(keys: List[str], level_name: str) -> tuple[str, dict[str, str]]:
-    from pacsctl.dicom.matching import level_from_name, parse_key_values
+def _filters(keys: List[str], level_name: LevelName) -> tuple[str, dict[str, str]]:
+    from pacsctl.dicom.matching import parse_key_values
 
-    return level_from_name(level_name), parse_key_values(keys)
+    return level_name.query_level, parse_key_values(keys)
 
 
 # -- echo --------------------------------------------------------------------------------------
@@ -67,11 +58,11 @@ def _filters(keys: List[str], level_name: str) -> tuple[str, dict[str, str]]:
 
 def echo_command(
     ctx: typer.Context,
-    node_spec: str = typer.Argument(..., metavar="NODE", help=NODE_HELP),
-    count: int = typer.Option(1, "--count", "-c", min=1, help="How many C-ECHOs, one association each."),
-    aet: Optional[str] = _aet_option(),
-    timeout: float = _timeout_option(),
-    as_json: bool = typer.Option(False, "--json", help="NDJSON: one record per C-ECHO, then a summary."),
+    node_spec: NodeArg,
+    count: int = typer.Option(1, "--count", "-c", metavar="N", min=1, help="How many C-ECHOs, one association each."),
+    aet: Aet = None,
+    timeout: Timeout = 30.0,
+    as_json: JsonSummary = False,
 ) -> None:
     """Check that a node answers (C-ECHO) and print the round trip.
 
@@ -123,14 +114,14 @@ def echo_command(
 
 def send_command(
     ctx: typer.Context,
-    node_spec: str = typer.Argument(..., metavar="NODE", help=NODE_HELP),
-    paths: Optional[List[Path]] = typer.Argument(None, help="Files, folders (recursive) or DICOMDIR files."),
+    node_spec: NodeArg,
+    paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH", help="Files, folders (recursive) or DICOMDIR files.", show_default=False),
     studies: List[str] = typer.Option([], "--study", metavar="UID", help="Send this archived study (repeatable)."),
     keys: List[str] = typer.Option([], "--key", "-k", metavar="KEY=VALUE", help="Send archived instances matching this (as `pacsctl ls`)."),
-    associations: int = typer.Option(2, "--associations", "-j", min=1, max=16, help="Associations in parallel (1 for peers that allow only one)."),
-    aet: Optional[str] = _aet_option(),
-    timeout: float = _timeout_option(),
-    as_json: bool = typer.Option(False, "--json", help="NDJSON: one record per failed or skipped file, then a summary."),
+    associations: int = typer.Option(2, "--associations", "-j", metavar="N", min=1, max=16, help="Associations in parallel (1 for peers that allow only one)."),
+    aet: Aet = None,
+    timeout: Timeout = 30.0,
+    as_json: JsonSummary = False,
 ) -> None:
     """Send DICOM files, or instances from the archive, to a node (C-STORE).
 
@@ -191,13 +182,13 @@ def send_command(
 
 def query_command(
     ctx: typer.Context,
-    node_spec: str = typer.Argument(..., metavar="NODE", help=NODE_HELP),
-    level: str = typer.Option("study", "--level", "-l", help="patient, study, series or instance."),
-    keys: List[str] = typer.Option([], "--key", "-k", metavar="KEY=VALUE", help=KEY_HELP),
-    aet: Optional[str] = _aet_option(),
-    timeout: float = _timeout_option(),
-    as_json: bool = typer.Option(False, "--json", help="NDJSON, one record per line, keyed by DICOM keywords."),
-    as_csv: bool = typer.Option(False, "--csv", help="CSV with a header row."),
+    node_spec: NodeArg,
+    level: Level = LevelName.STUDY,
+    keys: Keys = [],
+    aet: Aet = None,
+    timeout: Timeout = 30.0,
+    as_json: JsonRecords = False,
+    as_csv: Csv = False,
 ) -> None:
     """Search a node (C-FIND) with the same filters and output as `pacsctl ls`.
 
@@ -265,15 +256,15 @@ def _finish(summary: RetrieveSummary, as_json: bool, text: str, node: Node, dest
 
 def move_command(
     ctx: typer.Context,
-    node_spec: str = typer.Argument(..., metavar="NODE", help=NODE_HELP),
+    node_spec: NodeArg,
     to: str = typer.Option(..., "--to", metavar="AET", help="Destination AE title (or a node name); the peer must know it."),
-    level: str = typer.Option("study", "--level", "-l", help="Retrieve whole patients, studies, series or instances."),
-    keys: List[str] = typer.Option([], "--key", "-k", metavar="KEY=VALUE", help=KEY_HELP),
-    everything: bool = typer.Option(False, "--all", help="Allow an empty selection (everything on the node)."),
-    settle: float = typer.Option(10.0, "--settle", min=0.0, help="Into our archive: seconds to wait for late arrivals after the peer's final answer."),
-    aet: Optional[str] = _aet_option(),
-    timeout: float = _timeout_option(),
-    as_json: bool = typer.Option(False, "--json", help="NDJSON: one summary object."),
+    level: RetrieveLevel = LevelName.STUDY,
+    keys: Keys = [],
+    everything: All = False,
+    settle: float = typer.Option(10.0, "--settle", metavar="SECONDS", min=0.0, help="Into our archive: seconds to wait for late arrivals after the peer's final answer."),
+    aet: Aet = None,
+    timeout: Timeout = 30.0,
+    as_json: JsonSummary = False,
 ) -> None:
     """Have a node send studies to a destination AE (C-MOVE).
 
@@ -310,13 +301,13 @@ def move_command(
 
 def get_command(
     ctx: typer.Context,
-    node_spec: str = typer.Argument(..., metavar="NODE", help=NODE_HELP),
-    level: str = typer.Option("study", "--level", "-l", help="Retrieve whole patients, studies, series or instances."),
-    keys: List[str] = typer.Option([], "--key", "-k", metavar="KEY=VALUE", help=KEY_HELP),
-    everything: bool = typer.Option(False, "--all", help="Allow an empty selection (everything on the node)."),
-    aet: Optional[str] = _aet_option(),
-    timeout: float = _timeout_option(),
-    as_json: bool = typer.Option(False, "--json", help="NDJSON: one summary object."),
+    node_spec: NodeArg,
+    level: RetrieveLevel = LevelName.STUDY,
+    keys: Keys = [],
+    everything: All = False,
+    aet: Aet = None,
+    timeout: Timeout = 30.0,
+    as_json: JsonSummary = False,
 ) -> None:
     """Retrieve studies from a node straight into the archive (C-GET).
 

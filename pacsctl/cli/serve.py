@@ -21,18 +21,18 @@ def register(app: typer.Typer) -> None:
 
 def serve_command(
     ctx: typer.Context,
-    aet: Optional[str] = typer.Option(None, "--aet", help="Our AE title (default: config ae_title, PACSCTL)."),
-    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on (default: config host, all interfaces)."),
-    port: Optional[int] = typer.Option(None, "--port", "-p", help="TCP port (default: config port, 11112; 0 = any free port)."),
-    allow: Optional[List[str]] = typer.Option(None, "--allow", help="Calling AE title allowed to connect (repeatable; default: config allow, else anyone)."),
-    max_associations: Optional[int] = typer.Option(None, "--max-associations", min=1, help="Associations served at once (default: config, 32)."),
-    acse_timeout: float = typer.Option(30.0, "--acse-timeout", min=0.1, help="Seconds a client may take to associate or release."),
-    dimse_timeout: float = typer.Option(60.0, "--dimse-timeout", min=0.1, help="Seconds to wait for a DIMSE message."),
-    network_timeout: float = typer.Option(60.0, "--network-timeout", min=0.1, help="Seconds an idle association is kept open."),
-    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", exists=True, dir_okay=False, help="Serve DICOM over TLS with this certificate (PEM)."),
-    tls_key: Optional[Path] = typer.Option(None, "--tls-key", exists=True, dir_okay=False, help="Private key of --tls-cert (PEM)."),
-    tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", exists=True, dir_okay=False, help="Require client certificates signed by this CA (PEM)."),
-    workers: int = typer.Option(min(4, os.cpu_count() or 1), "--workers", "-w", min=1, help="Processes sharing the port (default: one per core, at most 4)."),
+    aet: Optional[str] = typer.Option(None, "--aet", metavar="AET", help="Our AE title (default: config ae_title, PACSCTL)."),
+    host: Optional[str] = typer.Option(None, "--host", metavar="ADDRESS", help="Address to listen on (default: config host, all interfaces)."),
+    port: Optional[int] = typer.Option(None, "--port", "-p", metavar="PORT", help="TCP port (default: config port, 11112; 0 = any free port)."),
+    allow: Optional[List[str]] = typer.Option(None, "--allow", metavar="AET", help="Calling AE title allowed to connect (repeatable; default: config allow, else anyone)."),
+    max_associations: Optional[int] = typer.Option(None, "--max-associations", metavar="N", min=1, help="Associations served at once (default: config, 32)."),
+    acse_timeout: float = typer.Option(30.0, "--acse-timeout", metavar="SECONDS", min=0.1, help="Seconds a client may take to associate or release."),
+    dimse_timeout: float = typer.Option(60.0, "--dimse-timeout", metavar="SECONDS", min=0.1, help="Seconds to wait for a DIMSE message."),
+    network_timeout: float = typer.Option(60.0, "--network-timeout", metavar="SECONDS", min=0.1, help="Seconds an idle association is kept open."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", metavar="FILE", exists=True, dir_okay=False, help="Serve DICOM over TLS with this certificate (PEM)."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", metavar="FILE", exists=True, dir_okay=False, help="Private key of --tls-cert (PEM)."),
+    tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", metavar="FILE", exists=True, dir_okay=False, help="Require client certificates signed by this CA (PEM)."),
+    workers: int = typer.Option(min(4, os.cpu_count() or 1), "--workers", "-w", metavar="N", min=1, help="Processes sharing the port (default: one per core, at most 4)."),
 ) -> None:
     """Run a DICOM node over the archive: Verification, Storage, and Query/Retrieve
     (Patient and Study Root FIND, MOVE, GET).

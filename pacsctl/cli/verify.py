@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping, Optional
 import typer
 
 from pacsctl.cli import output
+from pacsctl.cli.options import NO_METAVAR, Jobs, JsonReport
 from pacsctl.errors import EXIT_INTEGRITY, PacsctlError, UsageError
 
 FINDING_COLUMNS = ("where", "problem", "path", "SOPInstanceUID", "action", "detail")
@@ -73,16 +74,16 @@ def print_findings(records: list[dict], as_json: bool, title: str) -> None:
 
 def verify(
     ctx: typer.Context,
-    quick: bool = typer.Option(False, "--quick", help="Presence and sizes only: no hashing, no parsing."),
+    quick: bool = typer.Option(False, "--quick", metavar=NO_METAVAR, help="Presence and sizes only: no hashing, no parsing."),
     sample: Optional[float] = typer.Option(None, "--sample", min=0.0, max=1.0, metavar="FRACTION",
                                            help="Re-hash a random share (e.g. 0.05) and quick-check the rest."),
     backup: Optional[Path] = typer.Option(None, "--backup", metavar="DEST",
                                           help="Check the backup in DEST against its manifest and against the archive."),
     repair_from: Optional[Path] = typer.Option(None, "--repair-from", metavar="DEST",
                                                help="Restore damaged or missing files from the backup in DEST (byte-identical copies only)."),
-    as_json: bool = typer.Option(False, "--json", help="NDJSON: one record per problem, then a summary."),
+    as_json: JsonReport = False,
     report: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="Also write the NDJSON report to FILE (for cron mail)."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Worker processes (default: one per core)."),
+    jobs: Jobs = None,
 ) -> None:
     """Check that nothing is lost or damaged; exit 0 when clean, 3 when anything is wrong.
 

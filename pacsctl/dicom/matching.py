@@ -61,6 +61,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from datetime import date, datetime, timedelta
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -71,6 +72,7 @@ from pacsctl.dicom.identifying import shown_value
 from pacsctl.errors import UsageError
 
 __all__ = [
+    "QueryLevel",
     "LEVELS",
     "LEVEL_KEYS",
     "UNIQUE_KEY",
@@ -87,7 +89,17 @@ __all__ = [
 
 Record = Mapping[str, Any]
 
-LEVELS: tuple[str, ...] = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+
+class QueryLevel(StrEnum):
+    """A Query/Retrieve level (PS3.4 C.6), top down; the value is what (0008,0052) holds."""
+
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+
+LEVELS: tuple[QueryLevel, ...] = tuple(QueryLevel)
 
 #: Attributes an index record carries per Query/Retrieve level. A record of a
 #: level also carries the keys of the levels above it (a study record holds
@@ -139,13 +151,7 @@ UNIQUE_KEY: Mapping[str, str] = MappingProxyType(
 )
 
 # Names users type for a level (`ls --level instance`) -> DICOM level.
-_LEVEL_ALIASES = {
-    "PATIENT": "PATIENT",
-    "STUDY": "STUDY",
-    "SERIES": "SERIES",
-    "IMAGE": "IMAGE",
-    "INSTANCE": "IMAGE",
-}
+_LEVEL_ALIASES = {**{level.value: level for level in QueryLevel}, "INSTANCE": QueryLevel.IMAGE}
 
 _NUMERIC_INT_VRS = frozenset({"IS", "US", "UL", "SS", "SL", "SV", "UV"})
 _NUMERIC_FLOAT_VRS = frozenset({"DS", "FL", "FD"})
@@ -160,11 +166,11 @@ _UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _EMPTY_VALUE_QUERY = '""'
 
 
-def level_from_name(name: str) -> str:
+def level_from_name(name: str) -> QueryLevel:
     """Return the DICOM Query/Retrieve level for a user-typed level name.
 
     >>> level_from_name("instance")
-    'IMAGE'
+    <QueryLevel.IMAGE: 'IMAGE'>
     """
     level = _LEVEL_ALIASES.get(name.strip().upper())
     if level is None:
