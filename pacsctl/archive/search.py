@@ -14,6 +14,12 @@ def find_records(index: Index, level: str, flt: RecordFilter) -> list[dict[str, 
     Exact PatientID / StudyInstanceUID / SeriesInstanceUID criteria go straight to their index
     shards; every other criterion filters what those return.
     """
+    return [record for record in candidate_records(index, level, flt) if flt.matches(record)]
+
+
+def candidate_records(index: Index, level: str, flt: RecordFilter) -> list[dict[str, Any]]:
+    """The records at `level` that `flt`'s exact keys select, not yet matched against its other
+    criteria: a snapshot (fresh dicts) that may be matched without holding any lock."""
     patient_ids = flt.exact("PatientID")
     study_uids = flt.exact("StudyInstanceUID")
     series_uids = flt.exact("SeriesInstanceUID")
@@ -25,4 +31,4 @@ def find_records(index: Index, level: str, flt: RecordFilter) -> list[dict[str, 
         records = index.series(patient_ids, study_uids, series_uids)
     else:
         records = index.instances(patient_ids, study_uids, series_uids)
-    return [record for record in records if flt.matches(record)]
+    return records

@@ -47,10 +47,12 @@ from pacsctl.net.types import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_PENDING,
     STATUS_PROCESSING_FAILURE,
+    STATUS_SUCCESS,
     STATUS_UNABLE_TO_PROCESS,
     AssocInfo,
     QueryContext,
     QueryModel,
+    QueryRefusedError,
     ScpHandlers,
     ScpOptions,
     StoreRequest,
@@ -263,15 +265,17 @@ class _Dispatcher:
             log_failure(f"store handler failed for {store_req.sop_instance_uid}", exc)
             return STATUS_PROCESSING_FAILURE
 
-    def _query(self, event: evt.Event) -> tuple[QueryModel, str, Dataset, QueryContext]:
+    def _query(self, event: evt.Event, budget: float | None = None
+               ) -> tuple[QueryModel, str, Dataset, QueryContext]:
         model, service = _MODELS[str(event.request.AffectedSOPClassUID)]
-        ctx = QueryContext(assoc_info(event.assoc), is_cancelled=lambda: event.is_cancelled)
+        ctx = QueryContext(assoc_info(event.assoc), is_cancelled=lambda: event.is_cancelled,
+                           deadline=None if budget is None else time.monotonic() + budget)
         return model, service, event.identifier, ctx
 
     def on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
-        model, _, identifier, ctx = self._query(event)
+        model, _, identifier, ctx = self._query(event, self.options.find_time_budget)
         keys = _audit_keys(identifier)
-        matches, status = 0, 0x0000
+        matches, status, reason = 0, STATUS_SUCCESS, None
         try:
             if self.h.find is None:
                 status = STATUS_UNABLE_TO_PROCESS
@@ -282,15 +286,23 @@ class _Dispatcher:
                     status = STATUS_CANCEL
                     yield status, None
                     return
+                if ctx.expired():  # the handler may not look: the next match is not sent
+                    raise QueryRefusedError(STATUS_OUT_OF_RESOURCES, _budget_spent(self.options))
                 matches += 1
                 yield STATUS_PENDING, ds
+        except QueryRefusedError as exc:
+            LOG.warning("C-FIND refused with 0x%04X after %d matches: %s", exc.status, matches,
+                        exc.detail)
+            status, reason = exc.status, exc.detail
+            yield status, None
         except Exception as exc:
             log_failure("find handler failed", exc)
             status = (STATUS_IDENTIFIER_MISMATCH if isinstance(exc, UsageError)
                       else STATUS_UNABLE_TO_PROCESS)
             yield status, None
         finally:
-            self.audit("find", ctx.assoc, model=model, matches=matches, status=status, **keys)
+            self.audit("find", ctx.assoc, model=model, matches=matches, status=status,
+                       reason=reason, **keys)
 
     def on_move(self, event: evt.Event) -> Iterator[Any]:
         model, _, identifier, ctx = self._query(event)
@@ -394,6 +406,10 @@ class _SubopTally:
         done = self.completed + self.failed + self.warning
         return {"completed": self.completed, "failed": self.failed, "warning": self.warning,
                 "sent": done}
+
+
+def _budget_spent(options: ScpOptions) -> str:
+    return f"time budget of {options.find_time_budget:g} s spent"
 
 
 def _audit_keys(identifier: Dataset | None) -> dict[str, Any]:

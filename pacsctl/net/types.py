@@ -6,6 +6,7 @@ which `pacsctl.node.service` builds over the archive.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ QueryModel = Literal["P", "S"]  # Patient Root / Study Root
 STATUS_SUCCESS = 0x0000
 STATUS_CANCEL = 0xFE00
 STATUS_PENDING = 0xFF00
-STATUS_OUT_OF_RESOURCES = 0xA700  # C-STORE: refused, out of resources (disk full)
+STATUS_OUT_OF_RESOURCES = 0xA700  # refused, out of resources (C-STORE: disk full; C-FIND: time
+#                                   budget spent)
 STATUS_CANNOT_UNDERSTAND = 0xC000  # C-STORE: error, cannot understand (unparsable)
 STATUS_PROCESSING_FAILURE = 0x0110
 STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801
@@ -99,10 +101,26 @@ class StoreRequest:
 
 @dataclass(frozen=True)
 class QueryContext:
-    """The association a C-FIND/MOVE/GET arrived on, and a way to see a C-CANCEL."""
+    """The association a C-FIND/MOVE/GET arrived on, a way to see a C-CANCEL, and the
+    request's deadline (`time.monotonic()` value; None: no time budget)."""
 
     assoc: AssocInfo
     is_cancelled: Callable[[], bool] = lambda: False
+    deadline: float | None = None
+
+    def expired(self) -> bool:
+        """True once the request has used its time budget (`ScpOptions.find_time_budget`)."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+class QueryRefusedError(Exception):
+    """Raised by a find/locate handler that refuses a request: the SCP answers `status`.
+    `detail` goes to the log, so it names attributes, never their values."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
 
 
 StoreHandler = Callable[[StoreRequest], int]
@@ -138,6 +156,9 @@ class ScpOptions:
     maximum_pdu_size: int = 1 << 20  # large PDUs: fewer Python round trips per instance
     tls: TlsOptions | None = None
     temp_dir: Path | None = None  # where incoming data sets are streamed; archive's file system
+    # A C-FIND that has not finished after this many seconds ends with 0xA700 (what it sent
+    # stays sent): one query must not hold a worker however large the archive.
+    find_time_budget: float = 30.0
 
 
 @dataclass

@@ -21,14 +21,19 @@ from pydicom.dataset import Dataset
 from pacsctl.archive.archive import AUDIT_LOG, Archive
 from pacsctl.archive.audit import AuditLog
 from pacsctl.archive.commit import GroupCommitter
-from pacsctl.archive.search import find_records
+from pacsctl.archive.search import candidate_records
 from pacsctl.config import CONFIG_NAME, load_config
-from pacsctl.dicom.identifiers import build_response, parse_identifier
+from pacsctl.dicom.identifiers import Query, build_response, parse_identifier
+from pacsctl.dicom.matching import QueryValueTooComplexError, RecordFilter
+from pacsctl.errors import UsageError
 from pacsctl.net.scp import RunningScp, start_scp
 from pacsctl.net.types import (
+    STATUS_IDENTIFIER_MISMATCH,
+    STATUS_OUT_OF_RESOURCES,
     Destination,
     QueryContext,
     QueryModel,
+    QueryRefusedError,
     ScpHandlers,
     ScpOptions,
     StoreRequest,
@@ -65,21 +70,22 @@ class ArchiveService:
 
     def find(self, model: QueryModel, identifier: Dataset, ctx: QueryContext
              ) -> Iterator[Dataset]:
-        """C-FIND: matching index records as response identifiers."""
-        query = parse_identifier(identifier)
-        flt = query.filter()
+        """C-FIND: matching index records as response identifiers. The lock is held only to
+        read the candidate records: matching them (the query's cost) runs beside the stores."""
+        query, flt = _compiled(identifier)
         with self._lock:
-            records = find_records(self.archive.index, query.level, flt)
-        for record in records:
+            records = candidate_records(self.archive.index, query.level, flt)
+        for record in _matching(records, flt, ctx):
             yield build_response(record, query)
 
     def locate(self, model: QueryModel, identifier: Dataset, ctx: QueryContext) -> list[str]:
         """C-MOVE/C-GET: files of every instance under the matches."""
-        query = parse_identifier(identifier)
-        flt = query.filter()
+        query, flt = _compiled(identifier)
         index = self.archive.index
         with self._lock:
-            matched = find_records(index, query.level, flt)
+            candidates = candidate_records(index, query.level, flt)
+        matched = list(_matching(candidates, flt, ctx))
+        with self._lock:
             if query.level == "IMAGE":
                 instances = matched
             elif query.level == "PATIENT":
@@ -105,6 +111,35 @@ class ArchiveService:
                 tls = TlsOptions(node.tls_cert, node.tls_key, node.tls_ca) if node.tls else None
                 return Destination(node.host, int(node.port), tls)
         return None
+
+
+# How many records are matched between two looks at the request's deadline.
+_DEADLINE_CHECK_EVERY = 256
+
+
+def _compiled(identifier: Dataset) -> tuple[Query, RecordFilter]:
+    """The request's query and filter; a request that cannot be matched is refused with 0xA900
+    and a reason that names attributes, never values."""
+    try:
+        query = parse_identifier(identifier)
+        return query, query.filter()
+    except QueryValueTooComplexError as exc:
+        raise QueryRefusedError(STATUS_IDENTIFIER_MISMATCH,
+                                f"{exc.keyword}: query value too long or with too many wildcards"
+                                ) from None
+    except UsageError as exc:  # its message may quote a value (a birth date): not logged
+        raise QueryRefusedError(STATUS_IDENTIFIER_MISMATCH,
+                                f"identifier cannot be matched ({type(exc).__name__})") from None
+
+
+def _matching(records: list[dict[str, Any]], flt: RecordFilter, ctx: QueryContext
+              ) -> Iterator[dict[str, Any]]:
+    """The records `flt` matches, until the request's time budget is spent (then refused)."""
+    for i, record in enumerate(records):
+        if i % _DEADLINE_CHECK_EVERY == 0 and ctx.expired():
+            raise QueryRefusedError(STATUS_OUT_OF_RESOURCES, "time budget spent while matching")
+        if flt.matches(record):
+            yield record
 
 
 @dataclass
