@@ -35,7 +35,7 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl move') echo @text ;;
         'cmds:pacsctl nodes') echo 'add list remove' ;;
         'opts:pacsctl nodes') echo '--help -h' ;;
-        'opts:pacsctl nodes add') echo '--aet --host --port --tls --tls-cert --tls-key --tls-ca --replace --help -h' ;;
+        'opts:pacsctl nodes add') echo '--aet --host --port --tls --tls-cert --tls-key --tls-ca --tls-no-hostname-check --replace --help -h' ;;
         'vopts:pacsctl nodes add') echo '--aet --host --port --tls-cert --tls-key --tls-ca' ;;
         'args:pacsctl nodes add') echo @text ;;
         'opts:pacsctl nodes list') echo '--json --help -h' ;;

@@ -147,6 +147,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes add\'' -l 'tls' -d 'Talk to
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes add\'' -l 'tls-cert' -x -d 'Our client certificate (PEM) for it.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes add\'' -l 'tls-key' -x -d 'Our client key (PEM) for it.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes add\'' -l 'tls-ca' -x -d 'CA bundle that signs its certificate.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes add\'' -l 'tls-no-hostname-check' -d 'Accept its certificate whatever host name it names (lab set-ups only).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes add\'' -l 'replace' -d 'Overwrite an existing node of that name.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes add\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes list\'' -l 'json' -d 'NDJSON on stdout, one record per line, keyed by DICOM keywords.'

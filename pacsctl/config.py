@@ -45,6 +45,7 @@ class Node:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
+    tls_no_hostname_check: bool = False  # lab set-ups: certificates that name no host
 
     def __str__(self) -> str:
         return f"{self.aet}@{self.host}:{self.port}"
@@ -113,6 +114,8 @@ def parse_node_spec(spec: str, config: Config) -> Node:
     if spec in config.nodes:
         return config.nodes[spec]
     match = re.fullmatch(r"(?P<aet>[^@]+)@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d+)", spec)
+    if not match and re.fullmatch(r"[^@]+@(\[[^\]]+\]|[^:]+):?", spec):
+        raise UsageError(f"no port in {spec!r}", hint="write AET@host:PORT, e.g. ORTHANC@10.0.0.5:4242")
     if not match:
         known = ", ".join(sorted(config.nodes)) or "none configured"
         raise UsageError(

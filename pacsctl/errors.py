@@ -6,6 +6,8 @@ Exit codes (stable, scripts rely on them):
 
 from __future__ import annotations
 
+from enum import Enum
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -36,10 +38,36 @@ class IntegrityError(PacsctlError):
     exit_code = EXIT_INTEGRITY
 
 
+class NetworkFailure(Enum):
+    """What went wrong talking to a peer: decided from the socket and DICOM events, never from
+    message text, so callers (and their hints) can act on it."""
+
+    DNS = "dns"  # the host name does not resolve
+    REFUSED = "refused"  # nothing listens on the port
+    TIMEOUT = "timeout"  # no connection, or no answer to the association request, in time
+    TLS = "tls"  # the TLS handshake failed
+    REJECTED = "rejected"  # A-ASSOCIATE-RJ, or no presentation context accepted
+    ABORTED = "aborted"  # the peer aborted or closed the connection
+    LOST = "lost"  # an established association broke, or a request went unanswered
+    STATUS = "status"  # the peer answered a request with a failure status
+    LISTEN = "listen"  # we could not listen on our own port
+
+
 class NetworkError(PacsctlError):
-    """A peer was unreachable, rejected us, or timed out."""
+    """A peer was unreachable, rejected us, or timed out; `failure` says which."""
 
     exit_code = EXIT_NETWORK
+
+    def __init__(self, message: str, hint: str | None = None,
+                 failure: NetworkFailure | None = None) -> None:
+        super().__init__(message, hint)
+        self.failure = failure
+
+
+class OperationInterrupted(PacsctlError):
+    """Stopped by Ctrl-C or SIGTERM after finishing or aborting what was in flight."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class InvalidDicomError(PacsctlError):

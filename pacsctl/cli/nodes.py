@@ -32,9 +32,15 @@ def add(
     tls_cert: Optional[str] = typer.Option(None, "--tls-cert", metavar="FILE", help="Our client certificate (PEM) for it."),
     tls_key: Optional[str] = typer.Option(None, "--tls-key", metavar="FILE", help="Our client key (PEM) for it."),
     tls_ca: Optional[str] = typer.Option(None, "--tls-ca", metavar="FILE", help="CA bundle that signs its certificate."),
+    tls_no_hostname_check: bool = typer.Option(
+        False, "--tls-no-hostname-check", metavar=NO_METAVAR,
+        help="Accept its certificate whatever host name it names (lab set-ups only)."),
     replace: bool = typer.Option(False, "--replace", metavar=NO_METAVAR, help="Overwrite an existing node of that name."),
 ) -> None:
     """Add a remote node.
+
+    Over TLS its certificate must be issued for HOST (name or IP address) and signed by
+    --tls-ca (else a CA of the system store); --tls-no-hostname-check drops the name check.
 
     Example: pacsctl nodes add old-pacs --aet OLDPACS --host 10.0.0.5 --port 104
     """
@@ -44,7 +50,9 @@ def add(
     if name in archive.config.nodes and not replace:
         raise UsageError(f"node {name!r} exists", hint="use --replace to overwrite it")
     archive.config.nodes[name] = Node(
-        name, validate_ae_title(aet), host, validate_port(port), tls or bool(tls_ca or tls_cert), tls_cert, tls_key, tls_ca,
+        name, validate_ae_title(aet), host, validate_port(port),
+        tls or bool(tls_ca or tls_cert or tls_no_hostname_check), tls_cert, tls_key, tls_ca,
+        tls_no_hostname_check,
     )
     archive.save_config()
     output.stderr.print(f"added node {name}: {archive.config.nodes[name]}", highlight=False)
@@ -61,6 +69,10 @@ def list_nodes(
     """
     archive = state(ctx).open_archive()
     rows = [asdict(node) for _, node in sorted(archive.config.nodes.items())]
+    if not as_json:  # one column says how TLS is checked
+        for row in rows:
+            row["tls"] = ("no" if not row["tls"] else
+                          "yes, no host name check" if row["tls_no_hostname_check"] else "yes")
     output.emit(rows, ["name", "aet", "host", "port", "tls"], "json" if as_json else "table")
 
 

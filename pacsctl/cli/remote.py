@@ -7,8 +7,11 @@ settings (`pacsctl nodes add --tls ...`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional
 
@@ -19,7 +22,7 @@ from pacsctl.cli.app import state
 from pacsctl.cli.listing import check_format, emit_level
 from pacsctl.cli.options import Aet, All, Csv, JsonRecords, JsonSummary, Keys, Level, LevelName, NodeArg, RetrieveLevel, Timeout
 from pacsctl.config import CONFIG_NAME, Config, Node, load_config, parse_node_spec, resolve_archive_dir, validate_ae_title
-from pacsctl.errors import EXIT_INTEGRITY, EXIT_NETWORK, NetworkError, PacsctlError, UsageError
+from pacsctl.errors import EXIT_INTEGRITY, EXIT_NETWORK, NetworkError, NetworkFailure, PacsctlError, UsageError
 
 if TYPE_CHECKING:
     from pacsctl.remote.retrieve import RetrieveSummary
@@ -28,14 +31,20 @@ if TYPE_CHECKING:
 # command, `--help` and completion would otherwise pay ~0.5 s for it at start-up.
 
 
-
 def register(app: typer.Typer) -> None:
     """Add the `echo`, `send`, `query`, `move` and `get` commands."""
-    app.command("echo")(echo_command)
-    app.command("send")(send_command)
-    app.command("query")(query_command)
-    app.command("move")(move_command)
-    app.command("get")(get_command)
+    for name, command in (("echo", echo_command), ("send", send_command), ("query", query_command),
+                          ("move", move_command), ("get", get_command)):
+        app.command(name)(_with_flag_hints(command))
+
+
+def _with_flag_hints(command: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(command)  # typer reads the signature and docstring through it
+    def run(*args: Any, **kwargs: Any) -> None:
+        with _flag_hints():
+            command(*args, **kwargs)
+
+    return run
 
 
 def _setup(ctx: typer.Context, spec: str, aet: Optional[str]) -> tuple[Node, str, Config]:
@@ -45,6 +54,25 @@ def _setup(ctx: typer.Context, spec: str, aet: Optional[str]) -> tuple[Node, str
     config = load_config(resolve_archive_dir(state(ctx).archive) / CONFIG_NAME)
     node = parse_node_spec(spec, config)
     return node, validate_ae_title(aet) if aet else config.ae_title, config
+
+
+# What the CLI adds to the net layer's hints: the flags that change the outcome.
+_FLAG_HINTS = {
+    NetworkFailure.TIMEOUT: "`--timeout SECONDS` waits longer",
+    NetworkFailure.TLS: "see `pacsctl nodes add --tls-ca/--tls-cert/--tls-key`",
+}
+
+
+@contextmanager
+def _flag_hints() -> Iterator[None]:
+    """Name the options that address a network failure in its hint."""
+    try:
+        yield
+    except NetworkError as exc:
+        extra = _FLAG_HINTS.get(exc.failure) if exc.failure else None
+        if extra:
+            exc.hint = f"{exc.hint}; {extra}" if exc.hint else extra
+        raise
 
 
 def _filters(keys: List[str], level_name: LevelName) -> tuple[str, dict[str, str]]:

@@ -340,7 +340,7 @@ class _Dispatcher:
             ],
         }
         if dest.tls is not None:
-            kwargs["tls_args"] = (tls.client_context(dest.tls), None)
+            kwargs["tls_args"] = (tls.client_context(dest.tls), dest.host)  # the name to check
         yield dest.host, dest.port, kwargs
         yield len(infos)
         status = None

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom import StoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import (
@@ -30,7 +30,7 @@ from pynetdicom.sop_class import (
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
 from pacsctl.errors import NetworkError
 from pacsctl.net import scp as _scp  # noqa: F401  (temp dir for received data sets, C-GET)
-from pacsctl.net import sending, tls
+from pacsctl.net import connect, sending, tls
 from pacsctl.net.types import (
     STATUS_PENDING,
     STATUS_PROCESSING_FAILURE,
@@ -58,7 +58,8 @@ def node_tls(node: NodeLike) -> TlsOptions | None:
     """The TLS options of a node, or None for plain TCP."""
     if not getattr(node, "tls", False):
         return None
-    return TlsOptions(cert=node.tls_cert, key=node.tls_key, ca=node.tls_ca)
+    return TlsOptions(cert=node.tls_cert, key=node.tls_key, ca=node.tls_ca,
+                      check_hostname=not getattr(node, "tls_no_hostname_check", False))
 
 
 @contextmanager
@@ -70,23 +71,34 @@ def associate(
     evt_handlers: list[Any] | None = None,
     timeout: float = 30.0,
 ) -> Iterator[Association]:
-    """Open an association to `node`, yield it, release it (abort on error)."""
-    ae = AE(ae_title=calling_aet)
+    """Open an association to `node`, yield it, release it (abort on error).
+
+    Raises NetworkError, its `failure` saying what went wrong (connect.failure_of)."""
+    probe = connect.ConnectProbe()
+    ae = connect.ProbedAE(ae_title=calling_aet, probe=probe)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout  # also how long a lost peer blocks a pending request
     ae.network_timeout = max(timeout, 60.0)
     ae.connection_timeout = timeout
     ae.maximum_pdu_size = 0
     ae.requested_contexts = contexts
+    address = connect.resolve(node)
     tls_opts = node_tls(node)
     kwargs: dict[str, Any] = {}
     if tls_opts is not None:
-        kwargs["tls_args"] = (tls.client_context(tls_opts), None)
-    handlers = [sending.NODELAY_HANDLER, *(evt_handlers or [])]
-    assoc = ae.associate(node.host, int(node.port), ae_title=node.aet, ext_neg=ext_neg,
-                         evt_handlers=handlers, **kwargs)
-    if not assoc.is_established:
-        raise NetworkError(_why_not(assoc, node), hint=_hint(assoc))
+        # The name we were given, not the address: that is what the certificate is for.
+        kwargs["tls_args"] = (tls.client_context(tls_opts), node.host)
+    handlers = [sending.NODELAY_HANDLER, (evt.EVT_PDU_RECV, probe.on_pdu), *(evt_handlers or [])]
+    start = time.monotonic()
+    try:
+        assoc = ae.associate(address, int(node.port), ae_title=node.aet, ext_neg=ext_neg,
+                             evt_handlers=handlers, **kwargs)
+        if not assoc.is_established:
+            raise connect.failure_of(assoc, probe, node, timeout, tls_opts is not None,
+                                     waited=time.monotonic() - start)
+    except BaseException:
+        ae.shutdown()
+        raise
     try:
         yield assoc
     except BaseException:
@@ -98,23 +110,6 @@ def associate(
             assoc.release()
     finally:
         ae.shutdown()
-
-
-def _why_not(assoc: Association, node: NodeLike) -> str:
-    where = f"{node.aet}@{node.host}:{node.port}"
-    if assoc.is_rejected:
-        rsp = assoc.acceptor.primitive
-        reason = getattr(rsp, "reason_str", None) or getattr(rsp, "diagnostic", "")
-        return f"{where} rejected the association ({reason or 'no reason given'})"
-    if assoc.is_aborted:
-        return f"{where} aborted the association (TLS or protocol mismatch?)"
-    return f"{where} is unreachable or did not answer in time"
-
-
-def _hint(assoc: Association) -> str:
-    if assoc.is_rejected:
-        return "check the calling/called AE titles and the peer's allow-list"
-    return "check host, port, TLS settings and that the node is running"
 
 
 def echo(node: NodeLike, calling_aet: str = DEFAULT_CALLING_AET, timeout: float = 30.0) -> float:

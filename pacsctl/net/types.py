@@ -44,11 +44,14 @@ class NodeLike(Protocol):
 @dataclass(frozen=True)
 class TlsOptions:
     """TLS material. On a server, `ca` makes client certificates mandatory; on a client, `ca`
-    verifies the server (None = system default store) and cert/key are the client identity."""
+    verifies the server (None = system default store) and cert/key are the client identity;
+    `check_hostname` (client only) wants the server's certificate issued for the host name
+    we connect to."""
 
     cert: str | None = None
     key: str | None = None
     ca: str | None = None
+    check_hostname: bool = True
 
 
 @dataclass(frozen=True)

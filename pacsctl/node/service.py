@@ -108,7 +108,8 @@ class ArchiveService:
             config = self.archive.config
         for node in config.nodes.values():
             if node.aet == aet:
-                tls = TlsOptions(node.tls_cert, node.tls_key, node.tls_ca) if node.tls else None
+                tls = TlsOptions(node.tls_cert, node.tls_key, node.tls_ca,
+                                 check_hostname=not node.tls_no_hostname_check) if node.tls else None
                 return Destination(node.host, int(node.port), tls)
         return None
 

@@ -39,3 +39,41 @@ def test_tls_node_echo_send_query_get(tls_material: dict[str, str], ct_factory: 
         assert plain.returncode == 4
     finally:
         node.stop(graceful=False, timeout=10)
+
+
+def test_tls_checks_the_host_name_unless_the_node_says_not(
+        tls_material: dict[str, str], tmp_path: Path, archive_dir: Path) -> None:  # noqa: F811
+    """A certificate from the right CA but for another host is refused by default (item 11);
+    `--tls-no-hostname-check` accepts it for that node only, and `nodes list` says so."""
+    peer_archive = Archive.open(tmp_path / "peer")
+    elsewhere = TlsOptions(cert=tls_material["elsewhere_cert"], key=tls_material["elsewhere_key"])
+    right = TlsOptions(cert=tls_material["server_cert"], key=tls_material["server_key"])
+    wrong_node = serve(peer_archive, ScpOptions(ae_title="SECURE", host="127.0.0.1", port=0,
+                                                tls=elsewhere, temp_dir=peer_archive.tmp_dir))
+    right_node = serve(peer_archive, ScpOptions(ae_title="SECURE", host="127.0.0.1", port=0,
+                                                tls=right, temp_dir=peer_archive.tmp_dir))
+    try:
+        def add(name: str, host: str, port: int, *extra: str) -> None:
+            proc = run_cli("nodes", "add", name, "--aet", "SECURE", "--host", host, "--port",
+                           str(port), "--tls", "--tls-ca", tls_material["ca"], *extra)
+            assert proc.returncode == 0, proc.stderr
+
+        add("wrongname", "127.0.0.1", wrong_node.port)
+        refused = run_cli("echo", "wrongname", "--timeout", "10")
+        assert refused.returncode == 4, refused.stderr
+        assert "error: TLS handshake with SECURE@127.0.0.1" in refused.stderr
+        assert "Hostname mismatch" in refused.stderr or "IP address mismatch" in refused.stderr
+        add("lab", "127.0.0.1", wrong_node.port, "--tls-no-hostname-check")
+        add("byip", "127.0.0.1", right_node.port)
+        add("byname", "localhost", right_node.port)
+        for name in ("lab", "byip", "byname"):
+            proc = run_cli("echo", name, "--timeout", "10")
+            assert proc.returncode == 0, (name, proc.stderr)
+        listed = {r["name"]: r for r in map(json.loads, run_cli("nodes", "list", "--json").stdout.splitlines())}
+        assert listed["lab"]["tls_no_hostname_check"] is True
+        assert listed["wrongname"]["tls_no_hostname_check"] is False
+        table = run_cli("nodes", "list").stdout
+        assert "no host name check" in next(line for line in table.splitlines() if "lab" in line)
+    finally:
+        wrong_node.stop(graceful=False, timeout=10)
+        right_node.stop(graceful=False, timeout=10)

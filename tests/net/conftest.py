@@ -118,19 +118,25 @@ def tls_material(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
         "-keyout", "ca.key", "-out", "ca.pem")
-    for name in ("server", "client", "rogue"):
+    for name in ("server", "client", "rogue", "elsewhere"):
         run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
             "-keyout", f"{name}.key", "-out", f"{name}.csr")
-    for name in ("server", "client"):
+    # The server's certificate names the loopback host (clients check it); "elsewhere" is
+    # signed by the same CA for another host name.
+    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (d / "elsewhere.ext").write_text("subjectAltName=DNS:elsewhere.example\n")
+    for name in ("server", "client", "elsewhere"):
+        ext = ["-extfile", f"{name}.ext"] if name != "client" else []
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-out", f"{name}.pem")
+            "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", *ext)
     # A client certificate not signed by the CA.
     run("x509", "-req", "-in", "rogue.csr", "-signkey", "rogue.key", "-days", "2",
         "-out", "rogue.pem")
     return {k: str(d / v) for k, v in {
         "ca": "ca.pem", "server_cert": "server.pem", "server_key": "server.key",
         "client_cert": "client.pem", "client_key": "client.key",
-        "rogue_cert": "rogue.pem", "rogue_key": "rogue.key"}.items()}
+        "rogue_cert": "rogue.pem", "rogue_key": "rogue.key",
+        "elsewhere_cert": "elsewhere.pem", "elsewhere_key": "elsewhere.key"}.items()}
 
 
 def server_tls(material: dict[str, str], require_client: bool = True) -> TlsOptions:
