@@ -7,8 +7,8 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         cmds:pacsctl) echo 'audit backup completion config echo get import ls move nodes quarantine query reindex send serve verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
-        'opts:pacsctl audit') echo '--since --event -e --json --help -h' ;;
-        'vopts:pacsctl audit') echo '--since --event -e' ;;
+        'opts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail --json --help -h' ;;
+        'vopts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail' ;;
         'opts:pacsctl backup') echo '--json --jobs -j --help -h' ;;
         'vopts:pacsctl backup') echo '--jobs -j' ;;
         'args:pacsctl backup') echo @file ;;
@@ -61,7 +61,11 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
     case "$1 $2" in
         'pacsctl --archive'|'pacsctl -a') echo @file ;;
         'pacsctl audit --since') echo @text ;;
-        'pacsctl audit --event'|'pacsctl audit -e') echo 'associate reject release abort refuse store find move get' ;;
+        'pacsctl audit --event'|'pacsctl audit -e') echo 'associate reject release abort refuse store find move get import send retrieve backup repair' ;;
+        'pacsctl audit --calling') echo @text ;;
+        'pacsctl audit --uid') echo @text ;;
+        'pacsctl audit --limit') echo @text ;;
+        'pacsctl audit --tail') echo @text ;;
         'pacsctl backup --jobs'|'pacsctl backup -j') echo @text ;;
         'pacsctl echo --count'|'pacsctl echo -c') echo @text ;;
         'pacsctl echo --aet') echo @text ;;

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
 from pacsctl.cli.options import CopyJobs, DestArg, JsonReport
 from pacsctl.cli.verify import LazyProgress, print_findings
@@ -43,6 +44,7 @@ def backup(
             + (f"; {s.unindexed} files not in the index, not backed up (run `pacsctl reindex`)" if s.unindexed else ""),
             highlight=False,
         )
+    record_action(archive.root, AuditEvent.BACKUP, s.as_dict(), dest=str(dest))
     if not report.ok:
         raise typer.Exit(EXIT_INTEGRITY)
 

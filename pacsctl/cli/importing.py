@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import typer
 
+from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
 from pacsctl.cli.app import state
 from pacsctl.cli.options import DryRun, Jobs, JsonSummary, OnConflictOpt, PathsArg
@@ -68,5 +69,7 @@ def import_command(
     if summary.missing:
         text += f"; {summary.missing} referenced by a DICOMDIR but missing from the media"
     output.summary(record, as_json, text)
+    if not dry_run:
+        record_action(archive.root, AuditEvent.IMPORT, record)
     if summary.quarantined or summary.missing:
         raise typer.Exit(EXIT_INTEGRITY)

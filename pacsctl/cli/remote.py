@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 
+from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
 from pacsctl.cli.app import state
 from pacsctl.cli.listing import check_format, emit_level
@@ -201,6 +202,7 @@ def send_command(
     text = (f"sent {summary.sent} of {summary.files} files to {node}: {summary.failed} failed, "
             f"{summary.skipped} skipped ({summary.bytes / 1e6:.1f} MB in {summary.elapsed:.1f} s, {rate:.1f} MB/s)")
     output.summary({"type": "summary", "node": str(node), **summary.as_dict()}, as_json, text)
+    record_action(resolve_archive_dir(state(ctx).archive), AuditEvent.SEND, summary.as_dict(), selection=filters, node=str(node), calling_aet=calling, called_aet=node.aet)
     if summary.failed:
         raise typer.Exit(EXIT_INTEGRITY)
 
@@ -324,6 +326,7 @@ def move_command(
         else:
             summary = retrieve.move(node, dest, query_level, filters, calling, on_progress=on_progress,
                                     timeout=timeout)
+    record_action(resolve_archive_dir(state(ctx).archive), AuditEvent.RETRIEVE, summary.as_dict(), selection=filters, service="move", node=str(node), destination=dest, calling_aet=calling, called_aet=node.aet)
     _finish(summary, as_json, _retrieve_text(f"moved to {dest}", summary, query_level), node, dest)
 
 
@@ -361,4 +364,5 @@ def get_command(
                                        on_progress=on_progress, timeout=timeout)
             finally:
                 receiver.close()
+    record_action(archive.root, AuditEvent.RETRIEVE, summary.as_dict(), selection=filters, service="get", node=str(node), calling_aet=calling, called_aet=node.aet)
     _finish(summary, as_json, _retrieve_text("got", summary, query_level), node, node.aet)

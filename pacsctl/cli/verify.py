@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import typer
 
+from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
 from pacsctl.cli.options import NO_METAVAR, Jobs, JsonReport
 from pacsctl.errors import EXIT_INTEGRITY, PacsctlError, UsageError
@@ -134,6 +135,8 @@ def verify(
             f"({s.bytes / 1e6:.0f} MB) in {s.elapsed:.1f} s; {s.problems} problems{extra}",
             highlight=False,
         )
+    if repair_from is not None:
+        record_action(archive.root, AuditEvent.REPAIR, s.as_dict(), source=str(repair_from))
     if not s.ok:
         raise typer.Exit(EXIT_INTEGRITY)
 

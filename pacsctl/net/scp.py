@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -72,6 +73,18 @@ _MODELS: dict[str, tuple[QueryModel, str]] = {
 # A SOP class UID no association ever negotiates: yielding a data set of this class makes
 # pynetdicom count a failed sub-operation without sending anything.
 _NO_CONTEXT_SOP_CLASS = "1.2.826.0.1.3680043.10.1524.0.0"
+
+# A-ASSOCIATE-RJ (result source, diagnostic) -> the reason the audit log records (PS3.8 9.3.4).
+_REJECT_REASONS = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not allowed",
+    (1, 7): "called AE title mismatch",
+    (2, 1): "no reason given (ACSE)",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "too many associations",
+}
 
 # Identifier keys safe to audit (UIDs and levels; never names or IDs).
 _AUDIT_KEYS = ("QueryRetrieveLevel", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -186,14 +199,15 @@ class _Dispatcher:
             self.audit("associate", assoc_info(event.assoc))
 
     def on_rejected(self, event: evt.Event) -> None:
+        # The reason is the one the A-ASSOCIATE-RJ we sent carries (its source and diagnostic
+        # codes), and the called AE title the one the peer asked for (the acceptor's is ours).
         info = assoc_info(event.assoc)
-        if self.options.allow and info.calling_aet not in self.options.allow:
-            reason = "calling AE title not allowed"
-        elif info.called_aet != self.options.ae_title:
-            reason = "called AE title mismatch"
-        else:
-            reason = "too many associations"
-        self.audit("reject", info, reason=reason)
+        sent = event.assoc.acceptor.primitive
+        code = (getattr(sent, "result_source", None), getattr(sent, "diagnostic", None))
+        called = getattr(event.assoc.requestor.primitive, "called_ae_title", None)
+        if called is not None:
+            info = replace(info, called_aet=str(called).strip())
+        self.audit("reject", info, reason=_REJECT_REASONS.get(code, "rejected"))
 
     def on_released(self, event: evt.Event) -> None:
         if event.assoc.is_acceptor:

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from pacsctl.archive.audit import AuditLog, parse_since, read_audit
+from pacsctl.archive.audit import (
+    AuditEvent,
+    AuditLog,
+    AuditQuery,
+    parse_since,
+    read_audit,
+    record_action,
+    redact_argv,
+    select_records,
+)
 from pacsctl.errors import UsageError
 
 
@@ -79,3 +88,62 @@ def test_parse_since():
 
 def test_missing_log_reads_empty(tmp_path):
     assert list(read_audit(tmp_path / "nope.log")) == []
+
+
+def test_statuses_are_written_as_hex_and_old_decimal_records_read_as_hex(tmp_path):
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    log.append({"event": "store", "status": 0xB000})
+    log.append({"event": "move", "status": "failed"})
+    log.close()
+    with open(path, "a") as fh:
+        fh.write('{"event": "store", "status": 49152, "time": "2024-01-01T00:00:00+00:00"}\n')
+    text = path.read_text()
+    assert '"0xB000"' in text and "45056" not in text
+    assert [r["status"] for r in read_audit(path)] == ["0xB000", "failed", "0xC000"]
+
+
+def test_select_records_by_event_calling_uid_limit_and_tail(tmp_path):
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    for i in range(6):
+        log.append({"event": "store" if i % 2 else "find", "calling_aet": f"CT0{i % 3}",
+                    "SOPInstanceUID": f"1.2.{i}"})
+    log.append({"event": "send", "uids": ["1.2.3", "9.9"]})
+    log.close()
+    n = lambda records: [r.get("SOPInstanceUID") for r in records]  # noqa: E731
+    assert n(select_records(path, AuditQuery(event=AuditEvent.STORE))) == ["1.2.1", "1.2.3", "1.2.5"]
+    assert n(select_records(path, AuditQuery(calling_aet="CT01"))) == ["1.2.1", "1.2.4"]
+    assert [r["event"] for r in select_records(path, AuditQuery(uid="1.2.3"))] == ["store", "send"]
+    assert n(select_records(path, AuditQuery(), limit=2)) == ["1.2.0", "1.2.1"]
+    assert n(select_records(path, AuditQuery(event=AuditEvent.FIND), tail=2)) == ["1.2.2", "1.2.4"]
+    assert select_records(path, AuditQuery(), tail=0) == []
+
+
+def test_recorded_command_lines_redact_identifying_filters():
+    argv = ["send", "PACS", "-k", "PatientID=SECRET1", "--key=PatientName=DOE*", "-kPatientBirthDate=1970",
+            "-k", "StudyInstanceUID=1.2.3", "-k", "StudyDate=2024-", "-k", "00100020=SECRET2",
+            "-k", "StudyDescription=DOE", "-k", "oops", "--archive=/srv/pacs"]
+    text = " ".join(redact_argv(argv))
+    assert "SECRET" not in text and "DOE" not in text and "1970" not in text and "oops" not in text
+    assert "PatientID=…" in text and "StudyInstanceUID=1.2.3" in text and "StudyDate=2024-" in text
+    assert "--archive=/srv/pacs" in text
+
+
+def test_record_action_writes_user_command_counts_and_uids(tmp_path):
+    from pacsctl.archive.archive import Archive
+
+    archive = Archive.open(tmp_path / "a")
+    record_action(archive.root, AuditEvent.SEND,
+                  {"files": 3, "sent": 2, "failed": 1, "ok": False, "elapsed": 0.5, "status": 0},
+                  selection={"StudyInstanceUID": "1.2.3\\1.2.4", "PatientID": "SECRET"},
+                  argv=["send", "PACS", "-k", "PatientID=SECRET"], node="PACS@127.0.0.1:104")
+    record_action(tmp_path / "no-archive", AuditEvent.SEND, {"sent": 1})  # nothing created
+    assert not (tmp_path / "no-archive").exists()
+    (record,) = read_audit(archive.root / "audit.log")
+    assert record["event"] == "send" and record["user"] and record["pid"] > 0
+    assert record["command"] == "pacsctl send PACS -k PatientID=…"
+    assert (record["files"], record["sent"], record["failed"], record["status"]) == (3, 2, 1, "0x0000")
+    assert "ok" not in record and "elapsed" not in record
+    assert record["uids"] == ["1.2.3", "1.2.4"] and record["node"] == "PACS@127.0.0.1:104"
+    assert "SECRET" not in (archive.root / "audit.log").read_text()

@@ -59,7 +59,7 @@ def test_audit_command(serve_factory, archive_dir, ct_factory):
     events = [r["event"] for r in records]
     assert {"associate", "store", "release", "reject"} <= set(events)
     store = next(r for r in records if r["event"] == "store")
-    assert store["status"] == 0 and store["calling_aet"] == "PACSCTL" and store["SOPInstanceUID"]
+    assert store["status"] == "0x0000" and store["calling_aet"] == "PACSCTL" and store["SOPInstanceUID"]
     assert next(r for r in records if r["event"] == "reject")["calling_aet"] == "INTRUDER"
     only = run_cli("--archive", archive_dir, "audit", "--json", "--since", "1h", "-e", "reject")
     assert [json.loads(x)["event"] for x in only.stdout.splitlines()] == ["reject"]
