@@ -49,8 +49,8 @@ def test_unknown_event_is_a_usage_error_naming_the_events(tmp_path):
     Archive.open(tmp_path / "a").close()
     proc = run_cli("--archive", tmp_path / "a", "audit", "--event", "stor")
     assert proc.returncode == 2
-    assert "stor" in proc.stderr and "did you mean store?" in proc.stderr
-    assert "associate" in proc.stderr and "import" in proc.stderr
+    assert "stor" in proc.stderr
+    assert all(name in proc.stderr for name in ("associate", "store", "import", "retrieve"))
 
 
 def test_calling_uid_limit_and_tail_options(tmp_path):
