@@ -6,20 +6,39 @@ wires them up and turns exceptions into one-line errors and stable exit codes.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+import typer.main
+from typer.core import TyperGroup
 
 from pacsctl import __version__
 from pacsctl.cli import output
-from pacsctl.errors import EXIT_ERROR, EXIT_INTERRUPTED, PacsctlError
+from pacsctl.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, PacsctlError
+
+
+class PacsctlGroup(TyperGroup):
+    """The root command: its `main` is the error boundary, for the console script and for
+    in-process runs alike (typer's `CliRunner` calls `main` too)."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+             standalone_mode: bool = True, **extra: Any) -> int:
+        """Run one command line; return its exit code (or exit with it when standalone)."""
+        code = _guarded(self, list(sys.argv[1:] if args is None else args), prog_name or "pacsctl", extra)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
 
 app = typer.Typer(
     name="pacsctl",
+    cls=PacsctlGroup,
     help="Run and look after a PACS: a DICOM node, bulk import, query/retrieve, backup and verify.",
     no_args_is_help=True,
     add_completion=False,
@@ -30,11 +49,17 @@ app = typer.Typer(
 
 @dataclass
 class State:
-    """Global options, shared by every command through `ctx.obj`."""
+    """The global options of one invocation: made by `run`, filled by the root callback, and
+    reached by every command through its context (`ctx.obj`). Nothing is kept between runs."""
 
     archive: Optional[Path] = None
-    verbosity: int = 0
+    verbosity: int = 0  # -1 with --quiet
     debug: bool = False
+
+    @property
+    def quiet(self) -> bool:
+        """--quiet: only errors on stderr."""
+        return self.verbosity < 0
 
     def open_archive(self, create: bool = True):
         """Open the archive the global options point at."""
@@ -43,12 +68,12 @@ class State:
         return Archive.open(self.archive, create=create)
 
 
-_state = State()
-
-
-def state(ctx: typer.Context | None = None) -> State:
-    """The global options of this invocation."""
-    return ctx.obj if ctx is not None and isinstance(ctx.obj, State) else _state
+def state(ctx: typer.Context) -> State:
+    """The global options of this invocation (the `State` in the context chain)."""
+    found = ctx.find_object(State)
+    if found is None:  # a command invoked without `run` (e.g. a bare CliRunner on a sub-app)
+        found = ctx.ensure_object(State)
+    return found
 
 
 def _version(value: bool) -> None:
@@ -73,9 +98,9 @@ def main_options(
 
     Example: pacsctl --archive /srv/pacs import /media/cdrom
     """
-    _state.archive, _state.verbosity, _state.debug = archive, (-1 if quiet else verbose), debug
-    output.quiet = quiet
-    ctx.obj = _state
+    opts = ctx.ensure_object(State)
+    opts.archive, opts.verbosity, opts.debug = archive, (-1 if quiet else verbose), debug
+    output.set_quiet(quiet)
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -107,24 +132,63 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def main() -> None:
-    """Console-script entry point: run the app, map errors to one line and an exit code."""
+def _guarded(command: TyperGroup, args: list[str], prog_name: str, extra: dict[str, Any]) -> int:
+    """Run the command line; exceptions become one `error: ...` line with a hint and the exit code
+    their class carries; the parser's usage errors (a mistyped option, a value outside the
+    choices) too, with a did-you-mean."""
+    opts = State()
+    token = output.begin_run()
     try:
-        app(standalone_mode=True)
-    except SystemExit as exc:
-        if exc.code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a silent exit 130
+        code = TyperGroup.main(command, args=args, prog_name=prog_name, standalone_mode=False, obj=opts, **extra)
+        code = code if isinstance(code, int) else 0
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a silent exit 130
             output.error("interrupted")
-        raise
+        return code
+    except typer.TyperException as exc:  # the parser's errors (click's, vendored by typer)
+        return _usage_error(exc)
     except PacsctlError as exc:
-        if _state.debug:
+        if opts.debug:
             raise
         output.error(str(exc), exc.hint)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+        return exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
         output.error("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # the last line of defence: no traceback (it may hold patient data)
-        if _state.debug:
+        if opts.debug:
             raise
         output.error(f"internal error: {type(exc).__name__}", hint="run again with --debug for the traceback, and report it")
-        sys.exit(EXIT_ERROR)
+        return EXIT_ERROR
+    finally:
+        output.end_run(token)
+
+
+def _usage_error(exc: typer.TyperException) -> int:
+    """One `error:` line and a `hint:` line for an error of the command-line parser."""
+    ctx = getattr(exc, "ctx", None)
+    code = getattr(exc, "exit_code", EXIT_USAGE)
+    # typer names this class only by name too: the help of a group run without a command.
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        sys.stdout.write(ctx.get_help() + "\n")
+        return code
+    see = f"see {ctx.command_path} --help" if ctx is not None else "see pacsctl --help"
+    option = getattr(exc, "option_name", None)
+    if option is not None:  # NoSuchOption
+        known = [name for param in ctx.command.get_params(ctx) for name in param.opts] if ctx is not None else []
+        close = difflib.get_close_matches(option, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? ({see})" if close else see
+        output.error(f"no such option {option}", hint)
+        return code
+    message = exc.format_message().strip()
+    output.error(message[:1].lower() + message[1:], see)
+    return code
+
+
+def run(args: Sequence[str] | None = None) -> int:
+    """Run one pacsctl command line in this process and return its exit code."""
+    return typer.main.get_command(app).main(args=args, prog_name="pacsctl", standalone_mode=False)
+
+
+def main() -> None:
+    """Console-script entry point: `run` the command line and exit with its code."""
+    sys.exit(run())

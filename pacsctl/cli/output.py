@@ -10,6 +10,7 @@ import csv
 import json
 import sys
 from contextlib import contextmanager
+from contextvars import ContextVar, Token
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from rich.console import Console
@@ -101,21 +102,42 @@ def emit(
     return count
 
 
-# Set by `--quiet`: only errors on stderr (cron mails only when something is wrong).
-quiet = False
+# `--quiet` of the invocation running in this context (only errors on stderr: cron mails only
+# when something is wrong). Scoped to one `app.run`, so in-process runs do not leak into each other.
+_quiet: ContextVar[bool] = ContextVar("pacsctl_quiet", default=False)
+
+
+def begin_run() -> Token[bool]:
+    """Start an invocation's output settings (`end_run` restores the previous ones)."""
+    return _quiet.set(False)
+
+
+def end_run(token: Token[bool]) -> None:
+    """End the invocation started by `begin_run`."""
+    _quiet.reset(token)
+
+
+def set_quiet(quiet: bool) -> None:
+    """`--quiet` for the rest of this invocation."""
+    _quiet.set(quiet)
+
+
+def is_quiet() -> bool:
+    """Whether this invocation runs with `--quiet`."""
+    return _quiet.get()
 
 
 def summary(record: Mapping[str, Any], as_json: bool, text: str) -> None:
     """An action command's closing summary: one JSON object, or one human line on stderr."""
     if as_json:
         json_line(record)
-    elif not quiet:
+    elif not is_quiet():
         stderr.print(text, highlight=False)
 
 
 def warn(message: str) -> None:
     """A one-line warning on stderr (silent with --quiet)."""
-    if not quiet:
+    if not is_quiet():
         stderr.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 
 
