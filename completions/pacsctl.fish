@@ -88,7 +88,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -l 'debug' -d 'Show tracebacks
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -l 'version' -d 'Print the version and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'since' -x -d 'Only records from this time on: ISO time (UTC unless zoned) or an age such as...'
-complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'event' -s 'e' -x -a 'associate reject release abort refuse store find move get import send retrieve backup repair' -d 'Only this event.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'event' -s 'e' -x -a 'associate reject release abort refuse store find move get import send retrieve backup repair' -d 'Only this event: associate, reject, release, abort, refuse, store, find, move...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'calling' -x -d 'Only records of this calling AE title.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'uid' -x -d 'Only records naming this UID (study, series, instance).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'limit' -x -d 'At most the first N matching records.'

@@ -82,7 +82,7 @@ OnConflictOpt = Annotated[Optional[OnConflict], typer.Option(
     help="Same SOP Instance UID, different bytes: keep the archived copy (default) or replace it.",
 )]
 Event = Annotated[Optional[AuditEvent], typer.Option(
-    "--event", "-e", metavar=choices(AuditEvent), case_sensitive=False, help="Only this event.")]
+    "--event", "-e", metavar="EVENT", case_sensitive=False, help=f"Only this event: {', '.join(AuditEvent)}.")]
 Setting = Annotated[SettingKey, typer.Argument(
     metavar="KEY", case_sensitive=False, help=f"One of: {', '.join(SettingKey)}.", show_default=False)]
 PathsArg = Annotated[List[Path], typer.Argument(
