@@ -9,7 +9,7 @@ from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
 from pacsctl.cli.app import state
 from pacsctl.cli.options import DryRun, Jobs, JsonSummary, OnConflictOpt, PathsArg
-from pacsctl.errors import EXIT_INTEGRITY
+from pacsctl.errors import EXIT_INTEGRITY, EXIT_INTERRUPTED
 
 
 def register(app: typer.Typer) -> None:
@@ -35,7 +35,7 @@ def import_command(
     Example: pacsctl import /media/cdrom/DICOMDIR ~/Downloads/study.zip /data/incoming --json
     """
     from pacsctl.archive.archive import DUPLICATE, STORED, IngestResult
-    from pacsctl.ingest.importer import collect_sources, import_sources
+    from pacsctl.ingest.importer import ImportInterrupted, collect_sources, import_sources
 
     archive = state(ctx).open_archive()
     sources = collect_sources([str(p) for p in paths])
@@ -55,9 +55,12 @@ def import_command(
             elif result.status == "quarantined" or state(ctx).verbosity > 0:
                 output.warn(f"{result.status}: {result.origin}: {result.reason}")
 
-        summary = import_sources(
-            archive, sources, jobs=jobs or os.cpu_count() or 1, on_conflict=on_conflict, dry_run=dry_run, on_result=on_result,
-        )
+        try:
+            summary = import_sources(
+                archive, sources, jobs=jobs or os.cpu_count() or 1, on_conflict=on_conflict, dry_run=dry_run, on_result=on_result,
+            )
+        except ImportInterrupted as stopped:  # Ctrl-C/SIGTERM: say what was done, then exit 130
+            summary = stopped.summary
     record = {"type": "summary", **summary.as_dict()}
     rate = summary.bytes / summary.elapsed / 1e6 if summary.elapsed else 0.0
     verb = "would import" if dry_run else "imported"
@@ -68,8 +71,12 @@ def import_command(
     )
     if summary.missing:
         text += f"; {summary.missing} referenced by a DICOMDIR but missing from the media"
+    if summary.interrupted:
+        text = f"interrupted: {text}; run the same import again to complete it"
     output.summary(record, as_json, text)
     if not dry_run:
         record_action(archive.root, AuditEvent.IMPORT, record)
+    if summary.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
     if summary.quarantined or summary.missing:
         raise typer.Exit(EXIT_INTEGRITY)

@@ -9,12 +9,8 @@ duplicating anything: what was committed is found by name and counted as a dupli
 from __future__ import annotations
 
 import errno
-import os
-import signal
 import time
 import zipfile
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -22,6 +18,8 @@ from typing import Callable, Iterable, Iterator
 from pacsctl.archive.archive import DUPLICATE, QUARANTINED, SKIPPED, STORED, Archive, IngestResult
 from pacsctl.ingest.sources import Problem, Source, find_sources
 from pacsctl.errors import PacsctlError, StorageFullError
+from pacsctl.parallel import StopSignals, map_unordered
+from pacsctl.storage import files
 from pacsctl.summary import SummaryRecord
 
 # A batch is read into memory and committed with one round of syncs: up to BATCH_FILES inputs,
@@ -43,6 +41,7 @@ class ImportSummary(SummaryRecord):
     bytes: int = 0
     elapsed: float = 0.0
     dry_run: bool = False
+    interrupted: bool = False  # stopped by Ctrl-C/SIGTERM: the counts are what was done
 
     def count(self, result: IngestResult) -> None:
         self.files += 1
@@ -56,6 +55,13 @@ class ImportSummary(SummaryRecord):
         else:
             self.skipped += 1
 
+
+class ImportInterrupted(KeyboardInterrupt):
+    """Ctrl-C/SIGTERM stopped an import; `summary` counts what was done (and folded)."""
+
+    def __init__(self, summary: ImportSummary) -> None:
+        super().__init__("interrupted")
+        self.summary = summary
 
 
 def collect_sources(paths: list[str]) -> list[Source | Problem]:
@@ -75,7 +81,8 @@ def import_sources(
     """Import `sources` into `archive`, calling `on_result` for every input as it is done.
 
     With `jobs > 1`, batches run in that many worker processes. The index is folded before
-    returning, also when interrupted (KeyboardInterrupt is re-raised after a clean stop).
+    returning, also when interrupted: the first Ctrl-C/SIGTERM stops new batches, running ones
+    commit (or are cut off after STOP_GRACE seconds), then ImportInterrupted carries the summary.
     """
     summary = ImportSummary(dry_run=dry_run)
     started = time.monotonic()
@@ -91,17 +98,24 @@ def import_sources(
             record(IngestResult(SKIPPED, problem.origin, reason=problem.reason))
         batches = _batches([s for s in sources if isinstance(s, Source)])
         if jobs <= 1:
-            for batch in batches:
-                for result in ingest_batch(archive, batch, on_conflict, dry_run):
-                    record(result)
+            with StopSignals() as stop:
+                for batch in batches:
+                    stop.check()
+                    for result in ingest_batch(archive, batch, on_conflict, dry_run):
+                        record(result)
         else:
             _run_pool(archive.root, batches, jobs, on_conflict, dry_run, record)
-    except BaseException:
+    except BaseException as exc:
         if not dry_run:  # fold what was committed, but never hide the error that stopped us
             try:
                 archive.index.flush()
+                files.remove_dead_writers_temps(archive.tmp_dir)  # of workers killed after the grace
             except (OSError, PacsctlError):
                 pass  # (e.g. the disk is full or read-only): the next writer folds the journals
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, ImportInterrupted):
+            summary.interrupted = True
+            summary.elapsed = time.monotonic() - started
+            raise ImportInterrupted(summary) from None
         raise
     else:
         if not dry_run:
@@ -145,17 +159,21 @@ def _batches(sources: list[Source]) -> Iterator[list[Source]]:
 
 # -- worker processes ----------------------------------------------------------------------
 
+# Running batches get this long to commit after Ctrl-C/SIGTERM; then their workers are killed
+# (safe as after `kill -9`: a batch is named only once its data is durable).
+STOP_GRACE = 1.5
+
 _worker_archive: Archive | None = None
 
 
 def _init_worker(root: str) -> None:
     global _worker_archive
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how to stop on Ctrl-C
     _worker_archive = Archive.open(root)
 
 
-def _worker_batch(batch: list[Source], on_conflict: str | None, dry_run: bool) -> list[IngestResult]:
+def _worker_batch(task: tuple[list[Source], str | None, bool]) -> list[IngestResult]:
     assert _worker_archive is not None
+    batch, on_conflict, dry_run = task
     return ingest_batch(_worker_archive, batch, on_conflict, dry_run)
 
 
@@ -167,30 +185,13 @@ def _run_pool(
     dry_run: bool,
     record: Callable[[IngestResult], None],
 ) -> None:
-    """Keep `2 * jobs` batches in flight; on Ctrl-C, let running batches commit, then stop."""
-    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(str(root),))
-    pending: set[Future] = set()
-    try:
-        for batch in batches:
-            pending.add(pool.submit(_worker_batch, batch, on_conflict, dry_run))
-            if len(pending) >= 2 * jobs:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    for result in future.result():
-                        record(result)
-        for future in pending:
-            for result in future.result():
-                record(result)
-    except BrokenProcessPool:
-        raise PacsctlError(
-            "a worker process died (killed, or out of memory)",
-            hint="what was committed is safe; run the same import again to complete it",
-        ) from None
-    finally:
-        # Workers exit here, which releases their journals for the parent's final fold.
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def default_jobs() -> int:
-    """One worker per core."""
-    return max(1, os.cpu_count() or 1)
+    """Keep `2 * jobs` batches in flight; on Ctrl-C/SIGTERM, let running batches commit, then stop."""
+    results = map_unordered(
+        _worker_batch, ((batch, on_conflict, dry_run) for batch in batches), jobs,
+        initializer=_init_worker, initargs=(str(root),), grace=STOP_GRACE, in_flight=2 * jobs,
+        died_hint="what was committed is safe; run the same import again to complete it",
+    )
+    # Workers have exited when this returns, which releases their journals for the final fold.
+    for batch_results in results:
+        for result in batch_results:
+            record(result)

@@ -18,6 +18,7 @@ from pacsctl.net.listener import bind_listener
 from pacsctl.net.scp import log_failure, start_scp
 from pacsctl.net.types import ScpOptions
 from pacsctl.node.service import ArchiveService, RunningNode
+from pacsctl.parallel import die_with_parent
 
 LOG = logging.getLogger(__name__)
 
@@ -51,20 +52,6 @@ def _serve_in_this_process(root: Path, options: ScpOptions, sock: socket.socket 
     return 0
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this worker when the supervising process dies (even by SIGKILL), so a
-    crashed node never leaves orphans holding the port."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
-    except (OSError, AttributeError):
-        pass
-
-
 def run_node(root: Path, options: ScpOptions, workers: int = 1,
              ready: Callable[[int], None] | None = None, grace: float = 60.0) -> int:
     """Serve the archive at `root` until SIGTERM/SIGINT, then stop accepting, let in-flight
@@ -84,11 +71,12 @@ def run_node(root: Path, options: ScpOptions, workers: int = 1,
     load = SharedLoad(workers)
 
     def spawn(index: int) -> int:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker: no threads were started before the fork
             code = 1
             try:
-                _die_with_parent()
+                die_with_parent(parent)  # a crashed node never leaves orphans holding the port
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 code = _serve_in_this_process(root, replace(child_options), sock, None,

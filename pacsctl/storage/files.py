@@ -65,6 +65,21 @@ def _load_syncfs():
 _syncfs = _load_syncfs()
 
 
+def syncfs(anchor: Path) -> bool:
+    """`syncfs(2)` on the file system holding `anchor` (Linux): every write on it is durable when
+    this returns, for about the price of one fsync. False where it is not available."""
+    if _syncfs is None:
+        return False
+    fd = os.open(anchor, os.O_RDONLY)
+    try:
+        if _syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(anchor))
+    finally:
+        os.close(fd)
+    return True
+
+
 def barrier(anchor: Path, files: Iterable[str | Path] = (), dirs: Iterable[str | Path] = ()) -> None:
     """Make the data of `files` and the entries of `dirs` (and any folders made on the way) durable.
 
@@ -72,14 +87,7 @@ def barrier(anchor: Path, files: Iterable[str | Path] = (), dirs: Iterable[str |
     in one journal commit (measured 2-3x cheaper than an fsync per file and per folder). Elsewhere,
     an fsync each, with the parents of `dirs` too, since they may be new.
     """
-    if _syncfs is not None:
-        fd = os.open(anchor, os.O_RDONLY)
-        try:
-            if _syncfs(fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err), str(anchor))
-        finally:
-            os.close(fd)
+    if syncfs(anchor):
         return
     make_durable(files)
     for folder in {p for d in map(Path, dirs) for p in (d, d.parent, d.parent.parent)}:
@@ -125,6 +133,18 @@ def temp_owner_alive(path: Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def remove_dead_writers_temps(tmp_dir: Path) -> int:
+    """Remove temp files whose writer process is gone (never published, so never acknowledged);
+    return how many. Temp files without an owner pid in their name are left alone."""
+    removed = 0
+    for path in tmp_dir.glob(f"*-*{TMP_SUFFIX}"):
+        owner = path.name.split("-", 1)[0]
+        if owner.isdigit() and not temp_owner_alive(path):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 @dataclass
