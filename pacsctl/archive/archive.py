@@ -143,26 +143,51 @@ class Archive:
         self.root = root
         self.config = config
         self.tmp_dir = root / TMP
-        self.index = Index(root / INDEX, self.tmp_dir, INDEX_FIELDS, files_root=root)
+        self._index: Index | None = None
         # dry runs: SOP Instance UID -> (SHA-256, data set identity) of what would be archived
         self._planned: dict[str, tuple[str, DataSetIdentity | None]] = {}
 
+    @property
+    def index(self) -> Index:
+        """The archive's index (opened, and its folders made, on first use: `open` does)."""
+        if self._index is None:
+            self._index = Index(self.root / INDEX, self.tmp_dir, INDEX_FIELDS, files_root=self.root)
+        return self._index
+
     @classmethod
     def open(cls, root: str | os.PathLike | None = None, create: bool = True) -> "Archive":
-        """Open the archive at `root` (else `PACSCTL_ARCHIVE`, else the default), creating it."""
+        """Open the archive at `root` (else `PACSCTL_ARCHIVE`, else the default).
+
+        Only what stores may `create` it: anything else opening a folder that holds no archive
+        (a typo in the path, a disk that is not mounted) fails, rather than checking or listing
+        a new empty archive and calling it good."""
         path = resolve_archive_dir(root).absolute()
         if not (path / CONFIG_NAME).exists():
             if not create:
-                raise UsageError(f"no archive at {path}", hint="run `pacsctl import` or `pacsctl serve` to create one")
-            if path.exists() and any(path.iterdir()) and not (path / OBJECTS).exists():
-                raise UsageError(f"{path} is not empty and not a pacsctl archive", hint="choose an empty or new folder")
+                raise missing_archive_error(path)
+            _check_creatable(path)
         for sub in (OBJECTS, INDEX, QUARANTINE, TMP):
             files.ensure_dir(path / sub)
         config = load_config(path / CONFIG_NAME)
         archive = cls(path, config)
+        archive.index  # noqa: B018 - open the index now, in one thread, before anyone shares it
         if not (path / CONFIG_NAME).exists():
             archive.save_config()
         return archive
+
+    @classmethod
+    def for_dry_run(cls, root: str | os.PathLike | None = None) -> "Archive":
+        """The archive at `root` to plan an ingest against (`ingest(..., dry_run=True)`), without
+        creating anything: a folder that holds no archive yet plans as an empty one."""
+        path = resolve_archive_dir(root).absolute()
+        if (path / CONFIG_NAME).exists():
+            return cls.open(path, create=False)
+        _check_creatable(path)
+        return cls(path, Config())
+
+    def exists(self) -> bool:
+        """Whether the archive is on disk (False only for a `for_dry_run` of a new one)."""
+        return (self.root / CONFIG_NAME).exists()
 
     def __enter__(self) -> "Archive":
         return self
@@ -172,7 +197,8 @@ class Archive:
 
     def close(self) -> None:
         """Fold this process's journal into the index (also done by the next writer if we die)."""
-        self.index.close()
+        if self._index is not None:
+            self._index.close()
 
     def save_config(self) -> None:
         """Write `pacsctl.toml` atomically."""
@@ -411,6 +437,20 @@ class Archive:
             record["path"] = str(info.with_suffix(".dcm").relative_to(self.root))
             records.append(record)
         return sorted(records, key=lambda r: (r.get("time", ""), r["path"]))
+
+
+def missing_archive_error(path: Path) -> UsageError:
+    """`error: no archive at PATH`, for commands that only read an archive."""
+    return UsageError(
+        f"no archive at {path}",
+        hint="check --archive / PACSCTL_ARCHIVE; `pacsctl import` or `pacsctl serve` creates an archive",
+    )
+
+
+def _check_creatable(path: Path) -> None:
+    """An archive may be created in a new or empty folder only (or in a half-made archive)."""
+    if path.exists() and any(path.iterdir()) and not (path / OBJECTS).exists():
+        raise UsageError(f"{path} is not empty and not a pacsctl archive", hint="choose an empty or new folder")
 
 
 def _filed_under(path: str | Path) -> tuple[str, str]:

@@ -61,11 +61,19 @@ class State:
         """--quiet: only errors on stderr."""
         return self.verbosity < 0
 
-    def open_archive(self, create: bool = True):
-        """Open the archive the global options point at."""
+    def open_archive(self, create: bool = False):
+        """Open the archive the global options point at. Only commands that store pass
+        `create=True` (import, serve, get, move into the archive, nodes add, config set); the
+        others fail with `error: no archive at PATH` (exit 2) instead of making an empty one."""
         from pacsctl.archive.archive import Archive
 
         return Archive.open(self.archive, create=create)
+
+    def open_archive_for_dry_run(self):
+        """The archive to plan against without creating anything (`import --dry-run`)."""
+        from pacsctl.archive.archive import Archive
+
+        return Archive.for_dry_run(self.archive)
 
 
 def state(ctx: typer.Context) -> State:

@@ -41,7 +41,8 @@ def set_value(
 
     Example: pacsctl config set ae_title MYPACS
     """
-    archive = state(ctx).open_archive()
-    setattr(archive.config, key, coerce_setting(key, value))
+    setting = coerce_setting(key, value)  # a bad setting must not create an archive
+    archive = state(ctx).open_archive(create=True)
+    setattr(archive.config, key, setting)
     archive.save_config()
     output.stderr.print(f"{key} = {getattr(archive.config, key)}", highlight=False)

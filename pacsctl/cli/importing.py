@@ -37,7 +37,10 @@ def import_command(
     from pacsctl.archive.archive import DUPLICATE, STORED, IngestResult
     from pacsctl.ingest.importer import ImportInterrupted, collect_sources, import_sources
 
-    archive = state(ctx).open_archive()
+    opts = state(ctx)
+    archive = opts.open_archive_for_dry_run() if dry_run else opts.open_archive(create=True)
+    if not archive.exists():
+        output.warn(f"no archive at {archive.root} yet: planning against an empty one (the real run creates it)")
     sources = collect_sources([str(p) for p in paths])
 
     with output.progress("importing", total=len(sources), enabled=not as_json) as bar:

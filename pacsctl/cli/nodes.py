@@ -46,7 +46,7 @@ def add(
     """
     if "@" in name or ":" in name:
         raise UsageError(f"invalid node name {name!r}", hint="names cannot contain @ or :")
-    archive = state(ctx).open_archive()
+    archive = state(ctx).open_archive(create=True)
     if name in archive.config.nodes and not replace:
         raise UsageError(f"node {name!r} exists", hint="use --replace to overwrite it")
     archive.config.nodes[name] = Node(

@@ -316,7 +316,7 @@ def move_command(
             bar.advance(1)
 
         if dest in (config.ae_title, calling):
-            with state(ctx).open_archive() as archive, receiver_mod.receiving(archive, dest, node.aet) as (receiver, listening):
+            with state(ctx).open_archive(create=True) as archive, receiver_mod.receiving(archive, dest, node.aet) as (receiver, listening):
                 if not listening:
                     output.warn(f"cannot listen on port {archive.config.port} (in use?): assuming a running "
                                 f"`pacsctl serve` receives for {dest}; arrivals are counted in the archive")
@@ -357,7 +357,7 @@ def get_command(
         def on_progress(_: RetrieveSummary) -> None:
             bar.advance(1)
 
-        with state(ctx).open_archive() as archive:
+        with state(ctx).open_archive(create=True) as archive:
             receiver = receiver_mod.ArchiveReceiver(archive)
             try:
                 summary = retrieve.get(node, receiver, query_level, filters, calling,

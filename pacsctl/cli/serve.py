@@ -48,7 +48,7 @@ def serve_command(
     from pacsctl.node.supervisor import run_node
     from pacsctl.net.types import TlsOptions
 
-    archive = state(ctx).open_archive()
+    archive = state(ctx).open_archive(create=True)
     if aet is not None:
         validate_ae_title(aet)
     if port is not None and port != 0:

@@ -122,6 +122,7 @@ def verify(
                 result = verifier.verify_archive(archive, mode=mode, sample=sample, jobs=jobs,
                                                  repair_from=repair_from.expanduser() if repair_from else None,
                                                  on_total=bar.start, progress=bar.advance)
+                _warn_if_empty(archive, result.summary.checked)
     records = list(verifier.records(result))
     if report is not None:
         write_report(report, records)
@@ -139,6 +140,16 @@ def verify(
         record_action(archive.root, AuditEvent.REPAIR, s.as_dict(), source=str(repair_from))
     if not s.ok:
         raise typer.Exit(EXIT_INTEGRITY)
+
+
+def _warn_if_empty(archive, expected: int) -> None:
+    """An archive without a single instance file is worth a word even when nothing is wrong
+    with it: a wrong path or an unmounted disk looks just like that."""
+    from pacsctl.archive.archive import OBJECTS
+    from pacsctl.integrity.filecheck import walk_objects
+
+    if next(walk_objects(archive.root, OBJECTS), None) is None:
+        output.warn(f"the archive at {archive.root} holds no instance files; the index expected {expected}")
 
 
 def _open_if_present(opts):

@@ -97,7 +97,10 @@ def import_sources(
             summary.missing += problem.missing
             record(IngestResult(SKIPPED, problem.origin, reason=problem.reason))
         batches = _batches([s for s in sources if isinstance(s, Source)])
-        if jobs <= 1:
+        # A dry run plans in one process: the plan (what each earlier input would have stored)
+        # must see every batch, as the real run's archive does, and must not open the archive
+        # in workers (that would create it).
+        if jobs <= 1 or dry_run:
             with StopSignals() as stop:
                 for batch in batches:
                     stop.check()
