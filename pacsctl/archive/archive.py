@@ -51,7 +51,7 @@ class IngestStatus(StrEnum):
     """What became of one input (the `status` of import's JSON records)."""
 
     STORED = "stored"
-    DUPLICATE = "duplicate"  # the same bytes were archived already: nothing written
+    DUPLICATE = "duplicate"  # the same data set was archived already: nothing written
     QUARANTINED = "quarantined"
     SKIPPED = "skipped"  # not DICOM (or a DICOMDIR): nothing to store
 
