@@ -13,26 +13,26 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'vopts:pacsctl backup') echo '--jobs -j' ;;
         'args:pacsctl backup') echo @file ;;
         'opts:pacsctl completion') echo '--help -h' ;;
-        'args:pacsctl completion') echo 'bash zsh fish' ;;
+        'args:pacsctl completion') echo =bash,zsh,fish ;;
         'cmds:pacsctl config') echo 'set show' ;;
         'opts:pacsctl config') echo '--help -h' ;;
         'opts:pacsctl config set') echo '--help -h' ;;
-        'args:pacsctl config set') echo 'ae_title port host on_conflict allow max_associations' ;;
+        'args:pacsctl config set') echo '=ae_title,port,host,on_conflict,allow,max_associations @text' ;;
         'opts:pacsctl config show') echo '--json --help -h' ;;
         'opts:pacsctl echo') echo '--count -c --aet --timeout --json --help -h' ;;
         'vopts:pacsctl echo') echo '--count -c --aet --timeout' ;;
-        'args:pacsctl echo') echo @text ;;
+        'args:pacsctl echo') echo @node ;;
         'opts:pacsctl get') echo '--level -l --key -k --all --aet --timeout --json --help -h' ;;
         'vopts:pacsctl get') echo '--level -l --key -k --aet --timeout' ;;
-        'args:pacsctl get') echo @text ;;
+        'args:pacsctl get') echo @node ;;
         'opts:pacsctl import') echo '--json --jobs -j --dry-run -n --on-conflict --help -h' ;;
         'vopts:pacsctl import') echo '--jobs -j --on-conflict' ;;
-        'args:pacsctl import') echo @file ;;
+        'args:pacsctl import') echo @file... ;;
         'opts:pacsctl ls') echo '--level -l --key -k --json --csv --help -h' ;;
         'vopts:pacsctl ls') echo '--level -l --key -k' ;;
         'opts:pacsctl move') echo '--to --level -l --key -k --all --settle --aet --timeout --json --help -h' ;;
         'vopts:pacsctl move') echo '--to --level -l --key -k --settle --aet --timeout' ;;
-        'args:pacsctl move') echo @text ;;
+        'args:pacsctl move') echo @node ;;
         'cmds:pacsctl nodes') echo 'add list remove' ;;
         'opts:pacsctl nodes') echo '--help -h' ;;
         'opts:pacsctl nodes add') echo '--aet --host --port --tls --tls-cert --tls-key --tls-ca --tls-no-hostname-check --replace --help -h' ;;
@@ -40,16 +40,16 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl nodes add') echo @text ;;
         'opts:pacsctl nodes list') echo '--json --help -h' ;;
         'opts:pacsctl nodes remove') echo '--help -h' ;;
-        'args:pacsctl nodes remove') echo @text ;;
+        'args:pacsctl nodes remove') echo @node ;;
         'opts:pacsctl quarantine') echo '--json --help -h' ;;
         'opts:pacsctl query') echo '--level -l --key -k --aet --timeout --json --csv --help -h' ;;
         'vopts:pacsctl query') echo '--level -l --key -k --aet --timeout' ;;
-        'args:pacsctl query') echo @text ;;
+        'args:pacsctl query') echo @node ;;
         'opts:pacsctl reindex') echo '--json --jobs -j --help -h' ;;
         'vopts:pacsctl reindex') echo '--jobs -j' ;;
         'opts:pacsctl send') echo '--study --key -k --associations -j --aet --timeout --json --help -h' ;;
         'vopts:pacsctl send') echo '--study --key -k --associations -j --aet --timeout' ;;
-        'args:pacsctl send') echo @file ;;
+        'args:pacsctl send') echo '@node @file...' ;;
         'opts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w --help -h' ;;
         'vopts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w' ;;
         'opts:pacsctl verify') echo '--quick --sample --backup --repair-from --json --report --jobs -j --help -h' ;;
@@ -120,23 +120,37 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
     esac
 }
 
+_pacsctl_nodes() {  # the node names in the archive's pacsctl.toml ($1: the archive, if given)
+    local dir="${1:-${PACSCTL_ARCHIVE:-$([[ $OSTYPE == darwin* ]] && echo "$HOME/Library/Application Support" || echo "${XDG_DATA_HOME:-$HOME/.local/share}")/pacsctl/archive}}"
+    dir="${dir/#\~/$HOME}"
+    [[ -r $dir/pacsctl.toml ]] && sed -n 's/^\[nodes\."\(.*\)"\]$/\1/p' "$dir/pacsctl.toml"
+}
+
 _pacsctl_reply() {  # fill COMPREPLY from a value spec ($1) for the word $2
     case "$1" in
         @file) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$2")) ;;
         @dir) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -d -- "$2")) ;;
+        @node) COMPREPLY=($(compgen -W "$(_pacsctl_nodes "$archive")" -- "$2")) ;;
         @text|'') COMPREPLY=() ;;
+        =*) local w="${1#=}"; COMPREPLY=($(compgen -W "${w//,/ }" -- "$2")) ;;
         *) COMPREPLY=($(compgen -W "$1" -- "$2")) ;;
     esac
 }
 
 _pacsctl() {
-    local cur="${COMP_WORDS[COMP_CWORD]}" cmdpath=pacsctl i=1 w prev
+    local cur="${COMP_WORDS[COMP_CWORD]}" cmdpath=pacsctl i=1 w prev archive='' npos=0
     while [ "$i" -lt "$COMP_CWORD" ]; do
         w="${COMP_WORDS[i]}"
         if [[ $w == -* ]]; then
-            if [[ $w != *=* && " $(_pacsctl_spec vopts "$cmdpath") " == *" $w "* ]]; then i=$((i + 1)); fi
+            if [[ $cmdpath == pacsctl && $w == --archive=* ]]; then archive="${w#--archive=}"; fi
+            if [[ $w != *=* && " $(_pacsctl_spec vopts "$cmdpath") " == *" $w "* ]]; then
+                if [[ $cmdpath == pacsctl && ( $w == --archive || $w == -a ) ]]; then archive="${COMP_WORDS[i+1]}"; fi
+                i=$((i + 1))
+            fi
         elif [[ " $(_pacsctl_spec cmds "$cmdpath") " == *" $w "* ]]; then
-            cmdpath="$cmdpath $w"
+            cmdpath="$cmdpath $w" npos=0
+        else
+            npos=$((npos + 1))
         fi
         i=$((i + 1))
     done
@@ -156,7 +170,10 @@ _pacsctl() {
         COMPREPLY=($(compgen -W "$cmds" -- "$cur"))
         return 0
     fi
-    _pacsctl_reply "$(_pacsctl_spec args "$cmdpath")" "$cur"
+    local -a args=($(_pacsctl_spec args "$cmdpath")); local arg=""
+    if (( npos < ${#args[@]} )); then arg="${args[npos]}"
+    elif (( ${#args[@]} )) && [[ ${args[-1]} == *... ]]; then arg="${args[-1]}"; fi
+    _pacsctl_reply "${arg%...}" "$cur"
 }
 
 complete -F _pacsctl pacsctl

@@ -40,28 +40,70 @@ function __pacsctl_spec --description 'sub-commands (cmds) or value options (vop
     end
 end
 
-function __pacsctl_path --description 'the command path typed so far'
+function __pacsctl_state --description 'of the words typed so far: the command path (path), the positional arguments after it (npos) or the --archive given (archive)'
     set -l tokens (commandline -opc)
     set -l cmdpath pacsctl
     set -l skip 0
+    set -l npos 0
+    set -l archive ''
+    set -l prev ''
     for w in $tokens[2..-1]
         if test $skip -eq 1
             set skip 0
+            test "$cmdpath" = pacsctl; and contains -- $prev --archive -a; and set archive $w
             continue
         end
         if string match -q -- '-*' $w
+            test "$cmdpath" = pacsctl; and string match -q -- '--archive=*' $w; and set archive (string replace -- '--archive=' '' $w)
             if not string match -q -- '*=*' $w; and contains -- $w (__pacsctl_spec vopts $cmdpath)
                 set skip 1
             end
         else if contains -- $w (__pacsctl_spec cmds $cmdpath)
             set cmdpath "$cmdpath $w"
+            set npos 0
+        else
+            set npos (math $npos + 1)
         end
+        set prev $w
     end
-    echo $cmdpath
+    switch $argv[1]
+        case path
+            echo $cmdpath
+        case npos
+            echo $npos
+        case archive
+            echo $archive
+    end
 end
 
 function __pacsctl_at --description 'true when the command path typed so far is $argv[1]'
-    test (__pacsctl_path) = "$argv[1]"
+    test (__pacsctl_state path) = "$argv[1]"
+end
+
+function __pacsctl_arg --description 'true at path $argv[1] and positional argument $argv[2] (N, or N+ for N and after)'
+    test (__pacsctl_state path) = "$argv[1]"; or return 1
+    set -l npos (__pacsctl_state npos)
+    if string match -q -- '*+' $argv[2]
+        test $npos -ge (string trim -r -c + -- $argv[2])
+    else
+        test $npos -eq $argv[2]
+    end
+end
+
+function __pacsctl_nodes --description "the node names in the archive's pacsctl.toml"
+    set -l dir (__pacsctl_state archive)
+    test -n "$dir"; or set dir $PACSCTL_ARCHIVE
+    if test -z "$dir"
+        if test (uname) = Darwin
+            set dir "$HOME/Library/Application Support/pacsctl/archive"
+        else if test -n "$XDG_DATA_HOME"
+            set dir "$XDG_DATA_HOME/pacsctl/archive"
+        else
+            set dir "$HOME/.local/share/pacsctl/archive"
+        end
+    end
+    set dir (string replace -r -- '^~' $HOME $dir)
+    test -r "$dir/pacsctl.toml"; and string replace -rf -- '^\[nodes\."(.*)"\]$' '$1' < "$dir/pacsctl.toml"
 end
 
 complete -c pacsctl -f
@@ -98,14 +140,14 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'help' -s 'h' -d 'Sho
 complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'json' -d 'NDJSON: one record per problem, then a summary.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'jobs' -s 'j' -x -d 'Parallel copies (default: 2 per core, at least 4).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'help' -s 'h' -d 'Show this message and exit.'
-complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -F
+complete -c pacsctl -n '__pacsctl_arg \'pacsctl backup\' 0' -F
 complete -c pacsctl -n '__pacsctl_at \'pacsctl completion\'' -l 'help' -s 'h' -d 'Show this message and exit.'
-complete -c pacsctl -n '__pacsctl_at \'pacsctl completion\'' -a 'bash zsh fish'
+complete -c pacsctl -n '__pacsctl_arg \'pacsctl completion\' 0' -a 'bash zsh fish'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -a 'set' -d 'Change a setting.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -a 'show' -d 'Show the settings and where the archive is.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config set\'' -l 'help' -s 'h' -d 'Show this message and exit.'
-complete -c pacsctl -n '__pacsctl_at \'pacsctl config set\'' -a 'ae_title port host on_conflict allow max_associations'
+complete -c pacsctl -n '__pacsctl_arg \'pacsctl config set\' 0' -a 'ae_title port host on_conflict allow max_associations'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config show\'' -l 'json' -d 'NDJSON on stdout, one record per line, keyed by DICOM keywords.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config show\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl echo\'' -l 'count' -s 'c' -x -d 'How many C-ECHOs, one association each.'
@@ -113,6 +155,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl echo\'' -l 'aet' -x -d 'Calling A
 complete -c pacsctl -n '__pacsctl_at \'pacsctl echo\'' -l 'timeout' -x -d 'Seconds to wait for the peer to connect or answer.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl echo\'' -l 'json' -d 'NDJSON: one record per item that failed or was left out, then a summary.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl echo\'' -l 'help' -s 'h' -d 'Show this message and exit.'
+complete -c pacsctl -n '__pacsctl_arg \'pacsctl echo\' 0' -a '(__pacsctl_nodes)'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl get\'' -l 'level' -s 'l' -x -a 'patient study series instance' -d 'Retrieve whole patients, studies, series or instances.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl get\'' -l 'key' -s 'k' -x -d 'Filter on a DICOM keyword with DICOM matching: wildcards * ?, ranges 20240101...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl get\'' -l 'all' -d 'Allow an empty selection (everything the node holds).'
@@ -120,12 +163,13 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl get\'' -l 'aet' -x -d 'Calling AE
 complete -c pacsctl -n '__pacsctl_at \'pacsctl get\'' -l 'timeout' -x -d 'Seconds to wait for the peer to connect or answer.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl get\'' -l 'json' -d 'NDJSON: one record per item that failed or was left out, then a summary.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl get\'' -l 'help' -s 'h' -d 'Show this message and exit.'
+complete -c pacsctl -n '__pacsctl_arg \'pacsctl get\' 0' -a '(__pacsctl_nodes)'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl import\'' -l 'json' -d 'NDJSON: one record per item that failed or was left out, then a summary.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl import\'' -l 'jobs' -s 'j' -x -d 'Worker processes (default: one per core).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl import\'' -l 'dry-run' -s 'n' -d 'Show what would happen; write nothing.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl import\'' -l 'on-conflict' -x -a 'keep replace' -d 'Same SOP Instance UID, different bytes: keep the archived copy (default) or r...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl import\'' -l 'help' -s 'h' -d 'Show this message and exit.'
-complete -c pacsctl -n '__pacsctl_at \'pacsctl import\'' -F
+complete -c pacsctl -n '__pacsctl_arg \'pacsctl import\' 0+' -F
 complete -c pacsctl -n '__pacsctl_at \'pacsctl ls\'' -l 'level' -s 'l' -x -a 'patient study series instance' -d 'Query/Retrieve level.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl ls\'' -l 'key' -s 'k' -x -d 'Filter on a DICOM keyword with DICOM matching: wildcards * ?, ranges 20240101...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl ls\'' -l 'json' -d 'NDJSON on stdout, one record per line, keyed by DICOM keywords.'
@@ -140,6 +184,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl move\'' -l 'aet' -x -d 'Calling A
 complete -c pacsctl -n '__pacsctl_at \'pacsctl move\'' -l 'timeout' -x -d 'Seconds to wait for the peer to connect or answer.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl move\'' -l 'json' -d 'NDJSON: one record per item that failed or was left out, then a summary.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl move\'' -l 'help' -s 'h' -d 'Show this message and exit.'
+complete -c pacsctl -n '__pacsctl_arg \'pacsctl move\' 0' -a '(__pacsctl_nodes)'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes\'' -a 'add' -d 'Add a remote node.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes\'' -a 'list' -d 'List the known nodes.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes\'' -a 'remove' -d 'Forget a node.'
@@ -157,6 +202,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes add\'' -l 'help' -s 'h' -d 
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes list\'' -l 'json' -d 'NDJSON on stdout, one record per line, keyed by DICOM keywords.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes list\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl nodes remove\'' -l 'help' -s 'h' -d 'Show this message and exit.'
+complete -c pacsctl -n '__pacsctl_arg \'pacsctl nodes remove\' 0' -a '(__pacsctl_nodes)'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl quarantine\'' -l 'json' -d 'NDJSON on stdout, one record per line, keyed by DICOM keywords.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl quarantine\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl query\'' -l 'level' -s 'l' -x -a 'patient study series instance' -d 'Query/Retrieve level.'
@@ -166,6 +212,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl query\'' -l 'timeout' -x -d 'Seco
 complete -c pacsctl -n '__pacsctl_at \'pacsctl query\'' -l 'json' -d 'NDJSON on stdout, one record per line, keyed by DICOM keywords.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl query\'' -l 'csv' -d 'CSV with a header row.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl query\'' -l 'help' -s 'h' -d 'Show this message and exit.'
+complete -c pacsctl -n '__pacsctl_arg \'pacsctl query\' 0' -a '(__pacsctl_nodes)'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl reindex\'' -l 'json' -d 'NDJSON: one record per problem, then a summary.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl reindex\'' -l 'jobs' -s 'j' -x -d 'Worker processes (default: one per core).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl reindex\'' -l 'help' -s 'h' -d 'Show this message and exit.'
@@ -176,7 +223,8 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl send\'' -l 'aet' -x -d 'Calling A
 complete -c pacsctl -n '__pacsctl_at \'pacsctl send\'' -l 'timeout' -x -d 'Seconds to wait for the peer to connect or answer.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl send\'' -l 'json' -d 'NDJSON: one record per item that failed or was left out, then a summary.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl send\'' -l 'help' -s 'h' -d 'Show this message and exit.'
-complete -c pacsctl -n '__pacsctl_at \'pacsctl send\'' -F
+complete -c pacsctl -n '__pacsctl_arg \'pacsctl send\' 0' -a '(__pacsctl_nodes)'
+complete -c pacsctl -n '__pacsctl_arg \'pacsctl send\' 1+' -F
 complete -c pacsctl -n '__pacsctl_at \'pacsctl serve\'' -l 'aet' -x -d 'Our AE title (default: config ae_title, PACSCTL).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl serve\'' -l 'host' -x -d 'Address to listen on (default: config host, all interfaces).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl serve\'' -l 'port' -s 'p' -x -d 'TCP port (default: config port, 11112; 0 = any free port).'

@@ -226,3 +226,90 @@ def test_pacsctl_completion_runs_end_to_end() -> None:
     proc = run_cli("completion", "zsh")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == generate(_real_app(), "zsh")
+
+
+# -- node names: read from the archive's pacsctl.toml by the scripts themselves (no Python) -----
+
+@pytest.fixture
+def nodes_archive(tmp_path: Path) -> Path:
+    from pacsctl.config import Config, Node, dump_config
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    config = Config(nodes={name: Node(name, name.upper()[:16], "10.0.0.5", 104) for name in ("old-pacs", "orthanc")})
+    (archive / "pacsctl.toml").write_text(dump_config(config), encoding="utf-8")
+    return archive
+
+
+NODE_LINES = [
+    "pacsctl --archive {a} send ",
+    "pacsctl -a {a} query o",
+    "pacsctl -a {a} nodes remove ",
+    "pacsctl --archive {a} echo --count 2 ",
+]
+
+
+@pytest.mark.parametrize("line", NODE_LINES)
+def test_bash_completes_node_names(tmp_path: Path, nodes_archive: Path, line: str) -> None:
+    script = tmp_path / "pacsctl.bash"
+    script.write_text(generate(_real_app(), "bash"))
+    assert set(_bash_complete(script, line.format(a=nodes_archive), tmp_path)) == {"old-pacs", "orthanc"}
+
+
+def test_bash_node_names_from_the_environment_and_files_after_the_node(tmp_path: Path, nodes_archive: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "pacsctl.bash"
+    script.write_text(generate(_real_app(), "bash"))
+    monkeypatch.setenv("PACSCTL_ARCHIVE", str(nodes_archive))
+    assert set(_bash_complete(script, "pacsctl move ", tmp_path)) == {"old-pacs", "orthanc"}
+    (tmp_path / "study.dcm").write_bytes(b"")
+    assert _bash_complete(script, "pacsctl send orthanc stu", tmp_path) == ["study.dcm"]
+    monkeypatch.setenv("PACSCTL_ARCHIVE", str(tmp_path / "none"))
+    assert _bash_complete(script, "pacsctl move ", tmp_path) == []
+
+
+@pytest.mark.parametrize("line", NODE_LINES[:3] + ["pacsctl --archive={a} get "])
+def test_zsh_completes_node_names(tmp_path: Path, nodes_archive: Path, line: str) -> None:
+    if shutil.which("zsh") is None:
+        pytest.skip("zsh not installed")
+    script = tmp_path / "_pacsctl"
+    script.write_text(generate(_real_app(), "zsh"))
+    proc = subprocess.run(["zsh", "-f", "-c", ZSH_DRIVER, "driver", str(script), line.format(a=nodes_archive)],
+                          capture_output=True, text=True, check=True)
+    assert set(proc.stdout.split()) == {"old-pacs", "orthanc"}
+
+
+@pytest.mark.parametrize("line", NODE_LINES[:3] + ["pacsctl --archive={a} get "])
+def test_fish_completes_node_names(tmp_path: Path, nodes_archive: Path, line: str) -> None:
+    if shutil.which("fish") is None:
+        pytest.skip("fish not installed")
+    script = tmp_path / "pacsctl.fish"
+    script.write_text(generate(_real_app(), "fish"))
+    proc = subprocess.run(["fish", "-c", f"source {script}; complete -C '{line.format(a=nodes_archive)}'"],
+                          capture_output=True, text=True, check=True, cwd=tmp_path)
+    names = {row.split("\t")[0] for row in proc.stdout.splitlines()}
+    assert {"old-pacs", "orthanc"} <= names and not names - {"old-pacs", "orthanc"}
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_positional_arguments_complete_by_position(tmp_path: Path, shell: str) -> None:
+    """`config set KEY VALUE`: the keys complete first, nothing is offered for the value."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} not installed")
+    keys = {"ae_title", "port", "host", "on_conflict", "allow", "max_associations"}
+    script = tmp_path / FILE_NAMES[shell]
+    script.write_text(generate(_real_app(), shell))
+
+    def complete(line: str) -> set[str]:
+        if shell == "bash":
+            return set(_bash_complete(script, line, tmp_path))
+        if shell == "zsh":
+            out = subprocess.run(["zsh", "-f", "-c", ZSH_DRIVER, "driver", str(script), line],
+                                 capture_output=True, text=True, check=True).stdout
+            return set(out.split()) - {"<message>"}
+        out = subprocess.run(["fish", "-c", f"source {script}; complete -C '{line}'"],
+                             capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+        return {row.split("\t")[0] for row in out.splitlines()}
+
+    assert complete("pacsctl config set ") == keys
+    assert complete("pacsctl config set port ") == set()

@@ -77,7 +77,7 @@ def list_nodes(
 
 
 @nodes_app.command("remove")
-def remove(ctx: typer.Context, name: str = typer.Argument(..., metavar="NAME", help="The node's name.")) -> None:
+def remove(ctx: typer.Context, name: str = typer.Argument(..., metavar="NODE", help="The node's name (from `pacsctl nodes list`).")) -> None:
     """Forget a node.
 
     Example: pacsctl nodes remove old-pacs
