@@ -23,6 +23,7 @@ class Problem(StrEnum):
     UNKNOWN_FILE = "unknown_file"        # a file under objects/ nobody recorded
     LEFTOVER_TEMP = "leftover_temp"      # a temp file of an interrupted write (never acknowledged)
     MANIFEST_DAMAGED = "manifest_damaged"
+    INDEX_DAMAGED = "index_damaged"      # an index shard or series manifest cannot be read
     # A backup compared with its archive.
     NOT_BACKED_UP = "not_backed_up"      # in the archive, not in the backup
     DIFFERS_FROM_ARCHIVE = "differs_from_archive"  # the backup holds other bytes than the archive
@@ -35,6 +36,7 @@ class Problem(StrEnum):
 MISSING, WRONG_SIZE, HASH_MISMATCH = Problem.MISSING, Problem.WRONG_SIZE, Problem.HASH_MISMATCH
 UNREADABLE, UID_MISMATCH = Problem.UNREADABLE, Problem.UID_MISMATCH
 UNKNOWN_FILE, LEFTOVER_TEMP, MANIFEST_DAMAGED = Problem.UNKNOWN_FILE, Problem.LEFTOVER_TEMP, Problem.MANIFEST_DAMAGED
+INDEX_DAMAGED = Problem.INDEX_DAMAGED
 NOT_BACKED_UP, DIFFERS_FROM_ARCHIVE = Problem.NOT_BACKED_UP, Problem.DIFFERS_FROM_ARCHIVE
 NOT_IN_ARCHIVE, COPY_FAILED = Problem.NOT_IN_ARCHIVE, Problem.COPY_FAILED
 

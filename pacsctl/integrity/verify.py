@@ -104,7 +104,12 @@ def verify_archive(
         raise UsageError(f"{repair_from} is not a pacsctl backup (no {OBJECTS}/ folder)", hint="give the DEST of `pacsctl backup DEST`")
     report = VerifyReport(summary=VerifySummary(F.ARCHIVE, _mode_name(mode, sample)))
     report.findings += clean_leftovers(archive.root / TMP, archive.root, F.ARCHIVE)
-    recorded = recorded_files(archive.index.iter_instances())
+    # A damaged index file is reported, and the check goes on without it: the instances it
+    # listed show up as unknown files, which `reindex` indexes again.
+    damaged = archive.index.damaged_files()
+    report.findings += [_index_damaged(archive.root, path) for path in damaged]
+    skip = bool(damaged) or None
+    recorded = recorded_files(archive.index.iter_instances(skip_damaged=skip))
     on_disk = set(walk_objects(archive.root, OBJECTS))
     expected = sorted(recorded.values(), key=lambda e: e.path)
     on_total(len(expected))
@@ -114,10 +119,10 @@ def verify_archive(
     report.summary.checked = len(expected)
     unknown = on_disk - recorded.keys()
     if unknown or found:  # stored or replaced during the check? then the index knows by now
-        fresh = recorded_files(archive.index.iter_instances())
+        fresh = recorded_files(archive.index.iter_instances(skip_damaged=skip))
         unknown -= fresh.keys()
         found = _recheck_changed(archive.root, found, recorded, fresh, mode)
-    unknown = settle_unknown(archive, unknown)
+    unknown = settle_unknown(archive, unknown, skip)
     report.findings += found
     report.findings += [_unknown_file(archive.root, path, F.ARCHIVE, "not in the index") for path in sorted(unknown)]
     if repair_from is not None:
@@ -127,11 +132,11 @@ def verify_archive(
     return report.finish(started)
 
 
-def settle_unknown(archive: Archive, unknown: set[str]) -> set[str]:
+def settle_unknown(archive: Archive, unknown: set[str], skip_damaged: bool | None = None) -> set[str]:
     """Of files not in the index, those still not there after their writers had a moment."""
     if unknown and _any_recent(archive.root, unknown):  # renamed a moment ago, index entry on its way
         time.sleep(IN_FLIGHT_WAIT)
-        unknown = unknown - recorded_files(archive.index.iter_instances()).keys()
+        unknown = unknown - recorded_files(archive.index.iter_instances(skip_damaged=skip_damaged)).keys()
     return unknown
 
 
@@ -327,6 +332,11 @@ def _unknown_file(root: Path, path: str, where: str, detail: str) -> Finding:
         return Finding(path, F.UNKNOWN_FILE, f"{detail}; not a readable DICOM file ({reason})", where=where)
     hint = " (run `pacsctl reindex` to index it)" if where == F.ARCHIVE else ""
     return Finding(path, F.UNKNOWN_FILE, detail + hint, uid, where)
+
+
+def _index_damaged(root: Path, path: Path) -> Finding:
+    return Finding(path.relative_to(root).as_posix(), F.INDEX_DAMAGED,
+                   "index file cut short or garbled (run `pacsctl reindex`)", where=F.ARCHIVE)
 
 
 def _mode_name(mode: str, sample: float | None) -> str:

@@ -48,6 +48,7 @@ class ArchiveService:
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
+        archive.index.tolerate_damage()  # a damaged shard must not take the node down (logged)
         self._lock = threading.Lock()  # the index and journal are per process, not per thread
         self.committer = GroupCommitter(archive, self._lock)
         self.audit_log = AuditLog(archive.root / AUDIT_LOG)

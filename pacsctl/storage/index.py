@@ -23,10 +23,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,8 +38,9 @@ from typing import Any, Iterable, Iterator
 from tinydb import TinyDB
 from tinydb.storages import Storage
 
+from pacsctl.errors import IntegrityError
 from pacsctl.storage import files
-from pacsctl.storage.files import FILE_MODE, ensure_dir, safe_file_name, write_atomic
+from pacsctl.storage.files import FILE_MODE, ensure_dir, safe_file_name
 
 Record = dict[str, Any]
 
@@ -68,12 +71,23 @@ def shard_of(key: str, digits: int = 2) -> str:
 STUDY_SHARD_DIGITS = 3
 
 
-class _AtomicJSONStorage(Storage):
-    """TinyDB storage whose writes are atomic, durable and private (0600)."""
+DAMAGED = "damaged"  # index/damaged/: shards a tolerant writer moved aside (kept for a look)
 
-    def __init__(self, path: str, tmp_dir: Path) -> None:
+
+class IndexDamagedError(IntegrityError):
+    """An index file (a shard or a series manifest) cannot be read: cut short or garbled."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"index damaged at {path}: run `pacsctl reindex`",
+                         hint="the files are the source of truth; reindex rebuilds the index from them")
+        self.path = path
+
+
+class _ReadOnlyJSONStorage(Storage):
+    """TinyDB storage for reading a shard; shards are written by `_Catalog.save` (group commit)."""
+
+    def __init__(self, path: str) -> None:
         self.path = Path(path)
-        self.tmp_dir = tmp_dir
 
     def read(self) -> dict | None:
         try:
@@ -83,27 +97,49 @@ class _AtomicJSONStorage(Storage):
             return None
 
     def write(self, data: dict) -> None:
-        ensure_dir(self.path.parent)
-        payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        write_atomic(self.tmp_dir, self.path, payload)
+        raise io.UnsupportedOperation("index shards are written by _Catalog.save")
 
-    def close(self) -> None:
-        pass
+
+_reported_damage: set[Path] = set()  # logged once per process, not once per query
 
 
 class _Shard:
-    """One TinyDB file holding documents keyed by one field."""
+    """One TinyDB file holding documents keyed by one field.
+
+    A shard that cannot be read raises IndexDamagedError; with `tolerant` (a serving node must
+    go on) it is logged, read as empty, and moved aside to index/damaged/ before it is rewritten.
+    """
 
     TABLE = "docs"
 
-    def __init__(self, path: Path, key: str, tmp_dir: Path) -> None:
+    def __init__(self, path: Path, key: str, tmp_dir: Path, tolerant: bool = False, quiet: bool = False) -> None:
         self.path, self.key, self.tmp_dir = path, key, tmp_dir
         self.docs: dict[str, Record] = {}
+        self.damaged = False
         if path.exists():
-            db = TinyDB(str(path), storage=_AtomicJSONStorage, tmp_dir=tmp_dir)
-            self.docs = {doc[key]: dict(doc) for doc in db.table(self.TABLE).all()}
-            db.close()
+            try:
+                db = TinyDB(str(path), storage=_ReadOnlyJSONStorage)
+                self.docs = {doc[key]: dict(doc) for doc in db.table(self.TABLE).all()}
+                db.close()
+            except (ValueError, KeyError, TypeError, AttributeError):  # cut short, garbled, not TinyDB's shape
+                if not tolerant:
+                    raise IndexDamagedError(path) from None
+                self.damaged = True
+                if not quiet and path not in _reported_damage:
+                    _reported_damage.add(path)
+                    LOG.error("index damaged at %s: going on without it; run `pacsctl reindex`", path)
         self.dirty = False
+
+    def move_aside(self, index_root: Path) -> None:
+        """Keep a damaged shard under index/damaged/ (its relative path and the time appended)."""
+        relative = self.path.relative_to(index_root)
+        aside = index_root / DAMAGED / f"{relative.as_posix().replace('/', '_')}.{time.time_ns()}"
+        ensure_dir(aside.parent)
+        try:
+            os.replace(self.path, aside)
+        except FileNotFoundError:
+            pass
+        self.damaged = False
 
     def payload(self) -> bytes:
         """The shard's file content, as TinyDB writes it (for a batched, group-committed save)."""
@@ -128,8 +164,8 @@ class _MemoryStorage(Storage):
 class _Catalog:
     """A working set of loaded shards; applies instance records the same way for reads and folds."""
 
-    def __init__(self, root: Path, tmp_dir: Path, fields: LevelFields) -> None:
-        self.root, self.tmp_dir, self.fields = root, tmp_dir, fields
+    def __init__(self, root: Path, tmp_dir: Path, fields: LevelFields, tolerant: bool = False, quiet: bool = False) -> None:
+        self.root, self.tmp_dir, self.fields, self.tolerant, self.quiet = root, tmp_dir, fields, tolerant, quiet
         self._patients: dict[str, _Shard] = {}
         self._studies: dict[str, _Shard] = {}
         self._manifests: dict[str, _Shard] = {}
@@ -144,7 +180,7 @@ class _Catalog:
         """Shard `name` of kind "patients" or "studies", loaded once."""
         cache, key = (self._patients, "PatientID") if kind == "patients" else (self._studies, "StudyInstanceUID")
         if name not in cache:
-            cache[name] = _Shard(self.root / kind / f"{name}.json", key, self.tmp_dir)
+            cache[name] = _Shard(self.root / kind / f"{name}.json", key, self.tmp_dir, self.tolerant, self.quiet)
         return cache[name]
 
     def all_shards(self, kind: str) -> list[_Shard]:
@@ -158,7 +194,7 @@ class _Catalog:
             # Two levels (65,536 folders): no folder passes 10,000 manifests below ~600M series.
             shard = hashlib.sha1(series_uid.encode("utf-8", "surrogatepass")).hexdigest()
             path = self.root / "series" / shard[:2] / shard[2:4] / f"{safe_file_name(series_uid)}.json"
-            self._manifests[series_uid] = _Shard(path, "SOPInstanceUID", self.tmp_dir)
+            self._manifests[series_uid] = _Shard(path, "SOPInstanceUID", self.tmp_dir, self.tolerant, self.quiet)
         return self._manifests[series_uid]
 
     def apply(self, rec: Record) -> None:
@@ -232,6 +268,8 @@ class _Catalog:
         staged: list[tuple[_Shard, files.StagedFile]] = []
         try:
             for shard in dirty:
+                if shard.damaged:
+                    shard.move_aside(self.root)
                 ensure_dir(shard.path.parent)
                 staged.append((shard, files.stage(self.tmp_dir, [shard.payload()], fsync=False)))
             files.barrier(self.root, files=[st.temp_path for _, st in staged])
@@ -278,11 +316,29 @@ class Index:
         # that makes them and the files' names durable, so after a power cut a line can outlive
         # its file's name (never acknowledged: the sender sends it again).
         self.files_root = files_root
+        # A serving node goes on without a damaged shard (logged, moved aside when rewritten);
+        # commands raise IndexDamagedError (`tolerate_damage`).
+        self.tolerant = False
         self._journal_dir = ensure_dir(root / "journal")
         self._lock_path = root / "lock"
         self._journal_fd: int | None = None
         self._journal_path: Path | None = None
         self._journaled = 0
+
+    def tolerate_damage(self) -> None:
+        """Read a damaged shard as empty (logged once) instead of raising: for `serve`."""
+        self.tolerant = True
+
+    def damaged_files(self) -> list[Path]:
+        """Every index file that cannot be read, and those a tolerant writer moved aside
+        (`verify` reports them; `reindex` rebuilds the index without them)."""
+        out = []
+        for kind, key in (("patients", "PatientID"), ("studies", "StudyInstanceUID"), ("series", "SOPInstanceUID")):
+            pattern = "*/*/*.json" if kind == "series" else "*.json"
+            for path in sorted((self.root / kind).glob(pattern)):
+                if _Shard(path, key, self.tmp_dir, tolerant=True, quiet=True).damaged:
+                    out.append(path)
+        return out + sorted(p for p in (self.root / DAMAGED).glob("*") if p.is_file())
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -334,7 +390,7 @@ class Index:
         self._seal_journal()
         with self._locked(fcntl.LOCK_EX):
             claimed = self._claim_journals()
-            catalog = _Catalog(self.root, self.tmp_dir, self.fields)
+            catalog = _Catalog(self.root, self.tmp_dir, self.fields, self.tolerant)
             count = 0
             for path, fd in claimed:
                 for rec in _read_journal(fd):
@@ -355,7 +411,7 @@ class Index:
         """Drop the whole index (for `reindex`); journals of live writers are kept."""
         self._seal_journal()
         with self._locked(fcntl.LOCK_EX):
-            for kind in ("patients", "studies", "series"):
+            for kind in ("patients", "studies", "series", DAMAGED):
                 shutil.rmtree(self.root / kind, ignore_errors=True)
             for path, fd in self._claim_journals():
                 path.unlink(missing_ok=True)
@@ -419,15 +475,18 @@ class Index:
     # -- reading -----------------------------------------------------------------------------
 
     @contextmanager
-    def _view(self, patient_ids: list[str] | None = None, study_uids: list[str] | None = None) -> Iterator[_Catalog]:
+    def _view(self, patient_ids: list[str] | None = None, study_uids: list[str] | None = None,
+              tolerant: bool | None = None) -> Iterator[_Catalog]:
         """A catalog with the pending journals applied, consistent under the shared lock.
 
         With `patient_ids` or `study_uids`, only the pending records that can change those
         patients and studies are applied (a live writer keeps up to JOURNAL_LIMIT records
         unfolded; applying all of them would load hundreds of shards for a one-patient lookup).
         """
+        quiet = tolerant is not None  # the caller reports damage itself
+        tolerant = self.tolerant if tolerant is None else tolerant
         with self._locked(fcntl.LOCK_SH):
-            catalog = _Catalog(self.root, self.tmp_dir, self.fields)
+            catalog = _Catalog(self.root, self.tmp_dir, self.fields, tolerant, quiet)
             pending: list[Record] = []
             others: set[int] = set()  # ids of the records other processes journaled
             for path in sorted(self._journal_dir.glob("*.ndjson")):
@@ -525,9 +584,12 @@ class Index:
                 if series_uids is None or uid in series_uids:
                     yield {**_context(study), **series}
 
-    def iter_instances(self) -> Iterator[Record]:
-        """Every instance record (SOP UIDs, path, size, sha256), one series manifest at a time."""
-        with self._view() as cat:
+    def iter_instances(self, skip_damaged: bool | None = None) -> Iterator[Record]:
+        """Every instance record (SOP UIDs, path, size, sha256), one series manifest at a time.
+
+        `skip_damaged` (default: `tolerate_damage`) reads past damaged manifests without raising."""
+        tolerant = self.tolerant if skip_damaged is None else skip_damaged
+        with self._view(tolerant=tolerant) as cat:
             seen: set[str] = set()
             for uid, shard in list(cat._manifests.items()):  # pending ones first
                 seen.add(shard.path.name)
@@ -535,7 +597,7 @@ class Index:
             for path in sorted((self.root / "series").glob("*/*/*.json")):
                 if path.name in seen:
                     continue
-                shard = _Shard(path, "SOPInstanceUID", self.tmp_dir)
+                shard = _Shard(path, "SOPInstanceUID", self.tmp_dir, tolerant, quiet=skip_damaged is not None)
                 yield from shard.docs.values()
 
     def _patient_docs(self, cat: _Catalog, patient_ids: list[str] | None) -> list[Record]:
