@@ -38,11 +38,12 @@ from pynetdicom.sop_class import (
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
 from pacsctl.errors import NetworkError, UsageError
 from pacsctl.net import sending, tls
-from pacsctl.net.fastpath import faststore, pdata, receive, tuning
+from pacsctl.net.fastpath import encoding, faststore, pdata, receive, tuning
 from pacsctl.net.balance import WorkerSlot
 from pacsctl.net.listener import AcceptorAE, ConnectionHandler, Server
 from pacsctl.net.types import (
     STATUS_CANCEL,
+    STATUS_CANNOT_UNDERSTAND,
     STATUS_IDENTIFIER_MISMATCH,
     STATUS_MOVE_DESTINATION_UNKNOWN,
     STATUS_OUT_OF_RESOURCES,
@@ -228,19 +229,32 @@ class _Dispatcher:
         if isinstance(path, tuple):  # pynetdicom's (path, offset) form on the send side
             path, offset = path
         originator = req.MoveOriginatorApplicationEntityTitle
+        sop_class, sop_instance = req.AffectedSOPClassUID, req.AffectedSOPInstanceUID
         return self.store_received(
-            event.assoc, str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID),
+            event.assoc, str(sop_class) if sop_class else None,
+            str(sop_instance) if sop_instance else None,
             str(event.context.transfer_syntax), getattr(req, "_dataset_file", None), path,
             str(originator).strip() if originator else None, offset)
 
-    def store_received(self, assoc: Association, sop_class: str, sop_instance: str, ts: str,
-                       stream: Any, path: Any, move_originator: str | None,
-                       offset: int | None = None) -> int:
+    def store_received(self, assoc: Association, sop_class: str | None,
+                       sop_instance: str | None, ts: str, stream: Any, path: Any,
+                       move_originator: str | None, offset: int | None = None) -> int:
         """Hand a received data set (in `stream`, a receive._StreamFile, at `path`) to the
         store handler; audit it; return the C-STORE status. pynetdicom's C-STORE event and the
-        DUL-thread path (faststore) both end here."""
+        DUL-thread path (faststore) both end here. A command without a valid Affected SOP
+        Class/Instance UID is refused here (its file, if any, is removed by the caller)."""
         info = assoc_info(assoc)
-        if self.h.store is None:
+        reason = None
+        if not (encoding.is_uid(sop_class) and encoding.is_uid(sop_instance)):
+            if stream is not None:
+                stream.close()
+            reason = _bad_command_uids(sop_class, sop_instance)
+            LOG.warning("refused a C-STORE from %s with 0x%04X: %s", info.calling_aet,
+                        STATUS_CANNOT_UNDERSTAND, reason)
+            status = STATUS_CANNOT_UNDERSTAND
+            sop_class = sop_class if encoding.is_uid(sop_class) else None
+            sop_instance = sop_instance if encoding.is_uid(sop_instance) else None
+        elif self.h.store is None:
             status = 0x0122  # SOP class not supported
         else:
             # All fragments are written and flushed. Close it now (pynetdicom would after the
@@ -269,6 +283,7 @@ class _Dispatcher:
             SOPInstanceUID=sop_instance,
             TransferSyntaxUID=ts,
             status=status,
+            reason=reason,
         )
         return status
 
@@ -420,6 +435,13 @@ class _SubopTally:
         done = self.completed + self.failed + self.warning
         return {"completed": self.completed, "failed": self.failed, "warning": self.warning,
                 "sent": done}
+
+
+def _bad_command_uids(sop_class: str | None, sop_instance: str | None) -> str:
+    """Why a C-STORE command's UIDs were refused (the values are not quoted: not UIDs)."""
+    bad = [name for name, uid in (("Class", sop_class), ("Instance", sop_instance))
+           if not encoding.is_uid(uid)]
+    return " and ".join(f"Affected SOP {name} UID" for name in bad) + " missing or not a UID"
 
 
 def _budget_spent(options: ScpOptions) -> str:

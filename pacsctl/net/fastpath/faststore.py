@@ -22,10 +22,11 @@ from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 
-from pacsctl.net.fastpath import receive
+from pacsctl.net.fastpath import encoding, receive
 
-# (assoc, sop_class, sop_instance, transfer_syntax, stream, path, move_originator) -> status
-StoreCallable = Callable[[Any, str, str, str, Any, str, "str | None"], int]
+# (assoc, sop_class, sop_instance, transfer_syntax, stream, path, move_originator) -> status;
+# sop_class/sop_instance None (and path None) for a command without valid ones: to be refused
+StoreCallable = Callable[[Any, "str | None", "str | None", str, Any, "str | None", "str | None"], int]
 
 # handlers that would miss what this module does without pynetdicom's messages and PDU objects
 _BYPASSED_EVENTS = (evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT)
@@ -44,8 +45,8 @@ class _Incoming:
 
     context_id: int
     message_id: int
-    sop_class: str
-    sop_instance: str
+    sop_class: str | None  # None: missing or not a UID (the request is refused)
+    sop_instance: str | None
     transfer_syntax: str
     move_originator: str | None
     stream: Any
@@ -94,18 +95,38 @@ def _begin(dul: DULServiceProvider, context_id: int, value: Any) -> _Incoming | 
             or assoc.dimse.message is not None or not dul.event_queue.empty()
             or any(assoc.get_handlers(e) for e in _BYPASSED_EVENTS)):
         return None
-    command = receive.decode_store_command(bytes(value[1:]))
+    command = receive.decode_store_command(bytes(value[1:]), strict=False)
     if command is None or command.CommandDataSetType == _NO_DATA_SET:
         return None
     context = assoc._accepted_cx.get(context_id)
-    if context is None or str(context.abstract_syntax) != command.AffectedSOPClassUID:
+    if context is None:
         return None
+    sop_class, sop_instance = command.get("AffectedSOPClassUID"), command.get("AffectedSOPInstanceUID")
     syntax = str(context.transfer_syntax[0])
-    stream = receive.open_stream(command.AffectedSOPClassUID, command.AffectedSOPInstanceUID,
-                                 syntax)
+    if not command.has_valid_uids:
+        # Answered once its data set is in, with a refusal (scp.store_received); nothing of it
+        # is written anywhere.
+        stream: Any = _Discarded()
+    elif str(context.abstract_syntax) != sop_class:
+        return None
+    else:
+        stream = receive.open_stream(sop_class, sop_instance, syntax)
     originator = command.get("MoveOriginatorApplicationEntityTitle")
-    return _Incoming(context_id, command.MessageID, command.AffectedSOPClassUID,
-                     command.AffectedSOPInstanceUID, syntax, originator or None, stream)
+    return _Incoming(context_id, command.MessageID, sop_class, sop_instance, syntax,
+                     originator or None, stream)
+
+
+class _Discarded:
+    """Where the data set of a request refused for its command goes: nowhere."""
+
+    name = None
+    closed = False
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def abandon(dul: DULServiceProvider) -> None:
@@ -134,31 +155,27 @@ def _finish(dul: DULServiceProvider, incoming: _Incoming) -> None:
 
 def _discard(incoming: _Incoming) -> None:
     incoming.stream.close()
+    if incoming.stream.name is None:
+        return
     try:
         os.unlink(incoming.stream.name)
     except FileNotFoundError:
         pass  # taken over by the archive
 
 
-def _element(elem: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, elem, len(value)) + value
-
-
-def _uid(value: object) -> bytes:
-    raw = str(value).encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
-def encode_c_store_rsp(sop_class_uid: str, message_id: int, status: int,
-                       sop_instance_uid: str) -> bytes:
+def encode_c_store_rsp(sop_class_uid: str | None, message_id: int, status: int,
+                       sop_instance_uid: str | None) -> bytes:
     """The command set of a C-STORE-RSP (implicit VR little endian, PS3.7 9.3.1.2), without
-    optional status elements."""
-    body = b"".join((
-        _element(0x0002, _uid(sop_class_uid)),
-        _element(0x0100, struct.pack("<H", _C_STORE_RSP)),
-        _element(0x0120, struct.pack("<H", message_id)),
-        _element(0x0800, struct.pack("<H", _NO_DATA_SET)),
-        _element(0x0900, struct.pack("<H", status)),
-        _element(0x1000, _uid(sop_instance_uid)),
-    ))
-    return _element(0x0000, struct.pack("<I", len(body))) + body
+    optional status elements. A UID that is None or not a UID (a malformed request's) is left
+    out: those elements are conditional on the request having them."""
+    def uid_element(elem: int, uid: str | None) -> list[bytes]:
+        return [encoding.element(0x0000, elem, encoding.uid_value(uid))] if encoding.is_uid(uid) else []
+
+    return encoding.group(0x0000, [
+        *uid_element(0x0002, sop_class_uid),
+        encoding.element(0x0000, 0x0100, encoding.us(_C_STORE_RSP)),
+        encoding.element(0x0000, 0x0120, encoding.us(message_id)),
+        encoding.element(0x0000, 0x0800, encoding.us(_NO_DATA_SET)),
+        encoding.element(0x0000, 0x0900, encoding.us(status)),
+        *uid_element(0x1000, sop_instance_uid),
+    ], explicit=False)

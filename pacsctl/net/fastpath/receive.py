@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom import dimse_messages as _dimse_messages
 
+from pacsctl.net.fastpath import encoding
+
 FILE_MODE = 0o600
 
 _temp_dir: str | None = None
@@ -142,34 +144,26 @@ def _peer_aet() -> str:
         return ""
 
 
-def _short(tag_elem: int, vr: bytes, value: bytes) -> bytes:
-    return struct.pack("<HH", 0x0002, tag_elem) + vr + struct.pack("<H", len(value)) + value
-
-
-def _ui(value: str) -> bytes:
-    raw = value.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
 def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
                      source_aet: str = "") -> bytes:
     """File Meta Information group 0002 (explicit VR little endian), group length first; with
-    `source_aet`, the sender's AE title (0002,0016), so each file says where it came from."""
-    version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
-    if len(version) % 2:
-        version += b" "
-    body = b"".join((
-        struct.pack("<HH", 0x0002, 0x0001) + b"OB\x00\x00" + struct.pack("<I", 2) + b"\x00\x01",
-        _short(0x0002, b"UI", _ui(sop_class_uid)),
-        _short(0x0003, b"UI", _ui(sop_instance_uid)),
-        _short(0x0010, b"UI", _ui(transfer_syntax)),
-        _short(0x0012, b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID)),
-        _short(0x0013, b"SH", version),
-    ))
+    `source_aet`, the sender's AE title (0002,0016), so each file says where it came from.
+    A UID that is not one (a malformed request's, refused once the data set is in) is written
+    empty, so the file can still be written and removed."""
+    def ui(elem: int, uid: str) -> bytes:
+        return encoding.element(0x0002, elem, encoding.uid_value(uid if encoding.is_uid(uid) else ""), b"UI")
+
+    elements = [
+        encoding.element(0x0002, 0x0001, b"\x00\x01", b"OB"),
+        ui(0x0002, sop_class_uid),
+        ui(0x0003, sop_instance_uid),
+        ui(0x0010, transfer_syntax),
+        ui(0x0012, PYNETDICOM_IMPLEMENTATION_UID),
+        encoding.element(0x0002, 0x0013, encoding.text_value(PYNETDICOM_IMPLEMENTATION_VERSION), b"SH"),
+    ]
     if source_aet:
-        aet = source_aet.encode("ascii", "replace")[:16]
-        body += _short(0x0016, b"AE", aet + b" " if len(aet) % 2 else aet)
-    return _short(0x0000, b"UL", struct.pack("<I", len(body))) + body
+        elements.append(encoding.element(0x0002, 0x0016, encoding.text_value(source_aet, 16), b"AE"))
+    return encoding.group(0x0002, elements, explicit=True)
 
 
 def _write_file_meta_info(fp: Any, meta: Any, enforce_standard: bool = True) -> None:
@@ -221,6 +215,11 @@ _C_STORE_RQ_ELEMENTS = {
     0x00001031: ("MoveOriginatorMessageID", "US"),
 }
 _REQUIRED = {0x00000002, 0x00000100, 0x00000110, 0x00000700, 0x00000800, 0x00001000}
+# What a command needs to be answered at all (a response names the message it answers).
+_REQUIRED_TO_ANSWER = {0x00000100, 0x00000110, 0x00000800}
+_AFFECTED_UIDS = ("AffectedSOPClassUID", "AffectedSOPInstanceUID")
+_C_STORE_RQ = 0x0001
+_NO_DATA_SET = 0x0101
 
 
 class StoreCommand:
@@ -241,10 +240,19 @@ class StoreCommand:
     def get(self, keyword: str, default: Any = None) -> Any:
         return getattr(self, keyword, default)
 
+    @property
+    def has_valid_uids(self) -> bool:
+        """Whether the Affected SOP Class and Instance UIDs are there and are UIDs."""
+        return all(encoding.is_uid(self.get(k)) for k in _AFFECTED_UIDS)
 
-def decode_store_command(raw: bytes) -> StoreCommand | None:
+
+def decode_store_command(raw: bytes, strict: bool = True) -> StoreCommand | None:
     """Decode an implicit VR little endian C-STORE-RQ command set, or None when it is not a
-    plain one (the caller then uses pydicom)."""
+    plain one (the caller then uses pydicom).
+
+    Not `strict`: a command whose Affected SOP Class/Instance UID is missing or not a UID
+    (non-ASCII bytes, letters) is decoded too, with None for such a UID, so that it can be
+    refused with a status (`has_valid_uids` is False)."""
     elems: list[_Elem] = []
     pos, end = 0, len(raw)
     seen: set[int] = set()
@@ -269,17 +277,19 @@ def decode_store_command(raw: bytes) -> StoreCommand | None:
             if length != 4:
                 return None
             value = struct.unpack("<I", value_bytes)[0]
+        elif kind == "UI":
+            value = bytes(value_bytes).decode("ascii", "replace").rstrip("\x00 ").strip()
+            if not encoding.is_uid(value):
+                if strict:
+                    return None
+                value = None
         else:
-            try:
-                text = value_bytes.decode("ascii")
-            except UnicodeDecodeError:
-                return None
-            value = text.rstrip("\x00 ").strip() if kind == "UI" else text.strip()
+            value = bytes(value_bytes).decode("ascii", "replace").strip()
         elems.append(_Elem(tag, keyword, value))
-    if not _REQUIRED <= seen:
+    if not (_REQUIRED if strict else _REQUIRED_TO_ANSWER) <= seen:
         return None
     command = StoreCommand(elems)
-    if command.CommandField != 0x0001:  # type: ignore[attr-defined]
+    if command.CommandField != _C_STORE_RQ:  # type: ignore[attr-defined]
         return None
     return command
 
@@ -290,7 +300,31 @@ def _decode(bytestring: Any, is_implicit_vr: bool, is_little_endian: bool,
         fast = decode_store_command(bytestring.getvalue())
         if fast is not None:
             return fast
-    return _pydicom_decode(bytestring, is_implicit_vr, is_little_endian, deflated)
+    command = _pydicom_decode(bytestring, is_implicit_vr, is_little_endian, deflated)
+    if is_implicit_vr and is_little_endian and not deflated:  # a command set
+        _blank_bad_store_uids(command)
+    return command
+
+
+def _blank_bad_store_uids(command: Any) -> None:
+    """A C-STORE-RQ with a data set whose Affected SOP Class/Instance UID is missing or not a
+    UID gets `encoding.PLACEHOLDER_UID` instead: pynetdicom's decoder would fail on it
+    (AttributeError, or UnicodeEncodeError writing the File Meta), killing the association's
+    thread and leaving its temp file. With it the data set streams like any other, the store
+    handler refuses it with a status (`scp`), and pynetdicom removes the file."""
+    try:
+        if command.get("CommandField") != _C_STORE_RQ or command.get("CommandDataSetType") in (
+                None, _NO_DATA_SET):
+            return
+    except Exception:  # noqa: BLE001 - not ours to judge; pynetdicom reports it
+        return
+    for keyword in _AFFECTED_UIDS:
+        try:
+            value = str(command.get(keyword) or "").rstrip("\x00 ").strip()
+        except Exception:  # noqa: BLE001 - a value pydicom cannot even decode
+            value = ""
+        if not encoding.is_uid(value):
+            setattr(command, keyword, encoding.PLACEHOLDER_UID)
 
 
 _pydicom_decode = _dimse_messages.decode
