@@ -9,7 +9,6 @@ import typer
 from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
 from pacsctl.cli.options import CopyJobs, DestArg, JsonReport
-from pacsctl.cli.verify import LazyProgress, print_findings
 from pacsctl.errors import EXIT_INTEGRITY
 
 
@@ -32,18 +31,15 @@ def backup(
     from pacsctl.integrity.backup import backup as run_backup
 
     opts = state(ctx)
-    with opts.open_archive(create=False) as archive, LazyProgress("backup", opts.verbosity >= 0) as bar:
+    with opts.open_archive(create=False) as archive, output.LazyProgress("backup", opts.verbosity >= 0) as bar:
         report = run_backup(archive, dest, jobs=jobs, on_total=bar.start, progress=bar.advance)
     s = report.summary
     records = [f.as_dict() for f in report.findings] + [{"type": "summary", "command": "backup", "dest": str(dest), **s.as_dict()}]
-    print_findings(records, as_json, "backup: problems")
-    if not as_json and opts.verbosity >= 0:
-        output.stderr.print(
-            f"backup to {dest}: {s.copied} copied ({s.bytes / 1e6:.0f} MB), {s.skipped} unchanged, "
-            f"{s.failed} failed; {s.instances} instances in the manifest; {s.elapsed:.1f} s"
-            + (f"; {s.unindexed} files not in the index, not backed up (run `pacsctl reindex`)" if s.unindexed else ""),
-            highlight=False,
-        )
+    text = (f"backup to {dest}: {s.copied} copied ({s.bytes / 1e6:.0f} MB), {s.skipped} unchanged, "
+            f"{s.failed} failed; {s.instances} instances in the manifest; {s.elapsed:.1f} s")
+    if s.unindexed:
+        text += f"; {s.unindexed} files not in the index, not backed up (run `pacsctl reindex`)"
+    output.print_report(records, as_json, "backup: problems", text)
     record_action(archive.root, AuditEvent.BACKUP, s.as_dict(), dest=str(dest))
     if not report.ok:
         raise typer.Exit(EXIT_INTEGRITY)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from contextlib import contextmanager
+from collections import Counter
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar, Token
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -176,3 +177,53 @@ def progress(description: str, total: int | None, enabled: bool = True) -> Itera
     )
     with bar:
         yield Tracker(bar, bar.add_task(description, total=total, rate=""))
+
+
+# -- findings of verify, backup and reindex ---------------------------------------------------
+
+FINDING_COLUMNS = ("where", "problem", "path", "SOPInstanceUID", "action", "detail")
+TABLE_LIMIT = 200  # rows a table shows; a lost index can mean a million findings
+
+
+class LazyProgress:
+    """A progress bar opened once the core knows the total (and closed with the command)."""
+
+    def __init__(self, description: str, enabled: bool) -> None:
+        self.description, self.enabled = description, enabled
+        self.stack = ExitStack()
+        self.tracker: Tracker | None = None
+
+    def start(self, total: int) -> None:
+        self.tracker = self.stack.enter_context(progress(self.description, total, self.enabled))
+
+    def advance(self, files: int, nbytes: int) -> None:
+        if self.tracker is not None:
+            self.tracker.advance(files, nbytes)
+
+    def __enter__(self) -> "LazyProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+
+def print_findings(findings: Sequence[Mapping[str, Any]], as_json: bool, title: str) -> None:
+    """Finding records as NDJSON, or a table capped at TABLE_LIMIT rows (the rest counted)."""
+    if as_json:
+        for record in findings:
+            json_line(record)
+        return
+    if findings:
+        emit(findings[:TABLE_LIMIT], FINDING_COLUMNS, "table", title=title)
+    if len(findings) > TABLE_LIMIT:
+        counts = Counter(str(r["problem"]) for r in findings[TABLE_LIMIT:])
+        more = ", ".join(f"{n} {problem}" for problem, n in counts.most_common())
+        warn(f"{len(findings) - TABLE_LIMIT} more not shown ({more}): use --json or --report for all")
+
+
+def print_report(records: Sequence[Mapping[str, Any]], as_json: bool, title: str, text: str) -> None:
+    """A checking command's output: its findings, then its closing summary (the last record,
+    `"type": "summary"`) as JSON or as the one human line `text`."""
+    *findings, closing = records
+    print_findings(findings, as_json, title)
+    summary(closing, as_json, text)

@@ -6,7 +6,6 @@ import typer
 
 from pacsctl.cli import output
 from pacsctl.cli.options import Jobs, JsonReport
-from pacsctl.cli.verify import LazyProgress, print_findings
 from pacsctl.errors import EXIT_INTEGRITY
 
 
@@ -27,18 +26,14 @@ def reindex(
     from pacsctl.integrity.reindex import records_of, reindex as run_reindex
 
     opts = state(ctx)
-    with opts.open_archive(create=False) as archive, LazyProgress("reindex", opts.verbosity >= 0) as bar:
+    with opts.open_archive(create=False) as archive, output.LazyProgress("reindex", opts.verbosity >= 0) as bar:
         report = run_reindex(archive, jobs=jobs, on_total=bar.start, progress=bar.advance)
     records = list(records_of(report))
-    print_findings(records, as_json, "reindex: files not indexed")
     s = report.summary
-    if not as_json and opts.verbosity >= 0:
-        checked = f", {s.checked_against_manifest} matched the backup manifest" if s.checked_against_manifest else ""
-        output.stderr.print(
-            f"reindex: {s.indexed} of {s.files} files indexed ({s.bytes / 1e6:.0f} MB) in {s.elapsed:.1f} s"
-            f"{checked}; {s.problems} problems",
-            highlight=False,
-        )
+    checked = f", {s.checked_against_manifest} matched the backup manifest" if s.checked_against_manifest else ""
+    output.print_report(records, as_json, "reindex: files not indexed",
+                        f"reindex: {s.indexed} of {s.files} files indexed ({s.bytes / 1e6:.0f} MB) in {s.elapsed:.1f} s"
+                        f"{checked}; {s.problems} problems")
     if not report.ok:
         raise typer.Exit(EXIT_INTEGRITY)
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
@@ -16,38 +14,15 @@ from pacsctl.cli import output
 from pacsctl.cli.options import NO_METAVAR, Jobs, JsonReport
 from pacsctl.errors import EXIT_INTEGRITY, PacsctlError, UsageError
 
-FINDING_COLUMNS = ("where", "problem", "path", "SOPInstanceUID", "action", "detail")
-TABLE_LIMIT = 200  # rows a table shows; a lost index can mean a million findings
-
-
-class LazyProgress:
-    """A progress bar opened once the core knows the total (and closed with the command)."""
-
-    def __init__(self, description: str, enabled: bool) -> None:
-        self.description, self.enabled = description, enabled
-        self.stack = ExitStack()
-        self.tracker: output.Tracker | None = None
-
-    def start(self, total: int) -> None:
-        self.tracker = self.stack.enter_context(output.progress(self.description, total, self.enabled))
-
-    def advance(self, files: int, nbytes: int) -> None:
-        if self.tracker is not None:
-            self.tracker.advance(files, nbytes)
-
-    def __enter__(self) -> "LazyProgress":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stack.close()
-
-
 def write_report(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Write NDJSON records to `path` (replaced atomically, so a mail job never reads half)."""
     path = path.expanduser()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        # Private like the archive (it names files and UIDs), whatever the umask.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an old temp file of the same name keeps its mode otherwise
+        with open(fd, "w", encoding="utf-8") as fh:
             for record in records:
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             fh.flush()
@@ -56,21 +31,6 @@ def write_report(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise PacsctlError(f"cannot write the report {path}: {exc.strerror or exc}") from None
-
-
-def print_findings(records: list[dict], as_json: bool, title: str) -> None:
-    """Findings as NDJSON (with the closing summary) or a rich table."""
-    if as_json:
-        for record in records:
-            output.json_line(record)
-        return
-    findings = [r for r in records if r.get("type") != "summary"]
-    if findings:
-        output.emit(findings[:TABLE_LIMIT], FINDING_COLUMNS, "table", title=title)
-    if len(findings) > TABLE_LIMIT:
-        counts = Counter(r["problem"] for r in findings[TABLE_LIMIT:])
-        more = ", ".join(f"{n} {problem}" for problem, n in counts.most_common())
-        output.warn(f"{len(findings) - TABLE_LIMIT} more not shown ({more}): use --json or --report for all")
 
 
 def verify(
@@ -108,7 +68,7 @@ def verify(
         raise UsageError(f"cannot write the report: no folder {report.expanduser().absolute().parent}")
     mode = verifier.QUICK if quick else verifier.FULL
     opts = state(ctx)
-    with LazyProgress("verify", opts.verbosity >= 0) as bar:
+    with output.LazyProgress("verify", opts.verbosity >= 0) as bar:
         if backup is not None:
             archive = _open_if_present(opts)
             try:
@@ -126,20 +86,27 @@ def verify(
     records = list(verifier.records(result))
     if report is not None:
         write_report(report, records)
-    print_findings(records, as_json, "verify: problems found")
     s = result.summary
-    if not as_json and opts.verbosity >= 0:
-        extra = f", {s.repaired} repaired" if s.repaired else ""
-        extra += f", {s.cleaned} leftover temp files removed" if s.cleaned else ""
-        output.stderr.print(
-            f"verify {s.target} ({s.mode}): {s.checked} files checked, {s.hashed} re-hashed "
-            f"({s.bytes / 1e6:.0f} MB) in {s.elapsed:.1f} s; {s.problems} problems{extra}",
-            highlight=False,
-        )
+    output.print_report(records, as_json, _TITLES[s.status], _summary_text(s))
     if repair_from is not None:
         record_action(archive.root, AuditEvent.REPAIR, s.as_dict(), source=str(repair_from))
     if not s.ok:
         raise typer.Exit(EXIT_INTEGRITY)
+
+
+_TITLES = {"problems": "verify: problems found", "repaired": "verify: repaired from the backup",
+           "cleaned": "verify: cleaned (no problems)", "ok": "verify"}  # by VerifyStatus
+
+
+def _summary_text(s) -> str:
+    """The human summary line; says the same as the JSON summary's `status` and the exit code."""
+    outcome = f"{s.problems} problems" if s.problems else ("no problems left" if s.repaired else "no problems")
+    if s.repaired:
+        outcome += f", {s.repaired} files repaired from the backup (exit 3: damage happened)"
+    if s.cleaned:
+        outcome += f", {s.cleaned} leftover temp files cleaned"
+    return (f"verify {s.target} ({s.mode}): {s.checked} files checked, {s.hashed} re-hashed "
+            f"({s.bytes / 1e6:.0f} MB) in {s.elapsed:.1f} s; {outcome}")
 
 
 def _warn_if_empty(archive, expected: int) -> None:

@@ -17,6 +17,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -40,6 +41,15 @@ IN_FLIGHT_WAIT = 1.0    # how long to give such a writer before calling the file
 Progress = Callable[[int, int], None]  # (files done, bytes read) since the last call
 
 
+class VerifyStatus(StrEnum):
+    """What a check found, in one word (the JSON summary's `status`; exit 0 for ok and cleaned)."""
+
+    OK = "ok"                # nothing found
+    CLEANED = "cleaned"      # only leftover temp files, removed (never acknowledged): still ok
+    REPAIRED = "repaired"    # damage restored from a backup: exit 3, look at that disk
+    PROBLEMS = "problems"    # something is wrong
+
+
 @dataclass
 class VerifySummary(SummaryRecord):
     """The closing record of a check. `problems` counts what is still wrong afterwards."""
@@ -54,6 +64,7 @@ class VerifySummary(SummaryRecord):
     cleaned: int = 0
     elapsed: float = 0.0
     ok: bool = True
+    status: VerifyStatus = VerifyStatus.OK
 
 
 
@@ -73,6 +84,8 @@ class VerifyReport:
         s.problems = sum(not f.resolved for f in self.findings)
         # A repair means damage happened (look at that disk); a removed leftover is routine.
         s.ok = s.problems == 0 and s.repaired == 0
+        s.status = (VerifyStatus.PROBLEMS if s.problems else VerifyStatus.REPAIRED if s.repaired
+                    else VerifyStatus.CLEANED if s.cleaned else VerifyStatus.OK)
         s.elapsed = time.monotonic() - started
         return self
 

@@ -150,14 +150,58 @@ def test_report_into_a_missing_folder_is_a_usage_error(records: list[dict], cli:
 
 
 def test_table_is_capped_json_is_not(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from pacsctl.cli import verify as verify_cli
+    from pacsctl.cli import output
 
-    monkeypatch.setattr(verify_cli, "TABLE_LIMIT", 2)
+    monkeypatch.setattr(output, "TABLE_LIMIT", 2)
     found = [{"type": "problem", "path": f"objects/{i}.dcm", "SOPInstanceUID": "", "problem": "missing" if i < 4 else "unknown_file",
               "where": "archive", "detail": "", "action": ""} for i in range(6)]
-    verify_cli.print_findings(found + [{"type": "summary"}], False, "t")
+    output.print_findings(found, False, "t")
     out, err = capsys.readouterr()
     assert "objects/1.dcm" in out and "objects/2.dcm" not in out
     assert "4 more not shown (2 missing, 2 unknown_file)" in err
-    verify_cli.print_findings(found + [{"type": "summary"}], True, "t")
+    output.print_report(found + [{"type": "summary"}], True, "t", "summary line")
     assert len(lines(capsys.readouterr().out)) == 7
+
+
+def test_only_cleaned_leftovers_say_cleaned_everywhere_and_exit_0(records: list[dict], archive_dir: Path, cli: Callable[..., Any]) -> None:
+    """Removed leftovers are no problem: the table title, the human line, the JSON summary and
+    the exit code all say so (it said "problems found" and exited 0)."""
+    for name in (f"{dead_pid()}-4242.part", f"{dead_pid()}-4343.part"):
+        (archive_dir / "tmp" / name).write_bytes(b"partial")
+    proc = cli("verify")
+    assert proc.returncode == 0, proc.stderr
+    assert "problems found" not in proc.stdout + proc.stderr
+    assert "verify: cleaned" in proc.stdout and "leftover_temp" in proc.stdout
+    assert "no problems, 2 leftover temp files cleaned" in proc.stderr
+
+    (archive_dir / "tmp" / f"{dead_pid()}-4444.part").write_bytes(b"partial")
+    as_json = cli("verify", "--json")
+    summary = lines(as_json.stdout)[-1]
+    assert as_json.returncode == 0
+    assert (summary["status"], summary["problems"], summary["cleaned"], summary["ok"]) == ("cleaned", 0, 1, True)
+
+
+def test_damage_and_leftovers_say_problems_and_exit_3(records: list[dict], archive_dir: Path, cli: Callable[..., Any]) -> None:
+    (archive_dir / "tmp" / f"{dead_pid()}-4242.part").write_bytes(b"partial")
+    (archive_dir / records[0]["path"]).unlink()
+    proc = cli("verify", "--json")
+    summary = lines(proc.stdout)[-1]
+    assert proc.returncode == 3
+    assert (summary["status"], summary["problems"], summary["cleaned"], summary["ok"]) == ("problems", 1, 1, False)
+    human = cli("verify")
+    assert "verify: problems found" in human.stdout and "1 problems" in human.stderr
+
+
+def test_the_report_is_private_whatever_the_umask(records: list[dict], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import cli_env
+
+    report = tmp_path / "verify.ndjson"
+    for _ in range(2):  # created, then replaced
+        proc = subprocess.run([sys.executable, "-m", "pacsctl", "verify", "--report", str(report)], env=cli_env(),
+                              capture_output=True, text=True, preexec_fn=lambda: os.umask(0), timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert report.stat().st_mode & 0o777 == 0o600
+    assert lines(report.read_text())[-1]["type"] == "summary"
