@@ -113,6 +113,7 @@ class IngestResult:
     reason: str = ""
     size: int = 0
     conflict: bool = False  # same SOP Instance UID as an archived copy, different data set
+    unreadable: bool = False  # skipped because the input could not be read (a partial failure)
 
     def as_dict(self) -> dict:
         return asdict(self)

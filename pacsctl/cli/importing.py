@@ -29,8 +29,9 @@ def import_command(
 
     Non-DICOM files are skipped; unreadable DICOM goes to quarantine with the reason. Every file is
     accounted for: files = imported + duplicates + quarantined + skipped. Re-running is safe:
-    what is already archived counts as a duplicate. Exit 0, or 3 when anything was quarantined or
-    a DICOMDIR referenced a file missing from the media.
+    what is already archived counts as a duplicate. Exit 0; 3 when anything was quarantined, could
+    not be read (a damaged zip, a permission error) or a DICOMDIR referenced a file missing from
+    the media; 2 when a path given does not exist.
 
     Example: pacsctl import /media/cdrom/DICOMDIR ~/Downloads/study.zip /data/incoming --json
     """
@@ -38,10 +39,10 @@ def import_command(
     from pacsctl.ingest.importer import ImportInterrupted, collect_sources, import_sources
 
     opts = state(ctx)
+    sources = collect_sources([str(p) for p in paths])  # a mistyped path: nothing is created
     archive = opts.open_archive_for_dry_run() if dry_run else opts.open_archive(create=True)
     if not archive.exists():
         output.warn(f"no archive at {archive.root} yet: planning against an empty one (the real run creates it)")
-    sources = collect_sources([str(p) for p in paths])
 
     with output.progress("importing", total=len(sources), enabled=not as_json) as bar:
         def on_result(result: "IngestResult") -> None:
@@ -55,7 +56,7 @@ def import_command(
                 if result.status == "quarantined" and not dry_run:
                     record["quarantine_path"] = result.path
                 output.json_line(record)
-            elif result.status == "quarantined" or state(ctx).verbosity > 0:
+            elif result.status == "quarantined" or result.unreadable or state(ctx).verbosity > 0:
                 output.warn(f"{result.status}: {result.origin}: {result.reason}")
 
         try:
@@ -74,6 +75,8 @@ def import_command(
     )
     if summary.missing:
         text += f"; {summary.missing} referenced by a DICOMDIR but missing from the media"
+    if summary.unreadable:
+        text += f"; {summary.unreadable} could not be read"
     if summary.interrupted:
         text = f"interrupted: {text}; run the same import again to complete it"
     output.summary(record, as_json, text)
@@ -81,5 +84,5 @@ def import_command(
         record_action(archive.root, AuditEvent.IMPORT, record)
     if summary.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
-    if summary.quarantined or summary.missing:
+    if summary.incomplete:
         raise typer.Exit(EXIT_INTEGRITY)

@@ -9,15 +9,15 @@ duplicating anything: what was committed is found by name and counted as a dupli
 from __future__ import annotations
 
 import errno
+import os
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from pacsctl.archive.archive import DUPLICATE, QUARANTINED, SKIPPED, STORED, Archive, IngestResult
-from pacsctl.ingest.sources import Problem, Source, find_sources
-from pacsctl.errors import PacsctlError, StorageFullError
+from pacsctl.ingest.sources import ZIP_ERRORS, Problem, Source, find_sources
+from pacsctl.errors import PacsctlError, StorageFullError, UsageError
 from pacsctl.parallel import StopSignals, map_unordered
 from pacsctl.storage import files
 from pacsctl.summary import SummaryRecord
@@ -38,6 +38,7 @@ class ImportSummary(SummaryRecord):
     quarantined: int = 0
     skipped: int = 0
     missing: int = 0  # of the skipped: referenced by a DICOMDIR but absent from the media
+    unreadable: int = 0  # of the skipped: input that could not be read (a bad zip, EACCES, ...)
     bytes: int = 0
     elapsed: float = 0.0
     dry_run: bool = False
@@ -54,6 +55,12 @@ class ImportSummary(SummaryRecord):
             self.quarantined += 1
         else:
             self.skipped += 1
+            self.unreadable += result.unreadable
+
+    @property
+    def incomplete(self) -> bool:
+        """Something given could not be stored or read: the import exits 3."""
+        return bool(self.quarantined or self.missing or self.unreadable)
 
 
 class ImportInterrupted(KeyboardInterrupt):
@@ -65,7 +72,12 @@ class ImportInterrupted(KeyboardInterrupt):
 
 
 def collect_sources(paths: list[str]) -> list[Source | Problem]:
-    """Walk the inputs first, so progress can show a total and an ETA."""
+    """Walk the inputs first, so progress can show a total and an ETA. A path given that does
+    not exist is a usage error (a typo must not end in "skipped 1 of 1", exit 0)."""
+    absent = [p for p in paths if not os.path.lexists(p)]
+    if absent:
+        more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+        raise UsageError(f"no such file or folder: {absent[0]}{more}", hint="check the path; nothing was imported")
     return list(find_sources(paths))
 
 
@@ -95,7 +107,7 @@ def import_sources(
         problems = [s for s in sources if isinstance(s, Problem)]
         for problem in problems:
             summary.missing += problem.missing
-            record(IngestResult(SKIPPED, problem.origin, reason=problem.reason))
+            record(IngestResult(SKIPPED, problem.origin, reason=problem.reason, unreadable=problem.unreadable))
         batches = _batches([s for s in sources if isinstance(s, Source)])
         # A dry run plans in one process: the plan (what each earlier input would have stored)
         # must see every batch, as the real run's archive does, and must not open the archive
@@ -140,9 +152,9 @@ def ingest_batch(archive: Archive, batch: list[Source], on_conflict: str | None,
     for source in batch:
         try:
             items.append((source.read(), source.origin))
-        except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError) as exc:
+        except (OSError, *ZIP_ERRORS) as exc:
             reason = f"unreadable: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else f"unreadable: {exc}"
-            results.append(IngestResult(SKIPPED, source.origin, reason=reason))
+            results.append(IngestResult(SKIPPED, source.origin, reason=reason, unreadable=True))
     return results + archive.ingest(items, on_conflict, dry_run=dry_run)
 
 

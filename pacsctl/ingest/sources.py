@@ -8,47 +8,68 @@ accounted for and none stops the walk.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import zipfile
+import zlib
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import pydicom
 
 ZIP_MAGIC = b"PK\x03\x04"
+MAX_ZIP_DEPTH = 3  # a zip in a zip in a zip is read; deeper nesting is a zip bomb, not a CD
+# What reading a zip member can raise besides OSError (bad CRC, encrypted, unknown method, cut).
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error)
 
 
 @dataclass(frozen=True)
 class Source:
-    """One input to read: a file, or `member` of the zip file at `path`."""
+    """One input to read: a file, or `member` of the zip file at `path` (and, for a zip inside
+    that zip, the `inner` member names, outermost first)."""
 
     path: str
     member: str | None = None
     size: int = field(default=0, compare=False)  # bytes, as found while walking (for batching)
+    inner: tuple[str, ...] = ()
 
     @property
     def origin(self) -> str:
         """How reports name this input."""
-        return f"{self.path}!{self.member}" if self.member else self.path
+        return "!".join([self.path, *([self.member] if self.member else []), *self.inner])
+
+    @contextmanager
+    def open(self) -> Iterator[BinaryIO]:
+        """The input as a binary stream, read in place (zip members are decompressed as read).
+        Raises OSError or one of ZIP_ERRORS when unreadable."""
+        with ExitStack() as stack:
+            if self.member is None:
+                yield stack.enter_context(open(self.path, "rb"))
+                return
+            archive = stack.enter_context(zipfile.ZipFile(self.path))
+            stream: BinaryIO = stack.enter_context(archive.open(self.member))
+            for name in self.inner:  # a member stream is seekable: a zip can be read inside it
+                archive = stack.enter_context(zipfile.ZipFile(stream))
+                stream = stack.enter_context(archive.open(name))
+            yield stream
 
     def read(self) -> bytes:
-        """The input's bytes (raises OSError / zipfile errors when unreadable)."""
-        if self.member is None:
-            with open(self.path, "rb") as fh:
-                return fh.read()
-        with zipfile.ZipFile(self.path) as archive:
-            return archive.read(self.member)
+        """The input's bytes (raises OSError / ZIP_ERRORS when unreadable)."""
+        with self.open() as stream:
+            return stream.read()
 
 
 @dataclass(frozen=True)
 class Problem:
-    """An input that cannot even be read: counted as skipped with its reason."""
+    """An input met while walking that is not a readable file: counted as skipped with its reason."""
 
     origin: str
     reason: str
     missing: bool = False  # referenced by a DICOMDIR but not on the media
+    unreadable: bool = False  # input that could not be read (a partial failure, unlike a dead link)
 
 
 def find_sources(paths: list[str]) -> Iterator[Source | Problem]:
@@ -59,11 +80,11 @@ def find_sources(paths: list[str]) -> Iterator[Source | Problem]:
         try:
             st = path.stat()
         except OSError as exc:
-            yield Problem(given, _os_reason(exc))
+            yield Problem(given, _os_reason(exc), unreadable=exc.errno != errno.ENOENT or path.is_symlink())
             continue
         if stat.S_ISDIR(st.st_mode):
             yield from _walk(path, seen_dirs)
-        elif path.name.upper() == "DICOMDIR":
+        elif is_dicomdir_name(path.name):
             yield from dicomdir_sources(path)
         else:
             yield from _file(path)
@@ -74,7 +95,7 @@ def _walk(root: Path, seen_dirs: set[tuple[int, int]]) -> Iterator[Source | Prob
     try:
         st = root.stat()
     except OSError as exc:
-        yield Problem(str(root), _os_reason(exc))
+        yield Problem(str(root), _os_reason(exc), unreadable=True)
         return
     key = (st.st_dev, st.st_ino)
     if key in seen_dirs:
@@ -83,14 +104,14 @@ def _walk(root: Path, seen_dirs: set[tuple[int, int]]) -> Iterator[Source | Prob
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as exc:
-        yield Problem(str(root), _os_reason(exc))
+        yield Problem(str(root), _os_reason(exc), unreadable=True)
         return
     for entry in entries:
         try:
             is_dir = entry.is_dir(follow_symlinks=True)
             is_file = entry.is_file(follow_symlinks=True)
         except OSError as exc:
-            yield Problem(entry.path, _os_reason(exc))
+            yield Problem(entry.path, _os_reason(exc), unreadable=True)
             continue
         if is_dir:
             yield from _walk(Path(entry.path), seen_dirs)
@@ -103,25 +124,54 @@ def _walk(root: Path, seen_dirs: set[tuple[int, int]]) -> Iterator[Source | Prob
 
 
 def _file(path: Path) -> Iterator[Source | Problem]:
-    """A plain file, or each member of a zip file."""
+    """A plain file, or each member of a zip file (zips inside it included)."""
     try:
         with open(path, "rb") as fh:
             magic = fh.read(4)
             size = os.fstat(fh.fileno()).st_size
     except OSError as exc:
-        yield Problem(str(path), _os_reason(exc))
+        yield Problem(str(path), _os_reason(exc), unreadable=True)
         return
     if magic != ZIP_MAGIC:
         yield Source(str(path), size=size)
         return
     try:
         with zipfile.ZipFile(path) as archive:
-            members = {i.filename: i.file_size for i in archive.infolist() if not i.is_dir()}
-    except (zipfile.BadZipFile, OSError) as exc:
-        yield Problem(str(path), f"unreadable zip file: {exc}")
+            found = _members(archive, str(path), (), 1)
+    except (OSError, *ZIP_ERRORS) as exc:
+        yield Problem(str(path), f"unreadable zip file: {exc}", unreadable=True)
         return
-    for member in sorted(members):
-        yield Source(str(path), member, size=members[member])
+    yield from found
+
+
+def _members(archive: zipfile.ZipFile, path: str, chain: tuple[str, ...], depth: int) -> list[Source | Problem]:
+    """The members of an open zip (at `chain` inside the zip file `path`), nested zips read."""
+    found: list[Source | Problem] = []
+    for info in sorted((i for i in archive.infolist() if not i.is_dir()), key=lambda i: i.filename):
+        names = (*chain, info.filename)
+        if depth < MAX_ZIP_DEPTH and _is_zip(archive, info):
+            try:
+                with archive.open(info) as stream, zipfile.ZipFile(stream) as inner:  # type: ignore[arg-type]
+                    found.extend(_members(inner, path, names, depth + 1))
+            except (OSError, *ZIP_ERRORS) as exc:
+                found.append(Problem("!".join((path, *names)), f"unreadable zip file: {exc}", unreadable=True))
+            continue
+        found.append(Source(path, names[0], size=info.file_size, inner=names[1:]))
+    return found
+
+
+def _is_zip(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
+    """Whether a member starts like a zip file (its first bytes; the rest is not read)."""
+    try:
+        with archive.open(info) as stream:
+            return stream.read(4) == ZIP_MAGIC
+    except (OSError, *ZIP_ERRORS):
+        return False  # reading it as an instance reports why
+
+
+def is_dicomdir_name(name: str) -> bool:
+    """`DICOMDIR`, also as ISO 9660 media name it (`DICOMDIR;1`, `DICOMDIR.`), any case."""
+    return _name_key(name) == "DICOMDIR"
 
 
 def dicomdir_sources(dicomdir: Path) -> Iterator[Source | Problem]:
@@ -134,7 +184,7 @@ def dicomdir_sources(dicomdir: Path) -> Iterator[Source | Problem]:
         ds = pydicom.dcmread(dicomdir, force=True)
         records = ds.DirectoryRecordSequence
     except Exception as exc:  # a broken DICOMDIR: say so, the user can import the folder instead
-        yield Problem(str(dicomdir), f"unreadable DICOMDIR: {str(exc)[:120]}")
+        yield Problem(str(dicomdir), f"unreadable DICOMDIR: {str(exc)[:120]}", unreadable=True)
         return
     root = dicomdir.parent
     seen: set[str] = set()

@@ -141,8 +141,12 @@ def archive_files(archive: Archive, filters: Mapping[str, str]) -> list[SendItem
         studies = sorted({str(r["StudyInstanceUID"]) for r in matched})
         series = sorted({str(r["SeriesInstanceUID"]) for r in matched})
         instances = index.instances(study_uids=studies, series_uids=series) if series else []
-    return [SendItem(str(archive.path_of(r["path"])), int(r.get("size") or 0))
-            for r in instances if r.get("path")]
+    found = [SendItem(str(archive.path_of(r["path"])), int(r.get("size") or 0))
+             for r in instances if r.get("path")]
+    if not found:  # the values are not quoted: a -k filter may hold a patient's name
+        raise UsageError(f"no archived instance matches the selection ({', '.join(sorted(filters))})",
+                         hint="see `pacsctl ls` for what the archive holds; nothing was sent")
+    return found
 
 
 def send(

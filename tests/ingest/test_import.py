@@ -195,6 +195,7 @@ def test_unreadable_files_and_folders_are_skipped_with_reason(tmp_path: Path, ct
             assert statuses["closed"][0] == "skipped" and "ermission" in statuses["closed"][1]
             summary = report["summary"]
             assert summary["files"] == 3 == summary["imported"] + summary["skipped"]
+            assert summary["unreadable"] == 2  # could not be read: the CLI exits 3 for these
     finally:
         (tree / "closed").chmod(0o700)
 

@@ -102,12 +102,13 @@ def test_on_conflict_replace_from_the_cli(cli, ct_factory, archive_dir: Path, tm
     assert bad.returncode == 2
 
 
-def test_missing_path_is_accounted_not_fatal(cli, ct_factory, archive_dir: Path, tmp_path: Path) -> None:
+def test_missing_path_is_a_usage_error_naming_it(cli, ct_factory, archive_dir: Path, tmp_path: Path) -> None:
+    """A typo in a path used to end in "skipped 1 of 1", exit 0; now nothing is imported."""
     ct_factory.series(2)
     result = cli("import", "--json", str(tmp_path / "ct"), str(tmp_path / "absent"))
-    records, summary = ndjson(result.stdout)
-    assert summary["imported"] == 2 and summary["skipped"] == 1 and summary["files"] == 3
-    assert [r["path"] for r in records] == [str(tmp_path / "absent")]
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[0] == f"error: no such file or folder: {tmp_path / 'absent'}"
+    assert not archive_dir.exists()  # and no archive was created for it
 
 
 def test_non_utf8_file_names_from_old_media(cli, ct_factory, archive_dir: Path, tmp_path: Path) -> None:

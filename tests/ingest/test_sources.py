@@ -12,7 +12,7 @@ import pytest
 
 from pacsctl.archive.archive import Archive
 from pacsctl.ingest.importer import collect_sources, import_sources
-from pacsctl.ingest.sources import Problem, Source, dicomdir_sources, resolve_file_id
+from pacsctl.ingest.sources import Problem, Source, dicomdir_sources, find_sources, resolve_file_id
 
 MEDIA_FOLDERS = ("77654033", "98892001", "98892003")
 
@@ -126,7 +126,7 @@ def test_walk_survives_loops_links_fifos(tmp_path: Path, ct_factory) -> None:
     (tree / "self").symlink_to(".")
     (tree / "dangling").symlink_to(tree / "nowhere")
     os.mkfifo(tree / "pipe")
-    sources = collect_sources([str(tree), str(tmp_path / "absent")])
+    sources = list(find_sources([str(tree), str(tmp_path / "absent")]))
     files = [s for s in sources if isinstance(s, Source)]
     problems = {Path(p.origin).name: p.reason for p in sources if isinstance(p, Problem)}
     assert [Path(s.path).name for s in files] == ["a.dcm"]
