@@ -1,9 +1,10 @@
 """The socket side of the DICOM listener: pynetdicom's association server, made robust.
 
 - `AcceptorAE`: counts established associations (not open sockets) against the maximum.
-- `Server`: TCP_NODELAY on accepted sockets; the TLS handshake off the accept loop; a cap on
-  open connections; adopts a listening socket shared by a node's worker processes and, as one
-  of them, leaves a connection to a less busy worker (`net.balance`).
+- `Server`: TCP_NODELAY on accepted sockets; the TLS handshake off the accept loop; absolute
+  deadlines and a cap on open connections that evicts idle unassociated ones rather than refuse
+  clients (`net.connections`); adopts a listening socket shared by a node's worker processes
+  and, as one of them, leaves a connection to a less busy worker (`net.balance`).
 - `bind_listener`: the shared listening socket, made before the workers fork.
 """
 
@@ -21,6 +22,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from pacsctl.errors import NetworkError
 from pacsctl.net.balance import WorkerSlot
+from pacsctl.net.connections import Closed, ConnectionTable, connection_of, track
 
 LOG = logging.getLogger(__name__)
 
@@ -42,6 +44,9 @@ class ConnectionHandler(RequestHandler):
 
     def _create_association(self) -> Association:
         self.association = super()._create_association()
+        connection = connection_of(self.request)
+        if connection is not None:  # its deadlines now look at the association
+            connection.assoc = self.association
         return self.association
 
     def handle(self) -> None:
@@ -59,6 +64,7 @@ class Server(ThreadedAssociationServer):
 
     max_connections: int = 256
     handshake_timeout: float = 30.0
+    connections: ConnectionTable = ConnectionTable(256, 30.0, None)  # replaced by `limit`
     # A request thread may live as long as its association (`ConnectionHandler`): closing the
     # server must not wait for them; `scp.RunningScp.stop` waits for, then aborts, associations.
     block_on_close = False
@@ -90,6 +96,30 @@ class Server(ThreadedAssociationServer):
         if self.adopt_socket is None:
             super().server_activate()
 
+    def server_close(self) -> None:
+        if self.adopt_socket is None:
+            super().server_close()
+            return
+        # The other workers still listen on it: pynetdicom's shutdown(SHUT_RDWR) would end
+        # their listening too, and their accept loops would spin on the dead socket (select
+        # reports it ready, accept fails, again). Close this worker's descriptor only.
+        assert self.socket is not None
+        self.socket.close()
+
+    def limit(self, max_connections: int, acse_timeout: float | None,
+              pdu_timeout: float | None, on_refused: Any = None) -> None:
+        """Set the connection cap and the deadlines (`net.connections`); `on_refused(address,
+        reason)` hears of every connection refused or closed by them."""
+        self.max_connections = max_connections
+        self.handshake_timeout = acse_timeout or self.handshake_timeout
+        self.on_refused = on_refused
+
+        def closed(address: Any, why: Closed) -> None:
+            if self.on_refused:
+                self.on_refused(address, why.value)
+
+        self.connections = ConnectionTable(max_connections, acse_timeout, pdu_timeout, closed)
+
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None
         client, address = self.socket.accept()
@@ -98,10 +128,7 @@ class Server(ThreadedAssociationServer):
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        if self.ssl_context:
-            client = self.ssl_context.wrap_socket(
-                client, server_side=True, do_handshake_on_connect=False
-            )
+        client = track(client, address, self.ssl_context or None)
         if self.load is not None:
             with self._counted_lock:
                 self._counted.add(client)
@@ -119,9 +146,10 @@ class Server(ThreadedAssociationServer):
         self.load.closed()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        open_now = sum(1 for t in threading.enumerate() if t.name.startswith("AcceptorThread"))
-        if open_now >= self.max_connections:
-            LOG.warning("refusing connection from %s: %d open", client_address[0], open_now)
+        connection = connection_of(request)
+        if connection is not None and not self.connections.admit(connection):
+            LOG.warning("refusing connection from %s: %d associations open",
+                        client_address[0], len(self.connections))
             if self.on_refused:
                 self.on_refused(client_address, "too many connections")
             return False
@@ -131,6 +159,7 @@ class Server(ThreadedAssociationServer):
         try:
             super().shutdown_request(request)
         finally:
+            self.connections.forget(request)
             self.count_closed(request)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:

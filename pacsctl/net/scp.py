@@ -141,21 +141,28 @@ class RunningScp:
         """Associations currently open on this listener."""
         return len(self.server.active_associations)
 
-    def stop(self, graceful: bool = True, timeout: float | None = None) -> bool:
-        """Stop accepting connections; when `graceful`, wait (up to `timeout` s) for in-flight
-        associations to finish, then abort whatever is left. True if none had to be aborted."""
+    def stop(self, graceful: bool = True, timeout: float | None = None,
+             abort: Callable[[], bool] | None = None) -> bool:
+        """Stop accepting connections; when `graceful`, wait (up to `timeout` s, or until
+        `abort()` is true) for in-flight associations to finish, then abort whatever is left.
+        True if none had to be aborted."""
         if not self._stopped:
             self._stopped = True
             self.server.shutdown()  # stops the accept loop and closes the listening socket
+            self.server.connections.drop_unassociated()  # nothing to finish: drop at once
         deadline = None if timeout is None else time.monotonic() + timeout
-        while graceful and self.server.active_associations:
+        busy = self.server.connections.in_flight()  # idle associations need no waiting for
+        while graceful and busy:
             if deadline is not None and time.monotonic() > deadline:
                 break
+            if abort is not None and abort():
+                break
             time.sleep(0.05)
-        left = self.server.active_associations
-        for assoc in left:
+            busy = self.server.connections.in_flight()
+        for assoc in self.server.active_associations:
             assoc.abort()
-        return not left
+        self.server.connections.close()
+        return not busy
 
     def __enter__(self) -> RunningScp:
         return self
@@ -582,7 +589,6 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
 
 
 def _configure(server: Any, options: ScpOptions, d: _Dispatcher) -> Server:
-    server.max_connections = max(16, options.max_associations * 4)
-    server.handshake_timeout = options.acse_timeout
-    server.on_refused = d.on_refused
+    server.limit(max(16, options.max_associations * 4), options.acse_timeout,
+                 options.network_timeout, d.on_refused)
     return server

@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from pacsctl.config import CONFIG_NAME, load_config
 from pacsctl.dicom.identifiers import Query, build_response, parse_identifier
 from pacsctl.dicom.matching import QueryValueTooComplexError, RecordFilter
 from pacsctl.errors import UsageError
+from pacsctl.net.balance import WorkerSlot
 from pacsctl.net.scp import RunningScp, start_scp
 from pacsctl.net.types import (
     STATUS_IDENTIFIER_MISMATCH,
@@ -155,20 +157,23 @@ class RunningNode:
     def port(self) -> int:
         return self.scp.port
 
-    def stop(self, graceful: bool = True, timeout: float | None = 60.0) -> bool:
-        """Stop accepting, let in-flight associations finish (graceful), then close the
-        archive. True when no association had to be aborted."""
-        clean = self.scp.stop(graceful=graceful, timeout=timeout)
+    def stop(self, graceful: bool = True, timeout: float | None = 60.0,
+             abort: Callable[[], bool] | None = None) -> bool:
+        """Stop accepting, let in-flight associations finish (graceful; until `abort()` says
+        otherwise), then close the archive. True when no association had to be aborted."""
+        clean = self.scp.stop(graceful=graceful, timeout=timeout, abort=abort)
         self.service.close()
         return clean
 
 
-def serve(archive: Archive, options: ScpOptions) -> RunningNode:
-    """Start serving `archive` with `options` (its temp dir defaults to the archive's)."""
+def serve(archive: Archive, options: ScpOptions, sock: socket.socket | None = None,
+          load: WorkerSlot | None = None) -> RunningNode:
+    """Start serving `archive` with `options` (its temp dir defaults to the archive's); `sock`
+    and `load` as for `net.scp.start_scp` (a worker of several sharing a port)."""
     if options.temp_dir is None:
         options.temp_dir = archive.tmp_dir
     service = ArchiveService(archive)
-    scp = start_scp(service.handlers(), options)
+    scp = start_scp(service.handlers(), options, sock=sock, load=load)
     return RunningNode(scp, service)
 
 

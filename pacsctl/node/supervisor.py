@@ -1,86 +1,151 @@
-"""Running a node until told to stop: signals, and worker processes sharing one port."""
+"""Running a node until told to stop: signals, and worker processes sharing one port.
+
+SIGTERM or SIGINT (Ctrl-C) stops accepting and lets transfers in flight finish (up to the grace
+period); a second one aborts them. With workers, the supervisor SIGKILLs a worker that shows no
+sign of life for `KILL_AFTER` seconds while stopping (wedged: a thread holding the GIL), or that
+is still there `KILL_AFTER` seconds after its grace period. SIGHUP re-reads the settings a node
+can change while running (`node.settings`). The node's pid is in `ARCHIVE/serve.pid` while it
+runs, for `kill -HUP`.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import mmap
 import os
 import signal
 import socket
-import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from pacsctl.archive.archive import Archive
 from pacsctl.net.balance import SharedLoad, WorkerSlot
 from pacsctl.net.listener import bind_listener
-from pacsctl.net.scp import log_failure, start_scp
+from pacsctl.net.scp import log_failure
 from pacsctl.net.types import ScpOptions
-from pacsctl.node.service import ArchiveService, RunningNode
+from pacsctl.node.service import serve
+from pacsctl.node.signals import NodeSignal, NodeSignals
 from pacsctl.parallel import die_with_parent
+from pacsctl.storage import files
 
 LOG = logging.getLogger(__name__)
 
+KILL_AFTER = 5.0  # seconds a stopping worker may show no sign of life, or overrun its grace
+PID_FILE = "serve.pid"
+_BEAT = 0.2  # how often a worker's main thread shows it is alive
 
-def _wait_for_signal(stop: threading.Event) -> None:
-    """Block the main thread until SIGTERM or SIGINT."""
 
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
+class _Heartbeats:
+    """When each worker's main thread last looked for signals (monotonic clock, shared with
+    the forked workers). A worker whose beat goes stale cannot run Python: it cannot stop."""
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    while not stop.wait(0.5):
+    def __init__(self, workers: int) -> None:
+        self._memory = mmap.mmap(-1, 8 * workers)
+        self._beats = (ctypes.c_double * workers).from_buffer(self._memory)
+
+    def beat(self, index: int) -> None:
+        self._beats[index] = time.monotonic()
+
+    def silent_for(self, index: int) -> float:
+        return time.monotonic() - self._beats[index]
+
+
+def _serve_in_this_process(root: Path, options: ScpOptions, signals: NodeSignals, grace: float,
+                           ready: Callable[[int], None] | None = None,
+                           sock: socket.socket | None = None, load: WorkerSlot | None = None,
+                           beat: Callable[[], None] = lambda: None) -> int:
+    """Serve until a stop signal, then stop gracefully (a second stop signal aborts)."""
+    node = serve(Archive.open(root), options, sock=sock, load=load)
+    if ready is not None:
+        ready(node.port)
+    while True:
+        beat()
+        received = signals.wait(_BEAT)
+        if received is NodeSignal.STOP:
+            break
+        if received is NodeSignal.RELOAD:
+            from pacsctl.node.settings import reload_settings
+
+            reload_settings(node)
+    LOG.info("stopping: no new associations; waiting for %d in flight",
+             node.scp.active_associations)
+
+    def abort_now() -> bool:
+        beat()
+        return signals.wait(0) is NodeSignal.STOP
+
+    node.stop(graceful=True, timeout=grace, abort=abort_now)
+    return 0
+
+
+def _write_pid_file(root: Path) -> Path:
+    path = root / PID_FILE
+    try:
+        files.write_atomic(root / "tmp", path, f"{os.getpid()}\n".encode())
+    except OSError as exc:  # a hint for `kill -HUP`, not worth failing the node for
+        LOG.warning("cannot write %s: %s", path, exc.strerror or exc)
+    return path
+
+
+def _remove_pid_file(path: Path) -> None:
+    try:
+        if path.read_text().strip() == str(os.getpid()):  # not another node's
+            path.unlink()
+    except OSError:
         pass
 
 
-def _serve_in_this_process(root: Path, options: ScpOptions, sock: socket.socket | None,
-                           ready: Callable[[int], None] | None, stop: threading.Event,
-                           grace: float, load: WorkerSlot | None = None) -> int:
-    archive = Archive.open(root)
-    if options.temp_dir is None:
-        options.temp_dir = archive.tmp_dir
-    service = ArchiveService(archive)
-    scp = start_scp(service.handlers(), options, sock=sock, load=load)
-    node = RunningNode(scp, service)
-    if ready is not None:
-        ready(node.port)
-    _wait_for_signal(stop)
-    LOG.info("stopping: no new associations; waiting for %d in flight", scp.active_associations)
-    node.stop(graceful=True, timeout=grace)
-    return 0
+def running_node_pid(root: Path) -> int | None:
+    """The pid of the `serve` running over the archive at `root`, if one is."""
+    try:
+        pid = int((root / PID_FILE).read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
 
 
 def run_node(root: Path, options: ScpOptions, workers: int = 1,
              ready: Callable[[int], None] | None = None, grace: float = 60.0) -> int:
     """Serve the archive at `root` until SIGTERM/SIGINT, then stop accepting, let in-flight
-    associations finish (up to `grace` seconds) and return 0.
+    associations finish (up to `grace` seconds) and return 0 (1 if a worker had to be killed).
 
     With `workers` > 1, that many processes share one listening socket, the least busy one
     accepting each connection (`net.balance`), so several associations use several cores; a
     worker that dies is replaced. `ready(port)` is called once the node accepts connections."""
-    stop = threading.Event()
-    if workers <= 1:
-        return _serve_in_this_process(root, options, None, ready, stop, grace)
+    pid_file = _write_pid_file(root)
+    try:
+        with NodeSignals() as signals:  # before any thread or worker starts
+            if workers <= 1:
+                return _serve_in_this_process(root, options, signals, grace, ready)
+            return _supervise(root, options, workers, signals, grace, ready)
+    finally:
+        _remove_pid_file(pid_file)
+
+
+def _supervise(root: Path, options: ScpOptions, workers: int, signals: NodeSignals,
+               grace: float, ready: Callable[[int], None] | None) -> int:
     sock = bind_listener(options.host, options.port)
     port = int(sock.getsockname()[1])
     per_worker = max(1, -(-options.max_associations // workers))
     child_options = replace(options, port=port, max_associations=per_worker)
-
     load = SharedLoad(workers)
+    heartbeats = _Heartbeats(workers)
 
     def spawn(index: int) -> int:
         parent = os.getpid()
+        heartbeats.beat(index)
         pid = os.fork()
         if pid == 0:  # the worker: no threads were started before the fork
             code = 1
             try:
                 die_with_parent(parent)  # a crashed node never leaves orphans holding the port
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                code = _serve_in_this_process(root, replace(child_options), sock, None,
-                                              threading.Event(), grace, load.slot(index))
+                code = _serve_in_this_process(root, replace(child_options), signals, grace,
+                                              sock=sock, load=load.slot(index),
+                                              beat=lambda: heartbeats.beat(index))
             except BaseException as exc:
                 log_failure("worker failed", exc)
             finally:
@@ -90,31 +155,65 @@ def run_node(root: Path, options: ScpOptions, workers: int = 1,
     children = {spawn(index): index for index in range(workers)}
     if ready is not None:
         ready(port)
-
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    while not stop.is_set():
-        stop.wait(0.2)
+    while True:
+        received = signals.wait(_BEAT)
+        if received is NodeSignal.STOP:
+            break
+        if received is NodeSignal.RELOAD:
+            _signal_all(children, signal.SIGHUP)
         for pid in list(children):
             done, status = os.waitpid(pid, os.WNOHANG)
-            if done and not stop.is_set():
+            if done:
                 LOG.error("worker %d exited (%d); starting another", pid, status)
                 index = children.pop(pid)
                 children[spawn(index)] = index
+    try:
+        return _stop_workers(children, heartbeats, signals, grace)
+    finally:
+        sock.close()
+
+
+def _signal_all(children: dict[int, int], signum: int) -> None:
     for pid in children:
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signum)
         except ProcessLookupError:
             pass
+
+
+def _stop_workers(children: dict[int, int], heartbeats: _Heartbeats, signals: NodeSignals,
+                  grace: float) -> int:
+    """SIGTERM every worker and wait for them; a second stop signal has them abort what is in
+    flight. SIGKILL a worker that is silent for `KILL_AFTER` s (it cannot run its stop) or still
+    there `KILL_AFTER` s after its grace period (or after the second signal)."""
+    _signal_all(children, signal.SIGTERM)
+    deadline = time.monotonic() + grace + KILL_AFTER
+    aborting = False
     worst = 0
-    for pid in children:
-        try:
-            _, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            continue
-        worst = max(worst, os.waitstatus_to_exitcode(status) if status else 0)
-    sock.close()
-    return 0 if worst <= 0 else worst
+    left = dict(children)
+    killed: set[int] = set()
+    while left:
+        for pid in list(left):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                code = os.waitstatus_to_exitcode(status)
+                worst = max(worst, 1 if code < 0 else code)  # killed by a signal: 1
+                del left[pid]
+        if not left:
+            break
+        if signals.wait(0.05) is NodeSignal.STOP and not aborting:
+            aborting = True  # Ctrl-C again: the workers abort their associations now
+            _signal_all(left, signal.SIGTERM)
+            deadline = min(deadline, time.monotonic() + KILL_AFTER)
+        now = time.monotonic()
+        for pid, index in left.items():
+            silent = heartbeats.silent_for(index)
+            if pid not in killed and (silent > KILL_AFTER or now > deadline):
+                LOG.error("worker %d did not stop (%s): killing it", pid,
+                          f"silent for {silent:.0f} s" if silent > KILL_AFTER else "grace over")
+                killed.add(pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    return worst
