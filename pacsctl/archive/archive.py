@@ -25,24 +25,20 @@ import os
 from dataclasses import asdict, dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Iterable, Sequence
-
-import pydicom
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from pacsctl.config import CONFIG_NAME, ON_CONFLICT_POLICIES, Config, OnConflict, dump_config, load_config, resolve_archive_dir
-from pacsctl.dicom.instance import (
-    DicomdirError,
-    Instance,
-    DataSetIdentity,
-    NotDicomError,
-    data_set_identity,
-    data_set_identity_of_file,
-    read_instance,
-)
 from pacsctl.dicom.attributes import INDEX_FIELDS, index_record
 from pacsctl.errors import InvalidDicomError, PacsctlError, StorageFullError, UsageError
 from pacsctl.storage import files
 from pacsctl.storage.index import Index
+
+if TYPE_CHECKING:
+    from pacsctl.dicom.instance import DataSetIdentity, Instance
+
+# pydicom (and numpy with it) is imported where instances are read (`dicom.instance`, inside the
+# functions below), not with the facade: `ls`, `quarantine`, `nodes`, `config` and `audit` open
+# an archive and read no instance, and its import was most of their start-up.
 
 OBJECTS, INDEX, QUARANTINE, TMP, AUDIT_LOG = "objects", "index", "quarantine", "tmp", "audit.log"
 
@@ -94,6 +90,8 @@ def _compare_with_archived(target: str, data: bytes, sha256: str) -> tuple[Match
     archived = _Archived(size, existing_sha)
     if existing_sha == sha256:
         return Match.IDENTICAL, archived
+    from pacsctl.dicom.instance import data_set_identity, data_set_identity_of_file
+
     incoming = data_set_identity(data)
     try:
         same = incoming is not None and incoming == data_set_identity_of_file(target)
@@ -322,6 +320,8 @@ class Archive:
 
     def _check(self, items: Sequence[tuple], dry_run: bool) -> tuple[list[IngestResult | None], list[tuple[int, Instance]]]:
         """Parse each input: results for those that cannot be stored, the instances of the rest."""
+        from pacsctl.dicom.instance import DicomdirError, NotDicomError, read_instance
+
         results: list[IngestResult | None] = [None] * len(items)
         checked: list[tuple[int, Instance]] = []
         for i, (data, origin, *_prestaged) in enumerate(items):
@@ -372,6 +372,8 @@ class Archive:
         """What `_publish` would do with an instance, without writing anything. Instances planned
         earlier in this dry run count as archived (`_planned`), so a dry run finds duplicates
         and conflicts inside one batch and across batches, as the real run would."""
+        from pacsctl.dicom.instance import data_set_identity
+
         uid = inst.sop_instance_uid
         relpath = self.object_relpath(uid)
         result = IngestResult(STORED, origin, uid, relpath, size=len(inst.data))
@@ -456,6 +458,8 @@ def _check_creatable(path: Path) -> None:
 
 def _filed_under(path: str | Path) -> tuple[str, str]:
     """(StudyInstanceUID, SeriesInstanceUID) of an archived file, empty strings if unreadable."""
+    import pydicom
+
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
         return str(ds.get("StudyInstanceUID", "") or ""), str(ds.get("SeriesInstanceUID", "") or "")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.valuerep import PersonName
+if TYPE_CHECKING:  # pydicom is imported where a data set is read, not for the schema
+    from pydicom.dataset import Dataset
 
 from pacsctl.storage.index import LevelFields
 
@@ -51,6 +50,9 @@ def index_record(fields: Mapping[str, Any], *, transfer_syntax_uid: str, path: s
 
 
 def _value(ds: Dataset, keyword: str) -> Any:
+    from pydicom.multival import MultiValue  # loaded already: `ds` is pydicom's
+    from pydicom.valuerep import PersonName
+
     try:
         value = ds.get(keyword)
     except Exception:  # a malformed value must not stop the import: index it as empty

@@ -65,9 +65,6 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
-from pydicom.tag import Tag
-
 from pacsctl.dicom.identifying import shown_value
 from pacsctl.errors import UsageError
 
@@ -185,7 +182,45 @@ def level_from_name(name: str) -> QueryLevel:
 # Keywords and `-k KEY=VALUE`
 # --------------------------------------------------------------------------
 
-_KEYWORDS_BY_LOWER = {k.lower(): k for k in keyword_dict}
+# The VRs of the keywords the index holds and C-FIND asks for most: `ls -k StudyDate=...` then
+# needs no pydicom (importing it, and numpy with it, is most of a small command's start-up).
+# Any other keyword is looked up in pydicom's dictionary, imported on first use; a test checks
+# this table against it.
+COMMON_VRS: Mapping[str, str] = MappingProxyType({
+    "AccessionNumber": "SH", "AcquisitionDate": "DA", "BodyPartExamined": "CS", "ContentDate": "DA",
+    "ContentTime": "TM", "InstanceAvailability": "CS", "InstanceNumber": "IS", "InstitutionName": "LO",
+    "ModalitiesInStudy": "CS", "Modality": "CS", "NumberOfPatientRelatedInstances": "IS",
+    "NumberOfPatientRelatedSeries": "IS", "NumberOfPatientRelatedStudies": "IS",
+    "NumberOfSeriesRelatedInstances": "IS", "NumberOfStudyRelatedInstances": "IS",
+    "NumberOfStudyRelatedSeries": "IS", "OtherPatientIDs": "LO", "PatientAge": "AS",
+    "PatientBirthDate": "DA", "PatientBirthTime": "TM", "PatientID": "LO", "PatientName": "PN",
+    "PatientSex": "CS", "QueryRetrieveLevel": "CS", "ReferringPhysicianName": "PN", "RetrieveAETitle": "AE",
+    "SOPClassUID": "UI", "SOPClassesInStudy": "UI", "SOPInstanceUID": "UI", "SeriesDate": "DA",
+    "SeriesDescription": "LO", "SeriesInstanceUID": "UI", "SeriesNumber": "IS", "SeriesTime": "TM",
+    "SpecificCharacterSet": "CS", "StationName": "SH", "StudyDate": "DA", "StudyDescription": "LO",
+    "StudyID": "SH", "StudyInstanceUID": "UI", "StudyTime": "TM", "TransferSyntaxUID": "UI",
+})
+_COMMON_BY_LOWER = {k.lower(): k for k in COMMON_VRS}
+
+
+@lru_cache(maxsize=1)
+def _dictionary() -> tuple[Mapping[str, Any], dict[str, str]]:
+    """pydicom's keyword dictionary and its keywords by lower case (imported on first use)."""
+    from pydicom.datadict import keyword_dict
+
+    return keyword_dict, {k.lower(): k for k in keyword_dict}
+
+
+def keyword_vr(keyword: str) -> str:
+    """The VR of a DICOM keyword (from the table above, else from pydicom's dictionary)."""
+    vr = COMMON_VRS.get(keyword)
+    if vr is None:
+        from pydicom.datadict import dictionary_VR
+
+        vr = str(dictionary_VR(keyword))
+    return vr
+
+
 _TAG_RE = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,?\s*([0-9A-Fa-f]{4})\s*\)?")
 
 
@@ -199,14 +234,20 @@ def resolve_keyword(name: str) -> str:
     'PatientID'
     """
     text = name.strip()
+    common = _COMMON_BY_LOWER.get(text.lower())
+    if common is not None:
+        return common
+    keyword_dict, by_lower = _dictionary()
     if text in keyword_dict:
         return text
-    folded = _KEYWORDS_BY_LOWER.get(text.lower())
+    folded = by_lower.get(text.lower())
     if folded is not None:
         return folded
     tag_match = _TAG_RE.fullmatch(text)
     if tag_match:
-        keyword = keyword_for_tag(Tag(int(tag_match[1] + tag_match[2], 16)))
+        from pydicom.datadict import keyword_for_tag
+
+        keyword = keyword_for_tag(int(tag_match[1] + tag_match[2], 16))
         if keyword:
             return keyword
         raise UsageError(
@@ -757,7 +798,7 @@ class Criterion:
 
 
 def _compile_criterion(keyword: str, query: str) -> Criterion:
-    vr = str(dictionary_VR(keyword))
+    vr = keyword_vr(keyword)
     if " or " in vr:  # e.g. "US or SS", "OB or OW": take the first
         vr = vr.split(" or ")[0]
     stripped = query.strip()
