@@ -143,7 +143,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'help' -s 'h' -d 'Sh
 complete -c pacsctl -n '__pacsctl_arg \'pacsctl backup\' 0' -F
 complete -c pacsctl -n '__pacsctl_at \'pacsctl completion\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_arg \'pacsctl completion\' 0' -a 'bash zsh fish'
-complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -a 'set' -d 'Change a setting.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -a 'set' -d 'Change a setting (`allow` takes AE titles separated by commas; an empty value...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -a 'show' -d 'Show the settings and where the archive is.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config set\'' -l 'help' -s 'h' -d 'Show this message and exit.'

@@ -16,14 +16,41 @@ from typing import Any, Optional
 
 import typer
 import typer.main
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from pacsctl import __version__
 from pacsctl.cli import output
 from pacsctl.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, PacsctlError
 
 
-class PacsctlGroup(TyperGroup):
+class _TypelessHelp:
+    """--help without typer's value types where they say nothing: `<bool>` beside a flag (it
+    takes no value), `<int>` beside -v (counted), `<str>`/`<list[Path]>` beside an argument
+    (its metavar, NODE or PATH, says what it is)."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if param.param_type_name == "argument":
+                param.display_type_rich = _no_type  # typer shows no metavar-less argument type otherwise
+            elif (getattr(param, "is_flag", False) or getattr(param, "count", False)) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+def _no_type(ctx: typer.Context) -> None:
+    return None
+
+
+class PacsctlCommand(_TypelessHelp, TyperCommand):
+    """A pacsctl command (help as above)."""
+
+
+class PacsctlSubgroup(_TypelessHelp, TyperGroup):
+    """A pacsctl command group such as `nodes` (help as above)."""
+
+
+class PacsctlGroup(_TypelessHelp, TyperGroup):
     """The root command: its `main` is the error boundary, for the console script and for
     in-process runs alike (typer's `CliRunner` calls `main` too)."""
 
@@ -39,7 +66,8 @@ class PacsctlGroup(TyperGroup):
 app = typer.Typer(
     name="pacsctl",
     cls=PacsctlGroup,
-    help="Run and look after a PACS: a DICOM node, bulk import, query/retrieve, backup and verify.",
+    help="Run and look after a PACS: a DICOM node, bulk import, query/retrieve, backup and verify.\n\n"
+         "Example: pacsctl --archive /srv/pacs import /media/cdrom; pacsctl ls --help",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,  # tracebacks may hold patient data: only with --debug
@@ -94,7 +122,7 @@ def _version(value: bool) -> None:
 def main_options(
     ctx: typer.Context,
     archive: Optional[Path] = typer.Option(
-        None, "--archive", "-a", envvar="PACSCTL_ARCHIVE", show_envvar=True,
+        None, "--archive", "-a", metavar="DIR", envvar="PACSCTL_ARCHIVE", show_envvar=True,
         help="Archive folder (default: the user data folder, created on first use).",
     ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output on stderr (-vv for debug)."),
@@ -135,6 +163,14 @@ def _register_commands() -> None:
 
     for name in COMMAND_MODULES:
         importlib.import_module(f"pacsctl.cli.{name}").register(app)
+    # Every command and group gets pacsctl's help format (unless it asked for a class of its own).
+    commands = list(app.registered_commands)
+    for group in app.registered_groups:
+        group.cls = PacsctlSubgroup
+        commands += group.typer_instance.registered_commands
+    for command in commands:
+        if command.cls in (None, TyperCommand):  # typer's default: no class of its own
+            command.cls = PacsctlCommand
 
 
 _register_commands()

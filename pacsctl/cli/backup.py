@@ -24,8 +24,13 @@ def backup(
     writes. Each copy is checked against the SHA-256 recorded at ingest and written atomically
     and durably. Exit 0 when every file is backed up, 3 when some could not be.
 
-    Examples: pacsctl backup /mnt/nas/pacs; pacsctl verify --backup /mnt/nas/pacs;
-    restore: pacsctl --archive /mnt/nas/pacs reindex
+    Examples: pacsctl backup /mnt/nas/pacs; pacsctl verify --backup /mnt/nas/pacs
+
+    Restore when the archive is lost: pacsctl verify --backup /mnt/nas/pacs (1. the backup is
+    intact); cp -a /mnt/nas/pacs /srv/pacs (2. copy it to where the archive will live);
+    pacsctl --archive /srv/pacs reindex (3. rebuild the index, each file checked against the
+    manifest); rm /srv/pacs/backup-manifest.ndjson /srv/pacs/backup.lock (4. it is an archive now,
+    not a backup).
     """
     from pacsctl.cli.app import state
     from pacsctl.integrity.backup import backup as run_backup

@@ -587,7 +587,7 @@ class Shell(str, Enum):
 
 
 def completion_command(
-    shell: Shell = typer.Argument(..., help="bash, zsh or fish."),
+    shell: Shell = typer.Argument(..., metavar="SHELL", help="bash, zsh or fish."),
 ) -> None:
     """Print the shell completion script for pacsctl.
 

@@ -9,7 +9,10 @@ from pacsctl.cli.app import state
 from pacsctl.cli.options import JsonRecords, Setting
 from pacsctl.config import SETTABLE_KEYS, coerce_setting
 
-config_app = typer.Typer(help="Show or change the archive's settings.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Show or change the archive's settings.\n\nExample: pacsctl config set allow CT01,VIEWER; pacsctl config show",
+    no_args_is_help=True,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -37,7 +40,7 @@ def set_value(
     key: Setting,
     value: str = typer.Argument(..., metavar="VALUE", help="New value (for allow: comma-separated AE titles)."),
 ) -> None:
-    """Change a setting.
+    """Change a setting (`allow` takes AE titles separated by commas; an empty value clears it).
 
     Example: pacsctl config set ae_title MYPACS
     """
@@ -45,4 +48,11 @@ def set_value(
     archive = state(ctx).open_archive(create=True)
     setattr(archive.config, key, setting)
     archive.save_config()
-    output.stderr.print(f"{key} = {getattr(archive.config, key)}", highlight=False)
+    output.stderr.print(f"{key} = {shown_setting(getattr(archive.config, key))}", highlight=False)
+
+
+def shown_setting(value: object) -> str:
+    """A setting as people write it: `allow = CT01, VIEWER` (not a Python list)."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)

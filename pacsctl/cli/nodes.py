@@ -13,7 +13,11 @@ from pacsctl.cli.options import NO_METAVAR, JsonRecords
 from pacsctl.config import Node, validate_ae_title, validate_port
 from pacsctl.errors import UsageError
 
-nodes_app = typer.Typer(help="Known remote DICOM nodes (used by name, or inline as AET@host:port).", no_args_is_help=True)
+nodes_app = typer.Typer(
+    help="Known remote DICOM nodes (used by name, or inline as AET@host:port).\n\n"
+         "Example: pacsctl nodes add old-pacs --aet OLDPACS --host 10.0.0.5 --port 104; pacsctl nodes list",
+    no_args_is_help=True,
+)
 
 
 def register(app: typer.Typer) -> None:
