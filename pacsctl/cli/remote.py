@@ -20,10 +20,13 @@ import typer
 from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
 from pacsctl.cli.app import state
+from pacsctl.cli.interrupt import stop_on_signals
 from pacsctl.cli.listing import check_format, emit_level
 from pacsctl.cli.options import Aet, All, Csv, JsonRecords, JsonSummary, Keys, Level, LevelName, NodeArg, RetrieveLevel, Timeout
 from pacsctl.config import CONFIG_NAME, Config, Node, load_config, parse_node_spec, resolve_archive_dir, validate_ae_title
-from pacsctl.errors import EXIT_INTEGRITY, EXIT_NETWORK, NetworkError, NetworkFailure, PacsctlError, UsageError
+from pacsctl.errors import (
+    EXIT_INTEGRITY, EXIT_NETWORK, NetworkError, NetworkFailure, OperationInterrupted, PacsctlError, UsageError,
+)
 
 if TYPE_CHECKING:
     from pacsctl.remote.retrieve import RetrieveSummary
@@ -183,7 +186,7 @@ def send_command(
     with output.progress(f"sending to {node.aet}", total=len(items), enabled=not as_json) as bar:
         def on_outcome(outcome: sending.SendOutcome) -> None:
             bar.advance(1, outcome.size if outcome.ok else 0)
-            if outcome.ok:
+            if outcome.ok or outcome.interrupted:  # the summary counts what a stop left unsent
                 return
             status = "skipped" if outcome.skipped else "failed"
             if as_json:
@@ -196,13 +199,20 @@ def send_command(
             elif not outcome.skipped or verbose:
                 output.warn(f"{status}: {outcome.path}: {outcome.reason}")
 
-        summary = sending.send(node, items, calling, on_outcome=on_outcome, timeout=timeout,
-                               associations=associations)
+        with stop_on_signals() as cancel:
+            summary = sending.send(node, items, calling, on_outcome=on_outcome, timeout=timeout,
+                                   associations=associations, cancel=cancel)
     rate = summary.bytes / summary.elapsed / 1e6 if summary.elapsed else 0.0
     text = (f"sent {summary.sent} of {summary.files} files to {node}: {summary.failed} failed, "
-            f"{summary.skipped} skipped ({summary.bytes / 1e6:.1f} MB in {summary.elapsed:.1f} s, {rate:.1f} MB/s)")
+            f"{summary.skipped} skipped")
+    if summary.interrupted:
+        text += f", {summary.not_sent} not sent (interrupted)"
+    text += f" ({summary.bytes / 1e6:.1f} MB in {summary.elapsed:.1f} s, {rate:.1f} MB/s)"
     output.summary({"type": "summary", "node": str(node), **summary.as_dict()}, as_json, text)
     record_action(resolve_archive_dir(state(ctx).archive), AuditEvent.SEND, summary.as_dict(), selection=filters, node=str(node), calling_aet=calling, called_aet=node.aet)
+    if summary.interrupted:
+        raise OperationInterrupted(f"send interrupted: {summary.not_sent} file(s) not sent",
+                                   hint="the same command again sends the rest (the node keeps what arrived)")
     if summary.failed:
         raise typer.Exit(EXIT_INTEGRITY)
 

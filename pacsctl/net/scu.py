@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,17 @@ from pynetdicom.sop_class import (
 )
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
-from pacsctl.errors import NetworkError
+from pacsctl.errors import NetworkError, NetworkFailure, OperationInterrupted
 from pacsctl.net import scp as _scp  # noqa: F401  (temp dir for received data sets, C-GET)
 from pacsctl.net import connect, sending, tls
+from pacsctl.net.cancel import Cancellation
 from pacsctl.net.types import (
     STATUS_PENDING,
     STATUS_PROCESSING_FAILURE,
     NodeLike,
     QueryModel,
     RetrieveCounts,
+    StoreFailure,
     StoreRequest,
     StoreResult,
     TlsOptions,
@@ -70,10 +72,15 @@ def associate(
     ext_neg: list[Any] | None = None,
     evt_handlers: list[Any] | None = None,
     timeout: float = 30.0,
+    cancel: Cancellation | None = None,
+    on_cancel: Callable[[Association], None] | None = None,
 ) -> Iterator[Association]:
     """Open an association to `node`, yield it, release it (abort on error).
 
-    Raises NetworkError, its `failure` saying what went wrong (connect.failure_of)."""
+    With `cancel`, a stop request calls `on_cancel(assoc)` and aborts the association if it
+    is still open after the grace period (the caller checks `cancel.requested` itself before
+    each new message). Raises NetworkError, its `failure` saying what went wrong
+    (connect.failure_of)."""
     probe = connect.ConnectProbe()
     ae = connect.ProbedAE(ae_title=calling_aet, probe=probe)
     ae.acse_timeout = timeout
@@ -99,8 +106,11 @@ def associate(
     except BaseException:
         ae.shutdown()
         raise
+    watch = (cancel.watching(assoc, on_cancel and (lambda: on_cancel(assoc)))
+             if cancel is not None else nullcontext())
     try:
-        yield assoc
+        with watch:
+            yield assoc
     except BaseException:
         if assoc.is_established:
             assoc.abort()
@@ -118,8 +128,12 @@ def echo(node: NodeLike, calling_aet: str = DEFAULT_CALLING_AET, timeout: float 
     with associate(node, [build_context(Verification)], calling_aet, timeout=timeout) as assoc:
         rsp = assoc.send_c_echo()
         status = getattr(rsp, "Status", None)
+    if status is None:
+        raise NetworkError(f"C-ECHO to {node.aet}: no response (timeout or abort)",
+                           failure=NetworkFailure.LOST)
     if status != 0x0000:
-        raise NetworkError(f"C-ECHO to {node.aet} failed (status {_hex(status)})")
+        raise NetworkError(f"C-ECHO to {node.aet} failed (status {_hex(status)})",
+                           failure=NetworkFailure.STATUS)
     return time.perf_counter() - start
 
 
@@ -129,36 +143,65 @@ def store(
     calling_aet: str = DEFAULT_CALLING_AET,
     progress: Callable[[StoreResult], None] | None = None,
     timeout: float = 30.0,
+    cancel: Cancellation | None = None,
 ) -> list[StoreResult]:
     """C-STORE files to `node` over one association; return one result per file.
 
     Each file goes in its stored transfer syntax when the peer accepts it (sent from disk in
-    chunks), else decompressed to uncompressed. Unreadable files fail on their own."""
+    chunks), else decompressed to uncompressed. Unreadable files fail on their own. Once
+    `cancel` is requested no further file is sent (`StoreFailure.INTERRUPTED`); the one in
+    flight gets the grace period to be answered."""
     results: list[StoreResult] = []
     infos: list[sending.FileInfo] = []
+
+    def report(res: StoreResult) -> None:
+        results.append(res)
+        if progress:
+            progress(res)
+
     for p in paths:
         try:
             infos.append(sending.file_info(p))
         except Exception as exc:
-            results.append(StoreResult(str(p), None, None, f"not readable as DICOM: {exc}"))
-    for r in results:
-        if progress:
-            progress(r)
+            report(StoreResult(str(p), None, None, f"not readable as DICOM: {exc}",
+                               failure=StoreFailure.UNREADABLE))
     if not infos:
         return results
+    if cancel is not None and cancel.requested:
+        for info in infos:
+            report(_interrupted(info))
+        return results
     contexts = sending.contexts_for((i.sop_class_uid, i.transfer_syntax_uid) for i in infos)
-    with associate(node, contexts, calling_aet, timeout=timeout) as assoc:
+    with associate(node, contexts, calling_aet, timeout=timeout, cancel=cancel) as assoc:
         for n, info in enumerate(infos):
-            if not assoc.is_established:
-                res = StoreResult(str(info.path), info.sop_instance_uid, None,
-                                  "association lost")
+            if cancel is not None and cancel.requested:
+                report(_interrupted(info))
+            elif not assoc.is_established:
+                report(StoreResult(str(info.path), info.sop_instance_uid, None,
+                                   "association lost before it was sent",
+                                   failure=StoreFailure.NOT_SENT))
             else:
-                status, used_ts, error = sending.send_file(assoc, info, msg_id=(n % 65535) + 1)
-                res = StoreResult(str(info.path), info.sop_instance_uid, status, error, used_ts)
-            results.append(res)
-            if progress:
-                progress(res)
+                report(_store_result(info, sending.send_file(assoc, info, msg_id=(n % 65535) + 1),
+                                     cancel))
     return results
+
+
+def _interrupted(info: sending.FileInfo, in_flight: bool = False) -> StoreResult:
+    error = ("interrupted while being sent: the peer may or may not have stored it"
+             if in_flight else "not sent: interrupted")
+    return StoreResult(str(info.path), info.sop_instance_uid, None, error,
+                       failure=StoreFailure.INTERRUPTED)
+
+
+def _store_result(info: sending.FileInfo, sent: sending.FileSent,
+                  cancel: Cancellation | None) -> StoreResult:
+    if sent.status is None and cancel is not None and cancel.requested:
+        return _interrupted(info, in_flight=sent.failure is StoreFailure.NO_RESPONSE)
+    result = StoreResult(str(info.path), info.sop_instance_uid, sent.status, sent.error,
+                         sent.transfer_syntax_uid, sent.failure)
+    if sent.status is not None and not result.ok:
+        result.failure = StoreFailure.REFUSED
+    return result
 
 
 def find(
@@ -167,21 +210,32 @@ def find(
     model: QueryModel = "S",
     calling_aet: str = DEFAULT_CALLING_AET,
     timeout: float = 30.0,
+    cancel: Cancellation | None = None,
 ) -> Iterator[Dataset]:
     """C-FIND: yield each matching identifier. `identifier` must carry QueryRetrieveLevel.
-    Raises NetworkError when the peer answers a failure or the association breaks."""
+    Raises NetworkError when the peer answers a failure or the association breaks, and
+    OperationInterrupted (aborting the association) once `cancel` is requested."""
     uid = _FIND[model]
-    with associate(node, [build_context(uid)], calling_aet, timeout=timeout) as assoc:
+    with associate(node, [build_context(uid)], calling_aet, timeout=timeout,
+                   cancel=cancel) as assoc:
         final = None
         for status, ds in assoc.send_c_find(identifier, uid):
+            if cancel is not None and cancel.requested:
+                raise OperationInterrupted("query interrupted")
             code = getattr(status, "Status", None)
             if code in (0xFF00, 0xFF01):
                 if ds is not None:
                     yield ds
                 continue
             final = code
+        if cancel is not None and cancel.requested:
+            raise OperationInterrupted("query interrupted")
+        if final is None:
+            raise NetworkError(f"C-FIND on {node.aet}: no final response (timeout or abort)",
+                               failure=NetworkFailure.LOST)
         if final not in (0x0000, 0xFE00):
-            raise NetworkError(f"C-FIND on {node.aet} ended with status {_hex(final)}")
+            raise NetworkError(f"C-FIND on {node.aet} ended with status {_hex(final)}",
+                               failure=NetworkFailure.STATUS)
 
 
 def move(
@@ -192,19 +246,22 @@ def move(
     calling_aet: str = DEFAULT_CALLING_AET,
     progress: Callable[[RetrieveCounts], None] | None = None,
     timeout: float = 30.0,
+    cancel: Cancellation | None = None,
 ) -> RetrieveCounts:
     """C-MOVE the matches of `identifier` from `node` to `destination_aet`; return the final
-    sub-operation counts as the peer reported them (count what arrived yourself too)."""
+    sub-operation counts as the peer reported them (count what arrived yourself too).
+
+    Once `cancel` is requested the peer gets a C-CANCEL (and the association is aborted after
+    the grace period); the counts so far are returned, the caller knows it was cancelled."""
     uid = _MOVE[model]
     counts = RetrieveCounts()
-    with associate(node, [build_context(uid)], calling_aet, timeout=timeout) as assoc:
-        for status, ds in assoc.send_c_move(identifier, destination_aet, uid):
+    with associate(node, [build_context(uid)], calling_aet, timeout=timeout, cancel=cancel,
+                   on_cancel=_c_cancel(uid)) as assoc:
+        for status, ds in assoc.send_c_move(identifier, destination_aet, uid, msg_id=_RETRIEVE_MSG_ID):
             _update_counts(counts, status, ds)
             if progress and counts.status == STATUS_PENDING:
                 progress(counts)
-    if counts.status is None:
-        raise NetworkError(f"C-MOVE on {node.aet}: no final response (timeout or abort)")
-    return counts
+    return _final(counts, node, "C-MOVE", cancel)
 
 
 def get(
@@ -218,6 +275,7 @@ def get(
     progress: Callable[[RetrieveCounts], None] | None = None,
     timeout: float = 30.0,
     storage_contexts: list[PresentationContext] | None = None,
+    cancel: Cancellation | None = None,
 ) -> RetrieveCounts:
     """C-GET the matches of `identifier` from `node`; each arriving instance is handed to
     `store_cb` (a `StoreRequest` as the SCP gets one), whose return value is the C-STORE status.
@@ -225,7 +283,8 @@ def get(
     Storage contexts are proposed with the SCP role for `sop_classes` (default: pynetdicom's
     127 most common storage classes) in `transfer_syntaxes` (default: uncompressed, so the
     peer decompresses when needed). `storage_contexts`, when given, replaces that set (e.g.
-    one context per stored syntax, so the peer can send each instance as it holds it)."""
+    one context per stored syntax, so the peer can send each instance as it holds it).
+    `cancel` as for `move`."""
     uid = _GET[model]
     if storage_contexts is not None:
         storage = storage_contexts[: sending.MAX_REQUESTED_CONTEXTS - 1]
@@ -242,19 +301,38 @@ def get(
 
     def on_store(event: evt.Event) -> int:
         req = _scp._Dispatcher(_scp.ScpHandlers(store=store_cb), _scp.ScpOptions())
-        status = req.on_store(event)
-        if status == 0 or 0xB000 <= status <= 0xB0FF:
-            counts.received += 1
-        return status
+        return req.on_store(event)
 
     with associate(node, contexts, calling_aet, ext_neg=roles,
-                   evt_handlers=[(evt.EVT_C_STORE, on_store)], timeout=timeout) as assoc:
-        for status, ds in assoc.send_c_get(identifier, uid):
+                   evt_handlers=[(evt.EVT_C_STORE, on_store)], timeout=timeout, cancel=cancel,
+                   on_cancel=_c_cancel(uid)) as assoc:
+        for status, ds in assoc.send_c_get(identifier, uid, msg_id=_RETRIEVE_MSG_ID):
             _update_counts(counts, status, ds)
             if progress and counts.status == STATUS_PENDING:
                 progress(counts)
-    if counts.status is None:
-        raise NetworkError(f"C-GET on {node.aet}: no final response (timeout or abort)")
+    return _final(counts, node, "C-GET", cancel)
+
+
+_RETRIEVE_MSG_ID = 1  # one C-MOVE/C-GET per association: the C-CANCEL names this one
+
+
+def _c_cancel(sop_class: str) -> Callable[[Association], None]:
+    """An on_cancel callback: ask the peer to stop the retrieve (it answers Cancel with the
+    counts so far)."""
+    def send(assoc: Association) -> None:
+        if assoc.is_established:
+            assoc.send_c_cancel(_RETRIEVE_MSG_ID, query_model=sop_class)
+
+    return send
+
+
+def _final(counts: RetrieveCounts, node: NodeLike, what: str,
+           cancel: Cancellation | None) -> RetrieveCounts:
+    """The counts, once a final response came (or a stop was requested); else LOST."""
+    if counts.status in (None, STATUS_PENDING) and not (cancel is not None and cancel.requested):
+        raise NetworkError(f"{what} on {node.aet}: no final response (timeout or abort)",
+                           hint="the node may have failed mid-way; its log says why",
+                           failure=NetworkFailure.LOST)
     return counts
 
 

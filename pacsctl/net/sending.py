@@ -1,7 +1,8 @@
 """Sending stored instances: which presentation contexts to propose, and how to send one file.
 
-Policy (DESIGN.md): propose the stored transfer syntax plus uncompressed; send the stored bytes
-untouched when the peer accepted the stored syntax, else decompress and send uncompressed.
+Policy (DESIGN.md, `Encoding`): propose the stored transfer syntax plus uncompressed; send the
+stored bytes untouched when the peer accepted the stored syntax, else decompress and send
+uncompressed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext, build_context
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings: chunked send, no identifier logs)
+from pacsctl.net.types import StoreFailure
 
 LOG = logging.getLogger(__name__)
 
@@ -120,23 +123,44 @@ def accepted_syntaxes(assoc: Association, sop_class_uid: str, role: str = "scu")
     return out
 
 
+class Encoding(Enum):
+    """How a file goes to a peer, decided from the syntaxes it accepted (DESIGN.md policy)."""
+
+    AS_STORED = "as stored"  # the stored syntax was accepted: the file's own bytes, in chunks
+    RE_ENCODED = "re-encoded"  # stored syntax accepted, bytes unusable as they are (no File
+    #                            Meta, odd-length deflate): decoded and encoded in that syntax
+    UNCOMPRESSED = "uncompressed"  # only uncompressed was accepted: decoded, decompressed
+
+
+class NotSendable(ValueError):
+    """The peer accepted no syntax this file can be sent in."""
+
+
+def choose_encoding(info: FileInfo, accepted: set[str]) -> tuple[Encoding, str]:
+    """How to send `info` given the syntaxes the peer accepted, and in which syntax.
+    Raises NotSendable when it accepted neither the stored syntax nor an uncompressed one."""
+    ts = info.transfer_syntax_uid
+    if ts in accepted:
+        if info.has_meta and not _odd_deflated(info):
+            return Encoding.AS_STORED, ts
+        return Encoding.RE_ENCODED, ts
+    target = next((t for t in UNCOMPRESSED if t in accepted), None)
+    if target is None:
+        raise NotSendable(f"peer accepted neither {UID(ts).name} nor an uncompressed syntax")
+    return Encoding.UNCOMPRESSED, target
+
+
 def load_for_peer(info: FileInfo, accepted: set[str]) -> tuple[str | Path | Dataset, str]:
     """What to hand `send_c_store` for this file given the syntaxes the peer accepted.
 
-    Returns (path or dataset, transfer syntax used). The path (sent as stored, in chunks) when
-    the stored syntax was accepted; else a decoded data set, decompressed when compressed.
-    Raises ValueError when nothing usable was accepted, or when decompression fails."""
-    ts = info.transfer_syntax_uid
-    if ts in accepted and info.has_meta and not _odd_deflated(info):
-        return info.path, ts
+    Returns (path or dataset, transfer syntax used): the path (sent as stored, in chunks), or
+    a decoded data set (`choose_encoding`). Raises NotSendable (a ValueError) when nothing
+    usable was accepted; decoding and decompression errors propagate."""
+    encoding, target = choose_encoding(info, accepted)
+    if encoding is Encoding.AS_STORED:
+        return info.path, target
     ds = pydicom.dcmread(info.path, force=True)
-    if ts in accepted:  # no meta in the file: pydicom re-encodes in the same syntax
-        _ensure_meta(ds, info, ts)
-        return ds, ts
-    target = next((t for t in UNCOMPRESSED if t in accepted), None)
-    if target is None:
-        raise ValueError(f"peer accepted neither {UID(ts).name} nor an uncompressed syntax")
-    if UID(ts).is_compressed:
+    if encoding is Encoding.UNCOMPRESSED and UID(info.transfer_syntax_uid).is_compressed:
         # Same instance, other encoding: keep the SOP Instance UID (pydicom would mint one).
         ds.decompress(generate_instance_uid=False)
     _ensure_meta(ds, info, target)
@@ -162,30 +186,40 @@ def _ensure_meta(ds: Dataset, info: FileInfo, ts: str) -> None:
     ds.file_meta = meta
 
 
+@dataclass(frozen=True)
+class FileSent:
+    """What became of one file sent over an association."""
+
+    status: int | None  # the peer's status; None when it never answered
+    transfer_syntax_uid: str | None  # what went on the wire
+    failure: StoreFailure | None = None  # set when `status` is None
+    error: str | None = None  # for people
+
+
 def send_file(
     assoc: Association,
     info: FileInfo,
     msg_id: int = 1,
     originator_aet: str | None = None,
     originator_id: int | None = None,
-) -> tuple[int | None, str | None, str | None]:
-    """Send one file over an established association.
-
-    Returns (status or None, transfer syntax used, error text)."""
+) -> FileSent:
+    """Send one file over an established association."""
     try:
         payload, used_ts = load_for_peer(info, accepted_syntaxes(assoc, info.sop_class_uid))
     except Exception as exc:  # unreadable file, no context, codec missing: this file fails
-        return None, None, str(exc)
+        return FileSent(None, None, StoreFailure.NOT_SENDABLE, str(exc))
     try:
         rsp = assoc.send_c_store(
             payload, msg_id=msg_id, originator_aet=originator_aet, originator_id=originator_id
         )
-    except Exception as exc:
-        return None, used_ts, str(exc)
+    except Exception as exc:  # a data set pydicom cannot encode, or the association went
+        failure = StoreFailure.NOT_SENDABLE if assoc.is_established else StoreFailure.NOT_SENT
+        return FileSent(None, used_ts, failure, str(exc))
     status = getattr(rsp, "Status", None)
     if status is None:
-        return None, used_ts, "no response (timeout or association lost)"
-    return int(status), used_ts, None
+        return FileSent(None, used_ts, StoreFailure.NO_RESPONSE,
+                        "no response (timeout or association lost)")
+    return FileSent(int(status), used_ts)
 
 
 # Syntaxes a C-GET offers each SOP class one context apiece (after uncompressed), so the peer

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -164,15 +165,27 @@ class ScpOptions:
     find_time_budget: float = 30.0
 
 
+class StoreFailure(Enum):
+    """Why a file sent by the SCU side has no Success or Warning answer."""
+
+    UNREADABLE = "unreadable"  # not readable as DICOM: never sent
+    NOT_SENDABLE = "not sendable"  # no accepted context for it, or it cannot be decompressed
+    REFUSED = "refused"  # the peer answered a failure status
+    NO_RESPONSE = "no response"  # sent, never answered (time-out, or the association broke)
+    NOT_SENT = "not sent"  # the association had gone before its turn: never tried
+    INTERRUPTED = "interrupted"  # a stop was requested before or while it was sent
+
+
 @dataclass
 class StoreResult:
     """Outcome of one C-STORE sent by the SCU side."""
 
     path: str
     sop_instance_uid: str | None
-    status: int | None  # None: never answered (no context, association lost, unreadable file)
-    error: str | None = None
+    status: int | None  # None: never answered (see `failure`)
+    error: str | None = None  # for people; decisions use `failure`
     transfer_syntax_uid: str | None = None  # what went on the wire
+    failure: StoreFailure | None = None  # None when ok
 
     @property
     def ok(self) -> bool:
@@ -194,4 +207,3 @@ class RetrieveCounts:
     warning: int = 0
     remaining: int = 0
     failed_uids: list[str] = field(default_factory=list)
-    received: int = 0  # C-GET: instances actually handed to the store callback

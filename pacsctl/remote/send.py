@@ -21,11 +21,10 @@ from pacsctl.archive.search import find_records
 from pacsctl.ingest.sources import Problem, Source, find_sources
 from pacsctl.errors import NetworkError, UsageError
 from pacsctl.net import scu, sending
-from pacsctl.net.types import NodeLike, StoreResult
+from pacsctl.net.cancel import Cancellation
+from pacsctl.net.types import NodeLike, StoreFailure, StoreResult
 
 _DICM_OFFSET = 128
-_LOST = "association lost"  # what `scu.store` reports for files it never got to
-_NO_RESPONSE = "no response"  # ... and for a file sent but never answered
 
 
 @dataclass
@@ -49,27 +48,34 @@ class SendOutcome:
     sop_instance_uid: str | None = None
     status: int | None = None
     reason: str | None = None
+    interrupted: bool = False  # not sent (or not answered) because a stop was requested
 
 
 @dataclass
 class SendSummary:
-    """Totals of a send: files = sent + failed + skipped."""
+    """Totals of a send: files = sent + failed + skipped + not_sent (a stop was requested)."""
 
     sent: int = 0
     failed: int = 0
     skipped: int = 0
+    not_sent: int = 0  # left when a stop was requested (or in flight then, unanswered)
+    interrupted: bool = False
     bytes: int = 0
     elapsed: float = 0.0
     failures: list[SendOutcome] = field(default_factory=list)
 
     @property
     def files(self) -> int:
-        return self.sent + self.failed + self.skipped
+        return self.sent + self.failed + self.skipped + self.not_sent
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON summary's fields."""
-        return {"files": self.files, "sent": self.sent, "failed": self.failed,
-                "skipped": self.skipped, "bytes": self.bytes, "elapsed": round(self.elapsed, 3)}
+        """The JSON summary's fields (`not_sent` and `interrupted` only after a stop)."""
+        out: dict[str, Any] = {"files": self.files, "sent": self.sent, "failed": self.failed,
+                               "skipped": self.skipped}
+        if self.interrupted:
+            out.update(not_sent=self.not_sent, interrupted=True)
+        out.update(bytes=self.bytes, elapsed=round(self.elapsed, 3))
+        return out
 
 
 def collect_files(paths: Iterable[str | Path]) -> list[SendItem]:
@@ -156,6 +162,7 @@ def send(
     on_outcome: Callable[[SendOutcome], None] | None = None,
     timeout: float = 30.0,
     associations: int = 1,
+    cancel: Cancellation | None = None,
 ) -> SendSummary:
     """C-STORE the sendable `items` to `node` over up to `associations` associations at once;
     account for every item (`on_outcome` is called under a lock, one outcome at a time).
@@ -164,8 +171,13 @@ def send(
     after their own write: several associations overlap those waits. Files are split into
     contiguous runs, so a series mostly travels on one association. A peer that refuses the
     extra associations gets their files over the ones it accepted. Raises NetworkError when
-    no association can be opened at all (nothing was sent)."""
-    sender = _Sender(node, calling_aet, {i.path: i.size for i in items}, on_outcome, timeout)
+    no association can be opened at all (nothing was sent).
+
+    Once `cancel` is requested no new file starts; what is in flight is answered or aborted
+    within the grace period, and every file not sent counts as `not_sent`."""
+    cancel = cancel or Cancellation()
+    sender = _Sender(node, calling_aet, {i.path: i.size for i in items}, on_outcome, timeout,
+                     cancel)
     start = time.perf_counter()
     for item in items:
         if item.skip:
@@ -186,23 +198,27 @@ def send(
             errors.append(exc)
             leftovers.extend(chunk)
 
-    # Daemon threads: Ctrl-C in the main thread ends the run, not just its own association.
-    threads = [threading.Thread(target=work, args=(c,), name=f"pacsctl-send-{n}", daemon=True)
-               for n, c in enumerate(chunks[1:], 1)]
+    # Every run in a thread of its own; this thread only waits, so a signal handler that
+    # requests the stop runs at once (the threads see it before their next file).
+    threads = [threading.Thread(target=work, args=(c,), name=f"pacsctl-send-{n}")
+               for n, c in enumerate(chunks)]
     for thread in threads:
         thread.start()
-    if chunks:
-        work(chunks[0])
     for thread in threads:
-        thread.join()
-    if chunks and len(errors) == len(chunks):
+        while thread.is_alive():
+            thread.join(0.2)
+    if chunks and len(errors) == len(chunks) and not cancel.requested:
         raise errors[0]  # not a single association: the node is unreachable (exit 4)
-    if leftovers:
+    if leftovers and not cancel.requested:
         try:
             sender.send(leftovers)
+            leftovers = []
         except NetworkError as exc:
-            for path in leftovers:
-                sender.account(SendOutcome(path, False, size=sender.sizes.get(path, 0), reason=str(exc)))
+            errors.append(exc)
+    for path in leftovers:  # refused associations' files that no other association took
+        sender.account(SendOutcome(path, False, size=sender.sizes.get(path, 0),
+                                   reason=str(errors[-1]), interrupted=cancel.requested))
+    sender.summary.interrupted = cancel.requested
     sender.summary.elapsed = time.perf_counter() - start
     return sender.summary
 
@@ -211,9 +227,10 @@ class _Sender:
     """Sends runs of files to one node and accounts for each, from several threads."""
 
     def __init__(self, node: NodeLike, calling_aet: str, sizes: dict[str, int],
-                 on_outcome: Callable[[SendOutcome], None] | None, timeout: float) -> None:
+                 on_outcome: Callable[[SendOutcome], None] | None, timeout: float,
+                 cancel: Cancellation) -> None:
         self.node, self.calling_aet, self.sizes = node, calling_aet, sizes
-        self.on_outcome, self.timeout = on_outcome, timeout
+        self.on_outcome, self.timeout, self.cancel = on_outcome, timeout, cancel
         self.summary = SendSummary()
         self._lock = threading.Lock()
 
@@ -225,6 +242,8 @@ class _Sender:
             elif outcome.ok:
                 self.summary.sent += 1
                 self.summary.bytes += outcome.size
+            elif outcome.interrupted:
+                self.summary.not_sent += 1
             else:
                 self.summary.failed += 1
                 self.summary.failures.append(outcome)
@@ -234,7 +253,12 @@ class _Sender:
     def _result(self, res: StoreResult) -> None:
         self.account(SendOutcome(res.path, res.ok, size=self.sizes.get(res.path, 0),
                                  sop_instance_uid=res.sop_instance_uid, status=res.status,
-                                 reason=None if res.ok else (res.error or _status_text(res.status))))
+                                 reason=None if res.ok else (res.error or _status_text(res.status)),
+                                 interrupted=res.failure is StoreFailure.INTERRUPTED))
+
+    def _store(self, paths: list[str], progress: Callable[[StoreResult], None]) -> None:
+        scu.store(self.node, paths, calling_aet=self.calling_aet, progress=progress,
+                  timeout=self.timeout, cancel=self.cancel)
 
     def send(self, paths: list[str]) -> None:
         """Send `paths` on one association at a time, accounting for each file.
@@ -245,9 +269,9 @@ class _Sender:
         unanswered: list[StoreResult] = []  # sent, no answer: the culprit, or a victim of its abort
 
         def on_result(res: StoreResult) -> None:
-            if res.status is None and res.error == _LOST:
+            if res.failure is StoreFailure.NOT_SENT:
                 lost.append(res)
-            elif res.status is None and (res.error or "").startswith(_NO_RESPONSE):
+            elif res.failure is StoreFailure.NO_RESPONSE:
                 unanswered.append(res)
             else:
                 self._result(res)
@@ -256,28 +280,33 @@ class _Sender:
         while pending:
             lost.clear()
             try:
-                scu.store(self.node, pending, calling_aet=self.calling_aet, progress=on_result,
-                          timeout=self.timeout)
+                self._store(pending, on_result)
             except NetworkError as exc:
-                if first:
+                if first and not self.cancel.requested:
                     raise
-                lost[:] = [StoreResult(p, None, None, str(exc)) for p in pending]
+                lost[:] = [StoreResult(p, None, None, str(exc), failure=StoreFailure.NOT_SENT)
+                           for p in pending]
                 break
             first = False
             # A peer that chokes on one file drops the association: the files after it were
             # never tried, so they go again on a fresh association.
-            if not lost or len(lost) == len(pending):
+            if not lost or len(lost) == len(pending) or self.cancel.requested:
                 break
             pending = [r.path for r in lost]
         for res in lost:
             self.account(SendOutcome(res.path, False, size=self.sizes.get(res.path, 0),
-                                     sop_instance_uid=res.sop_instance_uid, reason=res.error))
+                                     sop_instance_uid=res.sop_instance_uid, reason=res.error,
+                                     interrupted=self.cancel.requested))
         # A file sent while the peer was aborting goes unanswered through no fault of its own;
         # each unanswered file gets one more go, alone, so a real culprit cannot sink another.
         for res in unanswered:
+            if self.cancel.requested:
+                self.account(SendOutcome(res.path, False, size=self.sizes.get(res.path, 0),
+                                         sop_instance_uid=res.sop_instance_uid,
+                                         reason=res.error, interrupted=True))
+                continue
             try:
-                scu.store(self.node, [res.path], calling_aet=self.calling_aet,
-                          progress=self._result, timeout=self.timeout)
+                self._store([res.path], self._result)
             except NetworkError as exc:
                 self.account(SendOutcome(res.path, False, size=self.sizes.get(res.path, 0),
                                          sop_instance_uid=res.sop_instance_uid, reason=str(exc)))
