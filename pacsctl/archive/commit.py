@@ -3,7 +3,7 @@
 Each received instance goes through the archive's ingest steps (`Archive.begin_ingest`, `sync`,
 `name`) and is answered only once durable and indexed. Disk full -> 0xA700; unparsable -> 0xC000
 and the bytes kept in quarantine; a conflicting copy (same UID, other bytes) -> quarantined,
-0xB000.
+0xB000; a data set whose SOP Class/Instance UID is not the command's -> quarantined, 0xA900.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pacsctl.errors import StorageFullError
 from pacsctl.net.scp import log_failure
 from pacsctl.net.types import (
     STATUS_CANNOT_UNDERSTAND,
+    STATUS_IDENTIFIER_MISMATCH,
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
     STATUS_SUCCESS,
@@ -58,15 +59,21 @@ class GroupCommitter:
         self._named: list[_Pending] = []  # linked and journaled, not yet durable
         self._syncing = False
 
-    def submit(self, data: bytes, origin: str, staged: files.StagedFile | None = None) -> int:
+    def submit(self, data: bytes, origin: str, staged: files.StagedFile | None = None,
+               expected: tuple[str, str] | None = None) -> int:
         """Store one instance (optionally already staged in tmp/); returns its C-STORE status
-        once durable and indexed."""
+        once durable and indexed. With `expected` (SOP Class UID, SOP Instance UID: what the
+        C-STORE command announced), a data set that says otherwise is quarantined, 0xA900."""
         try:
             batch = self.archive.begin_ingest([(data, origin, staged) if staged else (data, origin)])
         except Exception as exc:
             return _failure_status(exc)
         if not batch.staged:  # skipped or quarantined by the check: nothing to commit
             return self._settle(batch, data)
+        if expected is not None:
+            mismatch = _uid_mismatch(batch, expected)
+            if mismatch is not None:
+                return self._refuse(batch, data, mismatch)
         item = _Pending(batch)
         with self._cond:
             self._staged.append(item)
@@ -100,7 +107,8 @@ class GroupCommitter:
         data = req.path.read_bytes()
         staged = files.StagedFile(req.path, len(data), hashlib.sha256(data).hexdigest())
         origin = f"dicom://{req.assoc.calling_aet}@{req.assoc.peer_host}"
-        status = self.submit(data, origin, staged)
+        status = self.submit(data, origin, staged,
+                             expected=(req.sop_class_uid, req.sop_instance_uid))
         if status == STATUS_CANNOT_UNDERSTAND:
             LOG.warning("C-STORE of %s could not be parsed; kept in quarantine",
                         req.sop_instance_uid)
@@ -137,6 +145,20 @@ class GroupCommitter:
             for p in items:
                 p.status, p.done = status, True
 
+    def _refuse(self, batch: IngestBatch, data: bytes, reason: str) -> int:
+        """A C-STORE whose data set is not the instance its command announced: never stored
+        (it would be acknowledged and audited under one UID, filed under another), kept in
+        quarantine with the reason; 0xA900 (data set does not match SOP class)."""
+        self.archive.discard(batch)
+        LOG.warning("refused a C-STORE with 0xA900: %s; kept in quarantine", reason)
+        try:
+            self.archive.quarantine(data, reason, batch.origins[0],
+                                    batch.staged[0][1].sop_instance_uid)
+        except Exception as exc:
+            log_failure("could not quarantine a mismatched instance", exc)
+            return _failure_status(exc)
+        return STATUS_IDENTIFIER_MISMATCH
+
     def _settle(self, batch: IngestBatch, data: bytes) -> int:
         """The C-STORE status of an instance the check refused. Skipped input (not DICOM, a
         DICOMDIR) is quarantined too: received bytes are never dropped."""
@@ -147,6 +169,18 @@ class GroupCommitter:
             except Exception as exc:
                 log_failure("could not quarantine a skipped instance", exc)
         return _status_of(result)
+
+
+def _uid_mismatch(batch: IngestBatch, expected: tuple[str, str]) -> str | None:
+    """Why the staged instance is not the one a C-STORE command announced, or None."""
+    inst = batch.staged[0][1]
+    sop_class, sop_instance = expected
+    wrong = []
+    if inst.sop_instance_uid != sop_instance:
+        wrong.append(f"SOP Instance UID {inst.sop_instance_uid} (command: {sop_instance})")
+    if inst.sop_class_uid != sop_class:
+        wrong.append(f"SOP Class UID {inst.sop_class_uid} (command: {sop_class})")
+    return "data set does not match the C-STORE command: " + ", ".join(wrong) if wrong else None
 
 
 def _failure_status(exc: BaseException) -> int:
