@@ -44,11 +44,12 @@ def serve_command(
 
     Example: pacsctl serve --aet MYPACS --port 11112 --allow CT01 --allow WORKSTATION
     """
-    from pacsctl.node.service import options_from_config
+    from pacsctl.node.service import options_from_config, require_servable
     from pacsctl.node.supervisor import run_node
     from pacsctl.net.types import TlsOptions
 
     archive = state(ctx).open_archive(create=True)
+    require_servable(archive)  # a read-only archive: one clear error, not failing workers
     if aet is not None:
         validate_ae_title(aet)
     if port is not None and port != 0:

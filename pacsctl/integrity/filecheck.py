@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 from pacsctl.integrity import findings as F
 from pacsctl.integrity.findings import Finding
-from pacsctl.storage.files import temp_owner_alive
+from pacsctl.storage.files import temp_owner_alive, writable
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -176,19 +176,24 @@ def is_leftover(path: Path, now: float | None = None) -> bool:
 
 
 def clean_leftovers(tmp_dir: Path, root: Path, where: str) -> list[Finding]:
-    """Remove temp files of interrupted writes (their writer is gone, nothing acknowledged them)."""
+    """Remove temp files of interrupted writes (their writer is gone, nothing acknowledged them).
+
+    On a read-only archive or backup they are reported and left (F.LEFT_READ_ONLY)."""
     out: list[Finding] = []
     if not tmp_dir.is_dir():
         return out
+    remove = writable(tmp_dir)
     for path in sorted(tmp_dir.iterdir()):
         try:
             if not path.is_file() or not is_leftover(path):
                 continue
             size = path.stat().st_size
-            path.unlink()
+            if remove:
+                path.unlink()
         except FileNotFoundError:
             continue
-        out.append(Finding(path.relative_to(root).as_posix(), F.LEFTOVER_TEMP, f"interrupted write, {size} bytes, never acknowledged", where=where, action=F.REMOVED))
+        out.append(Finding(path.relative_to(root).as_posix(), F.LEFTOVER_TEMP, f"interrupted write, {size} bytes, never acknowledged",
+                           where=where, action=F.REMOVED if remove else F.LEFT_READ_ONLY))
     return out
 
 

@@ -48,6 +48,7 @@ ARCHIVE, BACKUP = "archive", "backup"
 # Actions taken.
 REMOVED = "removed"
 RESTORED = "restored from backup"
+LEFT_READ_ONLY = "left: read-only"  # a leftover on a read-only archive: harmless, not removable
 
 
 @dataclass(slots=True)
@@ -64,7 +65,7 @@ class Finding:
     @property
     def resolved(self) -> bool:
         """Whether nothing is left to do: a leftover cleaned up or a file restored."""
-        return self.action in (REMOVED, RESTORED)
+        return self.action in (REMOVED, RESTORED, LEFT_READ_ONLY)
 
     def as_dict(self) -> dict:
         """The JSON record (DICOM keyword for the UID, like every pacsctl record)."""

@@ -104,7 +104,14 @@ def write_manifest(dest: Path, tmp_dir: Path, entries: Iterable[Expected]) -> in
 @contextmanager
 def locked_backup(dest: Path) -> Iterator[None]:
     """Hold the backup folder's lock: one backup (or backup check) at a time per folder."""
-    fd = os.open(dest / LOCK_NAME, os.O_RDWR | os.O_CREAT, files.FILE_MODE)
+    try:
+        fd = os.open(dest / LOCK_NAME, os.O_RDWR | os.O_CREAT, files.FILE_MODE)
+    except OSError as exc:
+        # A backup on read-only media can be checked, not written: nobody else writes it either.
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

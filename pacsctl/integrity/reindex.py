@@ -74,6 +74,7 @@ def reindex(
 ) -> ReindexReport:
     """Drop the archive's index and rebuild it from objects/."""
     started = time.monotonic()
+    files.require_writable(archive.root, (archive.tmp_dir, archive.index.root), "reindex rebuilds the index inside it")
     jobs = jobs or default_jobs()
     report = ReindexReport()
     manifest = read_manifest(archive.root)

@@ -115,6 +115,8 @@ def verify_archive(
     started = time.monotonic()
     if repair_from is not None and not (repair_from / OBJECTS).is_dir():
         raise UsageError(f"{repair_from} is not a pacsctl backup (no {OBJECTS}/ folder)", hint="give the DEST of `pacsctl backup DEST`")
+    if repair_from is not None:
+        files.require_writable(archive.root, (archive.tmp_dir, archive.root / OBJECTS), "--repair-from writes into it")
     report = VerifyReport(summary=VerifySummary(F.ARCHIVE, _mode_name(mode, sample)))
     report.findings += clean_leftovers(archive.root / TMP, archive.root, F.ARCHIVE)
     # A damaged index file is reported, and the check goes on without it: the instances it

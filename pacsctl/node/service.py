@@ -19,7 +19,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from pacsctl.archive.archive import AUDIT_LOG, Archive
+from pacsctl.archive.archive import AUDIT_LOG, OBJECTS, Archive
 from pacsctl.archive.audit import AuditLog
 from pacsctl.archive.commit import GroupCommitter
 from pacsctl.archive.search import candidate_records
@@ -29,6 +29,7 @@ from pacsctl.dicom.matching import QueryValueTooComplexError, RecordFilter
 from pacsctl.errors import UsageError
 from pacsctl.net.balance import WorkerSlot
 from pacsctl.net.scp import RunningScp, start_scp
+from pacsctl.storage import files
 from pacsctl.net.types import (
     STATUS_IDENTIFIER_MISMATCH,
     STATUS_OUT_OF_RESOURCES,
@@ -45,11 +46,18 @@ from pacsctl.net.types import (
 LOG = logging.getLogger(__name__)
 
 
+def require_servable(archive: Archive) -> None:
+    """Raise ReadOnlyError when the archive cannot take what a node receives (before serving)."""
+    files.require_writable(archive.root, (archive.tmp_dir, archive.index.root, archive.root / OBJECTS),
+                           "serve stores into it")
+
+
 class ArchiveService:
     """The `ScpHandlers` of a node serving one archive."""
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
+        require_servable(archive)
         archive.index.tolerate_damage()  # a damaged shard must not take the node down (logged)
         self._lock = threading.Lock()  # the index and journal are per process, not per thread
         self.committer = GroupCommitter(archive, self._lock)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from pacsctl.errors import PacsctlError
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 TMP_SUFFIX = ".part"
@@ -92,6 +94,35 @@ def barrier(anchor: Path, files: Iterable[str | Path] = (), dirs: Iterable[str |
     make_durable(files)
     for folder in {p for d in map(Path, dirs) for p in (d, d.parent, d.parent.parent)}:
         fsync_dir(folder)
+
+
+class ReadOnlyError(PacsctlError):
+    """A folder pacsctl must write to is read-only (a read-only mount, or another user's)."""
+
+
+def writable(folder: Path) -> bool:
+    """Whether this process may create files in `folder` (False on a read-only mount too)."""
+    return os.access(folder, os.W_OK)
+
+
+def read_only_reason(folder: Path) -> str:
+    """Why `folder` cannot be written: a read-only file system, or the permissions."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError:
+        pass
+    return "no write permission"
+
+
+def require_writable(root: Path, folders: Iterable[Path], needs: str) -> None:
+    """Raise ReadOnlyError naming the first of `folders` (inside `root`) that cannot be written."""
+    for folder in folders:
+        if folder.is_dir() and not writable(folder):
+            raise ReadOnlyError(
+                f"the archive at {root} is read-only ({read_only_reason(folder)}: {folder}); {needs}",
+                hint="remount it read-write or run as its owner; `verify` and `ls` work on a read-only archive",
+            )
 
 
 _PLAIN_UID = re.compile(r"[0-9.]{1,64}").fullmatch

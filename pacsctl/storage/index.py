@@ -387,6 +387,8 @@ class Index:
         Returns the number of records folded. Safe to call at any time from any process.
         """
         own = self._journal_path
+        if own is None and not files.writable(self.root):
+            return 0  # a reader of a read-only archive: nothing of ours; others' journals wait for a writer
         self._seal_journal()
         with self._locked(fcntl.LOCK_EX):
             claimed = self._claim_journals()
