@@ -262,3 +262,31 @@ def start_serve(archive: Path, log_dir: Path, *args: str, aet: str = "PACSCTL",
             process.kill()
             error = f"{exc}\n{process.stderr()[-2000:]}"
     raise AssertionError(f"pacsctl serve did not start: {error}")
+
+
+def invoke_cli(*args: str | os.PathLike[str], env: dict[str, str] | None = None,
+               input: str | None = None, timeout: float | None = None,
+               cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`run_cli`'s in-process twin: ``pacsctl ARGS`` through the same error boundary (typer's
+    CliRunner calls the root group's `main`), no Python start. Same result type as `run_cli`.
+
+    For tests of what a command does; signals, crashes and real peers need `run_cli`.
+    `timeout` is accepted for the same signature and not enforced (pytest-timeout is).
+    """
+    from typer.testing import CliRunner
+
+    from pacsctl.cli.app import app
+
+    merged = {"NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
+    argv = [str(a) for a in args]
+    previous = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        result = CliRunner().invoke(app, argv, env=merged, input=input)
+    finally:
+        os.chdir(previous)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess([sys.executable, "-m", "pacsctl", *argv], result.exit_code,
+                                       result.stdout, result.stderr)

@@ -9,10 +9,17 @@ from typing import Any, Callable
 
 import pytest
 
+from tests.helpers import invoke_cli
 from tests.integrity.test_verify import dead_pid, flip_bit, make_archive
 
 SUMMARY_INTS = ("checked", "hashed", "bytes", "problems", "repaired", "cleaned")
 PROBLEM_KEYS = {"type", "path", "SOPInstanceUID", "problem", "where", "detail", "action"}
+
+
+@pytest.fixture
+def cli() -> Callable[..., Any]:
+    """These tests run pacsctl in-process (`invoke_cli`): no Python start per command."""
+    return invoke_cli
 
 
 def lines(text: str) -> list[dict[str, Any]]:
