@@ -28,8 +28,8 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl import') echo '--json --jobs -j --dry-run -n --on-conflict --help -h' ;;
         'vopts:pacsctl import') echo '--jobs -j --on-conflict' ;;
         'args:pacsctl import') echo @file... ;;
-        'opts:pacsctl ls') echo '--level -l --key -k --json --csv --help -h' ;;
-        'vopts:pacsctl ls') echo '--level -l --key -k' ;;
+        'opts:pacsctl ls') echo '--level -l --key -k --sort --limit --columns --wide -w --json --csv --help -h' ;;
+        'vopts:pacsctl ls') echo '--level -l --key -k --sort --limit --columns' ;;
         'opts:pacsctl move') echo '--to --level -l --key -k --all --settle --aet --timeout --json --help -h' ;;
         'vopts:pacsctl move') echo '--to --level -l --key -k --settle --aet --timeout' ;;
         'args:pacsctl move') echo @node ;;
@@ -42,8 +42,8 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl nodes remove') echo '--help -h' ;;
         'args:pacsctl nodes remove') echo @node ;;
         'opts:pacsctl quarantine') echo '--json --help -h' ;;
-        'opts:pacsctl query') echo '--level -l --key -k --aet --timeout --json --csv --help -h' ;;
-        'vopts:pacsctl query') echo '--level -l --key -k --aet --timeout' ;;
+        'opts:pacsctl query') echo '--level -l --key -k --aet --timeout --sort --limit --columns --wide -w --json --csv --help -h' ;;
+        'vopts:pacsctl query') echo '--level -l --key -k --aet --timeout --sort --limit --columns' ;;
         'args:pacsctl query') echo @node ;;
         'opts:pacsctl reindex') echo '--json --jobs -j --help -h' ;;
         'vopts:pacsctl reindex') echo '--jobs -j' ;;
@@ -78,6 +78,9 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl import --on-conflict') echo 'keep replace' ;;
         'pacsctl ls --level'|'pacsctl ls -l') echo 'patient study series instance' ;;
         'pacsctl ls --key'|'pacsctl ls -k') echo @text ;;
+        'pacsctl ls --sort') echo @text ;;
+        'pacsctl ls --limit') echo @text ;;
+        'pacsctl ls --columns') echo @text ;;
         'pacsctl move --to') echo @text ;;
         'pacsctl move --level'|'pacsctl move -l') echo 'patient study series instance' ;;
         'pacsctl move --key'|'pacsctl move -k') echo @text ;;
@@ -94,6 +97,9 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl query --key'|'pacsctl query -k') echo @text ;;
         'pacsctl query --aet') echo @text ;;
         'pacsctl query --timeout') echo @text ;;
+        'pacsctl query --sort') echo @text ;;
+        'pacsctl query --limit') echo @text ;;
+        'pacsctl query --columns') echo @text ;;
         'pacsctl reindex --jobs'|'pacsctl reindex -j') echo @text ;;
         'pacsctl send --study') echo @text ;;
         'pacsctl send --key'|'pacsctl send -k') echo @text ;;

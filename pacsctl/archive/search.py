@@ -12,9 +12,17 @@ def find_records(index: Index, level: str, flt: RecordFilter) -> list[dict[str, 
     """Records at `level` (PATIENT, STUDY, SERIES or IMAGE) that match `flt`.
 
     Exact PatientID / StudyInstanceUID / SeriesInstanceUID criteria go straight to their index
-    shards; every other criterion filters what those return.
+    shards; every other criterion filters what those return. At STUDY level a Modality
+    criterion is matched against the study's ModalitiesInStudy (study records hold no
+    Modality: it is a series attribute, and would match nothing).
     """
-    return [record for record in candidate_records(index, level, flt) if flt.matches(record)]
+    candidates = candidate_records(index, level, flt)
+    modality = flt.criteria.get("Modality") if level == "STUDY" else None
+    if modality is None:
+        return [record for record in candidates if flt.matches(record)]
+    rest = RecordFilter(c for keyword, c in flt.criteria.items() if keyword != "Modality")
+    return [record for record in candidates
+            if rest.matches(record) and modality.matches_value(record.get("ModalitiesInStudy"))]
 
 
 def candidate_records(index: Index, level: str, flt: RecordFilter) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """The one place that writes command output: tables, NDJSON, CSV, summaries, progress, errors.
 
-Records go to stdout (a rich table for people, `--json` NDJSON or `--csv` for scripts); progress
-bars, logs and errors go to stderr, and progress bars hide when stderr is not a terminal.
+Records go to stdout (a table fitted to the terminal for people, tab-separated lines when
+piped, `--json` NDJSON or `--csv` for scripts); progress bars, logs and errors go to stderr, and
+progress bars hide when stderr is not a terminal.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
-# Tables are not cut to 80 columns when piped: UIDs must stay whole.
+from pacsctl.cli import tables
+
+# Lines for people on stdout, never cut when piped (tables are `cli.tables`' job).
 stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250)
 stderr = Console(stderr=True, soft_wrap=True)
 
@@ -55,25 +57,19 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-# Short table headers for long DICOM keywords (JSON and CSV keep the keywords).
-HEADERS = {
-    "NumberOfPatientRelatedStudies": "Studies", "NumberOfPatientRelatedInstances": "Instances",
-    "NumberOfStudyRelatedSeries": "Series", "NumberOfStudyRelatedInstances": "Instances",
-    "NumberOfSeriesRelatedInstances": "Instances", "ModalitiesInStudy": "Modalities",
-    "AccessionNumber": "Accession", "StudyDescription": "Description", "SeriesDescription": "Description",
-    "PatientBirthDate": "Birth", "SeriesNumber": "No.", "InstanceNumber": "No.", "TransferSyntaxUID": "Syntax",
-}
-
-
 def emit(
     records: Iterable[Mapping[str, Any]],
     columns: Sequence[str],
     fmt: str = "table",
     title: str | None = None,
+    wide: bool = False,
+    droppable: Sequence[str] = (),
 ) -> int:
-    """Write records as a rich table (`table`), NDJSON (`json`) or CSV (`csv`); return the count.
+    """Write records as a table (`table`), NDJSON (`json`) or CSV (`csv`); return the count.
 
-    JSON records carry every key; the table and CSV show `columns`.
+    JSON records carry every key; the table and CSV show `columns`. The table fits the
+    terminal (every value whole with `wide`), leaving out columns of `droppable` when they do
+    not fit, and is tab-separated text when stdout is not a terminal (see `cli.tables`).
     """
     count = 0
     if fmt == "json":
@@ -89,18 +85,14 @@ def emit(
             count += 1
         sys.stdout.flush()
         return count
-    table = Table(title=title, show_lines=False, header_style="bold")
-    for column in columns:
-        uid = column.endswith("UID")
-        table.add_column(HEADERS.get(column, column), overflow="fold", no_wrap=uid, min_width=None if uid else 4)
-    for record in records:
-        table.add_row(*(_cell(record.get(c)) for c in columns))
-        count += 1
-    if count:
-        stdout.print(table)
+    rows = list(records)
+    if rows:
+        left_out = tables.print_records(rows, columns, sys.stdout, title=title, wide=wide, droppable=droppable)
+        if left_out:
+            warn(f"left out to fit the terminal: {', '.join(left_out)} (--wide shows every column)")
     else:
         stderr.print("[dim]nothing found[/dim]")
-    return count
+    return len(rows)
 
 
 # `--quiet` of the invocation running in this context (only errors on stderr: cron mails only

@@ -21,7 +21,7 @@ from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
 from pacsctl.cli.app import state
 from pacsctl.cli.interrupt import stop_on_signals
-from pacsctl.cli.listing import check_format, emit_level
+from pacsctl.cli.listing import ColumnsOpt, Limit, Sort, Wide, check_format, emit_level, list_view
 from pacsctl.cli.options import Aet, All, Csv, JsonRecords, JsonSummary, Keys, Level, LevelName, NodeArg, RetrieveLevel, Timeout
 from pacsctl.config import CONFIG_NAME, Config, Node, load_config, parse_node_spec, resolve_archive_dir, validate_ae_title
 from pacsctl.errors import (
@@ -227,6 +227,10 @@ def query_command(
     keys: Keys = [],
     aet: Aet = None,
     timeout: Timeout = 30.0,
+    sort: Sort = None,
+    limit: Limit = None,
+    columns: ColumnsOpt = None,
+    wide: Wide = False,
     as_json: JsonRecords = False,
     as_csv: Csv = False,
 ) -> None:
@@ -240,10 +244,11 @@ def query_command(
     from pacsctl.remote import find
 
     check_format(as_json, as_csv)
+    view = list_view(sort, limit, columns, wide)
     query_level, filters = _filters(keys, level)
     node, calling, _ = _setup(ctx, node_spec, aet)
     records = list(find.query(node, query_level, filters, calling, timeout=timeout))
-    emit_level(records, query_level, as_json, as_csv)
+    emit_level(records, query_level, as_json, as_csv, view)
 
 
 # -- move and get ------------------------------------------------------------------------------
