@@ -60,4 +60,4 @@ def audit_command(
             **{k: r.get(k, "") for k in _COLUMNS[:-1]},
             "detail": " ".join(f"{k}={v}" for k, v in detail.items()),
         })
-    output.emit(rows, _COLUMNS, fmt="table", title="audit")
+    output.emit(rows, _COLUMNS, fmt="table")

@@ -4,7 +4,7 @@ On a terminal the table takes the terminal's width: UIDs are shortened in the mi
 (`1.2.840.1…4567.89`, both ends are what tells UIDs apart), long text ends in `…`, short values
 (dates, numbers, codes) stay whole; `wide` shows everything at full length. When stdout is not
 a terminal (a pipe, a file, cron mail) there is no table at all: a header line of keywords and
-one tab-separated line per record, values whole.
+one tab-separated line per record, values whole (after the title line of a report that has one).
 """
 
 from __future__ import annotations
@@ -103,8 +103,12 @@ def fit_widths(natural: Sequence[int], minimum: Sequence[int], kinds: Sequence[C
     return widths
 
 
-def write_tsv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], file: IO[str]) -> None:
-    """A header line of keywords, then one tab-separated line per record."""
+def write_tsv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], file: IO[str],
+              title: str | None = None) -> None:
+    """The title line when there is one (a report's, for the people reading cron mail), a header
+    line of keywords, then one tab-separated line per record."""
+    if title:
+        file.write(title + "\n")
     file.write("\t".join(columns) + "\n")
     for row in rows:
         file.write("\t".join(cell_text(row.get(c)) for c in columns) + "\n")
@@ -171,7 +175,7 @@ def print_records(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fil
     with `wide`), tab-separated lines elsewhere. Returns the columns left out to fit."""
     console = Console(file=file, soft_wrap=False)
     if not console.is_terminal:
-        write_tsv(rows, columns, file)
+        write_tsv(rows, columns, file, title)
         return []
     fitted = fitted_table(rows, columns, None if wide else console.width, title, droppable)
     if wide:  # wider than the terminal if need be: the terminal wraps, nothing is cut
