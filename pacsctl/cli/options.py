@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -46,11 +46,12 @@ JsonRecords = Annotated[bool, typer.Option(
 JsonReport = Annotated[bool, typer.Option(
     "--json", metavar=NO_METAVAR, help="NDJSON: one record per problem, then a summary.")]
 JsonSummary = Annotated[bool, typer.Option(
-    "--json", metavar=NO_METAVAR, help="NDJSON: one record per item that failed or was left out, then a summary.")]
+    "--json", metavar=NO_METAVAR,
+    help="NDJSON: one record per item that failed or was left out, then a summary.")]
 Csv = Annotated[bool, typer.Option("--csv", metavar=NO_METAVAR, help="CSV with a header row.")]
 
 # Selections.
-Keys = Annotated[List[str], typer.Option(
+Keys = Annotated[list[str], typer.Option(
     "--key", "-k", metavar="KEY=VALUE",
     help="Filter on a DICOM keyword with DICOM matching: wildcards * ?, ranges 20240101-20240331, "
          "UID lists a\\b (repeatable).",
@@ -76,16 +77,18 @@ Jobs = Annotated[Optional[int], typer.Option(
     "--jobs", "-j", metavar="N", min=1, help="Worker processes (default: one per core).")]
 CopyJobs = Annotated[Optional[int], typer.Option(
     "--jobs", "-j", metavar="N", min=1, help="Parallel copies (default: 2 per core, at least 4).")]
-DryRun = Annotated[bool, typer.Option("--dry-run", "-n", metavar=NO_METAVAR, help="Show what would happen; write nothing.")]
+DryRun = Annotated[bool, typer.Option(
+    "--dry-run", "-n", metavar=NO_METAVAR, help="Show what would happen; write nothing.")]
 OnConflictOpt = Annotated[Optional[OnConflict], typer.Option(
     "--on-conflict", metavar=choices(OnConflict), case_sensitive=False,
     help="Same SOP Instance UID, different bytes: keep the archived copy (default) or replace it.",
 )]
 Event = Annotated[Optional[AuditEvent], typer.Option(
-    "--event", "-e", metavar="EVENT", case_sensitive=False, help=f"Only this event: {', '.join(AuditEvent)}.")]
+    "--event", "-e", metavar="EVENT", case_sensitive=False,
+    help=f"Only this event: {', '.join(AuditEvent)}.")]
 Setting = Annotated[SettingKey, typer.Argument(
     metavar="KEY", case_sensitive=False, help=f"One of: {', '.join(SettingKey)}.", show_default=False)]
-PathsArg = Annotated[List[Path], typer.Argument(
+PathsArg = Annotated[list[Path], typer.Argument(
     metavar="PATH", help="Folders (recursive), files, zip files or DICOMDIR files.", show_default=False)]
 DestArg = Annotated[Path, typer.Argument(
     metavar="DEST", help="Backup folder (a mounted NAS, a USB disk); created if new.", show_default=False)]

@@ -15,7 +15,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from pacsctl.archive.archive import IngestStatus, IngestResult
+from pacsctl.archive.archive import IngestResult, IngestStatus
 from pacsctl.archive.audit import AuditEvent
 from pacsctl.cli.app import app
 from pacsctl.cli.completions import generate
