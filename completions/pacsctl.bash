@@ -7,7 +7,7 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         cmds:pacsctl) echo 'audit backup completion config echo get import ls move nodes quarantine query reindex send serve verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
-        'opts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail --json --help -h' ;;
+        'opts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail --wide -w --json --help -h' ;;
         'vopts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail' ;;
         'opts:pacsctl backup') echo '--json --jobs -j --help -h' ;;
         'vopts:pacsctl backup') echo '--jobs -j' ;;

@@ -135,6 +135,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'calling' -x -d 'Only
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'uid' -x -d 'Only records naming this UID (study, series, instance).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'limit' -x -d 'At most the first N matching records.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'tail' -x -d 'Only the last N matching records.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'wide' -s 'w' -d 'Table: every value whole (UIDs too), wider than the terminal if need be.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'json' -d 'NDJSON on stdout, one record per line, keyed by DICOM keywords.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'json' -d 'NDJSON: one record per problem, then a summary.'

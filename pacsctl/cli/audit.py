@@ -8,6 +8,7 @@ import typer
 
 from pacsctl.cli import output
 from pacsctl.cli.app import state
+from pacsctl.cli.listing import Wide
 from pacsctl.cli.options import Event, JsonRecords
 from pacsctl.errors import UsageError
 
@@ -27,6 +28,7 @@ def audit_command(
     uid: Optional[str] = typer.Option(None, "--uid", metavar="UID", help="Only records naming this UID (study, series, instance)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=0, metavar="N", help="At most the first N matching records."),
     tail: Optional[int] = typer.Option(None, "--tail", min=0, metavar="N", help="Only the last N matching records."),
+    wide: Wide = False,
     as_json: JsonRecords = False,
 ) -> None:
     """Show who associated, stored, queried and retrieved what: the audit trail `pacsctl serve`
@@ -58,6 +60,13 @@ def audit_command(
         detail = {k: v for k, v in r.items() if k not in _COLUMNS}
         rows.append({
             **{k: r.get(k, "") for k in _COLUMNS[:-1]},
+            "time": _table_time(r.get("time")),
             "detail": " ".join(f"{k}={v}" for k, v in detail.items()),
         })
-    output.emit(rows, _COLUMNS, fmt="table")
+    output.emit(rows, _COLUMNS, fmt="table", wide=wide, droppable=("peer", "called_aet"))
+
+
+def _table_time(value: object) -> str:
+    """`2024-05-01T08:00:01.123+00:00` as `2024-05-01 08:00:01` (records are written in UTC)."""
+    text = str(value or "")
+    return text[:19].replace("T", " ") if text.endswith("+00:00") else text

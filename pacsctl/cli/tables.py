@@ -31,28 +31,34 @@ HEADERS = {
     "AccessionNumber": "Accession", "StudyDescription": "Description", "SeriesDescription": "Description",
     "PatientBirthDate": "Birth", "SeriesNumber": "No.", "InstanceNumber": "No.", "TransferSyntaxUID": "Syntax",
     "StudyDate": "Date", "StudyTime": "Time", "SeriesDate": "Date", "PatientSex": "Sex",
+    "calling_aet": "calling", "called_aet": "called",
 }
 
 
 class ColumnKind(Enum):
     """How a column gives way when the table is too wide for the terminal."""
 
+    WRAPPED = "wrapped"  # free text that folds onto more lines instead (an audit record's detail)
     UID = "uid"  # shortened first, in the middle
     TEXT = "text"  # names, descriptions: cut at the end with an ellipsis
     ID = "id"  # patient IDs, accession numbers: cut only when names and descriptions are short
     FIXED = "fixed"  # dates, numbers, codes: short, kept whole (their header is cut last)
 
 
-_FIXED_KEYS = frozenset({"Modality", "ModalitiesInStudy", "PatientSex", "size", "status", "event"})
+_FIXED_KEYS = frozenset({"Modality", "ModalitiesInStudy", "PatientSex", "size", "status", "event",
+                         "time", "peer", "calling_aet", "called_aet"})
+_WRAPPED_KEYS = frozenset({"detail"})
 _ID_KEYS = frozenset({"PatientID", "AccessionNumber", "StudyID", "OtherPatientIDs"})
 # The narrowest a column is made before lower-priority columns are left out instead.
-_MIN_WIDTH = {ColumnKind.UID: 16, ColumnKind.TEXT: 10, ColumnKind.ID: 16}
+_MIN_WIDTH = {ColumnKind.WRAPPED: 20, ColumnKind.UID: 16, ColumnKind.TEXT: 10, ColumnKind.ID: 16}
 _MIN_HEADER = 4
-_SHRINK_ORDER = (ColumnKind.UID, ColumnKind.TEXT, ColumnKind.ID, ColumnKind.FIXED)
+_SHRINK_ORDER = (ColumnKind.WRAPPED, ColumnKind.UID, ColumnKind.TEXT, ColumnKind.ID, ColumnKind.FIXED)
 
 
 def column_kind(key: str) -> ColumnKind:
     """The kind of the column showing `key`."""
+    if key in _WRAPPED_KEYS:
+        return ColumnKind.WRAPPED
     if key.endswith("UID"):
         return ColumnKind.UID
     if key in _ID_KEYS:
@@ -87,7 +93,7 @@ def shorten_middle(text: str, width: int) -> str:
 
 def fit_widths(natural: Sequence[int], minimum: Sequence[int], kinds: Sequence[ColumnKind],
                available: int) -> list[int]:
-    """Column widths that fit `available` cells: UID columns give way first, then text, IDs and
+    """Column widths that fit `available` cells: wrapped text and UID columns give way first, then text, IDs and
     the headers of fixed columns, the widest column of a kind first, none below its minimum.
     The sum may stay above `available` when even the minimums do not fit."""
     widths = list(natural)
@@ -160,8 +166,9 @@ def fitted_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], widt
         left_out.append(drop)
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                   padding=(0, 1, 0, 0), header_style="bold")
-    for header, w in zip(headers, widths):
-        table.add_column(header, width=w, no_wrap=True, overflow="ellipsis")
+    for header, w, kind in zip(headers, widths, kinds):
+        wraps = kind is ColumnKind.WRAPPED
+        table.add_column(header, width=w, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
     for row in cells:
         table.add_row(*(shorten_middle(text, w) if k is ColumnKind.UID else text
                         for text, w, k in zip(row, widths, kinds)))

@@ -115,3 +115,27 @@ def test_send_and_get_are_recorded_with_uids_and_no_patient_values(tmp_path, ct_
     assert retrieves[-1]["matched"] == 1 and retrieves[-1]["received"] == 2, retrieves
     assert _audit_json(ours, "--uid", study)[-1]["event"] == "retrieve"
     assert "SECRET" not in (ours / AUDIT_LOG).read_text()
+
+
+def test_audit_table_fits_80_columns_and_pipes_as_tab_separated_text(tmp_path):
+    import re
+
+    from typer.testing import CliRunner
+
+    from pacsctl.cli.app import app
+
+    archive = Archive.open(tmp_path / "a")
+    log = AuditLog(archive.root / AUDIT_LOG)
+    sop = "1.2.826.0.1.3680043.8.498.69610827370990676198518339377024823212"
+    log.append({"event": "store", "calling_aet": "CT01", "called_aet": "PACSCTL", "peer": "127.0.0.1:40000",
+                "SOPInstanceUID": sop, "status": 0, "time": "2024-05-01T08:00:01.123+00:00"})
+    log.close()
+    args = ["--archive", str(archive.root), "audit"]
+    table = CliRunner().invoke(app, args, env={"COLUMNS": "80", "TTY_COMPATIBLE": "1", "NO_COLOR": "1"})
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in table.stdout.splitlines()]
+    assert table.exit_code == 0 and all(len(line) <= 80 for line in lines), table.stdout
+    assert "2024-05-01 08:00:01" in lines[2] and "CT01" in lines[2] and "0x0000" in lines[2]
+    offset = lines[0].index("detail")
+    assert f"SOPInstanceUID={sop}" in "".join(line[offset:].strip() for line in lines[2:])  # wrapped, not cut
+    piped = CliRunner().invoke(app, args, env={"NO_COLOR": "1"})
+    assert piped.stdout.splitlines()[0] == "time\tevent\tcalling_aet\tcalled_aet\tpeer\tstatus\tdetail"
