@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import statistics
+from datetime import datetime, timezone
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -262,26 +263,47 @@ def _selection(keys: List[str], level: str, everything: bool) -> tuple[str, dict
     return query_level, filters
 
 
-def _retrieve_text(verb: str, summary: RetrieveSummary, level: str) -> str:
-    text = (f"{verb} {summary.matched} {level.lower()}(s): peer reports {summary.completed} completed, "
+def _retrieve_text(verb: str, summary: RetrieveSummary, level: str, node: Node, dest: str | None = None) -> str:
+    """One line saying what a move or get did (`verb`: "move", "get")."""
+    what = f"{summary.matched} {level.lower()}(s)" + (f" to {dest}" if dest else "")
+    if summary.refused:
+        status = f"status 0x{summary.status:04X}" if summary.status is not None else "no status"
+        return f"{node.aet} refused to {verb} {what}: nothing was sent ({status})"
+    done = {"move": "moved", "get": "got"}[verb]
+    head = f"interrupted: {done} part of {what}" if summary.interrupted else f"{done} {what}"
+    text = (f"{head}: peer reports {summary.completed} completed, "
             f"{summary.failed} failed, {summary.warning} warning")
     if summary.remaining:
         text += f", {summary.remaining} remaining"
     if summary.status not in (None, 0):
         text += f", final status 0x{summary.status:04X}"
-    if summary.counted_locally:
+    if summary.counted_in_archive:
+        text += (f"; in the archive now: {summary.stored} new, {summary.already_archived} held before the "
+                 f"move (`pacsctl serve` received: re-sent copies cannot be told apart)")
+    elif summary.counted_locally:
         text += (f"; arrived {summary.received}, stored {summary.stored} new, {summary.duplicates} already "
                  f"archived, {summary.store_failed} refused")
         if summary.conflicts:
             text += f", {summary.conflicts} differing from the archived copy (quarantined)"
-        if summary.expected is not None:
-            text += f", {len(summary.missing)} of {summary.expected} expected missing"
+    if summary.counted_locally and summary.expected is not None:
+        text += f", {len(summary.missing)} of {summary.expected} expected missing"
     return text + f" ({summary.elapsed:.1f} s)"
 
 
 def _finish(summary: RetrieveSummary, as_json: bool, text: str, node: Node, dest: str) -> None:
-    """Print the summary; exit 1 when the peer refused outright, 3 when anything is short."""
+    """Print the summary; exit 130 when interrupted, 1 when the peer refused outright, 3 when
+    anything is short."""
     output.summary({"type": "summary", **summary.as_dict()}, as_json, text)
+    if summary.interrupted:
+        raise OperationInterrupted("retrieve interrupted",
+                                   hint="the same command again retrieves the rest (what arrived counts as duplicates)")
+    for reject in summary.refused_by_us[:3]:
+        output.warn(f"we refused an association from {reject.get('calling_aet', '?')} at {reject.get('peer', '?')} "
+                    f"during the move: {reject.get('reason', 'rejected')}")
+    if summary.refused and summary.refused_by_us:  # the peer could not store to us: our doing
+        raise PacsctlError(f"our node refused {len(summary.refused_by_us)} association(s) of {node.aet} during the "
+                           f"move ({summary.refused_by_us[0].get('reason', 'rejected')}), so {node.aet} gave up",
+                           hint=_OUR_REJECTS_HINT)
     if summary.destination_unknown:
         raise PacsctlError(f"{node.aet} does not know the destination AE title {dest!r} (status 0xA801)",
                            hint=f"add {dest} with its host and port to {node.aet}'s known modalities")
@@ -293,10 +315,28 @@ def _finish(summary: RetrieveSummary, as_json: bool, text: str, node: Node, dest
     if not summary.ok:
         if summary.missing:
             output.warn(f"{len(summary.missing)} instance(s) the peer lists never arrived, e.g. {summary.missing[0]}")
-            if summary.received == 0:
+            if summary.refused_by_us:
+                output.warn(f"our node refused {len(summary.refused_by_us)} association(s) of {node.aet} during the "
+                            f"move: {_OUR_REJECTS_HINT}")
+            elif summary.received == 0:
                 output.warn(f"nothing arrived: does {node.aet} reach us at our host and port, and store with "
                             f"the calling AE title {node.aet}? (others: `pacsctl config set allow`)")
         raise typer.Exit(EXIT_INTEGRITY)
+
+
+_OUR_REJECTS_HINT = ("`pacsctl config set allow` must list the AE title it stores with; a running `pacsctl serve` "
+                     "needs `kill -HUP` (or a restart) to see a changed list")
+
+
+def _check_our_allow_list(config: Config, node: Node, dest: str) -> None:
+    """A running `pacsctl serve` takes C-STOREs only from its allow-list: a source that is not
+    on it would have every instance refused. Say so before anything is moved."""
+    if config.allow and node.aet not in config.allow:
+        raise PacsctlError(
+            f"our allow-list does not list {node.aet}: the running `pacsctl serve` would refuse "
+            f"every instance {node.aet} sends to {dest}",
+            hint=f"`pacsctl config set allow {','.join([*config.allow, node.aet])}`, then `kill -HUP` the "
+                 f"serve (or restart it), and move again")
 
 
 def move_command(
@@ -330,19 +370,25 @@ def move_command(
         def on_progress(_: RetrieveSummary) -> None:
             bar.advance(1)
 
-        if dest in (config.ae_title, calling):
-            with state(ctx).open_archive(create=True) as archive, receiver_mod.receiving(archive, dest, node.aet) as (receiver, listening):
-                if not listening:
-                    output.warn(f"cannot listen on port {archive.config.port} (in use?): assuming a running "
-                                f"`pacsctl serve` receives for {dest}; arrivals are counted in the archive")
-                summary = retrieve.move(node, dest, query_level, filters, calling, receiver=receiver,
-                                        on_progress=on_progress, settle=settle, timeout=timeout,
-                                        listening=listening)
-        else:
-            summary = retrieve.move(node, dest, query_level, filters, calling, on_progress=on_progress,
-                                    timeout=timeout)
+        with stop_on_signals() as cancel:
+            if dest in (config.ae_title, calling):
+                with state(ctx).open_archive(create=True) as archive, \
+                        receiver_mod.receiving(archive, dest, node.aet, cancel) as (receiver, listening):
+                    if not listening:
+                        _check_our_allow_list(archive.config, node, dest)
+                        output.warn(f"cannot listen on port {archive.config.port} (in use?): assuming a running "
+                                    f"`pacsctl serve` receives for {dest}; arrivals are counted in the archive")
+                    began = datetime.now(timezone.utc)
+                    summary = retrieve.move(node, dest, query_level, filters, calling, receiver=receiver,
+                                            on_progress=on_progress, settle=settle, timeout=timeout,
+                                            listening=listening, cancel=cancel)
+                    summary.refused_by_us = (receiver.rejects if listening else
+                                             receiver_mod.rejects_in_audit_log(archive, began, node))
+            else:
+                summary = retrieve.move(node, dest, query_level, filters, calling, on_progress=on_progress,
+                                        timeout=timeout, cancel=cancel)
     record_action(resolve_archive_dir(state(ctx).archive), AuditEvent.RETRIEVE, summary.as_dict(), selection=filters, service="move", node=str(node), destination=dest, calling_aet=calling, called_aet=node.aet)
-    _finish(summary, as_json, _retrieve_text(f"moved to {dest}", summary, query_level), node, dest)
+    _finish(summary, as_json, _retrieve_text("move", summary, query_level, node, dest), node, dest)
 
 
 def get_command(
@@ -372,12 +418,12 @@ def get_command(
         def on_progress(_: RetrieveSummary) -> None:
             bar.advance(1)
 
-        with state(ctx).open_archive(create=True) as archive:
+        with state(ctx).open_archive(create=True) as archive, stop_on_signals() as cancel:
             receiver = receiver_mod.ArchiveReceiver(archive)
             try:
                 summary = retrieve.get(node, receiver, query_level, filters, calling,
-                                       on_progress=on_progress, timeout=timeout)
+                                       on_progress=on_progress, timeout=timeout, cancel=cancel)
             finally:
                 receiver.close()
     record_action(archive.root, AuditEvent.RETRIEVE, summary.as_dict(), selection=filters, service="get", node=str(node), calling_aet=calling, called_aet=node.aet)
-    _finish(summary, as_json, _retrieve_text("got", summary, query_level), node, node.aet)
+    _finish(summary, as_json, _retrieve_text("get", summary, query_level, node), node, node.aet)

@@ -12,12 +12,16 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
 
-from pacsctl.archive.archive import Archive
+from pacsctl.archive.archive import AUDIT_LOG, Archive
+from pacsctl.archive.audit import AuditEvent, AuditQuery, select_records
 from pacsctl.archive.commit import STATUS_CONFLICT_KEPT, GroupCommitter
 from pacsctl.errors import NetworkError
+from pacsctl.net.cancel import Cancellation
 from pacsctl.net.scp import RunningScp, start_scp
-from pacsctl.net.types import STATUS_SUCCESS, AssocInfo, ScpHandlers, ScpOptions, StoreRequest
+from pacsctl.net.types import STATUS_SUCCESS, AssocInfo, NodeLike, ScpHandlers, ScpOptions, StoreRequest
 
 LOG = logging.getLogger(__name__)
 
@@ -39,6 +43,13 @@ class ArchiveReceiver:
         # C-GET: the net layer describes the association from the acceptor's side, which is
         # the peer; the archive must record the peer as the sender, not us.
         self.source: AssocInfo | None = None
+        self.rejects: list[dict[str, Any]] = []  # audit records of associations we rejected
+
+    def note_audit(self, record: dict[str, Any]) -> None:
+        """Audit callable of a temporary listener: keeps the associations it rejected."""
+        if record.get("event") == AuditEvent.REJECT:
+            with self._lock:
+                self.rejects.append(record)
 
     def has(self, sop_instance_uid: str) -> bool:
         """True when the archive holds this instance (files are the source of truth)."""
@@ -72,7 +83,8 @@ class ArchiveReceiver:
 
 
 @contextmanager
-def receiving(archive: Archive, ae_title: str, source_aet: str) -> Iterator[tuple[ArchiveReceiver, bool]]:
+def receiving(archive: Archive, ae_title: str, source_aet: str,
+              cancel: Cancellation | None = None) -> Iterator[tuple[ArchiveReceiver, bool]]:
     """A temporary storage listener on the archive's configured host and port, as `ae_title`,
     storing into `archive` (for C-MOVEs to our own AE title). Yields (receiver, listening);
     when the port is taken, presumably by a running `pacsctl serve` on this archive, nothing
@@ -80,14 +92,17 @@ def receiving(archive: Archive, ae_title: str, source_aet: str) -> Iterator[tupl
 
     Only `source_aet` (the node moving to us) and the archive's allow-list may store: the
     listener is open on the configured host while the move runs, and nobody else should be
-    able to slip instances into the archive through it."""
+    able to slip instances into the archive through it. The associations it rejects are kept
+    in `receiver.rejects`. After a stop request (`cancel`) what is still arriving gets the
+    grace period, not a minute."""
     receiver = ArchiveReceiver(archive)
     cfg = archive.config
     allow = list(dict.fromkeys([source_aet, *cfg.allow]))
     options = ScpOptions(ae_title=ae_title, host=cfg.host, port=cfg.port, allow=allow,
                          max_associations=cfg.max_associations, temp_dir=archive.tmp_dir)
     try:
-        listener: RunningScp | None = start_scp(ScpHandlers(store=receiver), options)
+        listener: RunningScp | None = start_scp(
+            ScpHandlers(store=receiver, audit=receiver.note_audit), options)
     except NetworkError as exc:
         LOG.info("not listening on port %s (%s): counting arrivals from the archive", cfg.port, exc)
         listener = None
@@ -95,5 +110,18 @@ def receiving(archive: Archive, ae_title: str, source_aet: str) -> Iterator[tupl
         yield receiver, listener is not None
     finally:
         if listener is not None:
-            listener.stop(graceful=True, timeout=60.0)
+            stopping = cancel is not None and cancel.requested
+            listener.stop(graceful=True, timeout=cancel.grace if stopping and cancel else 60.0)
         receiver.close()
+
+
+def rejects_in_audit_log(archive: Archive, since: datetime, source: NodeLike) -> list[dict[str, Any]]:
+    """Associations our running node rejected since `since` that came from `source` (by its
+    AE title or its host): read from the archive's audit log, which `pacsctl serve` writes."""
+    query = AuditQuery(since=since, event=AuditEvent.REJECT)
+    found = []
+    for record in select_records(archive.root / AUDIT_LOG, query):
+        host = str(record.get("peer", "")).rsplit(":", 1)[0]
+        if record.get("calling_aet") == source.aet or host == source.host:
+            found.append(record)
+    return found

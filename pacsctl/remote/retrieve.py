@@ -17,8 +17,9 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from pacsctl.dicom.matching import LEVELS, UNIQUE_KEY, compile_filters
-from pacsctl.errors import NetworkError
+from pacsctl.errors import NetworkError, OperationInterrupted
 from pacsctl.net import scu
+from pacsctl.net.cancel import Cancellation
 from pacsctl.net.sending import get_contexts
 from pacsctl.net.types import (
     STATUS_CANCEL,
@@ -47,6 +48,7 @@ def retrieve_identifiers(
     filters: Mapping[str, str],
     calling_aet: str,
     timeout: float = 30.0,
+    cancel: Cancellation | None = None,
 ) -> list[Dataset]:
     """One unique-key identifier per entity to retrieve.
 
@@ -66,7 +68,7 @@ def retrieve_identifiers(
                 for v in dict.fromkeys(filters[own].split("\\")) if v]
     keys = tuple(dict.fromkeys([*path, *filters]))
     found = scu.find(node, build_identifier(level, filters, keys), query_model(level),
-                     calling_aet=calling_aet, timeout=timeout)
+                     calling_aet=calling_aet, timeout=timeout, cancel=cancel)
     targets: dict[tuple[str, ...], Dataset] = {}
     for ds in found:
         record = response_record(ds, level, keys)
@@ -87,7 +89,8 @@ def _unique_identifier(level: str, keys: Mapping[str, str]) -> Dataset:
 
 
 def expected_instances(
-    node: NodeLike, identifier: Dataset, calling_aet: str, timeout: float = 30.0
+    node: NodeLike, identifier: Dataset, calling_aet: str, timeout: float = 30.0,
+    cancel: Cancellation | None = None,
 ) -> dict[str, str]:
     """SOP Instance UID -> SOP Class UID of every instance under one retrieve identifier,
     found level by level with C-FIND (hierarchical, so strict SCPs answer too)."""
@@ -98,7 +101,8 @@ def expected_instances(
     request = build_identifier(below, {k: v for k, v in keys.items() if k != UNIQUE_KEY[below]}
                                if level != "IMAGE" else keys, wanted)
     found: dict[str, str] = {}
-    for ds in scu.find(node, request, query_model(level), calling_aet=calling_aet, timeout=timeout):
+    for ds in scu.find(node, request, query_model(level), calling_aet=calling_aet, timeout=timeout,
+                       cancel=cancel):
         value = str(ds.get(UNIQUE_KEY[below], "") or "").strip()
         if not value:
             continue
@@ -108,7 +112,7 @@ def expected_instances(
             # Patient Root's PatientID does not belong in the Study Root finds further down.
             parents = {} if level == "PATIENT" else keys
             child = _unique_identifier(below, {**parents, UNIQUE_KEY[below]: value})
-            found.update(expected_instances(node, child, calling_aet, timeout))
+            found.update(expected_instances(node, child, calling_aet, timeout, cancel))
     return found
 
 
@@ -116,7 +120,11 @@ def expected_instances(
 class RetrieveSummary:
     """What a move or get did. Peer figures are summed over the sub-retrieves; `received`,
     `stored`, `duplicates` and `missing` are what we saw arrive in our own archive (None when
-    the destination is another node, so nothing can be counted here)."""
+    the destination is another node, so nothing can be counted here, or when the peer refused
+    outright). When another process received (`counted_in_archive`: a running `pacsctl serve`
+    holds our port), arrivals cannot be seen, only which instances the archive holds now:
+    `received`/`stored` are the ones that are new since the move began, `already_archived`
+    those that were there before (whether the peer sent them again cannot be told)."""
 
     matched: int = 0  # entities retrieved (e.g. studies), after resolving the filters
     completed: int = 0
@@ -132,6 +140,10 @@ class RetrieveSummary:
     conflicts: int | None = None  # received, other bytes than the archived copy (quarantined)
     store_failed: int | None = None  # received but refused or quarantined by our archive
     missing: list[str] = field(default_factory=list)  # expected but not in the archive
+    counted_in_archive: bool = False
+    already_archived: int | None = None  # counted_in_archive: held before the move began
+    refused_by_us: list[dict[str, Any]] = field(default_factory=list)  # our rejects of the peer
+    interrupted: bool = False  # a stop was requested: what is counted is what was done
     elapsed: float = 0.0
 
     def add(self, counts: RetrieveCounts) -> None:
@@ -157,9 +169,12 @@ class RetrieveSummary:
         warned = self.status is not None and 0xB000 <= self.status <= 0xB0FF
         if self.failed or self.remaining or not (self.status in (None, STATUS_SUCCESS) or warned):
             return False
+        if self.interrupted:
+            return False
         if not self.counted_locally:
             return True
         arrived = (self.stored or 0) + (self.duplicates or 0) + (self.conflicts or 0)
+        arrived += self.already_archived or 0
         return (not self.store_failed and not self.missing
                 and arrived == self.completed + self.warning
                 and (self.expected is None or arrived >= self.expected))
@@ -188,6 +203,12 @@ class RetrieveSummary:
                        missing=len(self.missing))
             if self.expected is not None:
                 out["expected"] = self.expected
+            if self.counted_in_archive:
+                out.update(counted_in_archive=True, already_archived=self.already_archived)
+        if self.refused_by_us:
+            out["refused_by_us"] = len(self.refused_by_us)
+        if self.interrupted:
+            out["interrupted"] = True
         if self.failed_uids:
             out["failed_uids"] = self.failed_uids
         out["elapsed"] = round(self.elapsed, 3)
@@ -212,6 +233,7 @@ def move(
     settle: float = 10.0,
     timeout: float = 30.0,
     listening: bool = True,
+    cancel: Cancellation | None = None,
 ) -> RetrieveSummary:
     """C-MOVE the selection from `node` to `destination_aet`.
 
@@ -219,29 +241,41 @@ def move(
     the selection are checked in the archive afterwards; once the peer's final answer is in,
     arrivals are awaited up to `settle` seconds of silence, since some peers answer Success
     before their last C-STORE arrived. `listening` False: another process (a running
-    `pacsctl serve`) receives for us, so arrivals are counted from the archive alone."""
+    `pacsctl serve`) receives for us, so arrivals are counted from the archive alone.
+
+    Once `cancel` is requested no further C-MOVE starts and the running one is cancelled
+    (`scu.move`); the summary, marked `interrupted`, counts what was done. A stop during the
+    C-FINDs that resolve the selection raises OperationInterrupted (nothing was moved)."""
     start = time.perf_counter()
     summary = RetrieveSummary()
-    targets = retrieve_identifiers(node, level, filters, calling_aet, timeout)
-    summary.matched = len(targets)
-    expected: set[str] | None = None
-    before: set[str] = set()
-    if receiver is not None:
-        expected = set()
-        for ident in targets:
-            expected |= set(expected_instances(node, ident, calling_aet, timeout))
-        summary.expected = len(expected)
-        before = {uid for uid in expected if receiver.has(uid)}
+    try:
+        targets = retrieve_identifiers(node, level, filters, calling_aet, timeout, cancel)
+        summary.matched = len(targets)
+        expected: set[str] | None = None
+        before: set[str] = set()
+        if receiver is not None:
+            expected = set()
+            for ident in targets:
+                expected |= set(expected_instances(node, ident, calling_aet, timeout, cancel))
+            summary.expected = len(expected)
+            before = {uid for uid in expected if receiver.has(uid)}
+    except OperationInterrupted:
+        raise OperationInterrupted("move interrupted while listing what to move: nothing was moved") from None
     for ident in targets:
+        if cancel is not None and cancel.requested:
+            break
         counts = scu.move(node, destination_aet, ident, query_model(level),
-                          calling_aet=calling_aet, timeout=timeout)
+                          calling_aet=calling_aet, timeout=timeout, cancel=cancel)
         summary.add(counts)
         if on_progress:
             on_progress(summary)
         if counts.status == STATUS_MOVE_DESTINATION_UNKNOWN:
             break  # the same answer for every other target
-    if receiver is not None and expected is not None:
-        _await_arrivals(receiver, expected, settle)
+    summary.interrupted = cancel is not None and cancel.requested
+    # A refusal sent nothing: no arrivals to wait for, no local counts that could mislead.
+    if receiver is not None and expected is not None and not summary.refused:
+        if not summary.interrupted:
+            _await_arrivals(receiver, expected, settle)
         _fill_local_counts(summary, receiver, expected, before, from_archive=not listening)
     summary.elapsed = time.perf_counter() - start
     return summary
@@ -271,11 +305,13 @@ def _fill_local_counts(summary: RetrieveSummary, receiver: ArchiveReceiver,
     wanted = expected | receiver.received if expected is not None else receiver.received
     summary.missing = sorted(uid for uid in wanted if not receiver.has(uid))
     if from_archive and expected is not None:
+        # Only what is new can be known to have arrived; what was there before may or may
+        # not have been sent again.
         present = expected.difference(summary.missing)
-        summary.received = len(present)
-        summary.stored = len(present - before)
-        summary.duplicates = len(present & before)
-        summary.conflicts = summary.store_failed = 0
+        summary.counted_in_archive = True
+        summary.received = summary.stored = len(present - before)
+        summary.already_archived = len(present & before)
+        summary.duplicates = summary.conflicts = summary.store_failed = 0
         return
     summary.received = len(receiver.received)
     summary.stored = receiver.stored
@@ -292,23 +328,31 @@ def get(
     calling_aet: str,
     on_progress: Callable[[RetrieveSummary], None] | None = None,
     timeout: float = 30.0,
+    cancel: Cancellation | None = None,
 ) -> RetrieveSummary:
     """C-GET the selection from `node` straight into the receiver's archive and count what
-    arrived and was stored, next to the peer's own counts.
+    arrived and was stored, next to the peer's own counts. `cancel` as for `move`.
 
     Each target's instances are listed first (C-FIND): their SOP classes decide the storage
     contexts offered, and every listed instance must be in the archive afterwards. A peer
     that cannot list them is still retrieved from, with the default contexts."""
     start = time.perf_counter()
     summary = RetrieveSummary()
-    targets = retrieve_identifiers(node, level, filters, calling_aet, timeout)
+    try:
+        targets = retrieve_identifiers(node, level, filters, calling_aet, timeout, cancel)
+    except OperationInterrupted:
+        raise OperationInterrupted("get interrupted while listing what to get: nothing was retrieved") from None
     summary.matched = len(targets)
     receiver.source = AssocInfo(calling_aet=node.aet, called_aet=calling_aet,
                                 peer_host=node.host, peer_port=int(node.port))
     expected: set[str] | None = set()
     for ident in targets:
+        if cancel is not None and cancel.requested:
+            break
         try:
-            listed = expected_instances(node, ident, calling_aet, timeout)
+            listed = expected_instances(node, ident, calling_aet, timeout, cancel)
+        except OperationInterrupted:
+            break
         except NetworkError as exc:  # no IMAGE-level C-FIND there: count what the peer says
             LOG.warning("cannot list the instances to get (%s); relying on the peer's counts", exc)
             listed = {}
@@ -316,11 +360,13 @@ def get(
         if expected is not None:
             expected |= set(listed)
         counts = scu.get(node, ident, receiver, query_model(level), calling_aet=calling_aet,
-                         timeout=timeout, storage_contexts=get_contexts(listed.values()))
+                         timeout=timeout, storage_contexts=get_contexts(listed.values()),
+                         cancel=cancel)
         summary.add(counts)
         if on_progress:
             on_progress(summary)
     receiver.close()
+    summary.interrupted = cancel is not None and cancel.requested
     summary.expected = None if expected is None else len(expected)
     _fill_local_counts(summary, receiver, expected)
     summary.elapsed = time.perf_counter() - start

@@ -333,3 +333,94 @@ def test_move_listener_only_takes_stores_from_the_source(ct_factory: Any, archiv
             scu.store(me, [ct_factory()], calling_aet="INTRUDER", timeout=5)
         [result] = scu.store(me, [ct_factory()], calling_aet="SOURCE", timeout=5)
         assert result.ok and receiver.stored == 1
+
+
+# -- what a move summary says (issue 10, items 6 and 8) -------------------------------------
+
+
+def _local_archive_served(archive_dir: Path, allow: list[str] | None = None,
+                          config_allow: list[str] | None = None) -> tuple[Archive, RunningNode]:
+    """Our own archive as LOCAL, with a node serving it on its configured port (the port a
+    move to LOCAL cannot take), taking C-STOREs from `allow` (the running node's list) while
+    the configuration on disk says `config_allow`."""
+    local = Archive.open(archive_dir)
+    local.config.ae_title, local.config.host = "LOCAL", "127.0.0.1"
+    local.config.port = free_port()
+    local.config.allow = list(config_allow or [])
+    local.save_config()
+    ours = serve(local, ScpOptions(ae_title="LOCAL", host="127.0.0.1", port=local.config.port,
+                                   allow=list(allow or []), temp_dir=local.tmp_dir))
+    return local, ours
+
+
+def test_move_to_unknown_destination_says_nothing_was_sent(
+        peer_factory: Callable[..., Peer], ct_factory: Any, archive_dir: Path) -> None:
+    ct_factory.series(2, patient_id="P1")
+    source = peer_factory(sorted(ct_factory.directory.rglob("*.dcm")), aet="SOURCE")
+    proc = run_cli("move", source.spec, "--to", "NOSUCH", "-k", "PatientID=P1")
+    assert proc.returncode == 1, proc.stderr
+    assert "SOURCE refused to move 1 study(s) to NOSUCH: nothing was sent (status 0xA801)" in proc.stderr
+    assert "moved" not in proc.stderr
+
+
+def test_move_while_serve_runs_does_not_count_what_was_there_as_arrived(
+        peer_factory: Callable[..., Peer], ct_factory: Any, archive_dir: Path) -> None:
+    """Everything already archived, `serve` holding our port: nothing new arrives and the
+    summary says so ("arrived 3" was reported before); to an unknown destination nothing
+    is counted at all."""
+    ct_factory.series(3, patient_id="P1")
+    files = sorted(ct_factory.directory.rglob("*.dcm"))
+    source = peer_factory(files, aet="SOURCE")
+    local, ours = _local_archive_served(archive_dir)
+    local.ingest([(f.read_bytes(), str(f)) for f in files])
+    try:
+        source.add_destination("local", "LOCAL", local.config.port)
+        proc = run_cli("move", source.spec, "--to", "LOCAL", "-k", "PatientID=P1", "--json")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        summary = _summary(proc)
+        assert (summary["received"], summary["stored"], summary["already_archived"], summary["missing"]) == (0, 0, 3, 0)
+        human = run_cli("move", source.spec, "--to", "LOCAL", "-k", "PatientID=P1")
+        assert "0 new, 3 held before the move" in human.stderr and "arrived 3" not in human.stderr
+
+        del source.archive.config.nodes["local"]
+        source.archive.save_config()
+        unknown = run_cli("move", source.spec, "--to", "LOCAL", "-k", "PatientID=P1", "--json", "--settle", "30")
+        assert unknown.returncode == 1
+        assert "received" not in _summary(unknown) and "0xA801" in unknown.stderr
+    finally:
+        ours.stop(graceful=True, timeout=10)
+
+
+def test_move_checks_our_allow_list_before_moving(
+        peer_factory: Callable[..., Peer], ct_factory: Any, archive_dir: Path) -> None:
+    ct_factory.series(2, patient_id="P1")
+    source = peer_factory(sorted(ct_factory.directory.rglob("*.dcm")), aet="SOURCE")
+    local, ours = _local_archive_served(archive_dir, allow=["MODALITY"], config_allow=["MODALITY"])
+    try:
+        source.add_destination("local", "LOCAL", local.config.port)
+        proc = run_cli("move", source.spec, "--to", "LOCAL", "-k", "PatientID=P1")
+        assert proc.returncode == 1, proc.stderr
+        assert "error: our allow-list does not list SOURCE" in proc.stderr
+        assert "config set allow MODALITY,SOURCE" in proc.stderr
+        assert "known modalities" not in proc.stderr  # not the peer's fault
+    finally:
+        ours.stop(graceful=True, timeout=10)
+    assert not Archive.open(archive_dir).index.instances()
+
+
+def test_move_reports_our_rejects_of_the_source_from_the_audit_log(
+        peer_factory: Callable[..., Peer], ct_factory: Any, archive_dir: Path) -> None:
+    """The configuration lists the source but the running node still has an older allow-list:
+    its rejects of the source during the move are reported, not blamed on the peer."""
+    ct_factory.series(2, patient_id="P1")
+    source = peer_factory(sorted(ct_factory.directory.rglob("*.dcm")), aet="SOURCE")
+    local, ours = _local_archive_served(archive_dir, allow=["MODALITY"], config_allow=["MODALITY", "SOURCE"])
+    try:
+        source.add_destination("local", "LOCAL", local.config.port)
+        proc = run_cli("move", source.spec, "--to", "LOCAL", "-k", "PatientID=P1", "--settle", "1")
+        assert proc.returncode == 1, proc.stderr
+        assert "we refused an association from SOURCE" in proc.stderr
+        assert "error: our node refused 1 association(s) of SOURCE during the move" in proc.stderr
+        assert "kill -HUP" in proc.stderr and "known modalities" not in proc.stderr
+    finally:
+        ours.stop(graceful=True, timeout=10)

@@ -23,6 +23,7 @@ import pytest
 
 from pacsctl.net.scp import RunningScp, start_scp
 from pacsctl.net.types import ScpHandlers, ScpOptions, StoreRequest
+from tests.cli.test_remote import Peer, peer_factory  # noqa: F401  (fixture)
 from tests.helpers import REPO_ROOT, cli_env
 
 GRACE = 2.0  # pacsctl.net.cancel.DEFAULT_GRACE
@@ -138,3 +139,50 @@ def test_send_aborts_what_the_peer_does_not_answer_in_the_grace_period(
     summary = _summary(out)
     assert summary["interrupted"] is True and summary["not_sent"] > 0
     assert summary["sent"] + summary["not_sent"] + summary["failed"] == 60
+
+
+def _archived_objects(archive: Path) -> int:
+    objects = archive / "objects"
+    return sum(1 for p in objects.rglob("*") if p.is_file()) if objects.is_dir() else 0
+
+
+def test_one_signal_stops_get(peer_factory: Callable[..., Peer], ct_factory: Any,
+                              archive_dir: Path) -> None:
+    ct_factory.series(150, patient_id="P1")
+    peer = peer_factory(sorted(ct_factory.directory.rglob("*.dcm")))
+    proc = _start_cli("get", peer.spec, "-k", "PatientID=P1", "--json")
+    _wait_for(lambda: _archived_objects(archive_dir) >= 10 or proc.poll() is not None,
+              "the first instances in our archive")
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - signalled < GRACE + SLACK
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "error: retrieve interrupted" in err
+    summary = _summary(out)
+    assert summary["interrupted"] is True
+    assert 0 < summary["stored"] < 150
+    assert summary["stored"] == _archived_objects(archive_dir)  # counted what is there
+
+
+def test_one_signal_stops_a_move_to_another_node(
+        peer_factory: Callable[..., Peer], counting_peer: Callable[[float], CountingPeer],
+        ct_factory: Any, archive_dir: Path) -> None:
+    """The source is asked to stop (C-CANCEL): it sends nothing more to the destination."""
+    ct_factory.series(100, patient_id="P1")
+    source = peer_factory(sorted(ct_factory.directory.rglob("*.dcm")), aet="SOURCE")
+    target = counting_peer(0.05)
+    source.add_destination("recv", "RECV", target.scp.port)
+    proc = _start_cli("move", source.spec, "--to", "RECV", "-k", "PatientID=P1", "--json")
+    _wait_for(lambda: target.count >= 10 or proc.poll() is not None, "the first arrivals")
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - signalled < GRACE + SLACK
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    summary = _summary(out)
+    assert summary["interrupted"] is True
+    time.sleep(2.0)
+    assert target.arrived_after(signalled + GRACE) == 0
+    assert target.count < 100
