@@ -105,7 +105,10 @@ class GroupCommitter:
         the association, the data set bytes as received) already sits in the archive's tmp/:
         it is handed over as a staged file and linked into place, not written a second time."""
         data = req.path.read_bytes()
-        staged = files.StagedFile(req.path, len(data), hashlib.sha256(data).hexdigest())
+        staged = None
+        if req.path.parent == self.archive.tmp_dir:  # else (pynetdicom's own temp file,
+            # elsewhere) the archive writes its own copy: a link cannot cross file systems
+            staged = files.StagedFile(req.path, len(data), hashlib.sha256(data).hexdigest())
         origin = f"dicom://{req.assoc.calling_aet}@{req.assoc.peer_host}"
         status = self.submit(data, origin, staged,
                              expected=(req.sop_class_uid, req.sop_instance_uid))

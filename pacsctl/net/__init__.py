@@ -6,5 +6,7 @@
 - `types`: the data passed across (StoreRequest, ScpOptions, TlsOptions, StoreResult...).
 - `sending`: which presentation contexts to propose; sending a file as stored or decompressed.
 - `tls`: SSL contexts. `setup`: process-wide pynetdicom settings (no identifiers in logs).
-- `receive`, `tuning`: measured fixes to pynetdicom's hot path (see their docstrings).
+- `fastpath`: measured fixes to pynetdicom's hot path (faststore, pdata, receive, tuning),
+  checked against the installed pynetdicom and behind one switch (`ScpOptions.fast_path`,
+  `PACSCTL_FAST_PATH=0`); `fastpath.encoding`: the hand-written little-endian elements.
 """

@@ -38,7 +38,8 @@ from pynetdicom.sop_class import (
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
 from pacsctl.errors import NetworkError, UsageError
 from pacsctl.net import sending, tls
-from pacsctl.net.fastpath import encoding, faststore, pdata, receive, tuning
+from pacsctl.net import fastpath
+from pacsctl.net.fastpath import encoding, faststore, receive
 from pacsctl.net.balance import WorkerSlot
 from pacsctl.net.listener import AcceptorAE, ConnectionHandler, Server
 from pacsctl.net.types import (
@@ -90,8 +91,9 @@ _REJECT_REASONS = {
 # Identifier keys safe to audit (UIDs and levels; never names or IDs).
 _AUDIT_KEYS = ("QueryRetrieveLevel", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
-# Received data sets stream into a file in a directory of our choosing (see net.fastpath.receive).
-receive.install()
+# Received data sets stream into a file in a directory of our choosing (net.fastpath.receive),
+# unless PACSCTL_FAST_PATH=0 or this pynetdicom lacks what it patches.
+fastpath.install(fastpath.enabled_by_default(), serving=False)
 
 
 def log_failure(what: str, exc: BaseException) -> None:
@@ -545,10 +547,9 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
     # Storage contexts are negotiated by UNRESTRICTED_STORAGE_SERVICE (any class, first
     # proposed syntax, SCP/SCU role selection honoured for C-GET).
 
-    tuning.install()
-    pdata.install()
     d = _Dispatcher(handlers, options)
-    faststore.enable(ae, d.store_received)
+    if fastpath.install(options.fast_path):  # else pynetdicom's own code serves
+        faststore.enable(ae, d.store_received)
     handlers_list = [
         (evt.EVT_C_ECHO, d.on_echo),
         (evt.EVT_C_STORE, d.on_store),

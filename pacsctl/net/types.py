@@ -145,6 +145,12 @@ class ScpHandlers:
     audit: AuditHandler | None = None
 
 
+def _fast_path_default() -> bool:
+    from pacsctl.net.fastpath import enabled_by_default
+
+    return enabled_by_default()
+
+
 @dataclass
 class ScpOptions:
     """How the listener runs."""
@@ -163,6 +169,9 @@ class ScpOptions:
     # A C-FIND that has not finished after this many seconds ends with 0xA700 (what it sent
     # stays sent): one query must not hold a worker however large the archive.
     find_time_budget: float = 30.0
+    # The receive fast path (net.fastpath); False, or PACSCTL_FAST_PATH=0, serves through
+    # pynetdicom's own code. Process-wide: the last listener started decides.
+    fast_path: bool = field(default_factory=lambda: _fast_path_default())
 
 
 class StoreFailure(Enum):

@@ -109,12 +109,7 @@ def _read_one_pdu(self: DULServiceProvider) -> bool:
     return False
 
 
-_installed = False
-
-
-def install() -> None:
-    """Swap pynetdicom's PDU reader (idempotent)."""
-    global _installed
-    if not _installed:
-        DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
-        _installed = True
+# What `pacsctl.net.fastpath.install` swaps in: (owner, attribute, replacement).
+PATCHES = ((DULServiceProvider, "_read_pdu_data", _read_pdu_data),)
+# Attributes of pynetdicom objects this module relies on besides those it replaces.
+USES = ((DULServiceProvider, ("socket", "event_queue", "_recv_pdu", "_decode_pdu", "assoc")),)

@@ -175,21 +175,6 @@ def _write_file_meta_info(fp: Any, meta: Any, enforce_standard: bool = True) -> 
 
 _pydicom_write_file_meta_info = _dimse_messages.write_file_meta_info
 
-_installed = False
-
-
-def install() -> None:
-    """Swap the temp file and File Meta writer pynetdicom's DIMSE decoder uses (idempotent)."""
-    global _installed
-    if _installed:
-        return
-    _dimse_messages.NamedTemporaryFile = _temp_file  # type: ignore[attr-defined]
-    _dimse_messages.create_file_meta = _create_file_meta  # type: ignore[attr-defined]
-    _dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[attr-defined]
-    _dimse_messages.decode = _decode  # type: ignore[attr-defined]
-    _installed = True
-
-
 # -- C-STORE-RQ command sets ----------------------------------------------------------------------
 # pynetdicom decodes every command set with pydicom (element objects, UID validation) before it
 # even knows the message type. A C-STORE-RQ command set holds a handful of fixed elements:
@@ -328,3 +313,12 @@ def _blank_bad_store_uids(command: Any) -> None:
 
 
 _pydicom_decode = _dimse_messages.decode
+
+
+# What `pacsctl.net.fastpath.install` swaps in: (owner, attribute, replacement).
+PATCHES = (
+    (_dimse_messages, "NamedTemporaryFile", _temp_file),
+    (_dimse_messages, "create_file_meta", _create_file_meta),
+    (_dimse_messages, "write_file_meta_info", _write_file_meta_info),
+    (_dimse_messages, "decode", _decode),
+)

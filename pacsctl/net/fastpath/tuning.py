@@ -27,7 +27,6 @@ import weakref
 from types import SimpleNamespace
 from typing import Any
 
-from pydicom import config as pydicom_config
 from pydicom.uid import RE_VALID_UID, UID
 from pynetdicom import _config as _pynetdicom_config
 from pynetdicom import association as _association
@@ -184,29 +183,6 @@ def _shim() -> SimpleNamespace:
     return ns
 
 
-_installed = False
-
-
-def install() -> None:
-    """Swap the reactors' `time` module and hook `send_pdu` (idempotent)."""
-    global _installed
-    if _installed:
-        return
-    shim = _shim()
-    _association.time = shim  # type: ignore[attr-defined]
-    _dul.time = shim  # type: ignore[attr-defined]
-    DULServiceProvider.send_pdu = _send_pdu  # type: ignore[method-assign]
-    AssociationSocket.recv = _recv  # type: ignore[method-assign]
-    DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
-    _dimse_primitives.set_uid = _set_uid  # type: ignore[attr-defined]
-    # pydicom checks every UID made against the standard's pattern (a regex), and pynetdicom
-    # makes several per message: ~10% of the CPU a received C-STORE costs here. The checks only
-    # warn, and nothing reads the warnings: data sets are stored as received, identifiers are
-    # matched as given. The values read are the same either way (IGNORE skips checks only).
-    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
-    _installed = True
-
-
 # -- C-STORE responses -------------------------------------------------------------------------
 # pynetdicom turns every response primitive into a pydicom Dataset, validates it, and encodes
 # it with pydicom (~0.5-1 ms of CPU per C-STORE here). A plain C-STORE-RSP is six fixed
@@ -235,3 +211,24 @@ def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> No
         self.dul.send_pdu(pdata)
         return
     _original_send_msg(self, primitive, context_id)
+
+
+# What `pacsctl.net.fastpath.install` swaps in: (owner, attribute, replacement). The reactors'
+# `time` module is replaced by a shim whose sleep waits for the event.
+_SHIM = _shim()
+PATCHES = (
+    (_association, "time", _SHIM),
+    (_dul, "time", _SHIM),
+    (DULServiceProvider, "send_pdu", _send_pdu),
+    (AssociationSocket, "recv", _recv),
+    (DIMSEServiceProvider, "send_msg", _send_msg),
+    (_dimse_primitives, "set_uid", _set_uid),
+)
+# Attributes of pynetdicom objects this module and faststore rely on besides those replaced.
+USES = (
+    (Association, ("dimse", "dul", "ae", "is_acceptor", "is_requestor", "get_handlers",
+                   "_accepted_cx", "_sent_release", "acceptor", "requestor")),
+    (DULServiceProvider, ("to_user_queue", "socket", "state_machine", "event_queue", "assoc")),
+    (DIMSEServiceProvider, ("msg_queue", "message", "dul", "assoc")),
+    (AssociationSocket, ("socket",)),
+)
