@@ -61,6 +61,9 @@ class Config:
     on_conflict: OnConflict = OnConflict.KEEP
     allow: list[str] = field(default_factory=list)
     max_associations: int = 32
+    acse_timeout: float = 30.0  # seconds `serve` gives a client to associate (absolute)
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0  # idle association; also the longest one PDU may take
     nodes: dict[str, Node] = field(default_factory=dict)
 
 
@@ -73,6 +76,9 @@ class SettingKey(StrEnum):
     ON_CONFLICT = "on_conflict"
     ALLOW = "allow"
     MAX_ASSOCIATIONS = "max_associations"
+    ACSE_TIMEOUT = "acse_timeout"
+    DIMSE_TIMEOUT = "dimse_timeout"
+    NETWORK_TIMEOUT = "network_timeout"
 
 
 SETTABLE_KEYS: tuple[SettingKey, ...] = tuple(SettingKey)
@@ -157,8 +163,8 @@ def load_config(path: Path) -> Config:
 def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
@@ -199,4 +205,12 @@ def coerce_setting(key: str, value: str) -> object:
             raise UsageError(f"invalid on_conflict {value!r}", hint="keep or replace") from None
     if key == "allow":
         return [validate_ae_title(v.strip()) for v in value.split(",") if v.strip()]
+    if key.endswith("_timeout"):
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = 0.0
+        if not 0 < seconds < float("inf"):
+            raise UsageError(f"invalid {key} {value!r}", hint="a number of seconds, more than 0")
+        return seconds
     return value

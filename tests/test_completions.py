@@ -296,7 +296,8 @@ def test_positional_arguments_complete_by_position(tmp_path: Path, shell: str) -
     """`config set KEY VALUE`: the keys complete first, nothing is offered for the value."""
     if shutil.which(shell) is None:
         pytest.skip(f"{shell} not installed")
-    keys = {"ae_title", "port", "host", "on_conflict", "allow", "max_associations"}
+    keys = {"ae_title", "port", "host", "on_conflict", "allow", "max_associations",
+            "acse_timeout", "dimse_timeout", "network_timeout"}
     script = tmp_path / FILE_NAMES[shell]
     script.write_text(generate(_real_app(), shell))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from pacsctl.cli import output
@@ -49,6 +51,7 @@ def set_value(
     setattr(archive.config, key, setting)
     archive.save_config()
     output.stderr.print(f"{key} = {shown_setting(getattr(archive.config, key))}", highlight=False)
+    _tell_the_running_node(archive.root, key)
 
 
 def shown_setting(value: object) -> str:
@@ -56,3 +59,19 @@ def shown_setting(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value)
     return str(value)
+
+
+def _tell_the_running_node(root: Path, key: str) -> None:
+    """A running `serve` keeps what it read at start until told: say how to tell it."""
+    from pacsctl.node.pidfile import running_node_pid
+    from pacsctl.node.settings import NEED_RESTART
+
+    pid = running_node_pid(root)
+    if pid is None:
+        return
+    if key in NEED_RESTART:
+        output.stderr.print(f"note: the running node (pid {pid}) uses the new {key} after a "
+                            "restart", highlight=False)
+    else:
+        output.stderr.print(f"note: the running node (pid {pid}) keeps the old {key} until "
+                            f"`kill -HUP {pid}` (or a restart)", highlight=False)

@@ -26,9 +26,9 @@ def serve_command(
     port: Optional[int] = typer.Option(None, "--port", "-p", metavar="PORT", help="TCP port (default: config port, 11112; 0 = any free port)."),
     allow: Optional[List[str]] = typer.Option(None, "--allow", metavar="AET", help="Calling AE title allowed to connect (repeatable; default: config allow, else anyone)."),
     max_associations: Optional[int] = typer.Option(None, "--max-associations", metavar="N", min=1, help="Associations served at once (default: config, 32)."),
-    acse_timeout: float = typer.Option(30.0, "--acse-timeout", metavar="SECONDS", min=0.1, help="Seconds a client may take to associate or release."),
-    dimse_timeout: float = typer.Option(60.0, "--dimse-timeout", metavar="SECONDS", min=0.1, help="Seconds to wait for a DIMSE message."),
-    network_timeout: float = typer.Option(60.0, "--network-timeout", metavar="SECONDS", min=0.1, help="Seconds an idle association is kept open."),
+    acse_timeout: Optional[float] = typer.Option(None, "--acse-timeout", metavar="SECONDS", min=0.1, help="Seconds a client has from connecting to associated, and to release (default: config, 30)."),
+    dimse_timeout: Optional[float] = typer.Option(None, "--dimse-timeout", metavar="SECONDS", min=0.1, help="Seconds to wait for a DIMSE message (default: config, 60)."),
+    network_timeout: Optional[float] = typer.Option(None, "--network-timeout", metavar="SECONDS", min=0.1, help="Seconds an idle association is kept open, and the longest one PDU may take to arrive (default: config, 60)."),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", metavar="FILE", exists=True, dir_okay=False, help="Serve DICOM over TLS with this certificate (PEM)."),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", metavar="FILE", exists=True, dir_okay=False, help="Private key of --tls-cert (PEM)."),
     tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", metavar="FILE", exists=True, dir_okay=False, help="Require client certificates signed by this CA (PEM)."),
@@ -40,7 +40,9 @@ def serve_command(
     Every received instance is durable and indexed before it is acknowledged; unreadable ones go
     to quarantine. C-MOVE destinations are the nodes known to `pacsctl nodes`, by AE title.
     Every association, store, find, move and get is written to the audit log (`pacsctl audit`).
-    SIGTERM or Ctrl-C stops accepting, lets transfers in flight finish, and exits 0.
+    SIGTERM or Ctrl-C stops accepting, lets transfers in flight finish, and exits 0 (a second
+    one aborts them). SIGHUP reloads the allow-list, time-outs, on_conflict and nodes from the
+    config (`kill -HUP $(cat ARCHIVE/serve.pid)`); settings given here stay as given.
 
     Example: pacsctl serve --aet MYPACS --port 11112 --allow CT01 --allow WORKSTATION
     """
@@ -78,6 +80,10 @@ def serve_command(
             highlight=False,
         )
 
-    code = run_node(root, options, workers=workers, ready=ready)
+    given = {"ae_title": aet, "host": host, "port": port, "allow": allow,
+             "max_associations": max_associations, "acse_timeout": acse_timeout,
+             "dimse_timeout": dimse_timeout, "network_timeout": network_timeout}
+    fixed = frozenset(k for k, v in given.items() if v is not None)  # SIGHUP keeps these
+    code = run_node(root, options, workers=workers, ready=ready, fixed=fixed)
     output.stderr.print("stopped", highlight=False)
     raise typer.Exit(code)

@@ -190,7 +190,8 @@ def options_from_config(archive: Archive, **overrides: Any) -> ScpOptions:
     cfg = archive.config
     opts = ScpOptions(ae_title=cfg.ae_title, host=cfg.host, port=cfg.port,
                       allow=list(cfg.allow), max_associations=cfg.max_associations,
-                      temp_dir=archive.tmp_dir)
+                      acse_timeout=cfg.acse_timeout, dimse_timeout=cfg.dimse_timeout,
+                      network_timeout=cfg.network_timeout, temp_dir=archive.tmp_dir)
     for key, value in overrides.items():
         if value is not None:
             setattr(opts, key, value)

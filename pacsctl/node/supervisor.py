@@ -26,15 +26,15 @@ from pacsctl.net.balance import SharedLoad, WorkerSlot
 from pacsctl.net.listener import bind_listener
 from pacsctl.net.scp import log_failure
 from pacsctl.net.types import ScpOptions
+from pacsctl.node.pidfile import remove_pid_file, write_pid_file
 from pacsctl.node.service import serve
+from pacsctl.node.settings import reload_settings
 from pacsctl.node.signals import NodeSignal, NodeSignals
 from pacsctl.parallel import die_with_parent
-from pacsctl.storage import files
 
 LOG = logging.getLogger(__name__)
 
 KILL_AFTER = 5.0  # seconds a stopping worker may show no sign of life, or overrun its grace
-PID_FILE = "serve.pid"
 _BEAT = 0.2  # how often a worker's main thread shows it is alive
 
 
@@ -56,8 +56,10 @@ class _Heartbeats:
 def _serve_in_this_process(root: Path, options: ScpOptions, signals: NodeSignals, grace: float,
                            ready: Callable[[int], None] | None = None,
                            sock: socket.socket | None = None, load: WorkerSlot | None = None,
-                           beat: Callable[[], None] = lambda: None) -> int:
-    """Serve until a stop signal, then stop gracefully (a second stop signal aborts)."""
+                           beat: Callable[[], None] = lambda: None,
+                           fixed: frozenset[str] = frozenset()) -> int:
+    """Serve until a stop signal, then stop gracefully (a second stop signal aborts); reload
+    the settings on SIGHUP, except those in `fixed` (given on the command line)."""
     node = serve(Archive.open(root), options, sock=sock, load=load)
     if ready is not None:
         ready(node.port)
@@ -67,9 +69,7 @@ def _serve_in_this_process(root: Path, options: ScpOptions, signals: NodeSignals
         if received is NodeSignal.STOP:
             break
         if received is NodeSignal.RELOAD:
-            from pacsctl.node.settings import reload_settings
-
-            reload_settings(node)
+            reload_settings(node, fixed)
     LOG.info("stopping: no new associations; waiting for %d in flight",
              node.scp.active_associations)
 
@@ -81,53 +81,28 @@ def _serve_in_this_process(root: Path, options: ScpOptions, signals: NodeSignals
     return 0
 
 
-def _write_pid_file(root: Path) -> Path:
-    path = root / PID_FILE
-    try:
-        files.write_atomic(root / "tmp", path, f"{os.getpid()}\n".encode())
-    except OSError as exc:  # a hint for `kill -HUP`, not worth failing the node for
-        LOG.warning("cannot write %s: %s", path, exc.strerror or exc)
-    return path
-
-
-def _remove_pid_file(path: Path) -> None:
-    try:
-        if path.read_text().strip() == str(os.getpid()):  # not another node's
-            path.unlink()
-    except OSError:
-        pass
-
-
-def running_node_pid(root: Path) -> int | None:
-    """The pid of the `serve` running over the archive at `root`, if one is."""
-    try:
-        pid = int((root / PID_FILE).read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
 def run_node(root: Path, options: ScpOptions, workers: int = 1,
-             ready: Callable[[int], None] | None = None, grace: float = 60.0) -> int:
+             ready: Callable[[int], None] | None = None, grace: float = 60.0,
+             fixed: frozenset[str] = frozenset()) -> int:
     """Serve the archive at `root` until SIGTERM/SIGINT, then stop accepting, let in-flight
     associations finish (up to `grace` seconds) and return 0 (1 if a worker had to be killed).
 
     With `workers` > 1, that many processes share one listening socket, the least busy one
     accepting each connection (`net.balance`), so several associations use several cores; a
-    worker that dies is replaced. `ready(port)` is called once the node accepts connections."""
-    pid_file = _write_pid_file(root)
+    worker that dies is replaced. `ready(port)` is called once the node accepts connections.
+    SIGHUP reloads the settings `node.settings` can change, except those named in `fixed`."""
+    pid_file = write_pid_file(root, root / "tmp")
     try:
         with NodeSignals() as signals:  # before any thread or worker starts
             if workers <= 1:
-                return _serve_in_this_process(root, options, signals, grace, ready)
-            return _supervise(root, options, workers, signals, grace, ready)
+                return _serve_in_this_process(root, options, signals, grace, ready, fixed=fixed)
+            return _supervise(root, options, workers, signals, grace, ready, fixed)
     finally:
-        _remove_pid_file(pid_file)
+        remove_pid_file(pid_file)
 
 
 def _supervise(root: Path, options: ScpOptions, workers: int, signals: NodeSignals,
-               grace: float, ready: Callable[[int], None] | None) -> int:
+               grace: float, ready: Callable[[int], None] | None, fixed: frozenset[str]) -> int:
     sock = bind_listener(options.host, options.port)
     port = int(sock.getsockname()[1])
     per_worker = max(1, -(-options.max_associations // workers))
@@ -145,7 +120,7 @@ def _supervise(root: Path, options: ScpOptions, workers: int, signals: NodeSigna
                 die_with_parent(parent)  # a crashed node never leaves orphans holding the port
                 code = _serve_in_this_process(root, replace(child_options), signals, grace,
                                               sock=sock, load=load.slot(index),
-                                              beat=lambda: heartbeats.beat(index))
+                                              beat=lambda: heartbeats.beat(index), fixed=fixed)
             except BaseException as exc:
                 log_failure("worker failed", exc)
             finally:
@@ -159,7 +134,7 @@ def _supervise(root: Path, options: ScpOptions, workers: int, signals: NodeSigna
         received = signals.wait(_BEAT)
         if received is NodeSignal.STOP:
             break
-        if received is NodeSignal.RELOAD:
+        if received is NodeSignal.RELOAD:  # each worker reloads and says what changed
             _signal_all(children, signal.SIGHUP)
         for pid in list(children):
             done, status = os.waitpid(pid, os.WNOHANG)
