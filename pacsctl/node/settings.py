@@ -96,5 +96,5 @@ def _log(result: Reload) -> None:
 
 def _shown(value: object) -> str:
     if isinstance(value, list):
-        return ",".join(map(str, value)) or "(anyone)"
+        return ", ".join(map(str, value)) or "(anyone)"
     return str(value)

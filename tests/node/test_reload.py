@@ -40,7 +40,7 @@ def test_sighup_reloads_the_allow_list_in_every_worker(serve_factory, archive_di
     while srv.stderr().count("settings reloaded") < int(workers):
         assert time.monotonic() < deadline, srv.stderr()
         time.sleep(0.1)
-    assert "allow: OLDSCU -> OLDSCU,NEWSCU" in srv.stderr()
+    assert "allow: OLDSCU -> OLDSCU, NEWSCU" in srv.stderr()
     assert "need a restart" in srv.stderr()
     for _ in range(6):  # whichever worker takes it
         assert _echo_as(srv.port, "NEWSCU")
