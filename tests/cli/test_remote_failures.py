@@ -134,3 +134,14 @@ def test_node_without_port_says_the_port_is_missing(archive_dir: Path) -> None:
         proc = run_cli("echo", spec)
         assert proc.returncode == 2
         assert f"error: no port in '{spec}'" in proc.stderr and "AET@host:PORT" in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["send"], ["query"], ["get", "-k", "PatientID=P1"],
+                                     ["move", "--to", "X", "-k", "PatientID=P1"]])
+def test_every_network_command_names_the_failure(command: list[str], ct_factory, archive_dir: Path) -> None:
+    port = free_port()
+    args = [command[0], f"NOBODY@127.0.0.1:{port}", *command[1:]]
+    if command[0] == "send":
+        args.append(str(ct_factory()))
+    error, hint = _one_line_error(run_cli(*args, "--timeout", "5"))
+    assert f"refused the connection (nothing listens on port {port})" in error
