@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import getpass
+import itertools
 import json
 import logging
 import os
@@ -184,7 +185,7 @@ def select_records(path: Path, query: AuditQuery, limit: int | None = None,
     if tail is not None:
         return list(collections.deque(matching, maxlen=tail)) if tail > 0 else []
     if limit is not None:
-        return [r for _, r in zip(range(limit), matching)]
+        return list(itertools.islice(matching, limit))
     return list(matching)
 
 
@@ -251,9 +252,9 @@ def record_action(
 ) -> None:
     """Append who ran which command and what came of it: the OS user, the command line
     (filters redacted, see `redact_argv`), the summary's counts and status, `uids` and the
-    UIDs among the `selection`'s filters, and `details` (node, destination, AE titles). Nothing is written when `archive_root` is not
-    an existing folder (no archive is created for it); a log that cannot be written is a
-    warning, never a failure of the command that did the work."""
+    UIDs among the `selection`'s filters, and `details` (node, destination, AE titles).
+    Nothing is written when `archive_root` holds no archive (none is created for it); a log
+    that cannot be written is a warning, never a failure of the command that did the work."""
     from pacsctl.archive.archive import AUDIT_LOG
     from pacsctl.config import CONFIG_NAME
 

@@ -38,13 +38,16 @@ SORT_KEYS = {
 
 # How records are shown: shared by `ls` and `query`.
 Sort = Annotated[Optional[str], typer.Option(
-    "--sort", metavar="KEY[,KEY]", help="Sort by these keywords (a leading - sorts descending: --sort=-StudyDate).")]
+    "--sort", metavar="KEY[,KEY]",
+    help="Sort by these keywords (a leading - sorts descending: --sort=-StudyDate).")]
 Limit = Annotated[Optional[int], typer.Option(
     "--limit", metavar="N", min=0, help="Show at most N records (after sorting).")]
 ColumnsOpt = Annotated[Optional[str], typer.Option(
-    "--columns", metavar="A,B,C", help="Show these keywords, in this order (also the keys of --json records).")]
+    "--columns", metavar="A,B,C",
+    help="Show these keywords, in this order (also the keys of --json records).")]
 Wide = Annotated[bool, typer.Option(
-    "--wide", "-w", metavar=NO_METAVAR, help="Table: every value whole (UIDs too), wider than the terminal if need be.")]
+    "--wide", "-w", metavar=NO_METAVAR,
+    help="Table: every value whole (UIDs too), wider than the terminal if need be.")]
 
 # Record keys that are not DICOM keywords (instance records say where and what the file is).
 _FILE_KEYS = {"size": "size", "path": "path", "sha256": "sha256"}
@@ -87,7 +90,8 @@ def list_view(sort: str | None = None, limit: int | None = None, columns: str | 
             keys.append(SortKey(record_key(item.lstrip("-")), descending))
     shown = tuple(dict.fromkeys(record_key(c) for c in (columns or "").split(",") if c.strip()))
     if columns is not None and not shown:
-        raise UsageError("--columns names no column", hint="for example --columns PatientID,StudyDate,StudyInstanceUID")
+        raise UsageError("--columns names no column",
+                         hint="for example --columns PatientID,StudyDate,StudyInstanceUID")
     return ListView(tuple(keys), limit, shown, wide)
 
 

@@ -87,7 +87,8 @@ def emit(
         return count
     rows = list(records)
     if rows:
-        left_out = tables.print_records(rows, columns, sys.stdout, title=title, wide=wide, droppable=droppable)
+        left_out = tables.print_records(rows, columns, sys.stdout, title=title, wide=wide,
+                                        droppable=droppable)
         if left_out:
             warn(f"left out to fit the terminal: {', '.join(left_out)} (--wide shows every column)")
     else:

@@ -28,8 +28,9 @@ HEADERS = {
     "NumberOfPatientRelatedStudies": "Studies", "NumberOfPatientRelatedInstances": "Instances",
     "NumberOfStudyRelatedSeries": "Series", "NumberOfStudyRelatedInstances": "Instances",
     "NumberOfSeriesRelatedInstances": "Instances", "ModalitiesInStudy": "Modalities",
-    "AccessionNumber": "Accession", "StudyDescription": "Description", "SeriesDescription": "Description",
-    "PatientBirthDate": "Birth", "SeriesNumber": "No.", "InstanceNumber": "No.", "TransferSyntaxUID": "Syntax",
+    "AccessionNumber": "Accession", "StudyDescription": "Description",
+    "SeriesDescription": "Description", "PatientBirthDate": "Birth", "SeriesNumber": "No.",
+    "InstanceNumber": "No.", "TransferSyntaxUID": "Syntax",
     "StudyDate": "Date", "StudyTime": "Time", "SeriesDate": "Date", "PatientSex": "Sex",
     "calling_aet": "calling", "called_aet": "called",
 }
@@ -93,9 +94,9 @@ def shorten_middle(text: str, width: int) -> str:
 
 def fit_widths(natural: Sequence[int], minimum: Sequence[int], kinds: Sequence[ColumnKind],
                available: int) -> list[int]:
-    """Column widths that fit `available` cells: wrapped text and UID columns give way first, then text, IDs and
-    the headers of fixed columns, the widest column of a kind first, none below its minimum.
-    The sum may stay above `available` when even the minimums do not fit."""
+    """Column widths that fit `available` cells: wrapped text and UID columns give way first,
+    then text, IDs and the headers of fixed columns, the widest column of a kind first, none
+    below its minimum. The sum may stay above `available` when even the minimums do not fit."""
     widths = list(natural)
     excess = sum(widths) - available
     for kind in _SHRINK_ORDER:
@@ -121,9 +122,11 @@ def write_tsv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], file: I
     file.flush()
 
 
-def _natural_widths(cells: Sequence[Sequence[str]], headers: Sequence[str]) -> tuple[list[int], list[int]]:
+def _natural_widths(cells: Sequence[Sequence[str]], headers: Sequence[str]
+                    ) -> tuple[list[int], list[int]]:
+    """The widest value of each column, and that or its header's width."""
     values = [max((cell_len(r[i]) for r in cells), default=0) for i in range(len(headers))]
-    return values, [max(v, cell_len(h)) for v, h in zip(values, headers)]
+    return values, [max(v, cell_len(h)) for v, h in zip(values, headers, strict=True)]
 
 
 def _minimum(value: int, header: str, natural: int, kind: ColumnKind, fixed_whole: bool) -> int:
@@ -156,22 +159,23 @@ def fitted_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], widt
             widths = natural
             break
         available = width - _GAP * (len(shown) - 1)
-        readable = [_minimum(v, h, n, k, True) for v, h, n, k in zip(values, headers, natural, kinds)]
+        columns_now = list(zip(values, headers, natural, kinds, strict=True))
+        readable = [_minimum(v, h, n, k, True) for v, h, n, k in columns_now]
         drop = next((c for c in droppable if c in shown), None)
         if sum(readable) <= available or drop is None:
-            minimum = [_minimum(v, h, n, k, False) for v, h, n, k in zip(values, headers, natural, kinds)]
+            minimum = [_minimum(v, h, n, k, False) for v, h, n, k in columns_now]
             widths = fit_widths(natural, minimum, kinds, available)
             break
         shown.remove(drop)
         left_out.append(drop)
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                   padding=(0, 1, 0, 0), header_style="bold")
-    for header, w, kind in zip(headers, widths, kinds):
+    for header, w, kind in zip(headers, widths, kinds, strict=True):
         wraps = kind is ColumnKind.WRAPPED
         table.add_column(header, width=w, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
     for row in cells:
         table.add_row(*(shorten_middle(text, w) if k is ColumnKind.UID else text
-                        for text, w, k in zip(row, widths, kinds)))
+                        for text, w, k in zip(row, widths, kinds, strict=True)))
     return FittedTable(table, left_out, sum(widths) + _GAP * (len(widths) - 1))
 
 

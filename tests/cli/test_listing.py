@@ -50,8 +50,9 @@ def studies(archive_dir: Path, ct_factory, tmp_path: Path) -> dict[str, str]:
     uids = {"mr": generate_uid(), "ct1": generate_uid(), "ct2": generate_uid()}
     common = dict(patient_name="VERYLONGFAMILYNAME^GIVENNAME^MIDDLENAME",
                   study_description="CT CHEST ABDOMEN PELVIS WITH CONTRAST, FOLLOW-UP")
-    ct_factory(patient_id="P1", study_uid=uids["mr"], study_date="20240301", extra={"Modality": "MR"}, **common)
-    ct_factory(patient_id="P1", study_uid=uids["mr"], study_date="20240301", extra={"Modality": "SR"}, **common)
+    for modality in ("MR", "SR"):
+        ct_factory(patient_id="P1", study_uid=uids["mr"], study_date="20240301",
+                   extra={"Modality": modality}, **common)
     ct_factory(patient_id="P2", study_uid=uids["ct1"], study_date="20240101", **common)
     ct_factory(patient_id="P3", study_uid=uids["ct2"], study_date="20240201", **common)
     result = invoke("import", "--jobs", "1", tmp_path / "ct")
@@ -63,9 +64,9 @@ def test_not_a_terminal_gives_tab_separated_lines_with_a_header(studies):
     result = invoke("ls")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split("\t") == ["PatientID", "PatientName", "StudyDate", "AccessionNumber", "StudyDescription",
-                                    "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
-                                    "NumberOfStudyRelatedInstances", "StudyInstanceUID"]
+    assert lines[0].split("\t") == [
+        "PatientID", "PatientName", "StudyDate", "AccessionNumber", "StudyDescription", "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "StudyInstanceUID"]
     assert len(lines) == 4 and not BOX & set(result.stdout)
     rows = [line.split("\t") for line in lines[1:]]
     assert {row[-1] for row in rows} == set(studies.values())  # UIDs whole
@@ -103,9 +104,10 @@ def test_sort_limit_and_columns(studies):
     assert result.stdout.splitlines() == ["StudyDate\tStudyInstanceUID", f"20240301\t{studies['mr']}",
                                           f"20240201\t{studies['ct2']}"]
     assert "2 of 3" in result.stderr
-    ascending = ndjson(invoke("ls", "--sort", "StudyDate", "--json", "--columns", "StudyDate,PatientID").stdout)
-    assert ascending == [{"StudyDate": "20240101", "PatientID": "P2"}, {"StudyDate": "20240201", "PatientID": "P3"},
-                         {"StudyDate": "20240301", "PatientID": "P1"}]
+    ascending = invoke("ls", "--sort", "StudyDate", "--json", "--columns", "StudyDate,PatientID")
+    assert ndjson(ascending.stdout) == [{"StudyDate": "20240101", "PatientID": "P2"},
+                                        {"StudyDate": "20240201", "PatientID": "P3"},
+                                        {"StudyDate": "20240301", "PatientID": "P1"}]
     by_patient = invoke("ls", "--level", "instance", "--sort", "size,-SOPInstanceUID", "--columns", "size")
     assert by_patient.exit_code == 0 and by_patient.stdout.splitlines()[0] == "size"
     bad = invoke("ls", "--columns", "StudyDat")
