@@ -52,7 +52,7 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl send') echo '@node @file...' ;;
         'opts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w --help -h' ;;
         'vopts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w' ;;
-        'opts:pacsctl verify') echo '--quick --sample --backup --repair-from --json --report --jobs -j --help -h' ;;
+        'opts:pacsctl verify') echo '--quick --sample --backup --repair-from --repair --json --report --jobs -j --help -h' ;;
         'vopts:pacsctl verify') echo '--sample --backup --repair-from --report --jobs -j' ;;
     esac
 }

@@ -251,6 +251,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'quick' -d 'Presence
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'sample' -x -d 'Re-hash a random share (e.g.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'backup' -r -F -d 'Check the backup in DEST against its manifest and against the archive.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'repair-from' -r -F -d 'Restore damaged or missing files from the backup in DEST (byte-identical copi...'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'repair' -d 'With --backup: copy damaged backup copies again from the archive.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'json' -d 'NDJSON: one record per problem, then a summary.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'report' -r -F -d 'Also write the NDJSON report to FILE (for cron mail).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'jobs' -s 'j' -x -d 'Worker processes (default: one per core).'

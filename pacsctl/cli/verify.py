@@ -42,6 +42,8 @@ def verify(
                                           help="Check the backup in DEST against its manifest and against the archive."),
     repair_from: Optional[Path] = typer.Option(None, "--repair-from", metavar="DEST",
                                                help="Restore damaged or missing files from the backup in DEST (byte-identical copies only)."),
+    repair: bool = typer.Option(False, "--repair", metavar=NO_METAVAR,
+                                help="With --backup: copy damaged backup copies again from the archive."),
     as_json: JsonReport = False,
     report: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="Also write the NDJSON report to FILE (for cron mail)."),
     jobs: Jobs = None,
@@ -53,7 +55,7 @@ def verify(
     unreadable. Temp files of interrupted writes are removed (never acknowledged) and reported.
 
     Examples: pacsctl verify --json --report /var/log/pacs-verify.ndjson;
-    pacsctl verify --backup /mnt/nas/pacs; pacsctl verify --repair-from /mnt/nas/pacs
+    pacsctl verify --backup /mnt/nas/pacs [--repair]; pacsctl verify --repair-from /mnt/nas/pacs
     """
     from pacsctl.cli.app import state
     from pacsctl.integrity import verify as verifier
@@ -62,6 +64,8 @@ def verify(
         raise UsageError("--quick and --sample exclude each other", hint="--sample re-hashes a share, --quick none")
     if backup is not None and repair_from is not None:
         raise UsageError("--backup and --repair-from exclude each other", hint="check the backup first, then repair from it")
+    if repair and backup is None:
+        raise UsageError("--repair goes with --backup DEST", hint="to repair the archive from a backup: --repair-from DEST")
     if sample == 0:
         raise UsageError("--sample must be more than 0")
     if report is not None and not report.expanduser().absolute().parent.is_dir():
@@ -73,7 +77,7 @@ def verify(
             archive = _open_if_present(opts)
             try:
                 result = verifier.verify_backup(backup.expanduser(), archive, mode=mode, sample=sample, jobs=jobs,
-                                                on_total=bar.start, progress=bar.advance)
+                                                repair=repair, on_total=bar.start, progress=bar.advance)
             finally:
                 if archive is not None:
                     archive.close()
@@ -94,7 +98,7 @@ def verify(
         raise typer.Exit(EXIT_INTEGRITY)
 
 
-_TITLES = {"problems": "verify: problems found", "repaired": "verify: repaired from the backup",
+_TITLES = {"problems": "verify: problems found", "repaired": "verify: repaired",
            "cleaned": "verify: cleaned (no problems)", "ok": "verify"}  # by VerifyStatus
 
 
@@ -102,9 +106,12 @@ def _summary_text(s) -> str:
     """The human summary line; says the same as the JSON summary's `status` and the exit code."""
     outcome = f"{s.problems} problems" if s.problems else ("no problems left" if s.repaired else "no problems")
     if s.repaired:
-        outcome += f", {s.repaired} files repaired from the backup (exit 3: damage happened)"
+        source = "the archive" if s.target == "backup" else "the backup"
+        outcome += f", {s.repaired} files repaired from {source} (exit 3: damage happened)"
     if s.cleaned:
         outcome += f", {s.cleaned} leftover temp files cleaned"
+    if s.target == "backup" and s.problems and not s.repaired:
+        outcome += " (`--repair` copies damaged copies again from the archive)"
     return (f"verify {s.target} ({s.mode}): {s.checked} files checked, {s.hashed} re-hashed "
             f"({s.bytes / 1e6:.0f} MB) in {s.elapsed:.1f} s; {outcome}")
 

@@ -144,6 +144,22 @@ def _backup(archive: Archive, dest: Path, jobs: int | None, on_total: Callable[[
     return report
 
 
+def recopy(archive: Archive, dest: Path, wanted: list[Expected], threads: int = 4) -> dict[str, str]:
+    """Copy `wanted` files from the archive into the backup in `dest` again, over damaged copies
+    (the caller holds the backup's lock). Returns why, for each file that could not be copied."""
+    report = BackupReport()
+    run = _Run(archive, dest, (read_manifest(dest) or Manifest()).entries, report, lambda files, nbytes: None)
+    try:
+        run.copy_all(wanted, threads)
+    except _DiskFull as full:
+        run.fail_rest(full.remaining, "the backup disk is full")
+    finally:
+        run.commit()
+        _remove_own_temps(dest / TMP)
+    reasons = {f.path: f.detail for f in report.findings if f.path}
+    return {e.path: reasons.get(e.path, "the backup disk is full") for e in wanted if e.path not in run.published}
+
+
 class _Run:
     """One backup run: the manifest being built and the copying."""
 
@@ -152,6 +168,7 @@ class _Run:
         self.previous = previous
         self.entries: dict[str, Expected] = dict(previous)  # kept: files the archive lost
         self.dirs: set[Path] = set()
+        self.published: set[str] = set()  # paths copied by this run
         self.last_checkpoint = time.monotonic()
 
     def plan(self, snapshot: Iterable[Expected]) -> list[Expected]:
@@ -237,6 +254,7 @@ class _Run:
             self.fail(expected, _os_reason(exc))
             return
         self.dirs.add(target.parent)
+        self.published.add(expected.path)
         self.entries[expected.path] = expected
         self.report.summary.copied += 1
         self.report.summary.bytes += expected.size

@@ -48,6 +48,8 @@ ARCHIVE, BACKUP = "archive", "backup"
 # Actions taken.
 REMOVED = "removed"
 RESTORED = "restored from backup"
+RECOPIED = "copied again from the archive"  # a damaged backup copy replaced (`verify --backup --repair`)
+REPAIRED = frozenset({RESTORED, RECOPIED})
 LEFT_READ_ONLY = "left: read-only"  # a leftover on a read-only archive: harmless, not removable
 
 
@@ -65,7 +67,7 @@ class Finding:
     @property
     def resolved(self) -> bool:
         """Whether nothing is left to do: a leftover cleaned up or a file restored."""
-        return self.action in (REMOVED, RESTORED, LEFT_READ_ONLY)
+        return self.action in (REMOVED, LEFT_READ_ONLY) or self.action in REPAIRED
 
     def as_dict(self) -> dict:
         """The JSON record (DICOM keyword for the UID, like every pacsctl record)."""

@@ -80,7 +80,7 @@ class VerifyReport:
         self.findings.sort(key=lambda f: (f.where, f.path, f.problem))
         s = self.summary
         s.cleaned = sum(f.action == F.REMOVED for f in self.findings)
-        s.repaired = sum(f.action == F.RESTORED for f in self.findings)
+        s.repaired = sum(f.action in F.REPAIRED for f in self.findings)
         s.problems = sum(not f.resolved for f in self.findings)
         # A repair means damage happened (look at that disk); a removed leftover is routine.
         s.ok = s.problems == 0 and s.repaired == 0
@@ -232,13 +232,18 @@ def verify_backup(
     mode: str = FULL,
     sample: float | None = None,
     jobs: int | None = None,
+    repair: bool = False,
     on_total: Callable[[int], None] = lambda total: None,
     progress: Progress = _no_progress,
 ) -> VerifyReport:
     """Check a backup folder against its manifest, and the manifest against the archive's index.
 
-    Without an archive (gone, or elsewhere) the backup is checked on its own.
+    Without an archive (gone, or elsewhere) the backup is checked on its own. With `repair`,
+    damaged copies are copied again from the archive (only bytes matching the hash recorded at
+    ingest are written), which `backup` alone does not do for a copy of the right size.
     """
+    if repair and archive is None:
+        raise UsageError("--repair copies from the archive, and there is none here", hint="give the archive with --archive")
     started = time.monotonic()
     manifest = read_manifest(dest)
     if manifest is None:
@@ -255,8 +260,29 @@ def verify_backup(
         unknown = set(walk_objects(dest, OBJECTS)) - manifest.entries.keys()
         report.findings += [_unknown_file(dest, path, F.BACKUP, "not in the backup manifest") for path in sorted(unknown)]
     if archive is not None:
-        report.findings += compare_with_archive(manifest.entries, recorded_files(archive.index.iter_instances()))
+        recorded = recorded_files(archive.index.iter_instances())
+        report.findings += compare_with_archive(manifest.entries, recorded)
+        if repair:
+            _recopy_damaged(archive, dest, recorded, report.findings)
     return report.finish(started)
+
+
+def _recopy_damaged(archive: Archive, dest: Path, recorded: dict[str, Expected], found: list[Finding]) -> None:
+    """Copy again from the archive the backup copies found damaged; each finding says what happened."""
+    from pacsctl.integrity.backup import recopy  # backup builds on this module
+
+    damaged = [f for f in found if f.where == F.BACKUP and f.problem in F.DAMAGE]
+    for finding in damaged:
+        if finding.path not in recorded:
+            finding.action = "not repaired: the archive no longer has it"
+    wanted = [recorded[f.path] for f in damaged if f.path in recorded]
+    if not wanted:
+        return
+    with locked_backup(dest):
+        failed = recopy(archive, dest, wanted)
+    for finding in damaged:
+        if finding.path in recorded:
+            finding.action = f"not repaired: {failed[finding.path]}" if finding.path in failed else F.RECOPIED
 
 
 def compare_with_archive(backed_up: dict[str, Expected], recorded: dict[str, Expected]) -> list[Finding]:
