@@ -136,3 +136,15 @@ def test_run_returns_the_exit_code_without_exiting(archive: Path, capsys: pytest
     err = capsys.readouterr().err
     assert err.startswith("error: invalid value for '--level'") and "hint: see pacsctl ls --help" in err
     assert run(["--archive", str(archive / "objects" / "nope"), "verify"]) in (1, 2)
+
+
+def test_a_sub_app_run_alone_does_not_see_the_previous_runs_options(archive: Path, tmp_path: Path) -> None:
+    """The global options used to live in a module-level State: a group invoked on its own (as
+    a test or another program would) saw the --archive and --quiet of the run before it."""
+    from pacsctl.cli.nodes import nodes_app
+
+    other = tmp_path / "other"
+    assert invoke("-q", "--archive", other, "nodes", "add", "n", "--aet", "A", "--host", "h", "--port", "1").exit_code == 0
+    alone = CliRunner().invoke(nodes_app, ["list", "--json"], env=ENV)
+    assert alone.exit_code == 0, alone.output
+    assert ndjson(alone.stdout) == []  # $PACSCTL_ARCHIVE's nodes, not those of `other`
