@@ -28,7 +28,7 @@ class _TypelessHelp:
     takes no value), `<int>` beside -v (counted), `<str>`/`<list[Path]>` beside an argument
     (its metavar, NODE or PATH, says what it is)."""
 
-    def get_params(self, ctx: typer.Context) -> list[Any]:
+    def get_params(self, ctx: Any) -> list[Any]:  # click's Context (typer vendors it privately)
         params = super().get_params(ctx)  # type: ignore[misc]
         for param in params:
             if param.param_type_name == "argument":
@@ -167,7 +167,8 @@ def _register_commands() -> None:
     commands = list(app.registered_commands)
     for group in app.registered_groups:
         group.cls = PacsctlSubgroup
-        commands += group.typer_instance.registered_commands
+        if group.typer_instance is not None:
+            commands += group.typer_instance.registered_commands
     for command in commands:
         if command.cls in (None, TyperCommand):  # typer's default: no class of its own
             command.cls = PacsctlCommand
