@@ -150,6 +150,7 @@ _pacsctl() {
         if [[ $w == -* ]]; then
             if [[ $cmdpath == pacsctl && $w == --archive=* ]]; then archive="${w#--archive=}"; fi
             if [[ $w != *=* && " $(_pacsctl_spec vopts "$cmdpath") " == *" $w "* ]]; then
+                if [[ ${COMP_WORDS[i+1]} == "=" ]]; then i=$((i + 1)); fi
                 if [[ $cmdpath == pacsctl && ( $w == --archive || $w == -a ) ]]; then archive="${COMP_WORDS[i+1]}"; fi
                 i=$((i + 1))
             fi

@@ -243,6 +243,7 @@ def nodes_archive(tmp_path: Path) -> Path:
 
 NODE_LINES = [
     "pacsctl --archive {a} send ",
+    "pacsctl --archive = {a} send ",  # how bash splits --archive={a} (at '=', COMP_WORDBREAKS)
     "pacsctl -a {a} query o",
     "pacsctl -a {a} nodes remove ",
     "pacsctl --archive {a} echo --count 2 ",
@@ -268,7 +269,7 @@ def test_bash_node_names_from_the_environment_and_files_after_the_node(tmp_path:
     assert _bash_complete(script, "pacsctl move ", tmp_path) == []
 
 
-@pytest.mark.parametrize("line", NODE_LINES[:3] + ["pacsctl --archive={a} get "])
+@pytest.mark.parametrize("line", NODE_LINES[:1] + NODE_LINES[2:4] + ["pacsctl --archive={a} get "])
 def test_zsh_completes_node_names(tmp_path: Path, nodes_archive: Path, line: str) -> None:
     if shutil.which("zsh") is None:
         pytest.skip("zsh not installed")
@@ -279,7 +280,7 @@ def test_zsh_completes_node_names(tmp_path: Path, nodes_archive: Path, line: str
     assert set(proc.stdout.split()) == {"old-pacs", "orthanc"}
 
 
-@pytest.mark.parametrize("line", NODE_LINES[:3] + ["pacsctl --archive={a} get "])
+@pytest.mark.parametrize("line", NODE_LINES[:1] + NODE_LINES[2:4] + ["pacsctl --archive={a} get "])
 def test_fish_completes_node_names(tmp_path: Path, nodes_archive: Path, line: str) -> None:
     if shutil.which("fish") is None:
         pytest.skip("fish not installed")

@@ -236,6 +236,8 @@ def _bash(specs: list[CommandSpec], prog: str) -> str:
         '        if [[ $w == -* ]]; then',
         f'            if [[ $cmdpath == {prog} && $w == --archive=* ]]; then archive="${{w#--archive=}}"; fi',
         f'            if [[ $w != *=* && " $({fn}_spec vopts "$cmdpath") " == *" $w "* ]]; then',
+        # bash splits --opt=value at '=' (COMP_WORDBREAKS): the value is the word after the '='
+        '                if [[ ${COMP_WORDS[i+1]} == "=" ]]; then i=$((i + 1)); fi',
         f'                if [[ $cmdpath == {prog} && ( {_archive_opts_test("w")} ) ]]; then archive="${{COMP_WORDS[i+1]}}"; fi',
         "                i=$((i + 1))",
         "            fi",
