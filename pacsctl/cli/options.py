@@ -31,6 +31,7 @@ class LevelName(StrEnum):
     STUDY = "study"
     SERIES = "series"
     INSTANCE = "instance"
+    IMAGE = "image"  # DICOM's name for the instance level, accepted as it always was
 
     @property
     def query_level(self):  # -> QueryLevel (imported here: matching is not needed for --help)

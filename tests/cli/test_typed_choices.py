@@ -63,8 +63,8 @@ def test_config_set_help_names_every_settable_key() -> None:
 
 
 @pytest.mark.parametrize("line, expected", [
-    ("pacsctl ls --level ", {"patient", "study", "series", "instance"}),
-    ("pacsctl query NODE -l ", {"patient", "study", "series", "instance"}),
+    ("pacsctl ls --level ", {"patient", "study", "series", "instance", "image"}),
+    ("pacsctl query NODE -l ", {"patient", "study", "series", "instance", "image"}),
     ("pacsctl import --on-conflict ", {"keep", "replace"}),
     ("pacsctl audit --event ", {e.value for e in AuditEvent}),
     ("pacsctl config set ", {k.value for k in SettingKey}),
@@ -89,12 +89,14 @@ def test_a_value_outside_the_choices_is_a_usage_error(args: list[str], tmp_path:
     assert not (tmp_path / "a").exists()  # refused before anything ran
 
 
-def test_levels_parse_case_insensitively() -> None:
+@pytest.mark.parametrize("typed, level", [("INSTANCE", QueryLevel.IMAGE), ("image", QueryLevel.IMAGE),
+                                          ("Study", QueryLevel.STUDY)])
+def test_levels_parse_case_insensitively(typed: str, level: QueryLevel) -> None:
     root = typer.main.get_command(app)
-    ctx = root.make_context("pacsctl", ["ls", "--level", "INSTANCE"])
+    ctx = root.make_context("pacsctl", ["ls", "--level", typed])
     ls = root.get_command(ctx, "ls")
-    sub = ls.make_context("ls", ["--level", "INSTANCE"], parent=ctx)
-    assert sub.params["level"].query_level is QueryLevel.IMAGE
+    sub = ls.make_context("ls", ["--level", typed], parent=ctx)
+    assert sub.params["level"].query_level is level
 
 
 def test_json_values_are_unchanged() -> None:
