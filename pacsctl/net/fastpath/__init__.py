@@ -1,8 +1,9 @@
 """The receive fast path: measured fixes to pynetdicom's hot path, behind one switch.
 
 `faststore` (C-STOREs served where the PDUs are read), `pdata` (PDUs read without copies),
-`receive` (data sets streamed into the archive's tmp/, File Meta encoded directly) and
-`tuning` (reactors that wait for events, not timers) replace private parts of pynetdicom
+`receive` (data sets streamed into the archive's tmp/, File Meta encoded directly),
+`tuning` (reactors that wait for events, not timers) and `reactor` (a race in pynetdicom's
+reactor that loses a response) replace private parts of pynetdicom
 3.0 (`pyproject.toml` pins `pynetdicom>=3.0.4,<3.1`). `install()` first checks that every
 attribute they replace or use is there; if one is missing (another pynetdicom), it warns once
 and pynetdicom's own code serves, unchanged. The patches are process-wide: a process serves
@@ -35,11 +36,12 @@ def enabled_by_default() -> bool:
 
 
 def _modules(serving: bool = True) -> tuple[Any, ...]:
-    """The patching modules: `receive` for any process that receives C-STOREs (C-GET too),
-    `tuning` and `pdata` for a process serving a listener."""
-    from pacsctl.net.fastpath import pdata, receive, tuning
+    """The patching modules: `receive` for any process that receives C-STOREs (C-GET too) and
+    `reactor` (a race) for any that associates, `tuning` and `pdata` for a process serving a
+    listener."""
+    from pacsctl.net.fastpath import pdata, reactor, receive, tuning
 
-    return (receive, tuning, pdata) if serving else (receive,)
+    return (receive, reactor, tuning, pdata) if serving else (receive, reactor)
 
 
 def _has(owner: Any, name: str) -> bool:
