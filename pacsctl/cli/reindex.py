@@ -32,6 +32,8 @@ def reindex(
     records = list(records_of(report))
     s = report.summary
     checked = f", {s.checked_against_manifest} matched the backup manifest" if s.checked_against_manifest else ""
+    checked += f", {s.adopted} misplaced files moved to where they belong" if s.adopted else ""
+    checked += f", {s.quarantined} files that are no instance here moved to quarantine" if s.quarantined else ""
     output.print_report(records, as_json, "reindex: files not indexed",
                         f"reindex: {s.indexed} of {s.files} files indexed ({s.bytes / 1e6:.0f} MB) in {s.elapsed:.1f} s"
                         f"{checked}; {s.problems} problems")

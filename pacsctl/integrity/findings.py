@@ -50,6 +50,8 @@ REMOVED = "removed"
 RESTORED = "restored from backup"
 RECOPIED = "copied again from the archive"  # a damaged backup copy replaced (`verify --backup --repair`)
 REPAIRED = frozenset({RESTORED, RECOPIED})
+ADOPTED = "moved to where it belongs"  # a misplaced instance in objects/, indexed at its path (reindex)
+QUARANTINED = "moved to quarantine"    # junk or a stray copy in objects/ (reindex): kept, out of the way
 LEFT_READ_ONLY = "left: read-only"  # a leftover on a read-only archive: harmless, not removable
 
 
@@ -67,7 +69,7 @@ class Finding:
     @property
     def resolved(self) -> bool:
         """Whether nothing is left to do: a leftover cleaned up or a file restored."""
-        return self.action in (REMOVED, LEFT_READ_ONLY) or self.action in REPAIRED
+        return self.action in (REMOVED, LEFT_READ_ONLY, ADOPTED) or self.action in REPAIRED
 
     def as_dict(self) -> dict:
         """The JSON record (DICOM keyword for the UID, like every pacsctl record)."""

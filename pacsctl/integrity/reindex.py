@@ -46,6 +46,8 @@ class ReindexSummary(SummaryRecord):
     files: int = 0
     indexed: int = 0
     problems: int = 0
+    adopted: int = 0  # misplaced instances moved to where they belong, then indexed
+    quarantined: int = 0  # junk and stray copies moved out of objects/ to the quarantine
     bytes: int = 0
     checked_against_manifest: int = 0
     elapsed: float = 0.0
@@ -61,8 +63,8 @@ class ReindexReport:
 
     @property
     def ok(self) -> bool:
-        """Whether every file was indexed (exit 0; else 3)."""
-        return not self.findings
+        """Whether every file was indexed, if need be after moving it to its place (exit 0; else 3)."""
+        return all(f.resolved for f in self.findings)
 
 
 def reindex(
@@ -86,7 +88,8 @@ def reindex(
     # Records wait in a spool file, not in memory (a million records are gigabytes of dicts),
     # and the old index is dropped only once every file has been read.
     with _Spool(archive.tmp_dir) as spool:
-        _read_all(archive.root, paths, jobs, entries, report, progress, spool)
+        placed: set[str] = set()  # misplaced files moved to their paths (read already)
+        _read_all(archive, paths, jobs, entries, report, progress, spool, placed)
         if entries is not None:
             walked = set(paths)
             report.findings += [
@@ -96,13 +99,13 @@ def reindex(
         archive.index.clear()
         spool.add_to(archive.index)
         # Stored while we read (their journals may have been folded and dropped by `clear`)?
-        late = sorted(set(walk_objects(archive.root, OBJECTS)) - set(paths))
-        _read_all(archive.root, late, 1, entries, report, progress, spool)
+        late = sorted(set(walk_objects(archive.root, OBJECTS)) - set(paths) - placed)
+        _read_all(archive, late, 1, entries, report, progress, spool, placed)
         spool.add_to(archive.index)
     report.summary.files = len(paths) + len(late)
     report.summary.indexed = spool.added
     report.findings.sort(key=lambda f: f.path)
-    report.summary.problems = len(report.findings)
+    report.summary.problems = sum(not f.resolved for f in report.findings)
     report.summary.elapsed = time.monotonic() - started
     return report
 
@@ -147,25 +150,67 @@ class _Spool:
 
 
 def _read_all(
-    root: Path,
+    archive: Archive,
     paths: Sequence[str],
     jobs: int,
     entries: dict[str, Expected] | None,
     report: ReindexReport,
     progress: Progress,
     spool: _Spool,
+    placed: set[str],
 ) -> None:
-    """Read, hash and parse `paths` in worker processes; spool the records that may be indexed."""
+    """Read, hash and parse `paths` in worker processes; spool the records that may be indexed.
+    Misplaced files moved to their paths are added to `placed`."""
     size = chunk_size(len(paths), jobs)
-    for records, found, nbytes in map_unordered(
-        _index_chunk, ((str(root), chunk) for chunk in chunked(paths, size)), jobs if len(paths) > size else 1
+    for records, found, nbytes, strays in map_unordered(
+        _index_chunk, ((str(archive.root), chunk) for chunk in chunked(paths, size)), jobs if len(paths) > size else 1
     ):
-        progress(len(records) + len(found), nbytes)
+        progress(len(records) + len(found) + len(strays), nbytes)
         report.summary.bytes += nbytes
         report.findings += found
+        adopted = [rec for stray in strays if (rec := _resolve_stray(archive, stray, report)) is not None]
+        placed.update(rec["path"] for rec in adopted)
+        records += adopted
         if entries is not None:
             records = _check_manifest(records, entries, report)
         spool.write(records)
+
+
+def _resolve_stray(archive: Archive, stray: "_Stray", report: ReindexReport) -> dict | None:
+    """Give a file that cannot be indexed where it lies a place (so `verify` stops reporting it):
+    a misplaced instance moves to its path (its record is returned); junk, and a copy whose
+    place is taken, go to the quarantine with the reason."""
+    source = archive.path_of(stray.path)
+    uid = stray.record["SOPInstanceUID"] if stray.record else ""
+    if stray.record is not None:
+        target = archive.path_of(stray.record["path"])
+        try:
+            moved = files.publish(files.StagedFile(source, stray.record["size"], stray.record["sha256"]), target, replace=False)
+            if moved:
+                files.fsync_dir(target.parent)
+                files.fsync_dir(source.parent)
+        except OSError as exc:
+            report.findings.append(Finding(stray.path, F.UNKNOWN_FILE, f"{stray.reason}; cannot move it: {exc.strerror or exc}", uid))
+            return None
+        if moved:
+            report.summary.adopted += 1
+            report.findings.append(Finding(stray.path, F.UNKNOWN_FILE, f"{stray.reason}; now at {stray.record['path']}", uid, action=F.ADOPTED))
+            return stray.record
+        same = files.sha256_file(target)[1] == stray.record["sha256"]
+        reason = f"{stray.reason}; " + ("a copy of the archived instance" if same else "the archived instance has other bytes")
+        problem = F.UNKNOWN_FILE
+    else:
+        reason, problem = stray.reason, F.UNREADABLE
+    try:
+        kept = archive.quarantine(source.read_bytes(), f"found in objects/ by reindex: {reason}", stray.path, uid)
+        source.unlink()
+        files.fsync_dir(source.parent)
+    except OSError as exc:
+        report.findings.append(Finding(stray.path, problem, f"{reason}; cannot move it to quarantine: {exc.strerror or exc}", uid))
+        return None
+    report.summary.quarantined += 1
+    report.findings.append(Finding(stray.path, problem, f"{reason}; kept as {kept.path}", uid, action=F.QUARANTINED))
+    return None
 
 
 def _check_manifest(records: list[dict], entries: dict[str, Expected], report: ReindexReport) -> list[dict]:
@@ -183,11 +228,31 @@ def _check_manifest(records: list[dict], entries: dict[str, Expected], report: R
     return kept
 
 
-def _index_chunk(task: tuple[str, Sequence[str]]) -> tuple[list[dict], list[Finding], int]:
-    """Worker: read, hash and parse files; return their index records and what failed."""
+@dataclass
+class _Stray:
+    """A file in objects/ that cannot be indexed where it lies: misplaced (with the record it has
+    at its right path) or not an instance at all (`record` None)."""
+
+    path: str
+    reason: str
+    record: dict | None = None
+
+
+class _Misplaced(ValueError):
+    """A readable instance stored under another instance's path."""
+
+    def __init__(self, message: str, record: dict) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+def _index_chunk(task: tuple[str, Sequence[str]]) -> tuple[list[dict], list[Finding], int, list[_Stray]]:
+    """Worker: read, hash and parse files; return their index records, what could not be read,
+    the bytes read, and the files that cannot be indexed where they lie."""
     root, paths = Path(task[0]), task[1]
     records: list[dict] = []
     found: list[Finding] = []
+    strays: list[_Stray] = []
     nbytes = 0
     for path in paths:
         try:
@@ -200,9 +265,11 @@ def _index_chunk(task: tuple[str, Sequence[str]]) -> tuple[list[dict], list[Find
         nbytes += content.size
         try:
             records.append(record_of(path, content, root / path))
+        except _Misplaced as exc:
+            strays.append(_Stray(path, str(exc), exc.record))
         except ValueError as exc:
-            found.append(Finding(path, F.UNREADABLE, str(exc)))
-    return records, found, nbytes
+            strays.append(_Stray(path, str(exc)))
+    return records, found, nbytes, strays
 
 
 def record_of(path: str, content: Content, file: Path) -> dict:
@@ -227,9 +294,11 @@ def record_of(path: str, content: Content, file: Path) -> dict:
         except ValueError:
             ds, uid, syntax = _header_dataset(file)
         fields = dataset_fields(ds)
-    if Archive.object_relpath(uid) != path:
-        raise ValueError(f"misplaced: holds SOP Instance UID {uid}, stored at {Archive.object_relpath(uid)}")
-    return index_record(fields, transfer_syntax_uid=syntax, path=path, size=content.size, sha256=content.sha256)
+    right = Archive.object_relpath(uid)
+    record = index_record(fields, transfer_syntax_uid=syntax, path=right, size=content.size, sha256=content.sha256)
+    if right != path:
+        raise _Misplaced(f"misplaced: holds SOP Instance UID {uid}, which belongs at {right}", record)
+    return record
 
 
 def _header_dataset(source: bytes | Path) -> tuple[Dataset, str, str]:

@@ -362,7 +362,10 @@ def _check_chunk(task: tuple[str, str, Sequence[tuple[Expected, bool]]]) -> tupl
 
 
 def _unknown_file(root: Path, path: str, where: str, detail: str) -> Finding:
-    """A finding for a file nobody recorded, naming its SOP Instance UID when it is DICOM."""
+    """A finding for a file nobody recorded, naming its SOP Instance UID when it is DICOM, and
+    (in the archive) what `reindex` will do with it: index it, move it to its place, or move it
+    to the quarantine."""
+    archive = where == F.ARCHIVE
     try:
         try:
             uid = header_uid(read_head(root / path))
@@ -370,8 +373,13 @@ def _unknown_file(root: Path, path: str, where: str, detail: str) -> Finding:
             uid = header_uid(read_content(root / path).head)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        return Finding(path, F.UNKNOWN_FILE, f"{detail}; not a readable DICOM file ({reason})", where=where)
-    hint = " (run `pacsctl reindex` to index it)" if where == F.ARCHIVE else ""
+        hint = "; `pacsctl reindex` moves it to the quarantine" if archive and not isinstance(exc, OSError) else ""
+        return Finding(path, F.UNKNOWN_FILE, f"{detail}; not a readable DICOM file ({reason}){hint}", where=where)
+    right = Archive.object_relpath(uid)
+    if archive and right != path:
+        hint = f"; misplaced (it belongs at {right}): `pacsctl reindex` moves it there"
+    else:
+        hint = " (run `pacsctl reindex` to index it)" if archive else ""
     return Finding(path, F.UNKNOWN_FILE, detail + hint, uid, where)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,10 @@ def test_reindex_drops_what_is_gone_and_reports_what_it_cannot_index(archive: Ar
     assert not report.ok and report.summary.indexed == 14 and report.summary.files == 16
     problems = {f.path: f for f in report.findings}
     assert set(problems) == {"objects/ab/cd/junk.dcm", "objects/00/00/copy.dcm"}
-    assert problems["objects/ab/cd/junk.dcm"].problem == F.UNREADABLE
-    assert "misplaced" in problems["objects/00/00/copy.dcm"].detail
+    assert (problems["objects/ab/cd/junk.dcm"].problem, problems["objects/ab/cd/junk.dcm"].action) == (F.UNREADABLE, F.QUARANTINED)
+    assert "misplaced" in problems["objects/00/00/copy.dcm"].detail  # a stray copy: its place is taken
+    assert problems["objects/00/00/copy.dcm"].action == F.QUARANTINED
+    assert not junk.exists() and not misplaced.exists() and report.summary.quarantined == 2
     paths = {r["path"] for r in archive.index.iter_instances()}
     assert gone["path"] not in paths and len(paths) == 14
 
@@ -129,3 +132,33 @@ def test_reindex_of_files_whose_header_is_longer_than_the_head_kept(archive: Arc
     report = reindex(archive, jobs=1)
     assert report.ok and report.summary.indexed == 15
     assert snapshot(archive) == before
+
+
+def test_an_unknown_file_in_objects_has_a_way_out(archive: Archive) -> None:
+    """verify names it and what reindex does; reindex resolves it (the user went in a loop:
+    verify said run reindex, reindex refused the file as misplaced, verify said it again)."""
+    instances = sorted(archive.index.instances(), key=lambda r: r["path"])
+    lost = instances[2]
+    misplaced = archive.root / "objects" / "00" / "00" / "moved-by-hand.dcm"
+    misplaced.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(archive.path_of(lost["path"]), misplaced)  # e.g. restored by hand to the wrong folder
+    junk = archive.root / "objects" / "ab" / "notes.txt"
+    junk.parent.mkdir(parents=True, exist_ok=True)
+    junk.write_text("not DICOM")
+
+    checked = {f.path: f for f in verify_archive(archive).findings}
+    assert "`pacsctl reindex` moves it there" in checked["objects/00/00/moved-by-hand.dcm"].detail
+    assert lost["path"] in checked["objects/00/00/moved-by-hand.dcm"].detail
+    assert "`pacsctl reindex` moves it to the quarantine" in checked["objects/ab/notes.txt"].detail
+
+    report = reindex(archive, jobs=1)
+    found = {f.path: f for f in report.findings}
+    assert found["objects/00/00/moved-by-hand.dcm"].action == F.ADOPTED
+    assert found["objects/ab/notes.txt"].action == F.QUARANTINED
+    assert (report.summary.adopted, report.summary.quarantined, report.summary.indexed) == (1, 1, 15)
+    assert archive.path_of(lost["path"]).exists() and not misplaced.exists() and not junk.exists()
+    assert any(q["origin"] == "objects/ab/notes.txt" for q in archive.quarantined())
+
+    assert verify_archive(archive).summary.ok  # out of the loop
+    again = reindex(archive)
+    assert again.ok and again.findings == [] and again.summary.indexed == 15
