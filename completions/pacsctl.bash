@@ -17,7 +17,7 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'cmds:pacsctl config') echo 'set show' ;;
         'opts:pacsctl config') echo '--help -h' ;;
         'opts:pacsctl config set') echo '--help -h' ;;
-        'args:pacsctl config set') echo '=ae_title,port,host,on_conflict,allow,max_associations,acse_timeout,dimse_timeout,network_timeout @text' ;;
+        'args:pacsctl config set') echo '=ae_title,port,host,on_conflict,allow,max_associations,acse_timeout,dimse_timeout,network_timeout,max_instance_size @text' ;;
         'opts:pacsctl config show') echo '--json --help -h' ;;
         'opts:pacsctl echo') echo '--count -c --aet --timeout --json --help -h' ;;
         'vopts:pacsctl echo') echo '--count -c --aet --timeout' ;;

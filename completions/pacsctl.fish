@@ -148,7 +148,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -a 'set' -d 'Change a s
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -a 'show' -d 'Show the settings and where the archive is.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config set\'' -l 'help' -s 'h' -d 'Show this message and exit.'
-complete -c pacsctl -n '__pacsctl_arg \'pacsctl config set\' 0' -a 'ae_title port host on_conflict allow max_associations acse_timeout dimse_timeout network_timeout'
+complete -c pacsctl -n '__pacsctl_arg \'pacsctl config set\' 0' -a 'ae_title port host on_conflict allow max_associations acse_timeout dimse_timeout network_timeout max_instance_size'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config show\'' -l 'json' -d 'NDJSON on stdout, one record per line, keyed by DICOM keywords.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config show\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl echo\'' -l 'count' -s 'c' -x -d 'How many C-ECHOs, one association each.'

@@ -19,6 +19,8 @@ from pacsctl.errors import UsageError
 CONFIG_NAME = "pacsctl.toml"
 DEFAULT_AE_TITLE = "PACSCTL"
 DEFAULT_PORT = 11112
+DEFAULT_MAX_INSTANCE_SIZE = 2 << 30  # 2 GiB: beyond any CT/MR instance, room for big multi-frames
+_SIZE = re.compile(r"(?i)^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$")
 
 
 class OnConflict(StrEnum):
@@ -64,6 +66,7 @@ class Config:
     acse_timeout: float = 30.0  # seconds `serve` gives a client to associate (absolute)
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0  # idle association; also the longest one PDU may take
+    max_instance_size: int = DEFAULT_MAX_INSTANCE_SIZE  # bytes; larger import input is skipped
     nodes: dict[str, Node] = field(default_factory=dict)
 
 
@@ -79,6 +82,7 @@ class SettingKey(StrEnum):
     ACSE_TIMEOUT = "acse_timeout"
     DIMSE_TIMEOUT = "dimse_timeout"
     NETWORK_TIMEOUT = "network_timeout"
+    MAX_INSTANCE_SIZE = "max_instance_size"
 
 
 SETTABLE_KEYS: tuple[SettingKey, ...] = tuple(SettingKey)
@@ -213,4 +217,14 @@ def coerce_setting(key: str, value: str) -> object:
         if not 0 < seconds < float("inf"):
             raise UsageError(f"invalid {key} {value!r}", hint="a number of seconds, more than 0")
         return seconds
+    if key == "max_instance_size":
+        return parse_size(value)
     return value
+
+
+def parse_size(value: str) -> int:
+    """A size in bytes from `1048576`, `512M`, `2G`, `2GiB` (binary units); UsageError if not."""
+    match = _SIZE.match(value)
+    if not match or int(match[1]) < 1:
+        raise UsageError(f"invalid size {value!r}", hint="bytes, or a number with K, M, G or T (binary units), e.g. 2G")
+    return int(match[1]) << (10 * " kmgt".index(match[2].lower() or " "))

@@ -25,7 +25,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from pacsctl.config import CONFIG_NAME, ON_CONFLICT_POLICIES, Config, OnConflict, dump_config, load_config, resolve_archive_dir
 from pacsctl.dicom.attributes import INDEX_FIELDS, index_record
@@ -77,8 +77,9 @@ class _Archived:
     sha256: str
 
 
-def _compare_with_archived(target: str, data: bytes, sha256: str) -> tuple[Match, _Archived]:
-    """Compare incoming Part-10 bytes with the archived file at `target`.
+def _compare_with_archived(target: str, incoming: Callable[[], DataSetIdentity | None], sha256: str) -> tuple[Match, _Archived]:
+    """Compare an incoming Part-10 instance (its SHA-256, and its data set identity, computed
+    only when needed) with the archived file at `target`.
 
     Duplicates are decided by the data set (PS3.10: the File Meta group describes the file,
     not the instance): the whole file's hash first, which settles nearly every case in one
@@ -92,9 +93,9 @@ def _compare_with_archived(target: str, data: bytes, sha256: str) -> tuple[Match
         return Match.IDENTICAL, archived
     from pacsctl.dicom.instance import data_set_identity, data_set_identity_of_file
 
-    incoming = data_set_identity(data)
     try:
-        same = incoming is not None and incoming == data_set_identity_of_file(target)
+        theirs = incoming()
+        same = theirs is not None and theirs == data_set_identity_of_file(target)
     except OSError:  # replaced or removed meanwhile: not provably the same
         same = False
     return (Match.SAME_DATA_SET if same else Match.DIFFERENT), archived
@@ -235,7 +236,7 @@ class Archive:
             policy = self._policy(on_conflict)
             results, checked = self._check(items, dry_run=True)
             for i, inst in checked:
-                results[i] = self._plan(inst, items[i][1], policy)
+                results[i] = self._plan(inst, items[i][1], policy, _prestaged(items[i], inst))
             return IngestBatch(policy, [], results).outcome()
         batch = self.begin_ingest(items, on_conflict)
         if not batch.staged:
@@ -262,7 +263,7 @@ class Archive:
         batch.results, checked = self._check(items, dry_run=False)
         try:
             for i, inst in checked:
-                pre = items[i][2] if len(items[i]) > 2 and inst.data is items[i][0] else None
+                pre = _prestaged(items[i], inst)
                 batch.staged.append((i, inst, pre or files.stage(self.tmp_dir, [inst.data], fsync=False)))
         except OSError as exc:
             self.discard(batch)
@@ -324,7 +325,7 @@ class Archive:
 
         results: list[IngestResult | None] = [None] * len(items)
         checked: list[tuple[int, Instance]] = []
-        for i, (data, origin, *_prestaged) in enumerate(items):
+        for i, (data, origin, *_rest) in enumerate(items):
             try:
                 checked.append((i, read_instance(data)))
             except NotDicomError as exc:
@@ -332,7 +333,12 @@ class Archive:
             except DicomdirError:
                 results[i] = IngestResult(SKIPPED, origin, reason="DICOMDIR (media index, not an instance)")
             except InvalidDicomError as exc:
-                results[i] = IngestResult(QUARANTINED, origin, reason=str(exc)) if dry_run else self.quarantine(data, str(exc), origin)
+                if dry_run:
+                    results[i] = IngestResult(QUARANTINED, origin, reason=str(exc))
+                elif _prestaged(items[i]) is not None:  # already in tmp/: moved, not written again
+                    results[i] = self._quarantine_file(items[i][2].temp_path, str(exc), origin, "")
+                else:
+                    results[i] = self.quarantine(data, str(exc), origin)
         return results, checked
 
     def _publish(self, inst: Instance, stage: files.StagedFile, origin: str, policy: str):
@@ -342,7 +348,10 @@ class Archive:
         uid = inst.sop_instance_uid
         if files.publish(stage, target, replace=False):
             return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
-        match, archived = _compare_with_archived(target, inst.data, stage.sha256)
+        from pacsctl.dicom.instance import data_set_identity_of_file
+
+        # the staged file, not inst.data: a large input's data is a memory map of it
+        match, archived = _compare_with_archived(target, lambda: data_set_identity_of_file(stage.temp_path), stage.sha256)
         if match is Match.ABSENT:  # removed since: take its place
             files.publish(stage, target, replace=True)
             return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
@@ -368,26 +377,32 @@ class Archive:
             record["ReplacedStudyInstanceUID"], record["ReplacedSeriesInstanceUID"] = previous
         return IngestResult(STORED, origin, uid, relpath, size=stage.size, reason="replaced a different copy", conflict=True), record
 
-    def _plan(self, inst: Instance, origin: str, policy: str) -> IngestResult:
+    def _plan(self, inst: Instance, origin: str, policy: str, staged: files.StagedFile | None = None) -> IngestResult:
         """What `_publish` would do with an instance, without writing anything. Instances planned
         earlier in this dry run count as archived (`_planned`), so a dry run finds duplicates
         and conflicts inside one batch and across batches, as the real run would."""
-        from pacsctl.dicom.instance import data_set_identity
+        from pacsctl.dicom.instance import data_set_identity, data_set_identity_of_file
 
         uid = inst.sop_instance_uid
         relpath = self.object_relpath(uid)
         result = IngestResult(STORED, origin, uid, relpath, size=len(inst.data))
-        sha256 = hashlib.sha256(inst.data).hexdigest()
+        # A large input was streamed to a temp file (hashed on the way): read it from there,
+        # never through its memory map (that would bring all of it into memory).
+        sha256 = staged.sha256 if staged else hashlib.sha256(inst.data).hexdigest()
+
+        def identity() -> DataSetIdentity | None:
+            return data_set_identity_of_file(staged.temp_path) if staged else data_set_identity(inst.data)
+
         planned = self._planned.get(uid)
         if planned is not None:
             if planned[0] == sha256:
                 match = Match.IDENTICAL
             else:
-                match = Match.SAME_DATA_SET if planned[1] is not None and planned[1] == data_set_identity(inst.data) else Match.DIFFERENT
+                match = Match.SAME_DATA_SET if planned[1] is not None and planned[1] == identity() else Match.DIFFERENT
         else:
-            match, _ = _compare_with_archived(str(self.path_of(relpath)), inst.data, sha256)
+            match, _ = _compare_with_archived(str(self.path_of(relpath)), identity, sha256)
         if match is Match.ABSENT:
-            self._planned[uid] = (sha256, data_set_identity(inst.data))
+            self._planned[uid] = (sha256, identity())
         elif match is Match.IDENTICAL:
             result.status = DUPLICATE
         elif match is Match.SAME_DATA_SET:
@@ -396,7 +411,7 @@ class Archive:
             result.status, result.reason, result.conflict = QUARANTINED, CONFLICT_KEPT_REASON, True
         else:
             result.reason, result.conflict = "would replace a different copy", True
-            self._planned[uid] = (sha256, data_set_identity(inst.data))
+            self._planned[uid] = (sha256, identity())
         return result
 
     @staticmethod
@@ -440,6 +455,15 @@ class Archive:
             record["path"] = str(info.with_suffix(".dcm").relative_to(self.root))
             records.append(record)
         return sorted(records, key=lambda r: (r.get("time", ""), r["path"]))
+
+
+def _prestaged(item: tuple, inst: Instance | None = None) -> files.StagedFile | None:
+    """The temp file an ingest item brings (serve's received file, import's streamed input)
+    holding exactly the item's bytes; None when there is none, or when the check rewrote the
+    bytes (a File Meta header added) so that the file no longer holds them."""
+    if len(item) < 3 or item[2] is None or (inst is not None and inst.data is not item[0]):
+        return None
+    return item[2]
 
 
 def missing_archive_error(path: Path) -> UsageError:

@@ -76,7 +76,7 @@ def import_command(
     if summary.missing:
         text += f"; {summary.missing} referenced by a DICOMDIR but missing from the media"
     if summary.unreadable:
-        text += f"; {summary.unreadable} could not be read"
+        text += f"; {summary.unreadable} could not be read (damaged, no permission, or over max_instance_size)"
     if summary.interrupted:
         text = f"interrupted: {text}; run the same import again to complete it"
     output.summary(record, as_json, text)

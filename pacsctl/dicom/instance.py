@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -141,8 +142,9 @@ def looks_like_dicom(head: bytes) -> bool:
     return False
 
 
-def read_instance(data: bytes) -> Instance:
-    """Check `data` and return it as a storable instance.
+def read_instance(data: bytes | mmap.mmap) -> Instance:
+    """Check `data` and return it as a storable instance. A read-only memory map of a file
+    is read in place (only the header's pages are touched) and becomes the instance's `data`.
 
     Raises NotDicomError (skip), DicomdirError (media), InvalidDicomError (quarantine).
     """
@@ -222,7 +224,7 @@ def _parse(data: bytes, force: bool) -> Dataset:
         warnings.simplefilter("always")
         try:
             # Large values (pixel data) are skipped, not copied: only the header is needed here.
-            ds = pydicom.dcmread(io.BytesIO(data), force=force, defer_size=_DEFER_SIZE)
+            ds = pydicom.dcmread(_as_file(data), force=force, defer_size=_DEFER_SIZE)
         except Exception as exc:  # pydicom raises many types on corrupt input
             raise InvalidDicomError(f"unreadable: {_first_line(exc)}") from None
     for warning in caught:
@@ -233,6 +235,15 @@ def _parse(data: bytes, force: bool) -> Dataset:
         raise InvalidDicomError("no data elements")
     _check_complete(ds, len(data))
     return ds
+
+
+def _as_file(data: bytes | mmap.mmap) -> io.BufferedIOBase | mmap.mmap:
+    """A file object over the data; a memory map (a large input, see `ingest.reading`) is read
+    in place, since wrapping it in BytesIO would copy all of it into memory."""
+    if isinstance(data, mmap.mmap):
+        data.seek(0)
+        return data
+    return io.BytesIO(data)
 
 
 def _check_complete(ds: Dataset, size: int) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from pacsctl.archive.archive import DUPLICATE, QUARANTINED, SKIPPED, STORED, Archive, IngestResult
+from pacsctl.ingest.reading import Loaded, read_source, spill_dir_for
 from pacsctl.ingest.sources import ZIP_ERRORS, Problem, Source, find_sources
 from pacsctl.errors import PacsctlError, StorageFullError, UsageError
 from pacsctl.parallel import StopSignals, map_unordered
@@ -146,16 +147,29 @@ def import_sources(
 
 
 def ingest_batch(archive: Archive, batch: list[Source], on_conflict: str | None, dry_run: bool) -> list[IngestResult]:
-    """Read a batch of sources and store them with one group commit."""
+    """Read a batch of sources and store them with one group commit. Memory stays bounded:
+    the batch is at most BATCH_BYTES of small inputs, large ones are streamed (`reading`)."""
     results: list[IngestResult] = []
-    items: list[tuple[bytes, str]] = []
-    for source in batch:
-        try:
-            items.append((source.read(), source.origin))
-        except (OSError, *ZIP_ERRORS) as exc:
-            reason = f"unreadable: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else f"unreadable: {exc}"
-            results.append(IngestResult(SKIPPED, source.origin, reason=reason, unreadable=True))
-    return results + archive.ingest(items, on_conflict, dry_run=dry_run)
+    items: list[tuple] = []
+    loaded: list[Loaded] = []
+    spill = spill_dir_for(archive.tmp_dir, dry_run)
+    try:
+        for source in batch:
+            try:
+                got = read_source(source, spill, archive.config.max_instance_size)
+            except (OSError, *ZIP_ERRORS) as exc:
+                reason = f"unreadable: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else f"unreadable: {exc}"
+                results.append(IngestResult(SKIPPED, source.origin, reason=reason, unreadable=True))
+                continue
+            if isinstance(got, IngestResult):
+                results.append(got)
+            else:
+                loaded.append(got)
+                items.append(got.item)
+        return results + archive.ingest(items, on_conflict, dry_run=dry_run)
+    finally:
+        for got in loaded:  # unmapped; a streamed temp file the archive did not take is removed
+            got.close()
 
 
 def _batches(sources: list[Source]) -> Iterator[list[Source]]:
