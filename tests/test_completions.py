@@ -298,7 +298,7 @@ def test_positional_arguments_complete_by_position(tmp_path: Path, shell: str) -
     if shutil.which(shell) is None:
         pytest.skip(f"{shell} not installed")
     keys = {"ae_title", "port", "host", "on_conflict", "allow", "max_associations",
-            "acse_timeout", "dimse_timeout", "network_timeout"}
+            "acse_timeout", "dimse_timeout", "network_timeout", "max_instance_size"}
     script = tmp_path / FILE_NAMES[shell]
     script.write_text(generate(_real_app(), shell))
 
