@@ -23,6 +23,7 @@ from pacsctl.net.types import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
     STATUS_SUCCESS,
+    StoreOutcome,
     StoreRequest,
 )
 from pacsctl.storage import files
@@ -59,21 +60,29 @@ class GroupCommitter:
         self._named: list[_Pending] = []  # linked and journaled, not yet durable
         self._syncing = False
 
-    def submit(self, data: bytes, origin: str, staged: files.StagedFile | None = None,
-               expected: tuple[str, str] | None = None) -> int:
+    def submit(self, data: bytes, origin: str, staged: files.StagedFile | None = None) -> int:
         """Store one instance (optionally already staged in tmp/); returns its C-STORE status
-        once durable and indexed. With `expected` (SOP Class UID, SOP Instance UID: what the
-        C-STORE command announced), a data set that says otherwise is quarantined, 0xA900."""
+        once durable and indexed."""
+        return self._submit(data, origin, staged).status
+
+    def _submit(self, data: bytes, origin: str, staged: files.StagedFile | None = None,
+                expected: tuple[str, str] | None = None) -> StoreOutcome:
+        """`submit`; with `expected` (SOP Class UID, SOP Instance UID: what the C-STORE
+        command announced), a data set that says otherwise is quarantined, 0xA900."""
         try:
             batch = self.archive.begin_ingest([(data, origin, staged) if staged else (data, origin)])
         except Exception as exc:
-            return _failure_status(exc)
+            return StoreOutcome(_failure_status(exc))
         if not batch.staged:  # skipped or quarantined by the check: nothing to commit
-            return self._settle(batch, data)
+            return StoreOutcome(self._settle(batch, data))
         if expected is not None:
             mismatch = _uid_mismatch(batch, expected)
             if mismatch is not None:
-                return self._refuse(batch, data, mismatch)
+                return StoreOutcome(self._refuse(batch, data, mismatch), mismatch)
+        return StoreOutcome(self._commit(batch))
+
+    def _commit(self, batch: IngestBatch) -> int:
+        """Make a checked batch durable and indexed, sharing barriers with concurrent ones."""
         item = _Pending(batch)
         with self._cond:
             self._staged.append(item)
@@ -99,6 +108,10 @@ class GroupCommitter:
                     self._cond.notify_all()
 
     def store_received(self, req: StoreRequest) -> int:
+        """`receive`, the status only."""
+        return self.receive(req).status
+
+    def receive(self, req: StoreRequest) -> StoreOutcome:
         """Ingest one received instance, durable and indexed before the status is returned.
 
         The file the network layer streamed the data set into (preamble, File Meta built from
@@ -110,12 +123,12 @@ class GroupCommitter:
             # elsewhere) the archive writes its own copy: a link cannot cross file systems
             staged = files.StagedFile(req.path, len(data), hashlib.sha256(data).hexdigest())
         origin = f"dicom://{req.assoc.calling_aet}@{req.assoc.peer_host}"
-        status = self.submit(data, origin, staged,
-                             expected=(req.sop_class_uid, req.sop_instance_uid))
-        if status == STATUS_CANNOT_UNDERSTAND:
+        outcome = self._submit(data, origin, staged,
+                               expected=(req.sop_class_uid, req.sop_instance_uid))
+        if outcome.status == STATUS_CANNOT_UNDERSTAND:
             LOG.warning("C-STORE of %s could not be parsed; kept in quarantine",
                         req.sop_instance_uid)
-        return status
+        return outcome
 
     def _round(self, staged: list[_Pending], named: list[_Pending]) -> list[_Pending]:
         """One barrier for both steps, then name what it made durable. Returns those named."""

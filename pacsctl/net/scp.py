@@ -58,6 +58,7 @@ from pacsctl.net.types import (
     QueryRefusedError,
     ScpHandlers,
     ScpOptions,
+    StoreOutcome,
     StoreRequest,
 )
 
@@ -276,7 +277,7 @@ class _Dispatcher:
             else:
                 if offset is None:
                     offset = getattr(stream, "data_offset", None) or _data_offset(Path(path))
-                status = self._store(StoreRequest(
+                outcome = self._store(StoreRequest(
                     sop_class_uid=sop_class,
                     sop_instance_uid=sop_instance,
                     transfer_syntax_uid=ts,
@@ -285,6 +286,7 @@ class _Dispatcher:
                     data_offset=offset,
                     move_originator_aet=move_originator,
                 ))
+                status, reason = outcome.status, outcome.reason
         self.audit(
             "store",
             info,
@@ -296,12 +298,13 @@ class _Dispatcher:
         )
         return status
 
-    def _store(self, store_req: StoreRequest) -> int:
+    def _store(self, store_req: StoreRequest) -> StoreOutcome:
         try:
-            return int(self.h.store(store_req))
+            outcome = self.h.store(store_req)
         except Exception as exc:
             log_failure(f"store handler failed for {store_req.sop_instance_uid}", exc)
-            return STATUS_PROCESSING_FAILURE
+            return StoreOutcome(STATUS_PROCESSING_FAILURE)
+        return outcome if isinstance(outcome, StoreOutcome) else StoreOutcome(int(outcome))
 
     def _query(self, event: evt.Event, budget: float | None = None
                ) -> tuple[QueryModel, str, Dataset, QueryContext]:

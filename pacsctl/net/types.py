@@ -127,7 +127,16 @@ class QueryRefusedError(Exception):
         self.detail = detail
 
 
-StoreHandler = Callable[[StoreRequest], int]
+@dataclass(frozen=True)
+class StoreOutcome:
+    """A store handler's answer when it has more to say than the status: `reason` goes to the
+    audit record (UIDs and causes, never patient data)."""
+
+    status: int
+    reason: str | None = None
+
+
+StoreHandler = Callable[[StoreRequest], "int | StoreOutcome"]
 FindHandler = Callable[[QueryModel, Dataset, QueryContext], Iterator[Dataset]]
 LocateHandler = Callable[[QueryModel, Dataset, QueryContext], list[str]]
 DestinationHandler = Callable[[str], Destination | None]

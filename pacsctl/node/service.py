@@ -29,7 +29,6 @@ from pacsctl.dicom.matching import QueryValueTooComplexError, RecordFilter
 from pacsctl.errors import UsageError
 from pacsctl.net.balance import WorkerSlot
 from pacsctl.net.scp import RunningScp, start_scp
-from pacsctl.storage import files
 from pacsctl.net.types import (
     STATUS_IDENTIFIER_MISMATCH,
     STATUS_OUT_OF_RESOURCES,
@@ -39,9 +38,11 @@ from pacsctl.net.types import (
     QueryRefusedError,
     ScpHandlers,
     ScpOptions,
+    StoreOutcome,
     StoreRequest,
     TlsOptions,
 )
+from pacsctl.storage import files
 
 LOG = logging.getLogger(__name__)
 
@@ -75,9 +76,9 @@ class ArchiveService:
         self.audit_log.close()
 
     # -- handlers ----------------------------------------------------------------------------
-    def store(self, req: StoreRequest) -> int:
-        """Ingest one received instance (`GroupCommitter.store_received`)."""
-        return self.committer.store_received(req)
+    def store(self, req: StoreRequest) -> StoreOutcome:
+        """Ingest one received instance (`GroupCommitter.receive`)."""
+        return self.committer.receive(req)
 
     def find(self, model: QueryModel, identifier: Dataset, ctx: QueryContext
              ) -> Iterator[Dataset]:

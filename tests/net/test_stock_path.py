@@ -72,10 +72,10 @@ def test_a_pynetdicom_without_what_is_patched_is_served_stock_and_warned_once(
         monkeypatch, caplog, tmp_path):
     """Another pynetdicom release (simulated: an attribute the fast path replaces is gone):
     one warning, nothing patched, and the node serves through pynetdicom's own code."""
-    from tests.net.conftest import MemoryArchive
     from pacsctl.config import Node
     from pacsctl.net.scp import start_scp
     from pacsctl.net.types import ScpOptions
+    from tests.net.conftest import MemoryArchive
 
     fastpath.uninstall()
     monkeypatch.delattr(DULServiceProvider, "_read_pdu_data")

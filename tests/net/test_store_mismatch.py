@@ -80,7 +80,7 @@ def test_command_uid_other_than_the_data_sets_is_refused_and_quarantined(node, c
     assert (archive.root / held["path"]).read_bytes().endswith(path.read_bytes()[split_dataset(path)[1]:])
     [audited] = _audit(archive)
     assert int(str(audited["status"]), 0) == STATUS_IDENTIFIER_MISMATCH  # written as hex
-    assert audited["SOPInstanceUID"] == announced
+    assert audited["SOPInstanceUID"] == announced and stored_uid in audited["reason"]
     # the same data set under its own UID is stored, and audited as what was stored
     assert _send(node.port, path, CTImageStorage, stored_uid, split) == STATUS_SUCCESS
     assert [r["SOPInstanceUID"] for r in archive.index.instances()] == [stored_uid]

@@ -50,8 +50,8 @@ def _has(owner: Any, name: str) -> bool:
     if hasattr(owner, name):
         return True
     if inspect.isclass(owner):
-        return any(name in getattr(getattr(cls, "__init__", None), "__code__", None).co_names
-                   for cls in owner.__mro__ if hasattr(getattr(cls, "__init__", None), "__code__"))
+        inits = (getattr(cls.__dict__.get("__init__"), "__code__", None) for cls in owner.__mro__)
+        return any(name in code.co_names for code in inits if code is not None)
     return False
 
 

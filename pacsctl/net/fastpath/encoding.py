@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import struct
+from typing import TypeGuard
 
 # VRs whose explicit VR encoding has a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR",
@@ -21,7 +22,7 @@ _PLAIN_UID = re.compile(r"[0-9.]{1,64}").fullmatch
 PLACEHOLDER_UID = "1.2.826.0.1.3680043.10.1524.0.1"
 
 
-def is_uid(value: object) -> bool:
+def is_uid(value: object) -> TypeGuard[str]:
     """Whether `value` can be a UID on the wire and a file name: 1-64 digits and dots. Looser
     than PS3.5 9.1 (leading zeros pass: peers send them), strict on what matters here."""
     return isinstance(value, str) and _PLAIN_UID(value) is not None and value != PLACEHOLDER_UID
