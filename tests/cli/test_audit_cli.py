@@ -139,3 +139,24 @@ def test_audit_table_fits_80_columns_and_pipes_as_tab_separated_text(tmp_path):
     assert f"SOPInstanceUID={sop}" in "".join(line[offset:].strip() for line in lines[2:])  # wrapped, not cut
     piped = CliRunner().invoke(app, args, env={"NO_COLOR": "1"})
     assert piped.stdout.splitlines()[0] == "time\tevent\tcalling_aet\tcalled_aet\tpeer\tstatus\tdetail"
+
+
+def test_a_reject_for_the_association_limit_says_so(tmp_path, serve_factory):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    srv = serve_factory(tmp_path / "node", "--max-associations", "1", "--workers", "1")
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(Verification)
+    held = ae.associate("127.0.0.1", srv.port, ae_title=srv.aet)
+    try:
+        assert held.is_established
+        with pytest.raises(NetworkError):
+            scu.echo(Node("x", srv.aet, "127.0.0.1", srv.port), calling_aet="SECOND")
+    finally:
+        held.release()
+        ae.shutdown()
+    assert srv.stop() == 0
+    (reject,) = _records(srv.archive, "reject")
+    assert (reject["calling_aet"], reject["called_aet"], reject["reason"]) == (
+        "SECOND", srv.aet, "too many associations")
