@@ -44,13 +44,13 @@ class NetworkFailure(Enum):
 
     DNS = "dns"  # the host name does not resolve
     REFUSED = "refused"  # nothing listens on the port
+    UNREACHABLE = "unreachable"  # no route to the host, network down
     TIMEOUT = "timeout"  # no connection, or no answer to the association request, in time
     TLS = "tls"  # the TLS handshake failed
     REJECTED = "rejected"  # A-ASSOCIATE-RJ, or no presentation context accepted
     ABORTED = "aborted"  # the peer aborted or closed the connection
     LOST = "lost"  # an established association broke, or a request went unanswered
     STATUS = "status"  # the peer answered a request with a failure status
-    LISTEN = "listen"  # we could not listen on our own port
 
 
 class NetworkError(PacsctlError):

@@ -132,11 +132,11 @@ def failure_of(assoc: Association, probe: ConnectProbe, node: NodeLike,
             f"{at} did not accept a connection within {timeout:g} s",
             hint="the host may be down or a firewall drops the packets; check host and port",
             failure=NetworkFailure.TIMEOUT)
-    if exc is not None:
+    if exc is not None:  # no route to the host, network down, ...
         return NetworkError(
             f"cannot connect to {at} ({exc.strerror or type(exc).__name__})",
             hint="check the host and port, and the network between us",
-            failure=NetworkFailure.REFUSED)
+            failure=NetworkFailure.UNREACHABLE)
     rejection = next((p for p in probe.pdus if isinstance(p, A_ASSOCIATE_RJ)), None)
     if rejection is not None or assoc.is_rejected:
         return _rejected(assoc, at)
@@ -157,7 +157,8 @@ def failure_of(assoc: Association, probe: ConnectProbe, node: NodeLike,
         return NetworkError(f"{at} did not set up the association",
                             hint="the node's log says why", failure=NetworkFailure.ABORTED)
     if waited < timeout * 0.9:
-        # Connected, and the peer closed the connection without a word.
+        # Connected, no PDU back: pynetdicom reports a peer that closed the connection at once
+        # and one that never answered (our ACSE time-out) alike; the time waited tells them apart.
         return NetworkError(
             f"{at} closed the connection without answering the association request",
             hint="plain TCP to a TLS port, or TLS to a plain one? else the node's log says why",
