@@ -77,3 +77,46 @@ def test_tls_checks_the_host_name_unless_the_node_says_not(
     finally:
         wrong_node.stop(graceful=False, timeout=10)
         right_node.stop(graceful=False, timeout=10)
+
+
+def test_a_node_moving_to_a_tls_destination_checks_its_host_name(
+        tls_material: dict[str, str], ct_factory: Any, tmp_path: Path, archive_dir: Path) -> None:  # noqa: F811
+    """`serve` as a C-MOVE source opens the sub-association to a TLS destination with the
+    destination's host name checked, unless that node has `tls_no_hostname_check`."""
+    from pacsctl.config import Node
+
+    ct_factory.series(2, patient_id="TLSMOVE")
+    source_archive = Archive.open(tmp_path / "source")
+    source_archive.ingest([(f.read_bytes(), str(f)) for f in sorted(ct_factory.directory.rglob("*.dcm"))])
+    source = serve(source_archive, ScpOptions(ae_title="SOURCE", host="127.0.0.1", port=0,
+                                              temp_dir=source_archive.tmp_dir))
+    targets = {}
+    for name, cert in (("right", "server"), ("wrong", "elsewhere")):
+        archive = Archive.open(tmp_path / name)
+        tls = TlsOptions(cert=tls_material[f"{cert}_cert"], key=tls_material[f"{cert}_key"])
+        targets[name] = (archive, serve(archive, ScpOptions(ae_title=name.upper(), host="127.0.0.1", port=0,
+                                                            tls=tls, temp_dir=archive.tmp_dir)))
+    try:
+        def destination(name: str, no_check: bool = False) -> None:
+            source_archive.config.nodes[name] = Node(
+                name, name.upper(), "127.0.0.1", targets[name][1].port, tls=True,
+                tls_ca=tls_material["ca"], tls_no_hostname_check=no_check)
+            source_archive.save_config()
+
+        def move(to: str) -> Any:
+            return run_cli("move", f"SOURCE@127.0.0.1:{source.port}", "--to", to,
+                           "-k", "PatientID=TLSMOVE", "--json")
+
+        destination("right")
+        destination("wrong")
+        assert move("RIGHT").returncode == 0
+        assert len(targets["right"][0].index.instances()) == 2
+        assert move("WRONG").returncode != 0
+        assert not targets["wrong"][0].index.instances()
+        destination("wrong", no_check=True)
+        assert move("WRONG").returncode == 0
+        assert len(targets["wrong"][0].index.instances()) == 2
+    finally:
+        for _, node in targets.values():
+            node.stop(graceful=False, timeout=10)
+        source.stop(graceful=False, timeout=10)
