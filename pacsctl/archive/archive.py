@@ -364,9 +364,7 @@ class Archive:
             return (IngestResult(DUPLICATE, origin, uid, relpath, reason, size=stage.size),
                     self._record(inst, relpath, archived))
         if policy == "keep":
-            quarantined = self._quarantine_file(stage.temp_path, CONFLICT_KEPT_REASON, origin, uid)
-            quarantined.conflict = True
-            return quarantined, None
+            return self._quarantine_file(stage.temp_path, CONFLICT_KEPT_REASON, origin, uid, conflict=True), None
         # replace: the archived copy goes to quarantine first (a hard link), so a name always exists
         previous = _filed_under(target)
         self._quarantine_file(target, "conflict: replaced by a newer copy with different bytes in the data set", relpath, uid, keep_source=True)
@@ -428,7 +426,11 @@ class Archive:
             raise _storage_error(exc) from None
         return self._quarantine_file(staged.temp_path, reason, origin, sop_instance_uid)
 
-    def _quarantine_file(self, source: str | Path, reason: str, origin: str, sop_instance_uid: str, keep_source: bool = False) -> IngestResult:
+    def _quarantine_file(self, source: str | Path, reason: str, origin: str, sop_instance_uid: str, keep_source: bool = False,
+                         conflict: bool = False) -> IngestResult:
+        """Move (or with `keep_source` hard-link) a file into quarantine with its reason record.
+        `conflict`: the file lost to the archived copy of its SOP Instance UID (recorded, so that
+        a `move` counting arrivals from the archive can tell a conflict from a duplicate)."""
         now = dt.datetime.now(dt.timezone.utc)
         folder = files.ensure_dir(self.root / QUARANTINE / now.strftime("%Y-%m-%d"))
         # Named by content, so quarantining the same bytes again (a re-run import) adds nothing.
@@ -440,14 +442,28 @@ class Archive:
         else:
             os.replace(source, target)
         info = {"time": now.isoformat(timespec="seconds"), "reason": reason, "origin": origin, "SOPInstanceUID": sop_instance_uid}
+        if conflict:
+            info["conflict"] = True
         files.write_atomic(self.tmp_dir, folder / f"{name}.json", json.dumps(info).encode())
         relpath = str(target.relative_to(self.root))
-        return IngestResult(QUARANTINED, origin, sop_instance_uid, relpath, reason, size=target.stat().st_size)
+        return IngestResult(QUARANTINED, origin, sop_instance_uid, relpath, reason, size=target.stat().st_size, conflict=conflict)
 
-    def quarantined(self) -> list[dict]:
-        """Every quarantined item's reason record, with its `path`, oldest first."""
+    def conflicts_since(self, since: dt.datetime, sop_instance_uids: Iterable[str]) -> set[str]:
+        """Of `sop_instance_uids`, those a copy was quarantined for as a conflict at or after
+        `since` (a timezone-aware time), by any process writing to this archive."""
+        wanted = set(sop_instance_uids)
+        floor = since.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat()
+        return {r["SOPInstanceUID"] for r in self.quarantined(since)
+                if r.get("conflict") and r.get("SOPInstanceUID") in wanted and r.get("time", "") >= floor}
+
+    def quarantined(self, since: dt.datetime | None = None) -> list[dict]:
+        """Every quarantined item's reason record, with its `path`, oldest first (with `since`,
+        only the date folders from that day on are read)."""
         records = []
+        first_day = since.astimezone(dt.timezone.utc).strftime("%Y-%m-%d") if since else ""
         for info in (self.root / QUARANTINE).glob("*/*.json"):
+            if info.parent.name < first_day:
+                continue
             try:
                 record = json.loads(info.read_text(encoding="utf-8"))
             except (OSError, ValueError):

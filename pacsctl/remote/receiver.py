@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from pacsctl.archive.archive import AUDIT_LOG, Archive
+from pacsctl.archive.archive import AUDIT_LOG, CONFLICT_KEPT_REASON, Archive
 from pacsctl.archive.audit import AuditEvent, AuditQuery, select_records
 from pacsctl.archive.commit import STATUS_CONFLICT_KEPT, GroupCommitter
 from pacsctl.errors import NetworkError
@@ -65,8 +65,7 @@ class ArchiveReceiver:
             self.received.add(uid)
             if status == STATUS_CONFLICT_KEPT:
                 self.conflicts += 1
-                LOG.warning("instance %s differs from the archived copy: kept that one, the "
-                            "received one is in quarantine", uid)
+                LOG.warning("quarantined: %s: %s", uid, CONFLICT_KEPT_REASON)  # import's wording
             elif status != STATUS_SUCCESS:
                 self.store_failed += 1
                 LOG.warning("instance %s not stored (status 0x%04X)", uid, status)

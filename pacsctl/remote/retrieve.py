@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping, Set
@@ -175,7 +176,9 @@ class RetrieveSummary:
             return True
         arrived = (self.stored or 0) + (self.duplicates or 0) + (self.conflicts or 0)
         arrived += self.already_archived or 0
-        return (not self.store_failed and not self.missing
+        # A conflict (a different image under an archived UID, kept in quarantine) is a
+        # partial failure, exit 3, as for `import`.
+        return (not self.store_failed and not self.missing and not self.conflicts
                 and arrived == self.completed + self.warning
                 and (self.expected is None or arrived >= self.expected))
 
@@ -247,6 +250,7 @@ def move(
     (`scu.move`); the summary, marked `interrupted`, counts what was done. A stop during the
     C-FINDs that resolve the selection raises OperationInterrupted (nothing was moved)."""
     start = time.perf_counter()
+    started = dt.datetime.now(dt.timezone.utc)
     summary = RetrieveSummary()
     try:
         targets = retrieve_identifiers(node, level, filters, calling_aet, timeout, cancel)
@@ -276,7 +280,7 @@ def move(
     if receiver is not None and expected is not None and not summary.refused:
         if not summary.interrupted:
             _await_arrivals(receiver, expected, settle)
-        _fill_local_counts(summary, receiver, expected, before, from_archive=not listening)
+        _fill_local_counts(summary, receiver, expected, before, from_archive=not listening, since=started)
     summary.elapsed = time.perf_counter() - start
     return summary
 
@@ -299,7 +303,7 @@ def _await_arrivals(receiver: ArchiveReceiver, expected: set[str], settle: float
 
 def _fill_local_counts(summary: RetrieveSummary, receiver: ArchiveReceiver,
                        expected: set[str] | None, before: Set[str] = frozenset(),
-                       from_archive: bool = False) -> None:
+                       from_archive: bool = False, since: dt.datetime | None = None) -> None:
     """Local counts from the receiver; or, `from_archive` (another process received), from
     which of the `expected` instances are now in the archive."""
     wanted = expected | receiver.received if expected is not None else receiver.received
@@ -310,8 +314,13 @@ def _fill_local_counts(summary: RetrieveSummary, receiver: ArchiveReceiver,
         present = expected.difference(summary.missing)
         summary.counted_in_archive = True
         summary.received = summary.stored = len(present - before)
-        summary.already_archived = len(present & before)
-        summary.duplicates = summary.conflicts = summary.store_failed = 0
+        # A copy serve refused as a conflict leaves the archived one in place: find it in the
+        # quarantine (which serve records as a conflict), not among those held before.
+        conflicts = receiver.archive.conflicts_since(since, present & before) if since else set()
+        summary.already_archived = len(present & before) - len(conflicts)
+        summary.conflicts = len(conflicts)
+        summary.received += len(conflicts)
+        summary.duplicates = summary.store_failed = 0
         return
     summary.received = len(receiver.received)
     summary.stored = receiver.stored
