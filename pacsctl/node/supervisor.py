@@ -16,6 +16,7 @@ import mmap
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -39,8 +40,9 @@ _BEAT = 0.2  # how often a worker's main thread shows it is alive
 
 
 class _Heartbeats:
-    """When each worker's main thread last looked for signals (monotonic clock, shared with
-    the forked workers). A worker whose beat goes stale cannot run Python: it cannot stop."""
+    """When each worker last ran Python (monotonic clock, shared with the forked workers): a
+    thread of its own beats every `_BEAT` s. A worker whose beat goes stale cannot run Python
+    (stopped, or a thread holding the GIL): it cannot stop either."""
 
     def __init__(self, workers: int) -> None:
         self._memory = mmap.mmap(-1, 8 * workers)
@@ -52,11 +54,21 @@ class _Heartbeats:
     def silent_for(self, index: int) -> float:
         return time.monotonic() - self._beats[index]
 
+    def keep_beating(self, index: int) -> None:
+        """In the worker: beat from a daemon thread for as long as the process can run Python
+        (also while it opens the archive or folds its index on the way out)."""
+
+        def run() -> None:
+            while True:
+                self.beat(index)
+                time.sleep(_BEAT)
+
+        threading.Thread(target=run, name="pacsctl-heartbeat", daemon=True).start()
+
 
 def _serve_in_this_process(root: Path, options: ScpOptions, signals: NodeSignals, grace: float,
                            ready: Callable[[int], None] | None = None,
                            sock: socket.socket | None = None, load: WorkerSlot | None = None,
-                           beat: Callable[[], None] = lambda: None,
                            fixed: frozenset[str] = frozenset()) -> int:
     """Serve until a stop signal, then stop gracefully (a second stop signal aborts); reload
     the settings on SIGHUP, except those in `fixed` (given on the command line)."""
@@ -64,7 +76,6 @@ def _serve_in_this_process(root: Path, options: ScpOptions, signals: NodeSignals
     if ready is not None:
         ready(node.port)
     while True:
-        beat()
         received = signals.wait(_BEAT)
         if received is NodeSignal.STOP:
             break
@@ -74,7 +85,6 @@ def _serve_in_this_process(root: Path, options: ScpOptions, signals: NodeSignals
              node.scp.active_associations)
 
     def abort_now() -> bool:
-        beat()
         return signals.wait(0) is NodeSignal.STOP
 
     node.stop(graceful=True, timeout=grace, abort=abort_now)
@@ -118,9 +128,10 @@ def _supervise(root: Path, options: ScpOptions, workers: int, signals: NodeSigna
             code = 1
             try:
                 die_with_parent(parent)  # a crashed node never leaves orphans holding the port
+                heartbeats.keep_beating(index)
                 code = _serve_in_this_process(root, replace(child_options), signals, grace,
                                               sock=sock, load=load.slot(index),
-                                              beat=lambda: heartbeats.beat(index), fixed=fixed)
+                                              fixed=fixed)
             except BaseException as exc:
                 log_failure("worker failed", exc)
             finally:
