@@ -174,3 +174,25 @@ def test_a_worker_that_cannot_stop_is_killed(tmp_path):
     assert f"worker {wedged} did not stop" in node.stderr()
     assert took < 20
     assert not _alive(wedged)
+
+
+def test_an_idle_association_does_not_delay_the_stop(tmp_path):
+    """An association that moves nothing (a viewer keeping one open) is not waited for: the
+    stop aborts it after a second of quiet instead of waiting out the 60 s grace period."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    node = GroupServe(tmp_path / "archive", tmp_path / "serve.log", "--workers", "2")
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="PACSCTL")
+    assert assoc.is_established and assoc.send_c_echo().Status == 0
+    try:
+        started = time.monotonic()
+        node.proc.send_signal(signal.SIGTERM)
+        code = node.wait(30)
+        took = time.monotonic() - started
+    finally:
+        assoc.abort()
+    assert code == 0, node.stderr()
+    assert took < 5, f"{took:.1f} s to stop"
