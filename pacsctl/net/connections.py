@@ -119,13 +119,15 @@ class _Tracking:
 
     connection: Connection
 
-    def recv(self, bufsize: int, *args: Any) -> bytes:
-        data = super().recv(bufsize, *args)  # type: ignore[misc]
+    def recv(self, bufsize: int = 1024, flags: int = 0) -> bytes:
+        data: bytes = super().recv(bufsize, flags)  # type: ignore[misc]
         self.connection.received(data, len(data))
         return data
 
-    def recv_into(self, buffer: Any, nbytes: int = 0, *args: Any) -> int:
-        count = super().recv_into(buffer, nbytes, *args)  # type: ignore[misc]
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        # Plain sockets read the whole buffer for nbytes 0, TLS ones for None: pass it on as given.
+        count: int = (super().recv_into(buffer) if nbytes is None  # type: ignore[misc]
+                      else super().recv_into(buffer, nbytes, flags))  # type: ignore[misc]
         self.connection.received(buffer, count)
         return count
 

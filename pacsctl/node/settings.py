@@ -35,7 +35,7 @@ class Reload:
     need_restart: list[str]
 
 
-def reload_settings(node: "RunningNode", fixed: frozenset[str] = frozenset()) -> Reload | None:
+def reload_settings(node: RunningNode, fixed: frozenset[str] = frozenset()) -> Reload | None:
     """Apply the archive's current settings to `node` where that needs no restart; `fixed`
     names the settings given on the command line (kept). None when the file cannot be read
     (the node goes on as it was)."""
@@ -66,7 +66,7 @@ def reload_settings(node: "RunningNode", fixed: frozenset[str] = frozenset()) ->
     return result
 
 
-def _apply(node: "RunningNode", allow: list[str], acse: float, dimse: float, network: float) -> None:
+def _apply(node: RunningNode, allow: list[str], acse: float, dimse: float, network: float) -> None:
     ae, server = node.scp.ae, node.scp.server
     ae.require_calling_aet = list(allow)  # empty: any calling AE title
     ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = acse, dimse, network

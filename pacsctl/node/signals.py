@@ -30,7 +30,7 @@ class NodeSignals:
     that `wait` receives them; enter it before starting threads or forking workers."""
 
     def __init__(self) -> None:
-        self._previous: set[signal.Signals] | None = None
+        self._previous: set[int | signal.Signals] | None = None
 
     def __enter__(self) -> NodeSignals:
         self._previous = signal.pthread_sigmask(signal.SIG_BLOCK, _TAKEN)

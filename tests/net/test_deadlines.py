@@ -12,7 +12,6 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from pacsctl.config import Node
 from pacsctl.net import scu
 
 # An A-ASSOCIATE-RQ header announcing 200 bytes that will come one at a time.
