@@ -34,12 +34,20 @@ def remove_pid_file(path: Path) -> None:
 
 
 def running_node_pid(root: Path) -> int | None:
-    """The pid of the `serve` running over the archive at `root`, if one is."""
+    """The pid of the `serve` running over the archive at `root`, if one is. A file left by a
+    node that was killed may name a pid the system has since given to another program: where
+    /proc shows command lines, only a `pacsctl ... serve` counts."""
     try:
         pid = int((root / PID_FILE).read_text().strip())
         os.kill(pid, 0)
     except PermissionError:  # alive, another user's
         return pid
     except (OSError, ValueError):
+        return None
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:  # no /proc: trust the file
+        return pid
+    if b"serve" not in words or not any(b"pacsctl" in w for w in words):
         return None
     return pid

@@ -72,3 +72,14 @@ def test_config_set_checks_timeouts(archive_dir):
     assert bad.returncode == 2 and "acse_timeout" in bad.stderr
     assert run_cli("--archive", archive_dir, "config", "set", "acse_timeout", "7.5").returncode == 0
     assert "acse_timeout = 7.5" in (archive_dir / "pacsctl.toml").read_text()
+
+
+def test_a_stale_pid_file_names_no_node(archive_dir):
+    """serve.pid left by a killed node, its pid since taken by another program (here this
+    test's own process): `config set` does not send anyone to `kill -HUP` it."""
+    import os
+
+    assert run_cli("--archive", archive_dir, "config", "set", "allow", "A").returncode == 0
+    (archive_dir / "serve.pid").write_text(f"{os.getpid()}\n")
+    out = run_cli("--archive", archive_dir, "config", "set", "allow", "B")
+    assert out.returncode == 0 and "kill -HUP" not in out.stderr
