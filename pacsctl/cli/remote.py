@@ -255,7 +255,7 @@ def query_command(
 # -- move and get ------------------------------------------------------------------------------
 
 
-def _selection(keys: List[str], level: str, everything: bool) -> tuple[str, dict[str, str]]:
+def _selection(keys: List[str], level: LevelName, everything: bool) -> tuple[str, dict[str, str]]:
     query_level, filters = _filters(keys, level)
     if not filters and not everything:
         raise UsageError("no selection: this would retrieve everything the node holds",

@@ -116,7 +116,7 @@ def failure_of(assoc: Association, probe: ConnectProbe, node: NodeLike,
         if isinstance(exc, TimeoutError):
             detail = f"no answer within {timeout:g} s"
         else:
-            detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
+            detail = str(getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc)
         return NetworkError(
             f"TLS handshake with {at} failed ({detail})",
             hint="check that the port speaks TLS, the CA that signs its certificate, the host "
@@ -147,7 +147,7 @@ def failure_of(assoc: Association, probe: ConnectProbe, node: NodeLike,
             failure=NetworkFailure.REJECTED)
     abort = next((p for p in probe.pdus if isinstance(p, A_ABORT_RQ)), None)
     if abort is not None:
-        source = {0: "service user", 2: "service provider"}.get(abort.source, str(abort.source))
+        source = {0: "service user", 2: "service provider"}.get(abort.source or 0, str(abort.source))
         return NetworkError(
             f"{at} aborted the association request (source: {source}, "
             f"reason: {abort.reason_diagnostic})",

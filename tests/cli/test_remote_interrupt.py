@@ -146,7 +146,7 @@ def _archived_objects(archive: Path) -> int:
     return sum(1 for p in objects.rglob("*") if p.is_file()) if objects.is_dir() else 0
 
 
-def test_one_signal_stops_get(peer_factory: Callable[..., Peer], ct_factory: Any,
+def test_one_signal_stops_get(peer_factory: Callable[..., Peer], ct_factory: Any,  # noqa: F811
                               archive_dir: Path) -> None:
     ct_factory.series(150, patient_id="P1")
     peer = peer_factory(sorted(ct_factory.directory.rglob("*.dcm")))
@@ -166,7 +166,7 @@ def test_one_signal_stops_get(peer_factory: Callable[..., Peer], ct_factory: Any
 
 
 def test_one_signal_stops_a_move_to_another_node(
-        peer_factory: Callable[..., Peer], counting_peer: Callable[[float], CountingPeer],
+        peer_factory: Callable[..., Peer], counting_peer: Callable[[float], CountingPeer],  # noqa: F811
         ct_factory: Any, archive_dir: Path) -> None:
     """The source is asked to stop (C-CANCEL): it sends nothing more to the destination."""
     ct_factory.series(100, patient_id="P1")
