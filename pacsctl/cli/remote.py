@@ -382,7 +382,7 @@ def move_command(
                     summary = retrieve.move(node, dest, query_level, filters, calling, receiver=receiver,
                                             on_progress=on_progress, settle=settle, timeout=timeout,
                                             listening=listening, cancel=cancel)
-                    summary.refused_by_us = (receiver.rejects if listening else
+                    summary.refused_by_us = (receiver_mod.rejects_of(receiver.rejects, node) if listening else
                                              receiver_mod.rejects_in_audit_log(archive, began, node))
             else:
                 summary = retrieve.move(node, dest, query_level, filters, calling, on_progress=on_progress,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -115,11 +115,16 @@ def receiving(archive: Archive, ae_title: str, source_aet: str,
 
 
 def rejects_in_audit_log(archive: Archive, since: datetime, source: NodeLike) -> list[dict[str, Any]]:
-    """Associations our running node rejected since `since` that came from `source` (by its
-    AE title or its host): read from the archive's audit log, which `pacsctl serve` writes."""
+    """Associations our running node rejected since `since` that came from `source`: read
+    from the archive's audit log, which `pacsctl serve` writes."""
     query = AuditQuery(since=since, event=AuditEvent.REJECT)
+    return rejects_of(select_records(archive.root / AUDIT_LOG, query), source)
+
+
+def rejects_of(records: Iterable[dict[str, Any]], source: NodeLike) -> list[dict[str, Any]]:
+    """The reject records that name `source`, by its AE title or its host."""
     found = []
-    for record in select_records(archive.root / AUDIT_LOG, query):
+    for record in records:
         host = str(record.get("peer", "")).rsplit(":", 1)[0]
         if record.get("calling_aet") == source.aet or host == source.host:
             found.append(record)
