@@ -175,17 +175,19 @@ def test_get_keeps_compressed_instances_as_orthanc_holds_them(orthanc: Any, test
     assert listed["TransferSyntaxUID"] == str(ds.file_meta.TransferSyntaxUID)
 
 
-def test_get_of_an_instance_archived_with_other_bytes_is_reported_not_failed(
+def test_get_of_an_instance_archived_with_another_data_set_is_a_conflict(
         orthanc: Any, testdata_dir: Path, archive_dir: Path) -> None:
-    """Imported from the file, then retrieved from Orthanc (which rewrites a few elements):
-    the archived copy stays, the received one is quarantined, and the summary says so."""
+    """Imported from the file, then retrieved from Orthanc (which rewrites a few elements of
+    the data set): the archived copy stays, the received one is quarantined, and the summary
+    says so with exit 3, as `import` does for a conflict."""
     source = testdata_dir / "CT_small.dcm"
     assert run_cli("import", source).returncode == 0
     orthanc.upload(source)
     proc = run_cli("get", _spec(orthanc), "-k", "PatientID=1CT1", "--json")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr
     summary = _summary(proc)
-    assert (summary["received"], summary["stored"], summary["duplicates"] + summary["conflicts"]) == (1, 0, 1)
+    assert (summary["received"], summary["stored"], summary["duplicates"], summary["conflicts"]) == (1, 0, 0, 1)
+    assert "conflict: same SOP Instance UID, different bytes in the data set" in proc.stderr
 
 
 def test_send_odd_length_deflated_file_to_orthanc(orthanc_factory: Any, testdata_dir: Path,
