@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import typer
 
 from pacsctl.archive.audit import AuditEvent, record_action
@@ -37,6 +36,7 @@ def import_command(
     """
     from pacsctl.archive.archive import DUPLICATE, STORED, IngestResult
     from pacsctl.ingest.importer import ImportInterrupted, collect_sources, import_sources
+    from pacsctl.parallel import default_jobs
 
     opts = state(ctx)
     sources = collect_sources([str(p) for p in paths])  # a mistyped path: nothing is created
@@ -61,7 +61,7 @@ def import_command(
 
         try:
             summary = import_sources(
-                archive, sources, jobs=jobs or os.cpu_count() or 1, on_conflict=on_conflict, dry_run=dry_run, on_result=on_result,
+                archive, sources, jobs=jobs or default_jobs(), on_conflict=on_conflict, dry_run=dry_run, on_result=on_result,
             )
         except ImportInterrupted as stopped:  # Ctrl-C/SIGTERM: say what was done, then exit 130
             summary = stopped.summary
