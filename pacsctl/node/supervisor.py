@@ -36,6 +36,10 @@ from pacsctl.parallel import die_with_parent
 LOG = logging.getLogger(__name__)
 
 KILL_AFTER = 5.0  # seconds a stopping worker may show no sign of life, or overrun its grace
+# Seconds a serving worker may show no sign of life before it is killed and replaced: a thread
+# holding the GIL that long (a C call that never returns) has taken the worker's associations
+# down with it already; its port share goes to a fresh worker.
+WEDGED_AFTER = 30.0
 _BEAT = 0.2  # how often a worker's main thread shows it is alive
 
 
@@ -153,6 +157,14 @@ def _supervise(root: Path, options: ScpOptions, workers: int, signals: NodeSigna
                 LOG.error("worker %d exited (%d); starting another", pid, status)
                 index = children.pop(pid)
                 children[spawn(index)] = index
+            elif heartbeats.silent_for(children[pid]) > WEDGED_AFTER:
+                LOG.error("worker %d has not run for %.0f s: killing it", pid,
+                          heartbeats.silent_for(children[pid]))
+                heartbeats.beat(children[pid])  # killed once; replaced when reaped
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
     try:
         return _stop_workers(children, heartbeats, signals, grace)
     finally:

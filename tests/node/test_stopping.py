@@ -196,3 +196,24 @@ def test_an_idle_association_does_not_delay_the_stop(tmp_path):
         assoc.abort()
     assert code == 0, node.stderr()
     assert took < 5, f"{took:.1f} s to stop"
+
+
+def test_a_wedged_serving_worker_is_replaced(tmp_path):
+    """A worker that cannot run (SIGSTOPped here; in life a thread holding the GIL) is killed
+    `WEDGED_AFTER` seconds later and replaced; the node serves on meanwhile."""
+    from pacsctl.node.supervisor import WEDGED_AFTER
+
+    node = GroupServe(tmp_path / "archive", tmp_path / "serve.log", "--workers", "2")
+    wedged = node.workers()[0]
+    os.kill(wedged, signal.SIGSTOP)
+    target = Node("n", "PACSCTL", "127.0.0.1", node.port)
+    assert scu.echo(target, timeout=10) >= 0  # the other worker takes it
+    deadline = time.monotonic() + WEDGED_AFTER + 30
+    while wedged in node.workers() or len(node.workers()) < 2:
+        assert time.monotonic() < deadline, node.stderr()
+        time.sleep(0.2)
+    assert f"worker {wedged} has not run" in node.stderr()
+    for _ in range(4):
+        assert scu.echo(target, timeout=10) >= 0
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.wait(20) == 0
