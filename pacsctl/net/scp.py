@@ -50,6 +50,7 @@ from pacsctl.net.types import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_PENDING,
     STATUS_PROCESSING_FAILURE,
+    STATUS_SOP_CLASS_NOT_SUPPORTED,
     STATUS_SUCCESS,
     STATUS_UNABLE_TO_PROCESS,
     AssocInfo,
@@ -231,7 +232,7 @@ class _Dispatcher:
 
     # -- services ----------------------------------------------------------------------------
     def on_echo(self, event: evt.Event) -> int:
-        return 0x0000
+        return STATUS_SUCCESS
 
     def on_store(self, event: evt.Event) -> int:
         req = event.request
@@ -265,7 +266,7 @@ class _Dispatcher:
             sop_class = sop_class if encoding.is_uid(sop_class) else None
             sop_instance = sop_instance if encoding.is_uid(sop_instance) else None
         elif self.h.store is None:
-            status = 0x0122  # SOP class not supported
+            status = STATUS_SOP_CLASS_NOT_SUPPORTED
         else:
             # All fragments are written and flushed. Close it now (pynetdicom would after the
             # handler) so the receiver may take the file over: link or rename it into place.
