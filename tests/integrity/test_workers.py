@@ -211,3 +211,18 @@ def test_human_summary_of_an_interrupted_import(archive_dir: Path, tmp_path: Pat
     code, _out, err = proc.wait()
     assert code == 130, err
     assert "interrupted: imported" in err and "run the same import again" in err
+
+
+def test_ctrl_c_stops_verify_when_a_worker_hangs(archive_dir: Path, tmp_path: Path) -> None:
+    """A worker blocked on a hung file (here a pipe) must not make Ctrl-C hang the command:
+    exit 130 at once, the workers killed (the pool used to wait for them for ever)."""
+    archive_with_a_hanging_file(archive_dir, tmp_path)
+    proc = start(tmp_path / "logs", "verify", "--jobs", "2")
+    assert wait_until(lambda: len(proc.workers()) >= 2 or proc.poll() is not None), "no workers started"
+    workers = proc.workers()
+    time.sleep(0.5)
+    assert proc.poll() is None
+    os.killpg(proc.pid, signal.SIGINT)
+    code, _out, err = proc.wait()
+    assert code == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert wait_until(lambda: not any(alive(w) for w in workers), timeout=10)
