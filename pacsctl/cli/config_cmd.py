@@ -29,7 +29,8 @@ def show(ctx: typer.Context, as_json: JsonRecords = False) -> None:
     Example: pacsctl config show --json
     """
     archive = state(ctx).open_archive()
-    settings = {"archive": str(archive.root), **{k: getattr(archive.config, k) for k in SETTABLE_KEYS}}
+    settings: dict[str, object] = {"archive": str(archive.root)}
+    settings.update({str(k): getattr(archive.config, k) for k in SETTABLE_KEYS})
     if as_json:
         output.json_line(settings)
     else:

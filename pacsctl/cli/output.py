@@ -20,6 +20,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -145,7 +146,7 @@ def error(message: str, hint: str | None = None) -> None:
 class Tracker:
     """Advances a progress bar by items and bytes, showing MB/s beside the count and ETA."""
 
-    def __init__(self, bar: Progress, task: int) -> None:
+    def __init__(self, bar: Progress, task: TaskID) -> None:
         self.bar, self.task, self.bytes = bar, task, 0
 
     def advance(self, items: int = 1, nbytes: int = 0) -> None:

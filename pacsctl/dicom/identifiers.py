@@ -24,10 +24,10 @@ import codecs
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from pydicom.charset import CUSTOMIZABLE_CHARSET_VR, convert_encodings, python_encoding
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -133,7 +133,7 @@ def _fallback_charset(raw: bytes) -> str:
 
 def _raw_text_items(ds: Dataset) -> list[RawDataElement]:
     """Top-level raw elements whose VR is affected by the character set."""
-    items = []
+    items: list[RawDataElement] = []
     for tag in ds.keys():
         item = ds.get_item(tag)
         if isinstance(item, RawDataElement) and _vr_of(item) in _TEXT_VRS:
@@ -341,7 +341,7 @@ def _round_trips(ds: Dataset) -> bool:
     fp.is_little_endian = True
     fp.is_implicit_VR = True
     write_dataset(fp, ds)
-    back = read_dataset(DicomBytesIO(fp.getvalue()), True, True)
+    back = read_dataset(cast(BinaryIO, DicomBytesIO(fp.getvalue())), True, True)  # a BinaryIO in all but its stub
     for elem in ds:
         if elem.VR not in _TEXT_VRS:
             continue
@@ -415,5 +415,5 @@ def _assemble(
             ds.QueryRetrieveLevel = query.level
             continue
         vr = str(dictionary_VR(keyword)).split(" or ")[0]
-        ds.add_new(tag_for_keyword(keyword), vr, _element_value(record.get(keyword), vr))
+        ds.add_new(keyword, vr, _element_value(record.get(keyword), vr))
     return ds

@@ -48,7 +48,7 @@ _PLAIN_SYNTAXES = frozenset(
 _PLAIN_VALUE = re.compile(rb"[ -\[\]-~]*\x00?")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
-_WANTED = {tag_for_keyword(k): k for k in DATASET_KEYS}
+_WANTED = {tag: k for k in DATASET_KEYS if (tag := tag_for_keyword(k)) is not None}
 _WANTED_VR = {tag: dictionary_VR(tag).encode() for tag in _WANTED}
 _META_WANTED = {0x00020002: "MediaStorageSOPClassUID", 0x00020003: "MediaStorageSOPInstanceUID",
                 0x00020010: "TransferSyntaxUID"}
@@ -172,7 +172,7 @@ class _Walker:
                 raise _NotPlain  # the value runs past the data: truncated
             if vr == b"SQ" or (implicit and length and _is_sequence(tag)):
                 self._sequence(pos, pos + length, pos + length, implicit)
-            elif top and tag in _WANTED:
+            elif top and raw is not None and tag in _WANTED:
                 if tag in raw or (vr and vr != _WANTED_VR[tag]):
                     raise _NotPlain
                 raw[tag] = (_WANTED_VR[tag], data[pos:pos + length])

@@ -207,7 +207,7 @@ def recorded_files(records: Iterable[dict]) -> dict[str, Expected]:
     return out
 
 
-def _finding(expected: Expected, problem: str, detail: str, where: str) -> Finding:
+def _finding(expected: Expected, problem: F.Problem, detail: str, where: str) -> Finding:
     return Finding(expected.path, problem, detail, expected.sop_instance_uid, where)
 
 

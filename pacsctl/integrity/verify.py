@@ -180,11 +180,12 @@ def _recheck_changed(
 ) -> list[Finding]:
     """Check again, against its new record, a file replaced during the check (on-conflict replace)."""
     out = []
-    for finding in found:
-        new = fresh.get(finding.path)
-        old = recorded.get(finding.path)
-        if finding.problem in F.DAMAGE and new is not None and old is not None and new.sha256 != old.sha256:
-            recorded[finding.path] = new
+    for original in found:
+        finding: Finding | None = original
+        new = fresh.get(original.path)
+        old = recorded.get(original.path)
+        if original.problem in F.DAMAGE and new is not None and old is not None and new.sha256 != old.sha256:
+            recorded[original.path] = new
             finding = check_quick(root, new) if mode == QUICK else check_full(root, new)[0]
         if finding is not None:
             out.append(finding)

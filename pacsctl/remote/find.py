@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from pacsctl.dicom.identifiers import parse_identifier
@@ -66,7 +66,7 @@ def build_identifier(level: str, filters: Mapping[str, str], keys: tuple[str, ..
                 raise UsageError(f"{keyword} needs a number, got {shown_value(keyword, filters[keyword])}") from None
         elif value == "" and vr in ("US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"):
             value = None
-        ds.add_new(tag_for_keyword(keyword), vr, value)
+        ds.add_new(keyword, vr, value)
     return ds
 
 

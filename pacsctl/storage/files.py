@@ -91,7 +91,7 @@ def barrier(anchor: Path, files: Iterable[str | Path] = (), dirs: Iterable[str |
     """
     if syncfs(anchor):
         return
-    make_durable(files)
+    make_durable(map(Path, files))
     for folder in {p for d in map(Path, dirs) for p in (d, d.parent, d.parent.parent)}:
         fsync_dir(folder)
 

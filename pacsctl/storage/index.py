@@ -145,6 +145,7 @@ class _Shard:
         """The shard's file content, as TinyDB writes it (for a batched, group-committed save)."""
         db = TinyDB(storage=_MemoryStorage)
         db.table(self.TABLE).insert_multiple(self.docs.values())
+        assert isinstance(db.storage, _MemoryStorage)
         return json.dumps(db.storage.data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -506,7 +507,7 @@ class Index:
                 for pid in patients:  # the studies these patients hold on disk or gain now
                     doc = catalog.patient_shard(pid).docs.get(pid)
                     studies.update(doc["studies"] if doc else ())
-                studies.update(rec.get("StudyInstanceUID") for rec in pending if rec.get("PatientID", "") in patients)
+                studies.update(str(rec.get("StudyInstanceUID")) for rec in pending if rec.get("PatientID", "") in patients)
                 pending = [
                     rec for rec in pending
                     if rec.get("PatientID", "") in patients or rec.get("StudyInstanceUID") in studies
@@ -535,8 +536,7 @@ class Index:
             docs = self._patient_docs(cat, patient_ids)
             out = []
             for patient in docs:
-                studies = [self._study(cat, uid) for uid in patient["studies"]]
-                studies = [s for s in studies if s]
+                studies = [s for s in (self._study(cat, uid) for uid in patient["studies"]) if s]
                 rec = {k: patient.get(k, "") for k in self.fields.patient}
                 rec["NumberOfPatientRelatedStudies"] = len(studies)
                 rec["NumberOfPatientRelatedSeries"] = sum(s["NumberOfStudyRelatedSeries"] for s in studies)
