@@ -19,9 +19,6 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.uid import AllTransferSyntaxes
-
 from pacsctl.dicom.attributes import DATASET_KEYS, INTEGER_KEYS
 
 _UNPACK_TAG_LEN = struct.Struct("<HHI").unpack_from
@@ -40,16 +37,43 @@ _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 # Syntaxes whose data set is little endian and not deflated: implicit VR, or explicit VR
-# (native or encapsulated pixel data).
-_PLAIN_SYNTAXES = frozenset(
-    str(uid) for uid in AllTransferSyntaxes if uid.is_little_endian and not uid.is_deflated
-)
+# (native or encapsulated pixel data). Written out, like the tags below, so that scanning an
+# explicit VR file imports no pydicom (`verify` of a plain archive never needs it); a test
+# compares both tables with pydicom's.
+PLAIN_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.100.1", "1.2.840.10008.1.2.4.101",
+    "1.2.840.10008.1.2.4.101.1", "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.102.1",
+    "1.2.840.10008.1.2.4.103", "1.2.840.10008.1.2.4.103.1", "1.2.840.10008.1.2.4.104",
+    "1.2.840.10008.1.2.4.104.1", "1.2.840.10008.1.2.4.105", "1.2.840.10008.1.2.4.105.1",
+    "1.2.840.10008.1.2.4.106", "1.2.840.10008.1.2.4.106.1", "1.2.840.10008.1.2.4.107",
+    "1.2.840.10008.1.2.4.108", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.4.204", "1.2.840.10008.1.2.4.205",
+    "1.2.840.10008.1.2.7.1", "1.2.840.10008.1.2.7.2", "1.2.840.10008.1.2.7.3",
+})
 # A value we read as is: printable ASCII, no backslash (one value), trailing NUL/space padding.
 _PLAIN_VALUE = re.compile(rb"[ -\[\]-~]*\x00?")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
-_WANTED = {tag: k for k in DATASET_KEYS if (tag := tag_for_keyword(k)) is not None}
-_WANTED_VR = {tag: dictionary_VR(tag).encode() for tag in _WANTED}
+# Tag and VR of every keyword the index takes from the data set (DATASET_KEYS).
+KEYWORD_TAGS: dict[str, tuple[int, bytes]] = {
+    "PatientID": (0x00100020, b"LO"), "PatientName": (0x00100010, b"PN"),
+    "PatientBirthDate": (0x00100030, b"DA"), "PatientSex": (0x00100040, b"CS"),
+    "StudyInstanceUID": (0x0020000D, b"UI"), "StudyDate": (0x00080020, b"DA"),
+    "StudyTime": (0x00080030, b"TM"), "AccessionNumber": (0x00080050, b"SH"),
+    "StudyID": (0x00200010, b"SH"), "StudyDescription": (0x00081030, b"LO"),
+    "ReferringPhysicianName": (0x00080090, b"PN"), "SeriesInstanceUID": (0x0020000E, b"UI"),
+    "Modality": (0x00080060, b"CS"), "SeriesNumber": (0x00200011, b"IS"),
+    "SeriesDescription": (0x0008103E, b"LO"), "SeriesDate": (0x00080021, b"DA"),
+    "BodyPartExamined": (0x00180015, b"CS"), "SOPInstanceUID": (0x00080018, b"UI"),
+    "SOPClassUID": (0x00080016, b"UI"), "InstanceNumber": (0x00200013, b"IS"),
+    "SpecificCharacterSet": (0x00080005, b"CS"),
+}
+_WANTED = {KEYWORD_TAGS[k][0]: k for k in DATASET_KEYS}  # a KeyError here: add the new key above
+_WANTED_VR = {KEYWORD_TAGS[k][0]: KEYWORD_TAGS[k][1] for k in DATASET_KEYS}
 _META_WANTED = {0x00020002: "MediaStorageSOPClassUID", 0x00020003: "MediaStorageSOPInstanceUID",
                 0x00020010: "TransferSyntaxUID"}
 
@@ -77,7 +101,7 @@ def scan(data: bytes) -> Scanned | None:
         pos = _walk_meta(data, 132, raw_meta)
         meta = {_META_WANTED[t]: _text(v) for t, v in raw_meta.items()}
         syntax = meta.get("TransferSyntaxUID", "")
-        if syntax not in _PLAIN_SYNTAXES or meta.get("MediaStorageSOPClassUID") == _DICOMDIR_CLASS:
+        if syntax not in PLAIN_SYNTAXES or meta.get("MediaStorageSOPClassUID") == _DICOMDIR_CLASS:
             return None
         raw: dict[int, tuple[bytes, bytes]] = {}
         walker = _Walker(data, syntax == _IMPLICIT_LE)
@@ -231,6 +255,8 @@ def _is_sequence(tag: int) -> bool:
     """Whether the data dictionary says `tag` is a sequence (implicit VR has no VR on the wire)."""
     known = _SEQUENCE_TAGS.get(tag)
     if known is None:
+        from pydicom.datadict import dictionary_VR  # only implicit VR data needs the dictionary
+
         try:
             known = dictionary_VR(tag) == "SQ"
         except KeyError:  # private or unknown: pydicom keeps it as raw bytes too

@@ -24,8 +24,8 @@ from typing import Callable, Iterable, Sequence
 from pacsctl.integrity import findings as F
 from pacsctl.archive.archive import Archive, OBJECTS, TMP
 from pacsctl.integrity.filecheck import (
-    Expected, check_full, check_quick, clean_leftovers, header_uid, read_content, read_head, recorded_files,
-    walk_objects,
+    Expected, check_full, check_quick, clean_leftovers, header_uid, load_header_scan, read_content, read_head,
+    recorded_files, walk_objects,
 )
 from pacsctl.integrity.findings import Finding
 from pacsctl.integrity.manifest import MANIFEST_NAME, locked_backup, read_manifest
@@ -326,6 +326,8 @@ def check_files(
     size = chunk_size(len(tasks), jobs)
     # Quick checks are a stat each: not worth a worker process.
     workers = jobs if full and len(full) > size else 1
+    if full:
+        load_header_scan()  # before the fork: one import shared by every worker
     for chunk_found, chunk_files, chunk_hashed, chunk_bytes in map_unordered(
         _check_chunk, ((str(root), where, chunk) for chunk in chunked(tasks, size)), workers
     ):

@@ -97,3 +97,34 @@ def test_scan_never_accepts_damage_pydicom_rejects(name: str,
         for _ in range(rng.randint(1, 3)):
             changed[rng.randrange(132, header_end)] = rng.randrange(256)
         _assert_agrees(bytes(changed), monkeypatch)
+
+
+def test_written_out_tables_match_pydicoms_dictionary() -> None:
+    """The scan carries its own syntax and tag tables (so explicit VR data imports no pydicom):
+    they must say what pydicom's dictionary says."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.uid import AllTransferSyntaxes
+
+    from pacsctl.dicom import rawheader
+    from pacsctl.dicom.attributes import DATASET_KEYS
+
+    assert rawheader.PLAIN_SYNTAXES == {
+        str(uid) for uid in AllTransferSyntaxes if uid.is_little_endian and not uid.is_deflated}
+    assert {k: rawheader.KEYWORD_TAGS[k] for k in DATASET_KEYS} == {
+        k: (tag_for_keyword(k), dictionary_VR(tag_for_keyword(k)).encode()) for k in DATASET_KEYS}
+
+
+def test_scanning_explicit_vr_data_imports_no_pydicom(tmp_path: Path) -> None:
+    """`verify` of a plain archive hashes and scans without paying pydicom's import (0.15 s)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import cli_env
+
+    path = make_ct(tmp_path / "ct.dcm", rows=16, cols=16)  # explicit VR little endian
+    code = ("import sys; from pacsctl.dicom.rawheader import scan;"
+            f"assert scan(open({str(path)!r}, 'rb').read()) is not None;"
+            "print(sorted(m for m in sys.modules if m.startswith('pydicom')))")
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout

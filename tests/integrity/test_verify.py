@@ -385,3 +385,53 @@ def test_a_header_longer_than_the_head_kept_is_read_from_the_file(archive: Archi
     monkeypatch.setattr(filecheck, "HEADER_LIMIT", 200)  # cuts the File Meta header itself
     report = verify_archive(archive, jobs=1)
     assert report.findings == [] and report.summary.hashed == 9
+
+
+def _record_bytes_as_ingested(archive: Archive, rec: dict, data: bytes) -> None:
+    """Make the index record `data` as the file's ingest size and hash: only the header check
+    can then tell that the file is damaged."""
+    import hashlib
+
+    archive.path_of(rec["path"]).write_bytes(data)
+    archive.index.add([{**rec, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}])
+    archive.index.flush()
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    ("cut in the SOP Instance UID", F.UID_MISMATCH),  # pydicom reads what is left of the value
+    ("element length past the end", F.UID_MISMATCH),
+    ("not DICOM", F.UNREADABLE),
+])
+def test_a_damaged_header_with_the_recorded_hash_is_found(archive: Archive, damage: str,
+                                                          problem: str) -> None:
+    """The raw header scan declines damage and pydicom's path judges it, as before the scan."""
+    rec = sorted(archive.index.instances(), key=lambda r: r["path"])[0]  # a generated CT
+    data = archive.path_of(rec["path"]).read_bytes()
+    uid = rec["SOPInstanceUID"].encode()
+    at = data.rindex(uid)  # in the data set (the first one is in the File Meta header)
+    if damage == "cut in the SOP Instance UID":
+        data = data[:at + 5]
+    elif damage == "element length past the end":  # the UID element's 2-byte length, explicit VR
+        data = data[:at - 2] + (0xFFF0).to_bytes(2, "little") + data[at:]
+    else:
+        data = b"\x00" * len(data)
+    _record_bytes_as_ingested(archive, rec, data)
+    [finding] = verify_archive(archive, jobs=1).findings
+    assert (finding.problem, finding.path) == (problem, rec["path"])
+    expected = "DICOM header: " if problem == F.UNREADABLE else "file holds SOP Instance UID"
+    assert finding.detail.startswith(expected)
+
+
+def test_plain_files_are_checked_without_pydicom(archive_dir: Path, ct_factory: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain explicit VR files: the raw scan checks the header on the bytes hashed, pydicom's
+    parse (ten times slower) is not run."""
+    from pacsctl.integrity import filecheck
+
+    def no_pydicom(_source: object) -> None:
+        raise AssertionError("pydicom's parse ran on a plain file")
+
+    with make_archive(archive_dir, ct_factory.series(3)) as arch:
+        monkeypatch.setattr(filecheck, "read_header", no_pydicom)
+        report = verify_archive(arch, jobs=1)
+    assert report.findings == [] and report.summary.hashed == 3
