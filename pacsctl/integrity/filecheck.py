@@ -160,19 +160,22 @@ def check_quick(root: Path, expected: Expected, where: str = F.ARCHIVE) -> Findi
 
 
 def walk_objects(root: Path, objects: str = "objects") -> Iterator[str]:
-    """Every file under `root/objects`, as a root-relative POSIX path (scandir: no stat per file)."""
-    stack = [root / objects]
+    """Every file under `root/objects`, as a root-relative POSIX path (scandir: no stat per file;
+    plain strings, not Path objects: a Path per file cost more than the scan itself)."""
+    prefix = len(os.path.join(root, ""))
+    stack = [os.path.join(root, objects)]
     while stack:
         folder = stack.pop()
         try:
-            entries = list(os.scandir(folder))
+            with os.scandir(folder) as it:
+                entries = list(it)
         except FileNotFoundError:
             continue
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                stack.append(Path(entry.path))
+                stack.append(entry.path)
             else:
-                yield Path(entry.path).relative_to(root).as_posix()
+                yield entry.path[prefix:].replace(os.sep, "/")
 
 
 def is_leftover(path: Path, now: float | None = None) -> bool:

@@ -435,3 +435,15 @@ def test_plain_files_are_checked_without_pydicom(archive_dir: Path, ct_factory: 
         monkeypatch.setattr(filecheck, "read_header", no_pydicom)
         report = verify_archive(arch, jobs=1)
     assert report.findings == [] and report.summary.hashed == 3
+
+
+def test_walk_names_files_relative_to_the_root_however_the_root_is_given(
+        archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pacsctl.integrity.filecheck import walk_objects
+
+    paths = sorted(walk_objects(archive.root))
+    assert paths == sorted(r["path"] for r in archive.index.iter_instances())
+    monkeypatch.chdir(archive.root.parent)
+    assert sorted(walk_objects(Path(archive.root.name))) == paths
+    monkeypatch.chdir(archive.root)
+    assert sorted(walk_objects(Path("."))) == paths
