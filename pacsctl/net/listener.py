@@ -14,7 +14,7 @@ import logging
 import socket
 import ssl
 import threading
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -53,7 +53,7 @@ class ConnectionHandler(RequestHandler):
         super().handle()
         if getattr(self.server, "load", None) is not None:
             self.association.join()
-            self.server.count_closed(self.request)
+            cast(Server, self.server).count_closed(self.request)
 
 
 class Server(ThreadedAssociationServer):
@@ -87,9 +87,10 @@ class Server(ThreadedAssociationServer):
             return
         # Worker processes share one listening socket made before they forked. Non-blocking,
         # so a worker that loses the race for a connection is not stuck in accept().
-        self.socket.close()
-        self.socket = self.adopt_socket
-        self.socket.setblocking(False)
+        if self.socket is not None:
+            self.socket.close()
+        self.socket = sock = self.adopt_socket
+        sock.setblocking(False)
         self.server_address = self.socket.getsockname()
 
     def server_activate(self) -> None:

@@ -18,14 +18,15 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # names made at import time
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -215,7 +216,7 @@ class _Dispatcher:
         # codes), and the called AE title the one the peer asked for (the acceptor's is ours).
         info = assoc_info(event.assoc)
         sent = event.assoc.acceptor.primitive
-        code = (getattr(sent, "result_source", None), getattr(sent, "diagnostic", None))
+        code = (int(getattr(sent, "result_source", 0) or 0), int(getattr(sent, "diagnostic", 0) or 0))
         called = getattr(event.assoc.requestor.primitive, "called_ae_title", None)
         if called is not None:
             info = replace(info, called_aet=str(called).strip())
@@ -235,7 +236,7 @@ class _Dispatcher:
         return STATUS_SUCCESS
 
     def on_store(self, event: evt.Event) -> int:
-        req = event.request
+        req = cast(C_STORE, event.request)
         path, offset = req._dataset_path, None
         if isinstance(path, tuple):  # pynetdicom's (path, offset) form on the send side
             path, offset = path
@@ -300,6 +301,7 @@ class _Dispatcher:
         return status
 
     def _store(self, store_req: StoreRequest) -> StoreOutcome:
+        assert self.h.store is not None  # the storage service is only offered with a handler
         try:
             outcome = self.h.store(store_req)
         except Exception as exc:
@@ -554,7 +556,7 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
     d = _Dispatcher(handlers, options)
     if fastpath.install(options.fast_path):  # else pynetdicom's own code serves
         faststore.enable(ae, d.store_received)
-    handlers_list = [
+    handlers_list: list[Any] = [
         (evt.EVT_C_ECHO, d.on_echo),
         (evt.EVT_C_STORE, d.on_store),
         (evt.EVT_C_FIND, d.on_find),

@@ -97,11 +97,12 @@ class StoreRequest:
     @property
     def file_meta(self) -> Dataset:
         """The File Meta group at the head of `path` (built on demand, as pydicom objects)."""
+        from pydicom.uid import UID
         from pynetdicom.dsutils import create_file_meta
 
-        return create_file_meta(sop_class_uid=self.sop_class_uid,
-                                sop_instance_uid=self.sop_instance_uid,
-                                transfer_syntax=self.transfer_syntax_uid)
+        return create_file_meta(sop_class_uid=UID(self.sop_class_uid),
+                                sop_instance_uid=UID(self.sop_instance_uid),
+                                transfer_syntax=UID(self.transfer_syntax_uid))
 
 
 @dataclass(frozen=True)

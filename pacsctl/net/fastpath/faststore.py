@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
@@ -59,9 +59,9 @@ def serve_p_data(dul: DULServiceProvider, pdu: P_DATA_TF) -> P_DATA_TF | None:
     incoming: _Incoming | None = getattr(dul, "_pacsctl_incoming", None)
     done = 0
     for item in items:
-        value = item.presentation_data_value
+        value = cast(bytes, item.presentation_data_value)  # set on every decoded item
         if incoming is None:
-            incoming = _begin(dul, item.presentation_context_id, value)
+            incoming = _begin(dul, cast(int, item.presentation_context_id), value)
             if incoming is None:
                 break
         elif value[0] & 1 or item.presentation_context_id != incoming.context_id:
@@ -139,7 +139,7 @@ def abandon(dul: DULServiceProvider) -> None:
 
 def _finish(dul: DULServiceProvider, incoming: _Incoming) -> None:
     """The data set is complete: store it, answer, and remove what the store left of the file."""
-    store = dul.assoc.ae._pacsctl_store
+    store = dul.assoc.ae._pacsctl_store  # type: ignore[attr-defined]
     try:
         status = int(store(dul.assoc, incoming.sop_class, incoming.sop_instance,
                            incoming.transfer_syntax, incoming.stream, incoming.stream.name,

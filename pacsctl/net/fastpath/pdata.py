@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
@@ -90,6 +91,7 @@ def _read_one_pdu(self: DULServiceProvider) -> bool:
                      f"{6 + pdu_length} bytes received)")
         self.event_queue.put("Evt17")
         return False
+    pdu: Any
     fast = pdu_type == _P_DATA_TF and not any(self.assoc.get_handlers(e) for e in _RAW_PDU_EVENTS)
     try:
         if fast:

@@ -23,6 +23,7 @@ import struct
 import tempfile
 import threading
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
@@ -216,8 +217,11 @@ class StoreCommand:
         for e in elems:
             setattr(self, e.keyword, e.value)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[_Elem]:
         return iter(self._elems)
+
+    def __getattr__(self, keyword: str) -> Any:  # the elements are set as attributes
+        raise AttributeError(keyword)
 
     def __contains__(self, keyword: object) -> bool:
         return any(e.keyword == keyword for e in self._elems)
@@ -274,7 +278,7 @@ def decode_store_command(raw: bytes, strict: bool = True) -> StoreCommand | None
     if not (_REQUIRED if strict else _REQUIRED_TO_ANSWER) <= seen:
         return None
     command = StoreCommand(elems)
-    if command.CommandField != _C_STORE_RQ:  # type: ignore[attr-defined]
+    if command.CommandField != _C_STORE_RQ:
         return None
     return command
 

@@ -58,9 +58,9 @@ def _association_wait(assoc: Association, seconds: float) -> None:
         _wake_on_dul_primitives(assoc)
         seconds = max(seconds, ACCEPTOR_POLL)
     with q.not_empty:
-        if not q._qsize():  # type: ignore[attr-defined]
+        if not q._qsize():
             q.not_empty.wait(seconds)
-            if q._qsize():  # type: ignore[attr-defined]
+            if q._qsize():
                 # Queue.put wakes one waiter. It may have been meant for a thread blocked in
                 # get() on this queue (a send_c_store waiting for its response): pass it on.
                 q.not_empty.notify()
