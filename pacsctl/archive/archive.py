@@ -441,7 +441,7 @@ class Archive:
                 os.link(source, target)
         else:
             os.replace(source, target)
-        info = {"time": now.isoformat(timespec="seconds"), "reason": reason, "origin": origin, "SOPInstanceUID": sop_instance_uid}
+        info: dict[str, object] = {"time": now.isoformat(timespec="seconds"), "reason": reason, "origin": origin, "SOPInstanceUID": sop_instance_uid}
         if conflict:
             info["conflict"] = True
         files.write_atomic(self.tmp_dir, folder / f"{name}.json", json.dumps(info).encode())

@@ -13,7 +13,7 @@ import mmap
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -25,9 +25,10 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
 )
 
-from pacsctl.dicom.rawheader import scan
+from pacsctl.dicom.rawheader import DicomBytes, scan
 from pacsctl.dicom.attributes import dataset_fields
 from pacsctl.errors import InvalidDicomError
 
@@ -58,7 +59,7 @@ class Instance:
     """A checked instance: the Part-10 bytes to store, and its parsed data set or, when the
     fast scan read it (`rawheader`), only the index fields."""
 
-    data: bytes
+    data: DicomBytes
     dataset: Dataset | None
     sop_class_uid: str
     sop_instance_uid: str
@@ -84,7 +85,7 @@ class DataSetIdentity:
     sha256: str
 
 
-def data_set_offset(head: bytes | memoryview) -> tuple[int, str] | None:
+def data_set_offset(head: DicomBytes | memoryview) -> tuple[int, str] | None:
     """(offset where the data set starts, Transfer Syntax UID) of Part-10 bytes; None when
     `head` is not Part-10 or its File Meta group does not end inside `head`."""
     size = len(head)
@@ -109,7 +110,7 @@ def data_set_offset(head: bytes | memoryview) -> tuple[int, str] | None:
     return (pos, syntax) if pos == size else None
 
 
-def data_set_identity(data: bytes) -> DataSetIdentity | None:
+def data_set_identity(data: DicomBytes) -> DataSetIdentity | None:
     """The identity of Part-10 bytes in memory (None: not Part-10, or no complete meta group)."""
     found = data_set_offset(memoryview(data)[:_META_HEAD] if len(data) > _META_HEAD else data)
     if found is None:
@@ -183,7 +184,7 @@ def part10_bytes(meta: FileMetaDataset, dataset_bytes: bytes) -> bytes:
     """Preamble + encoded File Meta + the data set bytes exactly as given (e.g. as received)."""
     buffer = io.BytesIO()
     buffer.write(PREAMBLE)
-    write_file_meta_info(buffer, meta, enforce_standard=True)
+    write_file_meta_info(cast(Any, buffer), meta, enforce_standard=True)  # any binary file will do
     buffer.write(dataset_bytes)
     return buffer.getvalue()
 
@@ -191,15 +192,15 @@ def part10_bytes(meta: FileMetaDataset, dataset_bytes: bytes) -> bytes:
 def file_meta_for(sop_class: str, sop_instance: str, transfer_syntax: str) -> FileMetaDataset:
     """A standard File Meta header for an instance."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "PACSCTL"
     return meta
 
 
-def _with_file_meta(data: bytes, ds: Dataset, sop_class: str, sop_instance: str) -> Instance:
+def _with_file_meta(data: DicomBytes, ds: Dataset, sop_class: str, sop_instance: str) -> Instance:
     """Give a bare data set (no preamble/meta) a File Meta header; keep its bytes as they are."""
     implicit, little = ds.original_encoding
     syntax = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
@@ -211,20 +212,20 @@ def _with_file_meta(data: bytes, ds: Dataset, sop_class: str, sop_instance: str)
     return Instance(stored, _parse(stored, force=False), sop_class, sop_instance, syntax)
 
 
-def _end_of_group2(data: bytes) -> int:
+def _end_of_group2(data: DicomBytes) -> int:
     """Offset where an explicit-VR-LE group 0002 that starts at 0 ends."""
     fp = io.BytesIO(data)
     pydicom.filereader._read_file_meta_info(fp)
     return fp.tell()
 
 
-def _parse(data: bytes, force: bool) -> Dataset:
+def _parse(data: DicomBytes, force: bool) -> Dataset:
     """Parse every element's framing and fail on truncation pydicom would pass silently."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             # Large values (pixel data) are skipped, not copied: only the header is needed here.
-            ds = pydicom.dcmread(_as_file(data), force=force, defer_size=_DEFER_SIZE)
+            ds = pydicom.dcmread(cast(BinaryIO, _as_file(data)), force=force, defer_size=_DEFER_SIZE)
         except Exception as exc:  # pydicom raises many types on corrupt input
             raise InvalidDicomError(f"unreadable: {_first_line(exc)}") from None
     for warning in caught:

@@ -14,12 +14,16 @@ readable, with these values", and a test compares it with pydicom's path on many
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 from pacsctl.dicom.attributes import DATASET_KEYS, INTEGER_KEYS
+
+# An instance's bytes: in memory, or a read-only map of a large file (read in place).
+DicomBytes = bytes | mmap.mmap
 
 _UNPACK_TAG_LEN = struct.Struct("<HHI").unpack_from
 _UNPACK_TAG_VR_SHORT = struct.Struct("<HH2sH").unpack_from
@@ -92,7 +96,7 @@ class Scanned:
     fields: dict[str, Any]
 
 
-def scan(data: bytes) -> Scanned | None:
+def scan(data: DicomBytes) -> Scanned | None:
     """The index fields of `data` when it is a plain, complete Part-10 instance, else None."""
     if len(data) < 132 or data[128:132] != b"DICM":
         return None
@@ -120,7 +124,7 @@ def scan(data: bytes) -> Scanned | None:
     return Scanned(sop_class, sop_instance, syntax, fields)
 
 
-def _walk_meta(data: bytes, pos: int, out: dict[int, bytes]) -> int:
+def _walk_meta(data: DicomBytes, pos: int, out: dict[int, bytes]) -> int:
     """Walk group 0002 (always explicit VR little endian); return where the data set starts."""
     size = len(data)
     while pos + 8 <= size:
@@ -146,7 +150,7 @@ def _walk_meta(data: bytes, pos: int, out: dict[int, bytes]) -> int:
 class _Walker:
     """Walks element framing, nested items included; raises _NotPlain on anything odd."""
 
-    def __init__(self, data: bytes, implicit: bool) -> None:
+    def __init__(self, data: DicomBytes, implicit: bool) -> None:
         self.data = data
         self.implicit = implicit
         self.count = 0

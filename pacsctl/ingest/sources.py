@@ -16,7 +16,7 @@ import zlib
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, cast
 
 import pydicom
 
@@ -50,10 +50,10 @@ class Source:
                 yield stack.enter_context(open(self.path, "rb"))
                 return
             archive = stack.enter_context(zipfile.ZipFile(self.path))
-            stream: BinaryIO = stack.enter_context(archive.open(self.member))
+            stream = cast(BinaryIO, stack.enter_context(archive.open(self.member)))
             for name in self.inner:  # a member stream is seekable: a zip can be read inside it
                 archive = stack.enter_context(zipfile.ZipFile(stream))
-                stream = stack.enter_context(archive.open(name))
+                stream = cast(BinaryIO, stack.enter_context(archive.open(name)))
             yield stream
 
     def read(self) -> bytes:
@@ -151,7 +151,7 @@ def _members(archive: zipfile.ZipFile, path: str, chain: tuple[str, ...], depth:
         names = (*chain, info.filename)
         if depth < MAX_ZIP_DEPTH and _is_zip(archive, info):
             try:
-                with archive.open(info) as stream, zipfile.ZipFile(stream) as inner:  # type: ignore[arg-type]
+                with archive.open(info) as stream, zipfile.ZipFile(stream) as inner:
                     found.extend(_members(inner, path, names, depth + 1))
             except (OSError, *ZIP_ERRORS) as exc:
                 found.append(Problem("!".join((path, *names)), f"unreadable zip file: {exc}", unreadable=True))

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import StoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # names made at import time
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import mmap
 import os
 import re
 import uuid
@@ -187,7 +188,7 @@ class StagedFile:
     sha256: str
 
 
-def stage(tmp_dir: Path, chunks: Iterable[bytes], fsync: bool = True) -> StagedFile:
+def stage(tmp_dir: Path, chunks: Iterable[bytes | memoryview | mmap.mmap], fsync: bool = True) -> StagedFile:
     """Write `chunks` to a new private temp file, hashing on the way.
 
     With `fsync=False` the caller must pass the file to `make_durable` before publishing it.
@@ -265,7 +266,7 @@ def write_atomic(tmp_dir: Path, target: Path, data: bytes) -> None:
     fsync_dir(target.parent)
 
 
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> tuple[int, str]:
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> tuple[int, str]:
     """Size and SHA-256 of a file, read once."""
     digest = hashlib.sha256()
     size = 0
