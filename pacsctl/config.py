@@ -32,7 +32,9 @@ class OnConflict(StrEnum):
 
 ON_CONFLICT_POLICIES: tuple[OnConflict, ...] = tuple(OnConflict)
 
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars of the DICOM default repertoire, no backslash
+_AE_TITLE = re.compile(
+    r"^[\x20-\x5b\x5d-\x7e]{1,16}$"
+)  # 16 chars of the DICOM default repertoire, no backslash
 
 
 @dataclass
@@ -226,5 +228,7 @@ def parse_size(value: str) -> int:
     """A size in bytes from `1048576`, `512M`, `2G`, `2GiB` (binary units); UsageError if not."""
     match = _SIZE.match(value)
     if not match or int(match[1]) < 1:
-        raise UsageError(f"invalid size {value!r}", hint="bytes, or a number with K, M, G or T (binary units), e.g. 2G")
+        raise UsageError(
+            f"invalid size {value!r}", hint="bytes, or a number with K, M, G or T (binary units), e.g. 2G"
+        )
     return int(match[1]) << (10 * " kmgt".index(match[2].lower() or " "))

@@ -58,8 +58,7 @@ class NetworkError(PacsctlError):
 
     exit_code = EXIT_NETWORK
 
-    def __init__(self, message: str, hint: str | None = None,
-                 failure: NetworkFailure | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, failure: NetworkFailure | None = None) -> None:
         super().__init__(message, hint)
         self.failure = failure
 

@@ -22,12 +22,21 @@ import errno
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from pacsctl.config import CONFIG_NAME, ON_CONFLICT_POLICIES, Config, OnConflict, dump_config, load_config, resolve_archive_dir
+from pacsctl.config import (
+    CONFIG_NAME,
+    ON_CONFLICT_POLICIES,
+    Config,
+    OnConflict,
+    dump_config,
+    load_config,
+    resolve_archive_dir,
+)
 from pacsctl.dicom.attributes import INDEX_FIELDS, index_record
 from pacsctl.errors import InvalidDicomError, PacsctlError, StorageFullError, UsageError
 from pacsctl.storage import files
@@ -53,10 +62,15 @@ class IngestStatus(StrEnum):
 
 
 STORED, DUPLICATE, QUARANTINED, SKIPPED = (
-    IngestStatus.STORED, IngestStatus.DUPLICATE, IngestStatus.QUARANTINED, IngestStatus.SKIPPED,
+    IngestStatus.STORED,
+    IngestStatus.DUPLICATE,
+    IngestStatus.QUARANTINED,
+    IngestStatus.SKIPPED,
 )
 
-CONFLICT_KEPT_REASON = "conflict: same SOP Instance UID, different bytes in the data set; kept the archived copy"
+CONFLICT_KEPT_REASON = (
+    "conflict: same SOP Instance UID, different bytes in the data set; kept the archived copy"
+)
 SAME_DATA_SET_REASON = "same data set as the archived copy (only the File Meta header differs)"
 
 
@@ -77,7 +91,9 @@ class _Archived:
     sha256: str
 
 
-def _compare_with_archived(target: str, incoming: Callable[[], DataSetIdentity | None], sha256: str) -> tuple[Match, _Archived]:
+def _compare_with_archived(
+    target: str, incoming: Callable[[], DataSetIdentity | None], sha256: str
+) -> tuple[Match, _Archived]:
     """Compare an incoming Part-10 instance (its SHA-256, and its data set identity, computed
     only when needed) with the archived file at `target`.
 
@@ -91,7 +107,7 @@ def _compare_with_archived(target: str, incoming: Callable[[], DataSetIdentity |
     archived = _Archived(size, existing_sha)
     if existing_sha == sha256:
         return Match.IDENTICAL, archived
-    from pacsctl.dicom.instance import data_set_identity, data_set_identity_of_file
+    from pacsctl.dicom.instance import data_set_identity_of_file
 
     try:
         theirs = incoming()
@@ -155,7 +171,7 @@ class Archive:
         return self._index
 
     @classmethod
-    def open(cls, root: str | os.PathLike | None = None, create: bool = True) -> "Archive":
+    def open(cls, root: str | os.PathLike | None = None, create: bool = True) -> Archive:
         """Open the archive at `root` (else `PACSCTL_ARCHIVE`, else the default).
 
         Only what stores may `create` it: anything else opening a folder that holds no archive
@@ -176,7 +192,7 @@ class Archive:
         return archive
 
     @classmethod
-    def for_dry_run(cls, root: str | os.PathLike | None = None) -> "Archive":
+    def for_dry_run(cls, root: str | os.PathLike | None = None) -> Archive:
         """The archive at `root` to plan an ingest against (`ingest(..., dry_run=True)`), without
         creating anything: a folder that holds no archive yet plans as an empty one."""
         path = resolve_archive_dir(root).absolute()
@@ -189,7 +205,7 @@ class Archive:
         """Whether the archive is on disk (False only for a `for_dry_run` of a new one)."""
         return (self.root / CONFIG_NAME).exists()
 
-    def __enter__(self) -> "Archive":
+    def __enter__(self) -> Archive:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -219,7 +235,10 @@ class Archive:
     # -- writing -----------------------------------------------------------------------------
 
     def ingest(
-        self, items: Sequence[tuple[bytes, str] | tuple[bytes, str, files.StagedFile]], on_conflict: str | None = None, dry_run: bool = False
+        self,
+        items: Sequence[tuple[bytes, str] | tuple[bytes, str, files.StagedFile]],
+        on_conflict: str | None = None,
+        dry_run: bool = False,
     ) -> list[IngestResult]:
         """Store a batch of inputs `(bytes, origin)`; durable and indexed when this returns.
 
@@ -252,7 +271,9 @@ class Archive:
         return batch.outcome()
 
     def begin_ingest(
-        self, items: Sequence[tuple[bytes, str] | tuple[bytes, str, files.StagedFile]], on_conflict: str | None = None
+        self,
+        items: Sequence[tuple[bytes, str] | tuple[bytes, str, files.StagedFile]],
+        on_conflict: str | None = None,
     ) -> IngestBatch:
         """Check the inputs and write each instance to a temp file in tmp/, not yet durable.
 
@@ -319,7 +340,9 @@ class Archive:
             raise UsageError(f"invalid on-conflict policy {policy!r}", hint="keep or replace")
         return OnConflict(policy)
 
-    def _check(self, items: Sequence[tuple], dry_run: bool) -> tuple[list[IngestResult | None], list[tuple[int, Instance]]]:
+    def _check(
+        self, items: Sequence[tuple], dry_run: bool
+    ) -> tuple[list[IngestResult | None], list[tuple[int, Instance]]]:
         """Parse each input: results for those that cannot be stored, the instances of the rest."""
         from pacsctl.dicom.instance import DicomdirError, NotDicomError, read_instance
 
@@ -347,35 +370,55 @@ class Archive:
         target = os.path.join(self.root, relpath)  # a str, not a Path: this runs for every instance
         uid = inst.sop_instance_uid
         if files.publish(stage, target, replace=False):
-            return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
+            return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(
+                inst, relpath, stage
+            )
         from pacsctl.dicom.instance import data_set_identity_of_file
 
         # the staged file, not inst.data: a large input's data is a memory map of it
-        match, archived = _compare_with_archived(target, lambda: data_set_identity_of_file(stage.temp_path), stage.sha256)
+        match, archived = _compare_with_archived(
+            target, lambda: data_set_identity_of_file(stage.temp_path), stage.sha256
+        )
         if match is Match.ABSENT:  # removed since: take its place
             files.publish(stage, target, replace=True)
-            return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(inst, relpath, stage)
+            return IngestResult(STORED, origin, uid, relpath, size=stage.size), self._record(
+                inst, relpath, stage
+            )
         if match in (Match.IDENTICAL, Match.SAME_DATA_SET):
             stage.temp_path.unlink(missing_ok=True)
             # Journal it again (folding is idempotent): a writer killed between publishing a
             # file and journaling it left the file unindexed, and only this re-run can tell.
             # The record describes the archived file, which stays as it is.
             reason = "" if match is Match.IDENTICAL else SAME_DATA_SET_REASON
-            return (IngestResult(DUPLICATE, origin, uid, relpath, reason, size=stage.size),
-                    self._record(inst, relpath, archived))
+            return (
+                IngestResult(DUPLICATE, origin, uid, relpath, reason, size=stage.size),
+                self._record(inst, relpath, archived),
+            )
         if policy == "keep":
-            return self._quarantine_file(stage.temp_path, CONFLICT_KEPT_REASON, origin, uid, conflict=True), None
+            return self._quarantine_file(
+                stage.temp_path, CONFLICT_KEPT_REASON, origin, uid, conflict=True
+            ), None
         # replace: the archived copy goes to quarantine first (a hard link), so a name always exists
         previous = _filed_under(target)
-        self._quarantine_file(target, "conflict: replaced by a newer copy with different bytes in the data set", relpath, uid, keep_source=True)
+        self._quarantine_file(
+            target,
+            "conflict: replaced by a newer copy with different bytes in the data set",
+            relpath,
+            uid,
+            keep_source=True,
+        )
         files.publish(stage, target, replace=True)
         record = self._record(inst, relpath, stage)
         if previous != (record["StudyInstanceUID"], record["SeriesInstanceUID"]) and all(previous):
             # the new copy is filed under another study/series: the index moves it from the old one
             record["ReplacedStudyInstanceUID"], record["ReplacedSeriesInstanceUID"] = previous
-        return IngestResult(STORED, origin, uid, relpath, size=stage.size, reason="replaced a different copy", conflict=True), record
+        return IngestResult(
+            STORED, origin, uid, relpath, size=stage.size, reason="replaced a different copy", conflict=True
+        ), record
 
-    def _plan(self, inst: Instance, origin: str, policy: str, staged: files.StagedFile | None = None) -> IngestResult:
+    def _plan(
+        self, inst: Instance, origin: str, policy: str, staged: files.StagedFile | None = None
+    ) -> IngestResult:
         """What `_publish` would do with an instance, without writing anything. Instances planned
         earlier in this dry run count as archived (`_planned`), so a dry run finds duplicates
         and conflicts inside one batch and across batches, as the real run would."""
@@ -396,7 +439,11 @@ class Archive:
             if planned[0] == sha256:
                 match = Match.IDENTICAL
             else:
-                match = Match.SAME_DATA_SET if planned[1] is not None and planned[1] == identity() else Match.DIFFERENT
+                match = (
+                    Match.SAME_DATA_SET
+                    if planned[1] is not None and planned[1] == identity()
+                    else Match.DIFFERENT
+                )
         else:
             match, _ = _compare_with_archived(str(self.path_of(relpath)), identity, sha256)
         if match is Match.ABSENT:
@@ -414,7 +461,13 @@ class Archive:
 
     @staticmethod
     def _record(inst: Instance, relpath: str, stored: files.StagedFile | _Archived) -> dict:
-        return index_record(inst.fields(), transfer_syntax_uid=inst.transfer_syntax_uid, path=relpath, size=stored.size, sha256=stored.sha256)
+        return index_record(
+            inst.fields(),
+            transfer_syntax_uid=inst.transfer_syntax_uid,
+            path=relpath,
+            size=stored.size,
+            sha256=stored.sha256,
+        )
 
     # -- quarantine --------------------------------------------------------------------------
 
@@ -426,12 +479,19 @@ class Archive:
             raise _storage_error(exc) from None
         return self._quarantine_file(staged.temp_path, reason, origin, sop_instance_uid)
 
-    def _quarantine_file(self, source: str | Path, reason: str, origin: str, sop_instance_uid: str, keep_source: bool = False,
-                         conflict: bool = False) -> IngestResult:
+    def _quarantine_file(
+        self,
+        source: str | Path,
+        reason: str,
+        origin: str,
+        sop_instance_uid: str,
+        keep_source: bool = False,
+        conflict: bool = False,
+    ) -> IngestResult:
         """Move (or with `keep_source` hard-link) a file into quarantine with its reason record.
         `conflict`: the file lost to the archived copy of its SOP Instance UID (recorded, so that
         a `move` counting arrivals from the archive can tell a conflict from a duplicate)."""
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         folder = files.ensure_dir(self.root / QUARANTINE / now.strftime("%Y-%m-%d"))
         # Named by content, so quarantining the same bytes again (a re-run import) adds nothing.
         name = files.sha256_file(source)[1][:40]
@@ -441,26 +501,42 @@ class Archive:
                 os.link(source, target)
         else:
             os.replace(source, target)
-        info: dict[str, object] = {"time": now.isoformat(timespec="seconds"), "reason": reason, "origin": origin, "SOPInstanceUID": sop_instance_uid}
+        info: dict[str, object] = {
+            "time": now.isoformat(timespec="seconds"),
+            "reason": reason,
+            "origin": origin,
+            "SOPInstanceUID": sop_instance_uid,
+        }
         if conflict:
             info["conflict"] = True
         files.write_atomic(self.tmp_dir, folder / f"{name}.json", json.dumps(info).encode())
         relpath = str(target.relative_to(self.root))
-        return IngestResult(QUARANTINED, origin, sop_instance_uid, relpath, reason, size=target.stat().st_size, conflict=conflict)
+        return IngestResult(
+            QUARANTINED,
+            origin,
+            sop_instance_uid,
+            relpath,
+            reason,
+            size=target.stat().st_size,
+            conflict=conflict,
+        )
 
     def conflicts_since(self, since: dt.datetime, sop_instance_uids: Iterable[str]) -> set[str]:
         """Of `sop_instance_uids`, those a copy was quarantined for as a conflict at or after
         `since` (a timezone-aware time), by any process writing to this archive."""
         wanted = set(sop_instance_uids)
-        floor = since.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat()
-        return {r["SOPInstanceUID"] for r in self.quarantined(since)
-                if r.get("conflict") and r.get("SOPInstanceUID") in wanted and r.get("time", "") >= floor}
+        floor = since.astimezone(dt.UTC).replace(microsecond=0).isoformat()
+        return {
+            r["SOPInstanceUID"]
+            for r in self.quarantined(since)
+            if r.get("conflict") and r.get("SOPInstanceUID") in wanted and r.get("time", "") >= floor
+        }
 
     def quarantined(self, since: dt.datetime | None = None) -> list[dict]:
         """Every quarantined item's reason record, with its `path`, oldest first (with `since`,
         only the date folders from that day on are read)."""
         records = []
-        first_day = since.astimezone(dt.timezone.utc).strftime("%Y-%m-%d") if since else ""
+        first_day = since.astimezone(dt.UTC).strftime("%Y-%m-%d") if since else ""
         for info in (self.root / QUARANTINE).glob("*/*.json"):
             if info.parent.name < first_day:
                 continue
@@ -493,7 +569,9 @@ def missing_archive_error(path: Path) -> UsageError:
 def _check_creatable(path: Path) -> None:
     """An archive may be created in a new or empty folder only (or in a half-made archive)."""
     if path.exists() and any(path.iterdir()) and not (path / OBJECTS).exists():
-        raise UsageError(f"{path} is not empty and not a pacsctl archive", hint="choose an empty or new folder")
+        raise UsageError(
+            f"{path} is not empty and not a pacsctl archive", hint="choose an empty or new folder"
+        )
 
 
 def _filed_under(path: str | Path) -> tuple[str, str]:
@@ -501,7 +579,9 @@ def _filed_under(path: str | Path) -> tuple[str, str]:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"]
+        )
         return str(ds.get("StudyInstanceUID", "") or ""), str(ds.get("SeriesInstanceUID", "") or "")
     except Exception:  # noqa: BLE001 - a damaged old copy must not block its replacement
         return "", ""
@@ -509,7 +589,12 @@ def _filed_under(path: str | Path) -> tuple[str, str]:
 
 def _storage_error(exc: OSError) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFullError("the archive's disk is full", hint="free space or move the archive; nothing was half-written")
+        return StorageFullError(
+            "the archive's disk is full", hint="free space or move the archive; nothing was half-written"
+        )
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return PacsctlError(f"cannot write to the archive: {exc.strerror}", hint="a read-only or foreign archive can be listed, not written")
+        return PacsctlError(
+            f"cannot write to the archive: {exc.strerror}",
+            hint="a read-only or foreign archive can be listed, not written",
+        )
     return exc

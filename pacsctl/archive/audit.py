@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,7 @@ class AuditLog:
         clean = {k: v for k, v in record.items() if k not in _FORBIDDEN}
         if "status" in clean:
             clean["status"] = status_text(clean["status"])
-        clean.setdefault("time", datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+        clean.setdefault("time", datetime.now(UTC).isoformat(timespec="milliseconds"))
         line = _ENCODER.encode(clean) + "\n"
         with self._lock:
             if self._fd is None:
@@ -100,7 +100,7 @@ class AuditLog:
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """Parse a `--since` value: an ISO date/time (UTC when no zone), or a relative age such as
     `30m`, `12h`, `7d`. Raises UsageError otherwise."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     value = text.strip()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     if value[-1:].lower() in units and value[:-1].isdigit():
@@ -112,7 +112,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
             f"cannot read {text!r} as a time",
             hint="use an ISO time like 2024-05-01 or 2024-05-01T08:00, or an age like 12h / 7d",
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def read_audit(path: Path, since: datetime | None = None) -> Iterator[dict[str, Any]]:
@@ -138,7 +138,7 @@ def read_audit(path: Path, since: datetime | None = None) -> Iterator[dict[str, 
                 except ValueError:
                     continue
                 if when.tzinfo is None:
-                    when = when.replace(tzinfo=timezone.utc)
+                    when = when.replace(tzinfo=UTC)
                 if when < since:
                     continue
             yield record
@@ -177,8 +177,9 @@ def _uids_of(record: Mapping[str, Any]) -> set[str]:
     return found
 
 
-def select_records(path: Path, query: AuditQuery, limit: int | None = None,
-                   tail: int | None = None) -> list[dict[str, Any]]:
+def select_records(
+    path: Path, query: AuditQuery, limit: int | None = None, tail: int | None = None
+) -> list[dict[str, Any]]:
     """The records of the log at `path` that match `query`, oldest first: at most the first
     `limit` of them, or the last `tail`."""
     matching = (r for r in read_audit(path, query.since) if query.matches(r))
@@ -219,8 +220,8 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
     for token in argv:
         prefix, rest = "", token
         for option in ("--key=", "-k"):
-            if token.startswith(option) and token != option and "=" in token[len(option):]:
-                prefix, rest = option, token[len(option):]
+            if token.startswith(option) and token != option and "=" in token[len(option) :]:
+                prefix, rest = option, token[len(option) :]
                 break
         key, sep, _ = rest.partition("=")
         is_filter = sep and (after_key_option or prefix or not key.startswith("-"))

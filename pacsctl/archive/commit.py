@@ -65,8 +65,13 @@ class GroupCommitter:
         once durable and indexed."""
         return self._submit(data, origin, staged).status
 
-    def _submit(self, data: bytes, origin: str, staged: files.StagedFile | None = None,
-                expected: tuple[str, str] | None = None) -> StoreOutcome:
+    def _submit(
+        self,
+        data: bytes,
+        origin: str,
+        staged: files.StagedFile | None = None,
+        expected: tuple[str, str] | None = None,
+    ) -> StoreOutcome:
         """`submit`; with `expected` (SOP Class UID, SOP Instance UID: what the C-STORE
         command announced), a data set that says otherwise is quarantined, 0xA900."""
         try:
@@ -123,11 +128,9 @@ class GroupCommitter:
             # elsewhere) the archive writes its own copy: a link cannot cross file systems
             staged = files.StagedFile(req.path, len(data), hashlib.sha256(data).hexdigest())
         origin = f"dicom://{req.assoc.calling_aet}@{req.assoc.peer_host}"
-        outcome = self._submit(data, origin, staged,
-                               expected=(req.sop_class_uid, req.sop_instance_uid))
+        outcome = self._submit(data, origin, staged, expected=(req.sop_class_uid, req.sop_instance_uid))
         if outcome.status == STATUS_CANNOT_UNDERSTAND:
-            LOG.warning("C-STORE of %s could not be parsed; kept in quarantine",
-                        req.sop_instance_uid)
+            LOG.warning("C-STORE of %s could not be parsed; kept in quarantine", req.sop_instance_uid)
         return outcome
 
     def _round(self, staged: list[_Pending], named: list[_Pending]) -> list[_Pending]:
@@ -168,8 +171,7 @@ class GroupCommitter:
         self.archive.discard(batch)
         LOG.warning("refused a C-STORE with 0xA900: %s; kept in quarantine", reason)
         try:
-            self.archive.quarantine(data, reason, batch.origins[0],
-                                    batch.staged[0][1].sop_instance_uid)
+            self.archive.quarantine(data, reason, batch.origins[0], batch.staged[0][1].sop_instance_uid)
         except Exception as exc:
             log_failure("could not quarantine a mismatched instance", exc)
             return _failure_status(exc)

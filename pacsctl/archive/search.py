@@ -21,8 +21,11 @@ def find_records(index: Index, level: str, flt: RecordFilter) -> list[dict[str, 
     if modality is None:
         return [record for record in candidates if flt.matches(record)]
     rest = RecordFilter(c for keyword, c in flt.criteria.items() if keyword != "Modality")
-    return [record for record in candidates
-            if rest.matches(record) and modality.matches_value(record.get("ModalitiesInStudy"))]
+    return [
+        record
+        for record in candidates
+        if rest.matches(record) and modality.matches_value(record.get("ModalitiesInStudy"))
+    ]
 
 
 def candidate_records(index: Index, level: str, flt: RecordFilter) -> list[dict[str, Any]]:

@@ -33,7 +33,9 @@ class _TypelessHelp:
         for param in params:
             if param.param_type_name == "argument":
                 param.display_type_rich = _no_type  # typer shows no metavar-less argument type otherwise
-            elif (getattr(param, "is_flag", False) or getattr(param, "count", False)) and param.metavar is None:
+            elif (
+                getattr(param, "is_flag", False) or getattr(param, "count", False)
+            ) and param.metavar is None:
                 param.metavar = ""
         return params
 
@@ -54,8 +56,13 @@ class PacsctlGroup(_TypelessHelp, TyperGroup):
     """The root command: its `main` is the error boundary, for the console script and for
     in-process runs alike (typer's `CliRunner` calls `main` too)."""
 
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
-             standalone_mode: bool = True, **extra: Any) -> int:
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> int:
         """Run one command line; return its exit code (or exit with it when standalone)."""
         code = _guarded(self, list(sys.argv[1:] if args is None else args), prog_name or "pacsctl", extra)
         if standalone_mode:
@@ -67,7 +74,7 @@ app = typer.Typer(
     name="pacsctl",
     cls=PacsctlGroup,
     help="Run and look after a PACS: a DICOM node, bulk import, query/retrieve, backup and verify.\n\n"
-         "Example: pacsctl --archive /srv/pacs import /media/cdrom; pacsctl ls --help",
+    "Example: pacsctl --archive /srv/pacs import /media/cdrom; pacsctl ls --help",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,  # tracebacks may hold patient data: only with --debug
@@ -122,13 +129,22 @@ def _version(value: bool) -> None:
 def main_options(
     ctx: typer.Context,
     archive: Optional[Path] = typer.Option(
-        None, "--archive", "-a", metavar="DIR", envvar="PACSCTL_ARCHIVE", show_envvar=True,
+        None,
+        "--archive",
+        "-a",
+        metavar="DIR",
+        envvar="PACSCTL_ARCHIVE",
+        show_envvar=True,
         help="Archive folder (default: the user data folder, created on first use).",
     ),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output on stderr (-vv for debug)."),
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, help="More log output on stderr (-vv for debug)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Run and look after a PACS archive from the command line.
 
@@ -153,8 +169,18 @@ def _no_library_chatter(record: logging.LogRecord) -> bool:
 
 # One module per command group, each with `register(app)`; the order is the order of `--help`.
 COMMAND_MODULES = (
-    "serve", "importing", "listing", "remote", "backup", "verify", "reindex", "audit",
-    "quarantine", "completions", "nodes", "config_cmd",
+    "serve",
+    "importing",
+    "listing",
+    "remote",
+    "backup",
+    "verify",
+    "reindex",
+    "audit",
+    "quarantine",
+    "completions",
+    "nodes",
+    "config_cmd",
 )
 
 
@@ -184,7 +210,9 @@ def _guarded(command: TyperGroup, args: list[str], prog_name: str, extra: dict[s
     opts = State()
     token = output.begin_run()
     try:
-        code = TyperGroup.main(command, args=args, prog_name=prog_name, standalone_mode=False, obj=opts, **extra)
+        code = TyperGroup.main(
+            command, args=args, prog_name=prog_name, standalone_mode=False, obj=opts, **extra
+        )
         code = code if isinstance(code, int) else 0
         if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a silent exit 130
             output.error("interrupted")
@@ -202,7 +230,10 @@ def _guarded(command: TyperGroup, args: list[str], prog_name: str, extra: dict[s
     except Exception as exc:  # the last line of defence: no traceback (it may hold patient data)
         if opts.debug:
             raise
-        output.error(f"internal error: {type(exc).__name__}", hint="run again with --debug for the traceback, and report it")
+        output.error(
+            f"internal error: {type(exc).__name__}",
+            hint="run again with --debug for the traceback, and report it",
+        )
         return EXIT_ERROR
     finally:
         output.end_run(token)
@@ -219,7 +250,9 @@ def _usage_error(exc: typer.TyperException) -> int:
     see = f"see {ctx.command_path} --help" if ctx is not None else "see pacsctl --help"
     option = getattr(exc, "option_name", None)
     if option is not None:  # NoSuchOption
-        known = [name for param in ctx.command.get_params(ctx) for name in param.opts] if ctx is not None else []
+        known = (
+            [name for param in ctx.command.get_params(ctx) for name in param.opts] if ctx is not None else []
+        )
         close = difflib.get_close_matches(option, known, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}? ({see})" if close else see
         output.error(f"no such option {option}", hint)

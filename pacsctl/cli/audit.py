@@ -22,16 +22,25 @@ def register(app: typer.Typer) -> None:
 
 def audit_command(
     ctx: typer.Context,
-    since: Optional[str] = typer.Option(None, "--since", metavar="TIME", help="Only records from this time on: ISO time (UTC unless zoned) or an age such as 30m, 12h, 7d."),
+    since: Optional[str] = typer.Option(
+        None,
+        "--since",
+        metavar="TIME",
+        help="Only records from this time on: ISO time (UTC unless zoned) or an age such as 30m, 12h, 7d.",
+    ),
     event: Event = None,
     calling: Optional[str] = typer.Option(
-        None, "--calling", metavar="AET", help="Only records of this calling AE title."),
+        None, "--calling", metavar="AET", help="Only records of this calling AE title."
+    ),
     uid: Optional[str] = typer.Option(
-        None, "--uid", metavar="UID", help="Only records naming this UID (study, series, instance)."),
+        None, "--uid", metavar="UID", help="Only records naming this UID (study, series, instance)."
+    ),
     limit: Optional[int] = typer.Option(
-        None, "--limit", min=0, metavar="N", help="At most the first N matching records."),
+        None, "--limit", min=0, metavar="N", help="At most the first N matching records."
+    ),
     tail: Optional[int] = typer.Option(
-        None, "--tail", min=0, metavar="N", help="Only the last N matching records."),
+        None, "--tail", min=0, metavar="N", help="Only the last N matching records."
+    ),
     wide: Wide = False,
     as_json: JsonRecords = False,
 ) -> None:
@@ -46,8 +55,9 @@ def audit_command(
     from pacsctl.archive.audit import AuditQuery, parse_since, select_records
 
     if limit is not None and tail is not None:
-        raise UsageError("--limit and --tail exclude each other",
-                         hint="--limit N: the first N; --tail N: the last N")
+        raise UsageError(
+            "--limit and --tail exclude each other", hint="--limit N: the first N; --tail N: the last N"
+        )
     query = AuditQuery(
         since=parse_since(since) if since else None,
         event=event,
@@ -63,11 +73,13 @@ def audit_command(
     rows = []
     for r in records:
         detail = {k: v for k, v in r.items() if k not in _COLUMNS}
-        rows.append({
-            **{k: r.get(k, "") for k in _COLUMNS[:-1]},
-            "time": _table_time(r.get("time")),
-            "detail": " ".join(f"{k}={v}" for k, v in detail.items()),
-        })
+        rows.append(
+            {
+                **{k: r.get(k, "") for k in _COLUMNS[:-1]},
+                "time": _table_time(r.get("time")),
+                "detail": " ".join(f"{k}={v}" for k, v in detail.items()),
+            }
+        )
     output.emit(rows, _COLUMNS, fmt="table", wide=wide, droppable=("peer", "called_aet"))
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from pacsctl.archive.audit import AuditEvent, record_action
@@ -36,12 +34,19 @@ def backup(
     from pacsctl.integrity.backup import backup as run_backup
 
     opts = state(ctx)
-    with opts.open_archive(create=False) as archive, output.LazyProgress("backup", opts.verbosity >= 0) as bar:
+    with (
+        opts.open_archive(create=False) as archive,
+        output.LazyProgress("backup", opts.verbosity >= 0) as bar,
+    ):
         report = run_backup(archive, dest, jobs=jobs, on_total=bar.start, progress=bar.advance)
     s = report.summary
-    records = [f.as_dict() for f in report.findings] + [{"type": "summary", "command": "backup", "dest": str(dest), **s.as_dict()}]
-    text = (f"backup to {dest}: {s.copied} copied ({s.bytes / 1e6:.0f} MB), {s.skipped} unchanged, "
-            f"{s.failed} failed; {s.instances} instances in the manifest; {s.elapsed:.1f} s")
+    records = [f.as_dict() for f in report.findings] + [
+        {"type": "summary", "command": "backup", "dest": str(dest), **s.as_dict()}
+    ]
+    text = (
+        f"backup to {dest}: {s.copied} copied ({s.bytes / 1e6:.0f} MB), {s.skipped} unchanged, "
+        f"{s.failed} failed; {s.instances} instances in the manifest; {s.elapsed:.1f} s"
+    )
     if s.unindexed:
         text += f"; {s.unindexed} files not in the index, not backed up (run `pacsctl reindex`)"
     output.print_report(records, as_json, "backup: problems", text)

@@ -19,7 +19,7 @@ import shlex
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path, PurePath
 from typing import Any, get_args
 
@@ -123,8 +123,7 @@ def _option_spec(param: Any) -> OptionSpec:
     takes_value = not (getattr(param, "is_flag", False) or getattr(param, "count", False))
     kind, choices = _value_kind(param) if takes_value else (TEXT, ())
     # Sorted: click builds the help option's names from a set, whose order varies per process.
-    names = tuple(sorted({*param.opts, *param.secondary_opts},
-                         key=lambda n: (not n.startswith("--"), n)))
+    names = tuple(sorted({*param.opts, *param.secondary_opts}, key=lambda n: (not n.startswith("--"), n)))
     return OptionSpec(names, takes_value, kind, choices, _one_line(getattr(param, "help", "")))
 
 
@@ -157,14 +156,17 @@ def command_tree(app: typer.Typer, prog: str = PROG) -> list[CommandSpec]:
 
 # ---------------------------------------------------------------------------------------- bash
 
+
 def _words(items: Iterable[str]) -> str:
     return shlex.quote(" ".join(items))
 
 
 # Where the scripts look for the archive when the command line names none: $PACSCTL_ARCHIVE, else
 # platformdirs' user data folder (config.default_archive_dir) on Linux and macOS.
-_DEFAULT_ARCHIVE_SH = ('${PACSCTL_ARCHIVE:-$([[ $OSTYPE == darwin* ]] && echo "$HOME/Library/Application Support" '
-                       '|| echo "${XDG_DATA_HOME:-$HOME/.local/share}")/pacsctl/archive}')
+_DEFAULT_ARCHIVE_SH = (
+    '${PACSCTL_ARCHIVE:-$([[ $OSTYPE == darwin* ]] && echo "$HOME/Library/Application Support" '
+    '|| echo "${XDG_DATA_HOME:-$HOME/.local/share}")/pacsctl/archive}'
+)
 # The `[nodes."NAME"]` tables config.dump_config writes, as names (sed: no Python per <TAB>).
 _NODES_SED = r"""sed -n 's/^\[nodes\."\(.*\)"\]$/\1/p'"""
 
@@ -187,8 +189,12 @@ def _bash(specs: list[CommandSpec], prog: str) -> str:
     for spec in specs:
         k = spec.key
         if spec.subcommands:
-            lines.append(f"        {shlex.quote('cmds:' + k)}) echo {_words(n for n, _ in spec.subcommands)} ;;")
-        lines.append(f"        {shlex.quote('opts:' + k)}) echo {_words(n for o in spec.options for n in o.names)} ;;")
+            lines.append(
+                f"        {shlex.quote('cmds:' + k)}) echo {_words(n for n, _ in spec.subcommands)} ;;"
+            )
+        lines.append(
+            f"        {shlex.quote('opts:' + k)}) echo {_words(n for o in spec.options for n in o.names)} ;;"
+        )
         vopts = [n for o in spec.options if o.takes_value for n in o.names]
         if vopts:
             lines.append(f"        {shlex.quote('vopts:' + k)}) echo {_words(vopts)} ;;")
@@ -231,9 +237,9 @@ def _bash(specs: list[CommandSpec], prog: str) -> str:
         "",
         f"{fn}() {{",
         f"    local cur=\"${{COMP_WORDS[COMP_CWORD]}}\" cmdpath={prog} i=1 w prev archive='' npos=0",
-        "    while [ \"$i\" -lt \"$COMP_CWORD\" ]; do",
+        '    while [ "$i" -lt "$COMP_CWORD" ]; do',
         '        w="${COMP_WORDS[i]}"',
-        '        if [[ $w == -* ]]; then',
+        "        if [[ $w == -* ]]; then",
         f'            if [[ $cmdpath == {prog} && $w == --archive=* ]]; then archive="${{w#--archive=}}"; fi',
         f'            if [[ $w != *=* && " $({fn}_spec vopts "$cmdpath") " == *" $w "* ]]; then',
         # bash splits --opt=value at '=' (COMP_WORDBREAKS): the value is the word after the '='
@@ -260,7 +266,7 @@ def _bash(specs: list[CommandSpec], prog: str) -> str:
         "        return 0",
         "    fi",
         f'    local cmds; cmds="$({fn}_spec cmds "$cmdpath")"',
-        '    if [[ -n $cmds ]]; then',
+        "    if [[ -n $cmds ]]; then",
         '        COMPREPLY=($(compgen -W "$cmds" -- "$cur"))',
         "        return 0",
         "    fi",
@@ -278,6 +284,7 @@ def _bash(specs: list[CommandSpec], prog: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- zsh
+
 
 def _zq(text: str) -> str:
     """Single-quote for zsh."""
@@ -313,7 +320,9 @@ def _zsh(specs: list[CommandSpec], prog: str) -> str:
         if vopts:
             lines.append(f"        ({_zq('vopts:' + k)}) reply=({' '.join(map(_zq, vopts))}) ;;")
         if spec.args:
-            lines.append(f"        ({_zq('args:' + k)}) reply=({' '.join(_zq(a.word) for a in spec.args)}) ;;")
+            lines.append(
+                f"        ({_zq('args:' + k)}) reply=({' '.join(_zq(a.word) for a in spec.args)}) ;;"
+            )
     lines += [
         "    esac",
         "}",
@@ -403,7 +412,7 @@ def _zsh(specs: list[CommandSpec], prog: str) -> str:
         "    fi",
         "}",
         "",
-        f'if [[ $funcstack[1] == {fn} ]]; then',
+        f"if [[ $funcstack[1] == {fn} ]]; then",
         f'    {fn} "$@"',
         "else",
         f"    compdef {fn} {prog}",
@@ -414,6 +423,7 @@ def _zsh(specs: list[CommandSpec], prog: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- fish
+
 
 def _fq(text: str) -> str:
     """Single-quote for fish (backslash and quote are the only escapes inside '...')."""
@@ -431,7 +441,7 @@ def _fish(specs: list[CommandSpec], prog: str) -> str:
         f"# Install: copy to ~/.config/fish/completions/{prog}.fish",
         "",
         f"function {fn}_spec --description 'sub-commands (cmds) or value options (vopts) of a path'",
-        "    switch \"$argv[1]:$argv[2]\"",
+        '    switch "$argv[1]:$argv[2]"',
     ]
     for spec in specs:
         if spec.subcommands:
@@ -456,7 +466,7 @@ def _fish(specs: list[CommandSpec], prog: str) -> str:
         "    for w in $tokens[2..-1]",
         "        if test $skip -eq 1",
         "            set skip 0",
-        f"            test \"$cmdpath\" = {prog}; and contains -- $prev {' '.join(ARCHIVE_OPTIONS)}; and set archive $w",
+        f'            test "$cmdpath" = {prog}; and contains -- $prev {" ".join(ARCHIVE_OPTIONS)}; and set archive $w',
         "            continue",
         "        end",
         "        if string match -q -- '-*' $w",
@@ -496,20 +506,20 @@ def _fish(specs: list[CommandSpec], prog: str) -> str:
         "    end",
         "end",
         "",
-        f"function {fn}_nodes --description \"the node names in the archive's pacsctl.toml\"",
+        f'function {fn}_nodes --description "the node names in the archive\'s pacsctl.toml"',
         f"    set -l dir ({fn}_state archive)",
-        "    test -n \"$dir\"; or set dir $PACSCTL_ARCHIVE",
-        "    if test -z \"$dir\"",
+        '    test -n "$dir"; or set dir $PACSCTL_ARCHIVE',
+        '    if test -z "$dir"',
         "        if test (uname) = Darwin",
-        "            set dir \"$HOME/Library/Application Support/pacsctl/archive\"",
-        "        else if test -n \"$XDG_DATA_HOME\"",
-        "            set dir \"$XDG_DATA_HOME/pacsctl/archive\"",
+        '            set dir "$HOME/Library/Application Support/pacsctl/archive"',
+        '        else if test -n "$XDG_DATA_HOME"',
+        '            set dir "$XDG_DATA_HOME/pacsctl/archive"',
         "        else",
-        "            set dir \"$HOME/.local/share/pacsctl/archive\"",
+        '            set dir "$HOME/.local/share/pacsctl/archive"',
         "        end",
         "    end",
         "    set dir (string replace -r -- '^~' $HOME $dir)",
-        "    test -r \"$dir/pacsctl.toml\"; and string replace -rf -- '^\\[nodes\\.\"(.*)\"\\]$' '$1' < \"$dir/pacsctl.toml\"",
+        '    test -r "$dir/pacsctl.toml"; and string replace -rf -- \'^\\[nodes\\."(.*)"\\]$\' \'$1\' < "$dir/pacsctl.toml"',
         "end",
         "",
         f"complete -c {prog} -f",
@@ -580,7 +590,7 @@ def write_all(app: typer.Typer, out_dir: Path | None = None) -> list[Path]:
     return written
 
 
-class Shell(str, Enum):
+class Shell(StrEnum):
     """Shells with a completion script."""
 
     bash = "bash"

@@ -12,7 +12,10 @@ from pacsctl.cli.options import JsonRecords, Setting
 from pacsctl.config import SETTABLE_KEYS, coerce_setting
 
 config_app = typer.Typer(
-    help="Show or change the archive's settings.\n\nExample: pacsctl config set allow CT01,VIEWER; pacsctl config show",
+    help=(
+        "Show or change the archive's settings.\n\n"
+        "Example: pacsctl config set allow CT01,VIEWER; pacsctl config show"
+    ),
     no_args_is_help=True,
 )
 
@@ -41,7 +44,9 @@ def show(ctx: typer.Context, as_json: JsonRecords = False) -> None:
 def set_value(
     ctx: typer.Context,
     key: Setting,
-    value: str = typer.Argument(..., metavar="VALUE", help="New value (for allow: comma-separated AE titles)."),
+    value: str = typer.Argument(
+        ..., metavar="VALUE", help="New value (for allow: comma-separated AE titles)."
+    ),
 ) -> None:
     """Change a setting (`allow` takes AE titles separated by commas; an empty value clears it).
 
@@ -71,8 +76,11 @@ def _tell_the_running_node(root: Path, key: str) -> None:
     if pid is None:
         return
     if key in NEED_RESTART:
-        output.stderr.print(f"note: the running node (pid {pid}) uses the new {key} after a "
-                            "restart", highlight=False)
+        output.stderr.print(
+            f"note: the running node (pid {pid}) uses the new {key} after a restart", highlight=False
+        )
     else:
-        output.stderr.print(f"note: the running node (pid {pid}) keeps the old {key} until "
-                            f"`kill -HUP {pid}` (or a restart)", highlight=False)
+        output.stderr.print(
+            f"note: the running node (pid {pid}) keeps the old {key} until `kill -HUP {pid}` (or a restart)",
+            highlight=False,
+        )

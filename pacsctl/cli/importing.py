@@ -42,15 +42,23 @@ def import_command(
     sources = collect_sources([str(p) for p in paths])  # a mistyped path: nothing is created
     archive = opts.open_archive_for_dry_run() if dry_run else opts.open_archive(create=True)
     if not archive.exists():
-        output.warn(f"no archive at {archive.root} yet: planning against an empty one (the real run creates it)")
+        output.warn(
+            f"no archive at {archive.root} yet: planning against an empty one (the real run creates it)"
+        )
 
     with output.progress("importing", total=len(sources), enabled=not as_json) as bar:
-        def on_result(result: "IngestResult") -> None:
+
+        def on_result(result: IngestResult) -> None:
             bar.advance(1, result.size)
             if result.status in (STORED, DUPLICATE):
                 return
             if as_json:
-                record = {"type": "file", "status": result.status, "path": result.origin, "reason": result.reason}
+                record = {
+                    "type": "file",
+                    "status": result.status,
+                    "path": result.origin,
+                    "reason": result.reason,
+                }
                 if result.sop_instance_uid:
                     record["SOPInstanceUID"] = result.sop_instance_uid
                 if result.status == "quarantined" and not dry_run:
@@ -61,7 +69,12 @@ def import_command(
 
         try:
             summary = import_sources(
-                archive, sources, jobs=jobs or default_jobs(), on_conflict=on_conflict, dry_run=dry_run, on_result=on_result,
+                archive,
+                sources,
+                jobs=jobs or default_jobs(),
+                on_conflict=on_conflict,
+                dry_run=dry_run,
+                on_result=on_result,
             )
         except ImportInterrupted as stopped:  # Ctrl-C/SIGTERM: say what was done, then exit 130
             summary = stopped.summary
@@ -76,7 +89,9 @@ def import_command(
     if summary.missing:
         text += f"; {summary.missing} referenced by a DICOMDIR but missing from the media"
     if summary.unreadable:
-        text += f"; {summary.unreadable} could not be read (damaged, no permission, or over max_instance_size)"
+        text += (
+            f"; {summary.unreadable} could not be read (damaged, no permission, or over max_instance_size)"
+        )
     if summary.interrupted:
         text = f"interrupted: {text}; run the same import again to complete it"
     output.summary(record, as_json, text)

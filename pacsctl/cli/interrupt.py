@@ -15,8 +15,7 @@ from contextlib import contextmanager
 
 from pacsctl.net.cancel import DEFAULT_GRACE, Cancellation
 
-_STOPPING = (b"stopping: letting what is in flight finish for up to %d s "
-             b"(Ctrl-C again to abort at once)\n")
+_STOPPING = b"stopping: letting what is in flight finish for up to %d s (Ctrl-C again to abort at once)\n"
 
 
 @contextmanager

@@ -13,13 +13,42 @@ from pacsctl.cli.options import NO_METAVAR, Csv, JsonRecords, Keys, Level, Level
 from pacsctl.errors import UsageError
 
 COLUMNS = {
-    "PATIENT": ["PatientID", "PatientName", "PatientBirthDate", "PatientSex",
-                "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances"],
-    "STUDY": ["PatientID", "PatientName", "StudyDate", "AccessionNumber", "StudyDescription",
-              "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "StudyInstanceUID"],
-    "SERIES": ["PatientID", "StudyDate", "SeriesNumber", "Modality", "SeriesDescription",
-               "NumberOfSeriesRelatedInstances", "SeriesInstanceUID"],
-    "IMAGE": ["SeriesInstanceUID", "InstanceNumber", "SOPClassUID", "TransferSyntaxUID", "size", "SOPInstanceUID"],
+    "PATIENT": [
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "NumberOfPatientRelatedStudies",
+        "NumberOfPatientRelatedInstances",
+    ],
+    "STUDY": [
+        "PatientID",
+        "PatientName",
+        "StudyDate",
+        "AccessionNumber",
+        "StudyDescription",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+        "StudyInstanceUID",
+    ],
+    "SERIES": [
+        "PatientID",
+        "StudyDate",
+        "SeriesNumber",
+        "Modality",
+        "SeriesDescription",
+        "NumberOfSeriesRelatedInstances",
+        "SeriesInstanceUID",
+    ],
+    "IMAGE": [
+        "SeriesInstanceUID",
+        "InstanceNumber",
+        "SOPClassUID",
+        "TransferSyntaxUID",
+        "size",
+        "SOPInstanceUID",
+    ],
 }
 # Left out first when a terminal is too narrow for every column (--wide shows them).
 DROPPABLE = {
@@ -37,17 +66,34 @@ SORT_KEYS = {
 
 
 # How records are shown: shared by `ls` and `query`.
-Sort = Annotated[Optional[str], typer.Option(
-    "--sort", metavar="KEY[,KEY]",
-    help="Sort by these keywords (a leading - sorts descending: --sort=-StudyDate).")]
-Limit = Annotated[Optional[int], typer.Option(
-    "--limit", metavar="N", min=0, help="Show at most N records (after sorting).")]
-ColumnsOpt = Annotated[Optional[str], typer.Option(
-    "--columns", metavar="A,B,C",
-    help="Show these keywords, in this order (also the keys of --json records).")]
-Wide = Annotated[bool, typer.Option(
-    "--wide", "-w", metavar=NO_METAVAR,
-    help="Table: every value whole (UIDs too), wider than the terminal if need be.")]
+Sort = Annotated[
+    Optional[str],
+    typer.Option(
+        "--sort",
+        metavar="KEY[,KEY]",
+        help="Sort by these keywords (a leading - sorts descending: --sort=-StudyDate).",
+    ),
+]
+Limit = Annotated[
+    Optional[int], typer.Option("--limit", metavar="N", min=0, help="Show at most N records (after sorting).")
+]
+ColumnsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--columns",
+        metavar="A,B,C",
+        help="Show these keywords, in this order (also the keys of --json records).",
+    ),
+]
+Wide = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        "-w",
+        metavar=NO_METAVAR,
+        help="Table: every value whole (UIDs too), wider than the terminal if need be.",
+    ),
+]
 
 # Record keys that are not DICOM keywords (instance records say where and what the file is).
 _FILE_KEYS = {"size": "size", "path": "path", "sha256": "sha256"}
@@ -79,8 +125,9 @@ def record_key(name: str) -> str:
     return _FILE_KEYS.get(text.lower()) or resolve_keyword(text)
 
 
-def list_view(sort: str | None = None, limit: int | None = None, columns: str | None = None,
-              wide: bool = False) -> ListView:
+def list_view(
+    sort: str | None = None, limit: int | None = None, columns: str | None = None, wide: bool = False
+) -> ListView:
     """The ListView of the `--sort`, `--limit`, `--columns` and `--wide` options."""
     keys = []
     for item in (sort or "").split(","):
@@ -90,8 +137,9 @@ def list_view(sort: str | None = None, limit: int | None = None, columns: str | 
             keys.append(SortKey(record_key(item.lstrip("-")), descending))
     shown = tuple(dict.fromkeys(record_key(c) for c in (columns or "").split(",") if c.strip()))
     if columns is not None and not shown:
-        raise UsageError("--columns names no column",
-                         hint="for example --columns PatientID,StudyDate,StudyInstanceUID")
+        raise UsageError(
+            "--columns names no column", hint="for example --columns PatientID,StudyDate,StudyInstanceUID"
+        )
     return ListView(tuple(keys), limit, shown, wide)
 
 
@@ -120,8 +168,8 @@ def ls_command(
 
     Example: pacsctl ls -k PatientName='DOE*' -k StudyDate=20240101-20240331 --sort=-StudyDate --limit 20
     """
-    from pacsctl.dicom.matching import compile_filters, parse_key_values
     from pacsctl.archive.search import find_records
+    from pacsctl.dicom.matching import compile_filters, parse_key_values
 
     check_format(as_json, as_csv)
     view = list_view(sort, limit, columns, wide)
@@ -137,8 +185,9 @@ def check_format(as_json: bool, as_csv: bool) -> None:
         raise UsageError("--json and --csv exclude each other")
 
 
-def emit_level(records: list[dict], level: str, as_json: bool, as_csv: bool,
-               view: ListView = ListView()) -> None:
+def emit_level(
+    records: list[dict], level: str, as_json: bool, as_csv: bool, view: ListView = ListView()
+) -> None:
     """Sort records of a query level the way `ls` does (or as `view` says), cut them to the
     view's limit and write the view's columns (shared by `query`)."""
     records.sort(key=lambda r: tuple(_sortable(r.get(k)) for k in SORT_KEYS[level]))
@@ -146,13 +195,18 @@ def emit_level(records: list[dict], level: str, as_json: bool, as_csv: bool,
         records.sort(key=lambda r: _sortable(r.get(key.keyword)), reverse=key.descending)
     total = len(records)
     if view.limit is not None and total > view.limit:
-        del records[view.limit:]
+        del records[view.limit :]
         output.warn(f"showing {view.limit} of {total} records (--limit)")
     columns = list(view.columns) or COLUMNS[level]
     if as_json and view.columns:
         records = [{k: r.get(k) for k in columns} for r in records]
-    output.emit(records, columns, "json" if as_json else "csv" if as_csv else "table", wide=view.wide,
-                droppable=() if view.columns else DROPPABLE[level])
+    output.emit(
+        records,
+        columns,
+        "json" if as_json else "csv" if as_csv else "table",
+        wide=view.wide,
+        droppable=() if view.columns else DROPPABLE[level],
+    )
 
 
 def _sortable(value: object) -> tuple[int, object]:

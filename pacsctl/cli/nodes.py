@@ -15,7 +15,7 @@ from pacsctl.errors import UsageError
 
 nodes_app = typer.Typer(
     help="Known remote DICOM nodes (used by name, or inline as AET@host:port).\n\n"
-         "Example: pacsctl nodes add old-pacs --aet OLDPACS --host 10.0.0.5 --port 104; pacsctl nodes list",
+    "Example: pacsctl nodes add old-pacs --aet OLDPACS --host 10.0.0.5 --port 104; pacsctl nodes list",
     no_args_is_help=True,
 )
 
@@ -33,13 +33,24 @@ def add(
     host: str = typer.Option(..., "--host", metavar="HOST", help="Host name or IP address."),
     port: int = typer.Option(..., "--port", metavar="PORT", help="DICOM port."),
     tls: bool = typer.Option(False, "--tls", metavar=NO_METAVAR, help="Talk to it over TLS."),
-    tls_cert: Optional[str] = typer.Option(None, "--tls-cert", metavar="FILE", help="Our client certificate (PEM) for it."),
-    tls_key: Optional[str] = typer.Option(None, "--tls-key", metavar="FILE", help="Our client key (PEM) for it."),
-    tls_ca: Optional[str] = typer.Option(None, "--tls-ca", metavar="FILE", help="CA bundle that signs its certificate."),
+    tls_cert: Optional[str] = typer.Option(
+        None, "--tls-cert", metavar="FILE", help="Our client certificate (PEM) for it."
+    ),
+    tls_key: Optional[str] = typer.Option(
+        None, "--tls-key", metavar="FILE", help="Our client key (PEM) for it."
+    ),
+    tls_ca: Optional[str] = typer.Option(
+        None, "--tls-ca", metavar="FILE", help="CA bundle that signs its certificate."
+    ),
     tls_no_hostname_check: bool = typer.Option(
-        False, "--tls-no-hostname-check", metavar=NO_METAVAR,
-        help="Accept its certificate whatever host name it names (lab set-ups only)."),
-    replace: bool = typer.Option(False, "--replace", metavar=NO_METAVAR, help="Overwrite an existing node of that name."),
+        False,
+        "--tls-no-hostname-check",
+        metavar=NO_METAVAR,
+        help="Accept its certificate whatever host name it names (lab set-ups only).",
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", metavar=NO_METAVAR, help="Overwrite an existing node of that name."
+    ),
 ) -> None:
     """Add a remote node.
 
@@ -54,8 +65,14 @@ def add(
     if name in archive.config.nodes and not replace:
         raise UsageError(f"node {name!r} exists", hint="use --replace to overwrite it")
     archive.config.nodes[name] = Node(
-        name, validate_ae_title(aet), host, validate_port(port),
-        tls or bool(tls_ca or tls_cert or tls_no_hostname_check), tls_cert, tls_key, tls_ca,
+        name,
+        validate_ae_title(aet),
+        host,
+        validate_port(port),
+        tls or bool(tls_ca or tls_cert or tls_no_hostname_check),
+        tls_cert,
+        tls_key,
+        tls_ca,
         tls_no_hostname_check,
     )
     archive.save_config()
@@ -75,13 +92,21 @@ def list_nodes(
     rows = [asdict(node) for _, node in sorted(archive.config.nodes.items())]
     if not as_json:  # one column says how TLS is checked
         for row in rows:
-            row["tls"] = ("no" if not row["tls"] else
-                          "yes, no host name check" if row["tls_no_hostname_check"] else "yes")
+            row["tls"] = (
+                "no"
+                if not row["tls"]
+                else "yes, no host name check"
+                if row["tls_no_hostname_check"]
+                else "yes"
+            )
     output.emit(rows, ["name", "aet", "host", "port", "tls"], "json" if as_json else "table")
 
 
 @nodes_app.command("remove")
-def remove(ctx: typer.Context, name: str = typer.Argument(..., metavar="NODE", help="The node's name (from `pacsctl nodes list`).")) -> None:
+def remove(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., metavar="NODE", help="The node's name (from `pacsctl nodes list`)."),
+) -> None:
     """Forget a node.
 
     Example: pacsctl nodes remove old-pacs

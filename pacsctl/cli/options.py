@@ -42,54 +42,123 @@ class LevelName(StrEnum):
 
 
 # Output formats.
-JsonRecords = Annotated[bool, typer.Option(
-    "--json", metavar=NO_METAVAR, help="NDJSON on stdout, one record per line, keyed by DICOM keywords.")]
-JsonReport = Annotated[bool, typer.Option(
-    "--json", metavar=NO_METAVAR, help="NDJSON: one record per problem, then a summary.")]
-JsonSummary = Annotated[bool, typer.Option(
-    "--json", metavar=NO_METAVAR,
-    help="NDJSON: one record per item that failed or was left out, then a summary.")]
+JsonRecords = Annotated[
+    bool,
+    typer.Option(
+        "--json", metavar=NO_METAVAR, help="NDJSON on stdout, one record per line, keyed by DICOM keywords."
+    ),
+]
+JsonReport = Annotated[
+    bool, typer.Option("--json", metavar=NO_METAVAR, help="NDJSON: one record per problem, then a summary.")
+]
+JsonSummary = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        metavar=NO_METAVAR,
+        help="NDJSON: one record per item that failed or was left out, then a summary.",
+    ),
+]
 Csv = Annotated[bool, typer.Option("--csv", metavar=NO_METAVAR, help="CSV with a header row.")]
 
 # Selections.
-Keys = Annotated[list[str], typer.Option(
-    "--key", "-k", metavar="KEY=VALUE",
-    help="Filter on a DICOM keyword with DICOM matching: wildcards * ?, ranges 20240101-20240331, "
-         "UID lists a\\b (repeatable).",
-)]
-Level = Annotated[LevelName, typer.Option(
-    "--level", "-l", metavar=choices(LevelName), case_sensitive=False, help="Query/Retrieve level.")]
-RetrieveLevel = Annotated[LevelName, typer.Option(
-    "--level", "-l", metavar=choices(LevelName), case_sensitive=False,
-    help="Retrieve whole patients, studies, series or instances.")]
-All = Annotated[bool, typer.Option(
-    "--all", metavar=NO_METAVAR, help="Allow an empty selection (everything the node holds).")]
+Keys = Annotated[
+    list[str],
+    typer.Option(
+        "--key",
+        "-k",
+        metavar="KEY=VALUE",
+        help="Filter on a DICOM keyword with DICOM matching: wildcards * ?, ranges 20240101-20240331, "
+        "UID lists a\\b (repeatable).",
+    ),
+]
+Level = Annotated[
+    LevelName,
+    typer.Option(
+        "--level", "-l", metavar=choices(LevelName), case_sensitive=False, help="Query/Retrieve level."
+    ),
+]
+RetrieveLevel = Annotated[
+    LevelName,
+    typer.Option(
+        "--level",
+        "-l",
+        metavar=choices(LevelName),
+        case_sensitive=False,
+        help="Retrieve whole patients, studies, series or instances.",
+    ),
+]
+All = Annotated[
+    bool,
+    typer.Option("--all", metavar=NO_METAVAR, help="Allow an empty selection (everything the node holds)."),
+]
 
 # Talking to nodes.
-NodeArg = Annotated[str, typer.Argument(
-    metavar="NODE", help="A node name from `pacsctl nodes list`, or AET@host:port.", show_default=False)]
-Aet = Annotated[Optional[str], typer.Option(
-    "--aet", metavar="AET", help="Calling AE title (default: the archive's ae_title).")]
-Timeout = Annotated[float, typer.Option(
-    "--timeout", metavar="SECONDS", min=1.0, help="Seconds to wait for the peer to connect or answer.")]
+NodeArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="NODE", help="A node name from `pacsctl nodes list`, or AET@host:port.", show_default=False
+    ),
+]
+Aet = Annotated[
+    Optional[str],
+    typer.Option("--aet", metavar="AET", help="Calling AE title (default: the archive's ae_title)."),
+]
+Timeout = Annotated[
+    float,
+    typer.Option(
+        "--timeout", metavar="SECONDS", min=1.0, help="Seconds to wait for the peer to connect or answer."
+    ),
+]
 
 # Work.
-Jobs = Annotated[Optional[int], typer.Option(
-    "--jobs", "-j", metavar="N", min=1, help="Worker processes (default: one per core).")]
-CopyJobs = Annotated[Optional[int], typer.Option(
-    "--jobs", "-j", metavar="N", min=1, help="Parallel copies (default: 2 per core, at least 4).")]
-DryRun = Annotated[bool, typer.Option(
-    "--dry-run", "-n", metavar=NO_METAVAR, help="Show what would happen; write nothing.")]
-OnConflictOpt = Annotated[Optional[OnConflict], typer.Option(
-    "--on-conflict", metavar=choices(OnConflict), case_sensitive=False,
-    help="Same SOP Instance UID, different bytes: keep the archived copy (default) or replace it.",
-)]
-Event = Annotated[Optional[AuditEvent], typer.Option(
-    "--event", "-e", metavar="EVENT", case_sensitive=False,
-    help=f"Only this event: {', '.join(AuditEvent)}.")]
-Setting = Annotated[SettingKey, typer.Argument(
-    metavar="KEY", case_sensitive=False, help=f"One of: {', '.join(SettingKey)}.", show_default=False)]
-PathsArg = Annotated[list[Path], typer.Argument(
-    metavar="PATH", help="Folders (recursive), files, zip files or DICOMDIR files.", show_default=False)]
-DestArg = Annotated[Path, typer.Argument(
-    metavar="DEST", help="Backup folder (a mounted NAS, a USB disk); created if new.", show_default=False)]
+Jobs = Annotated[
+    Optional[int],
+    typer.Option("--jobs", "-j", metavar="N", min=1, help="Worker processes (default: one per core)."),
+]
+CopyJobs = Annotated[
+    Optional[int],
+    typer.Option(
+        "--jobs", "-j", metavar="N", min=1, help="Parallel copies (default: 2 per core, at least 4)."
+    ),
+]
+DryRun = Annotated[
+    bool, typer.Option("--dry-run", "-n", metavar=NO_METAVAR, help="Show what would happen; write nothing.")
+]
+OnConflictOpt = Annotated[
+    Optional[OnConflict],
+    typer.Option(
+        "--on-conflict",
+        metavar=choices(OnConflict),
+        case_sensitive=False,
+        help="Same SOP Instance UID, different bytes: keep the archived copy (default) or replace it.",
+    ),
+]
+Event = Annotated[
+    Optional[AuditEvent],
+    typer.Option(
+        "--event",
+        "-e",
+        metavar="EVENT",
+        case_sensitive=False,
+        help=f"Only this event: {', '.join(AuditEvent)}.",
+    ),
+]
+Setting = Annotated[
+    SettingKey,
+    typer.Argument(
+        metavar="KEY", case_sensitive=False, help=f"One of: {', '.join(SettingKey)}.", show_default=False
+    ),
+]
+PathsArg = Annotated[
+    list[Path],
+    typer.Argument(
+        metavar="PATH", help="Folders (recursive), files, zip files or DICOMDIR files.", show_default=False
+    ),
+]
+DestArg = Annotated[
+    Path,
+    typer.Argument(
+        metavar="DEST", help="Backup folder (a mounted NAS, a USB disk); created if new.", show_default=False
+    ),
+]

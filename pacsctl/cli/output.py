@@ -11,9 +11,10 @@ import csv
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar, Token
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -88,8 +89,9 @@ def emit(
         return count
     rows = list(records)
     if rows:
-        left_out = tables.print_records(rows, columns, sys.stdout, title=title, wide=wide,
-                                        droppable=droppable)
+        left_out = tables.print_records(
+            rows, columns, sys.stdout, title=title, wide=wide, droppable=droppable
+        )
         if left_out:
             warn(f"left out to fit the terminal: {', '.join(left_out)} (--wide shows every column)")
     else:
@@ -194,7 +196,7 @@ class LazyProgress:
         if self.tracker is not None:
             self.tracker.advance(files, nbytes)
 
-    def __enter__(self) -> "LazyProgress":
+    def __enter__(self) -> LazyProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,4 +26,8 @@ def quarantine_command(
     Example: pacsctl quarantine --json
     """
     archive = state(ctx).open_archive()
-    output.emit(archive.quarantined(), ["time", "reason", "origin", "SOPInstanceUID", "path"], "json" if as_json else "table")
+    output.emit(
+        archive.quarantined(),
+        ["time", "reason", "origin", "SOPInstanceUID", "path"],
+        "json" if as_json else "table",
+    )

@@ -24,19 +24,31 @@ def reindex(
     Example: pacsctl --archive /srv/pacs reindex --jobs 2
     """
     from pacsctl.cli.app import state
-    from pacsctl.integrity.reindex import records_of, reindex as run_reindex
+    from pacsctl.integrity.reindex import records_of
+    from pacsctl.integrity.reindex import reindex as run_reindex
 
     opts = state(ctx)
-    with opts.open_archive(create=False) as archive, output.LazyProgress("reindex", opts.verbosity >= 0) as bar:
+    with (
+        opts.open_archive(create=False) as archive,
+        output.LazyProgress("reindex", opts.verbosity >= 0) as bar,
+    ):
         report = run_reindex(archive, jobs=jobs, on_total=bar.start, progress=bar.advance)
     records = list(records_of(report))
     s = report.summary
-    checked = f", {s.checked_against_manifest} matched the backup manifest" if s.checked_against_manifest else ""
+    checked = (
+        f", {s.checked_against_manifest} matched the backup manifest" if s.checked_against_manifest else ""
+    )
     checked += f", {s.adopted} misplaced files moved to where they belong" if s.adopted else ""
-    checked += f", {s.quarantined} files that are no instance here moved to quarantine" if s.quarantined else ""
-    output.print_report(records, as_json, "reindex: files not indexed",
-                        f"reindex: {s.indexed} of {s.files} files indexed ({s.bytes / 1e6:.0f} MB) in {s.elapsed:.1f} s"
-                        f"{checked}; {s.problems} problems")
+    checked += (
+        f", {s.quarantined} files that are no instance here moved to quarantine" if s.quarantined else ""
+    )
+    output.print_report(
+        records,
+        as_json,
+        "reindex: files not indexed",
+        f"reindex: {s.indexed} of {s.files} files indexed ({s.bytes / 1e6:.0f} MB) in {s.elapsed:.1f} s"
+        f"{checked}; {s.problems} problems",
+    )
     if not report.ok:
         raise typer.Exit(EXIT_INTEGRITY)
 

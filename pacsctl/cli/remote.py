@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 import logging
 import statistics
-from datetime import datetime, timezone
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -23,10 +23,36 @@ from pacsctl.cli import output
 from pacsctl.cli.app import state
 from pacsctl.cli.interrupt import stop_on_signals
 from pacsctl.cli.listing import ColumnsOpt, Limit, Sort, Wide, check_format, emit_level, list_view
-from pacsctl.cli.options import Aet, All, Csv, JsonRecords, JsonSummary, Keys, Level, LevelName, NodeArg, RetrieveLevel, Timeout
-from pacsctl.config import CONFIG_NAME, Config, Node, load_config, parse_node_spec, resolve_archive_dir, validate_ae_title
+from pacsctl.cli.options import (
+    Aet,
+    All,
+    Csv,
+    JsonRecords,
+    JsonSummary,
+    Keys,
+    Level,
+    LevelName,
+    NodeArg,
+    RetrieveLevel,
+    Timeout,
+)
+from pacsctl.config import (
+    CONFIG_NAME,
+    Config,
+    Node,
+    load_config,
+    parse_node_spec,
+    resolve_archive_dir,
+    validate_ae_title,
+)
 from pacsctl.errors import (
-    EXIT_INTEGRITY, EXIT_NETWORK, NetworkError, NetworkFailure, OperationInterrupted, PacsctlError, UsageError,
+    EXIT_INTEGRITY,
+    EXIT_NETWORK,
+    NetworkError,
+    NetworkFailure,
+    OperationInterrupted,
+    PacsctlError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
@@ -38,8 +64,13 @@ if TYPE_CHECKING:
 
 def register(app: typer.Typer) -> None:
     """Add the `echo`, `send`, `query`, `move` and `get` commands."""
-    for name, command in (("echo", echo_command), ("send", send_command), ("query", query_command),
-                          ("move", move_command), ("get", get_command)):
+    for name, command in (
+        ("echo", echo_command),
+        ("send", send_command),
+        ("query", query_command),
+        ("move", move_command),
+        ("get", get_command),
+    ):
         app.command(name)(_with_flag_hints(command))
 
 
@@ -80,7 +111,7 @@ def _flag_hints() -> Iterator[None]:
         raise
 
 
-def _filters(keys: List[str], level_name: LevelName) -> tuple[str, dict[str, str]]:
+def _filters(keys: list[str], level_name: LevelName) -> tuple[str, dict[str, str]]:
     from pacsctl.dicom.matching import parse_key_values
 
     return level_name.query_level, parse_key_values(keys)
@@ -92,7 +123,9 @@ def _filters(keys: List[str], level_name: LevelName) -> tuple[str, dict[str, str
 def echo_command(
     ctx: typer.Context,
     node_spec: NodeArg,
-    count: int = typer.Option(1, "--count", "-c", metavar="N", min=1, help="How many C-ECHOs, one association each."),
+    count: int = typer.Option(
+        1, "--count", "-c", metavar="N", min=1, help="How many C-ECHOs, one association each."
+    ),
     aet: Aet = None,
     timeout: Timeout = 30.0,
     as_json: JsonSummary = False,
@@ -117,20 +150,33 @@ def echo_command(
             if count == 1 and not as_json:
                 raise
             if as_json:
-                output.json_line({"type": "echo", "seq": seq, "node": str(node), "ok": False, "error": str(exc)})
+                output.json_line(
+                    {"type": "echo", "seq": seq, "node": str(node), "ok": False, "error": str(exc)}
+                )
             else:
                 output.error(str(exc))
             continue
         times.append(rtt)
         if as_json:
-            output.json_line({"type": "echo", "seq": seq, "node": str(node), "ok": True, "rtt_ms": round(rtt * 1000, 2)})
+            output.json_line(
+                {"type": "echo", "seq": seq, "node": str(node), "ok": True, "rtt_ms": round(rtt * 1000, 2)}
+            )
         else:
             output.stdout.print(f"{node}: C-ECHO ok in {rtt * 1000:.1f} ms", highlight=False)
     failed = count - len(times)
-    record: dict[str, Any] = {"type": "summary", "node": str(node), "sent": count, "ok": len(times), "failed": failed}
+    record: dict[str, Any] = {
+        "type": "summary",
+        "node": str(node),
+        "sent": count,
+        "ok": len(times),
+        "failed": failed,
+    }
     if times:
-        record.update(min_ms=round(min(times) * 1000, 2), avg_ms=round(statistics.fmean(times) * 1000, 2),
-                      max_ms=round(max(times) * 1000, 2))
+        record.update(
+            min_ms=round(min(times) * 1000, 2),
+            avg_ms=round(statistics.fmean(times) * 1000, 2),
+            max_ms=round(max(times) * 1000, 2),
+        )
     if count > 1 or as_json:
         text = f"{len(times)}/{count} ok"
         if times:
@@ -148,10 +194,28 @@ def echo_command(
 def send_command(
     ctx: typer.Context,
     node_spec: NodeArg,
-    paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH", help="Files, folders (recursive) or DICOMDIR files.", show_default=False),
-    studies: List[str] = typer.Option([], "--study", metavar="UID", help="Send this archived study (repeatable)."),
-    keys: List[str] = typer.Option([], "--key", "-k", metavar="KEY=VALUE", help="Send archived instances matching this (as `pacsctl ls`)."),
-    associations: int = typer.Option(2, "--associations", "-j", metavar="N", min=1, max=16, help="Associations in parallel (1 for peers that allow only one)."),
+    paths: Optional[list[Path]] = typer.Argument(
+        None, metavar="PATH", help="Files, folders (recursive) or DICOMDIR files.", show_default=False
+    ),
+    studies: list[str] = typer.Option(
+        [], "--study", metavar="UID", help="Send this archived study (repeatable)."
+    ),
+    keys: list[str] = typer.Option(
+        [],
+        "--key",
+        "-k",
+        metavar="KEY=VALUE",
+        help="Send archived instances matching this (as `pacsctl ls`).",
+    ),
+    associations: int = typer.Option(
+        2,
+        "--associations",
+        "-j",
+        metavar="N",
+        min=1,
+        max=16,
+        help="Associations in parallel (1 for peers that allow only one).",
+    ),
     aet: Aet = None,
     timeout: Timeout = 30.0,
     as_json: JsonSummary = False,
@@ -164,8 +228,8 @@ def send_command(
 
     Example: pacsctl send PACS /data/study1 --json; pacsctl send PACS --study 1.2.840.113619.2.1
     """
-    from pacsctl.remote import send as sending
     from pacsctl.dicom.matching import parse_key_values
+    from pacsctl.remote import send as sending
 
     node, calling, _ = _setup(ctx, node_spec, aet)
     filters = parse_key_values(keys)
@@ -185,13 +249,19 @@ def send_command(
     verbose = state(ctx).verbosity > 0
 
     with output.progress(f"sending to {node.aet}", total=len(items), enabled=not as_json) as bar:
+
         def on_outcome(outcome: sending.SendOutcome) -> None:
             bar.advance(1, outcome.size if outcome.ok else 0)
             if outcome.ok or outcome.interrupted:  # the summary counts what a stop left unsent
                 return
             status = "skipped" if outcome.skipped else "failed"
             if as_json:
-                record: dict[str, Any] = {"type": "file", "status": status, "path": outcome.path, "reason": outcome.reason}
+                record: dict[str, Any] = {
+                    "type": "file",
+                    "status": status,
+                    "path": outcome.path,
+                    "reason": outcome.reason,
+                }
                 if outcome.sop_instance_uid:
                     record["SOPInstanceUID"] = outcome.sop_instance_uid
                 if outcome.status is not None:
@@ -201,19 +271,38 @@ def send_command(
                 output.warn(f"{status}: {outcome.path}: {outcome.reason}")
 
         with stop_on_signals() as cancel:
-            summary = sending.send(node, items, calling, on_outcome=on_outcome, timeout=timeout,
-                                   associations=associations, cancel=cancel)
+            summary = sending.send(
+                node,
+                items,
+                calling,
+                on_outcome=on_outcome,
+                timeout=timeout,
+                associations=associations,
+                cancel=cancel,
+            )
     rate = summary.bytes / summary.elapsed / 1e6 if summary.elapsed else 0.0
-    text = (f"sent {summary.sent} of {summary.files} files to {node}: {summary.failed} failed, "
-            f"{summary.skipped} skipped")
+    text = (
+        f"sent {summary.sent} of {summary.files} files to {node}: {summary.failed} failed, "
+        f"{summary.skipped} skipped"
+    )
     if summary.interrupted:
         text += f", {summary.not_sent} not sent (interrupted)"
     text += f" ({summary.bytes / 1e6:.1f} MB in {summary.elapsed:.1f} s, {rate:.1f} MB/s)"
     output.summary({"type": "summary", "node": str(node), **summary.as_dict()}, as_json, text)
-    record_action(resolve_archive_dir(state(ctx).archive), AuditEvent.SEND, summary.as_dict(), selection=filters, node=str(node), calling_aet=calling, called_aet=node.aet)
+    record_action(
+        resolve_archive_dir(state(ctx).archive),
+        AuditEvent.SEND,
+        summary.as_dict(),
+        selection=filters,
+        node=str(node),
+        calling_aet=calling,
+        called_aet=node.aet,
+    )
     if summary.interrupted:
-        raise OperationInterrupted(f"send interrupted: {summary.not_sent} file(s) not sent",
-                                   hint="the same command again sends the rest (the node keeps what arrived)")
+        raise OperationInterrupted(
+            f"send interrupted: {summary.not_sent} file(s) not sent",
+            hint="the same command again sends the rest (the node keeps what arrived)",
+        )
     if summary.failed:
         raise typer.Exit(EXIT_INTEGRITY)
 
@@ -255,15 +344,19 @@ def query_command(
 # -- move and get ------------------------------------------------------------------------------
 
 
-def _selection(keys: List[str], level: LevelName, everything: bool) -> tuple[str, dict[str, str]]:
+def _selection(keys: list[str], level: LevelName, everything: bool) -> tuple[str, dict[str, str]]:
     query_level, filters = _filters(keys, level)
     if not filters and not everything:
-        raise UsageError("no selection: this would retrieve everything the node holds",
-                         hint="give -k KEY=VALUE (e.g. -k StudyInstanceUID=...), or --all if you mean it")
+        raise UsageError(
+            "no selection: this would retrieve everything the node holds",
+            hint="give -k KEY=VALUE (e.g. -k StudyInstanceUID=...), or --all if you mean it",
+        )
     return query_level, filters
 
 
-def _retrieve_text(verb: str, summary: RetrieveSummary, level: str, node: Node, dest: str | None = None) -> str:
+def _retrieve_text(
+    verb: str, summary: RetrieveSummary, level: str, node: Node, dest: str | None = None
+) -> str:
     """One line saying what a move or get did (`verb`: "move", "get")."""
     what = f"{summary.matched} {level.lower()}(s)" + (f" to {dest}" if dest else "")
     if summary.refused:
@@ -271,18 +364,24 @@ def _retrieve_text(verb: str, summary: RetrieveSummary, level: str, node: Node, 
         return f"{node.aet} refused to {verb} {what}: nothing was sent ({status})"
     done = {"move": "moved", "get": "got"}[verb]
     head = f"interrupted: {done} part of {what}" if summary.interrupted else f"{done} {what}"
-    text = (f"{head}: peer reports {summary.completed} completed, "
-            f"{summary.failed} failed, {summary.warning} warning")
+    text = (
+        f"{head}: peer reports {summary.completed} completed, "
+        f"{summary.failed} failed, {summary.warning} warning"
+    )
     if summary.remaining:
         text += f", {summary.remaining} remaining"
     if summary.status not in (None, 0):
         text += f", final status 0x{summary.status:04X}"
     if summary.counted_in_archive:
-        text += (f"; in the archive now: {summary.stored} new, {summary.already_archived} held before the "
-                 f"move (`pacsctl serve` received: re-sent copies cannot be told apart)")
+        text += (
+            f"; in the archive now: {summary.stored} new, {summary.already_archived} held before the "
+            f"move (`pacsctl serve` received: re-sent copies cannot be told apart)"
+        )
     elif summary.counted_locally:
-        text += (f"; arrived {summary.received}, stored {summary.stored} new, {summary.duplicates} already "
-                 f"archived, {summary.store_failed} refused")
+        text += (
+            f"; arrived {summary.received}, stored {summary.stored} new, {summary.duplicates} already "
+            f"archived, {summary.store_failed} refused"
+        )
         if summary.conflicts:
             text += f", {summary.conflicts} differing from the archived copy (quarantined)"
     if summary.counted_locally and summary.expected is not None:
@@ -295,37 +394,55 @@ def _finish(summary: RetrieveSummary, as_json: bool, text: str, node: Node, dest
     anything is short."""
     output.summary({"type": "summary", **summary.as_dict()}, as_json, text)
     if summary.interrupted:
-        raise OperationInterrupted("retrieve interrupted",
-                                   hint="the same command again retrieves the rest (what arrived counts as duplicates)")
+        raise OperationInterrupted(
+            "retrieve interrupted",
+            hint="the same command again retrieves the rest (what arrived counts as duplicates)",
+        )
     for reject in summary.refused_by_us[:3]:
-        output.warn(f"we refused an association from {reject.get('calling_aet', '?')} at {reject.get('peer', '?')} "
-                    f"during the move: {reject.get('reason', 'rejected')}")
+        output.warn(
+            f"we refused an association from {reject.get('calling_aet', '?')} at {reject.get('peer', '?')} "
+            f"during the move: {reject.get('reason', 'rejected')}"
+        )
     if summary.refused and summary.refused_by_us:  # the peer could not store to us: our doing
-        raise PacsctlError(f"our node refused {len(summary.refused_by_us)} association(s) of {node.aet} during the "
-                           f"move ({summary.refused_by_us[0].get('reason', 'rejected')}), so {node.aet} gave up",
-                           hint=_OUR_REJECTS_HINT)
+        raise PacsctlError(
+            f"our node refused {len(summary.refused_by_us)} association(s) of {node.aet} during the "
+            f"move ({summary.refused_by_us[0].get('reason', 'rejected')}), so {node.aet} gave up",
+            hint=_OUR_REJECTS_HINT,
+        )
     if summary.destination_unknown:
-        raise PacsctlError(f"{node.aet} does not know the destination AE title {dest!r} (status 0xA801)",
-                           hint=f"add {dest} with its host and port to {node.aet}'s known modalities")
+        raise PacsctlError(
+            f"{node.aet} does not know the destination AE title {dest!r} (status 0xA801)",
+            hint=f"add {dest} with its host and port to {node.aet}'s known modalities",
+        )
     if summary.refused:
-        raise PacsctlError(f"{node.aet} refused the retrieve (status 0x{summary.status:04X}), nothing was sent",
-                           hint=f"see {node.aet}'s log; for a C-MOVE, is {dest} among its known modalities?")
+        raise PacsctlError(
+            f"{node.aet} refused the retrieve (status 0x{summary.status:04X}), nothing was sent",
+            hint=f"see {node.aet}'s log; for a C-MOVE, is {dest} among its known modalities?",
+        )
     if summary.matched == 0:
         output.warn("nothing matched the selection")
     if not summary.ok:
         if summary.missing:
-            output.warn(f"{len(summary.missing)} instance(s) the peer lists never arrived, e.g. {summary.missing[0]}")
+            output.warn(
+                f"{len(summary.missing)} instance(s) the peer lists never arrived, e.g. {summary.missing[0]}"
+            )
             if summary.refused_by_us:
-                output.warn(f"our node refused {len(summary.refused_by_us)} association(s) of {node.aet} during the "
-                            f"move: {_OUR_REJECTS_HINT}")
+                output.warn(
+                    f"our node refused {len(summary.refused_by_us)} association(s) of {node.aet} during the "
+                    f"move: {_OUR_REJECTS_HINT}"
+                )
             elif summary.received == 0:
-                output.warn(f"nothing arrived: does {node.aet} reach us at our host and port, and store with "
-                            f"the calling AE title {node.aet}? (others: `pacsctl config set allow`)")
+                output.warn(
+                    f"nothing arrived: does {node.aet} reach us at our host and port, and store with "
+                    f"the calling AE title {node.aet}? (others: `pacsctl config set allow`)"
+                )
         raise typer.Exit(EXIT_INTEGRITY)
 
 
-_OUR_REJECTS_HINT = ("`pacsctl config set allow` must list the AE title it stores with; a running `pacsctl serve` "
-                     "needs `kill -HUP` (or a restart) to see a changed list")
+_OUR_REJECTS_HINT = (
+    "`pacsctl config set allow` must list the AE title it stores with; a running `pacsctl serve` "
+    "needs `kill -HUP` (or a restart) to see a changed list"
+)
 
 
 def _check_our_allow_list(config: Config, node: Node, dest: str) -> None:
@@ -336,17 +453,26 @@ def _check_our_allow_list(config: Config, node: Node, dest: str) -> None:
             f"our allow-list does not list {node.aet}: the running `pacsctl serve` would refuse "
             f"every instance {node.aet} sends to {dest}",
             hint=f"`pacsctl config set allow {','.join([*config.allow, node.aet])}`, then `kill -HUP` the "
-                 f"serve (or restart it), and move again")
+            f"serve (or restart it), and move again",
+        )
 
 
 def move_command(
     ctx: typer.Context,
     node_spec: NodeArg,
-    to: str = typer.Option(..., "--to", metavar="AET", help="Destination AE title (or a node name); the peer must know it."),
+    to: str = typer.Option(
+        ..., "--to", metavar="AET", help="Destination AE title (or a node name); the peer must know it."
+    ),
     level: RetrieveLevel = LevelName.STUDY,
     keys: Keys = [],
     everything: All = False,
-    settle: float = typer.Option(10.0, "--settle", metavar="SECONDS", min=0.0, help="Into our archive: seconds to wait for late arrivals after the peer's final answer."),
+    settle: float = typer.Option(
+        10.0,
+        "--settle",
+        metavar="SECONDS",
+        min=0.0,
+        help="Into our archive: seconds to wait for late arrivals after the peer's final answer.",
+    ),
     aet: Aet = None,
     timeout: Timeout = 30.0,
     as_json: JsonSummary = False,
@@ -361,33 +487,70 @@ def move_command(
 
     Example: pacsctl move OLDPACS --to PACSCTL -k StudyDate=20240101-20240131
     """
-    from pacsctl.remote import receiver as receiver_mod, retrieve
+    from pacsctl.remote import receiver as receiver_mod
+    from pacsctl.remote import retrieve
 
     query_level, filters = _selection(keys, level, everything)
     node, calling, config = _setup(ctx, node_spec, aet)
     dest = config.nodes[to].aet if to in config.nodes else validate_ae_title(to)
     with output.progress(f"moving from {node.aet}", total=None, enabled=not as_json) as bar:
+
         def on_progress(_: RetrieveSummary) -> None:
             bar.advance(1)
 
         with stop_on_signals() as cancel:
             if dest in (config.ae_title, calling):
-                with state(ctx).open_archive(create=True) as archive, \
-                        receiver_mod.receiving(archive, dest, node.aet, cancel) as (receiver, listening):
+                with (
+                    state(ctx).open_archive(create=True) as archive,
+                    receiver_mod.receiving(archive, dest, node.aet, cancel) as (receiver, listening),
+                ):
                     if not listening:
                         _check_our_allow_list(archive.config, node, dest)
-                        output.warn(f"cannot listen on port {archive.config.port} (in use?): assuming a running "
-                                    f"`pacsctl serve` receives for {dest}; arrivals are counted in the archive")
-                    began = datetime.now(timezone.utc)
-                    summary = retrieve.move(node, dest, query_level, filters, calling, receiver=receiver,
-                                            on_progress=on_progress, settle=settle, timeout=timeout,
-                                            listening=listening, cancel=cancel)
-                    summary.refused_by_us = (receiver_mod.rejects_of(receiver.rejects, node) if listening else
-                                             receiver_mod.rejects_in_audit_log(archive, began, node))
+                        output.warn(
+                            f"cannot listen on port {archive.config.port} (in use?): assuming a running "
+                            f"`pacsctl serve` receives for {dest}; arrivals are counted in the archive"
+                        )
+                    began = datetime.now(UTC)
+                    summary = retrieve.move(
+                        node,
+                        dest,
+                        query_level,
+                        filters,
+                        calling,
+                        receiver=receiver,
+                        on_progress=on_progress,
+                        settle=settle,
+                        timeout=timeout,
+                        listening=listening,
+                        cancel=cancel,
+                    )
+                    summary.refused_by_us = (
+                        receiver_mod.rejects_of(receiver.rejects, node)
+                        if listening
+                        else receiver_mod.rejects_in_audit_log(archive, began, node)
+                    )
             else:
-                summary = retrieve.move(node, dest, query_level, filters, calling, on_progress=on_progress,
-                                        timeout=timeout, cancel=cancel)
-    record_action(resolve_archive_dir(state(ctx).archive), AuditEvent.RETRIEVE, summary.as_dict(), selection=filters, service="move", node=str(node), destination=dest, calling_aet=calling, called_aet=node.aet)
+                summary = retrieve.move(
+                    node,
+                    dest,
+                    query_level,
+                    filters,
+                    calling,
+                    on_progress=on_progress,
+                    timeout=timeout,
+                    cancel=cancel,
+                )
+    record_action(
+        resolve_archive_dir(state(ctx).archive),
+        AuditEvent.RETRIEVE,
+        summary.as_dict(),
+        selection=filters,
+        service="move",
+        node=str(node),
+        destination=dest,
+        calling_aet=calling,
+        called_aet=node.aet,
+    )
     _finish(summary, as_json, _retrieve_text("move", summary, query_level, node, dest), node, dest)
 
 
@@ -410,20 +573,39 @@ def get_command(
 
     Example: pacsctl get ORTHANC -k StudyInstanceUID=1.2.840.113619.2.1 --json
     """
-    from pacsctl.remote import receiver as receiver_mod, retrieve
+    from pacsctl.remote import receiver as receiver_mod
+    from pacsctl.remote import retrieve
 
     query_level, filters = _selection(keys, level, everything)
     node, calling, _ = _setup(ctx, node_spec, aet)
     with output.progress(f"getting from {node.aet}", total=None, enabled=not as_json) as bar:
+
         def on_progress(_: RetrieveSummary) -> None:
             bar.advance(1)
 
         with state(ctx).open_archive(create=True) as archive, stop_on_signals() as cancel:
             receiver = receiver_mod.ArchiveReceiver(archive)
             try:
-                summary = retrieve.get(node, receiver, query_level, filters, calling,
-                                       on_progress=on_progress, timeout=timeout, cancel=cancel)
+                summary = retrieve.get(
+                    node,
+                    receiver,
+                    query_level,
+                    filters,
+                    calling,
+                    on_progress=on_progress,
+                    timeout=timeout,
+                    cancel=cancel,
+                )
             finally:
                 receiver.close()
-    record_action(archive.root, AuditEvent.RETRIEVE, summary.as_dict(), selection=filters, service="get", node=str(node), calling_aet=calling, called_aet=node.aet)
+    record_action(
+        archive.root,
+        AuditEvent.RETRIEVE,
+        summary.as_dict(),
+        selection=filters,
+        service="get",
+        node=str(node),
+        calling_aet=calling,
+        called_aet=node.aet,
+    )
     _finish(summary, as_json, _retrieve_text("get", summary, query_level, node), node, node.aet)

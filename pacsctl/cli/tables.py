@@ -25,14 +25,25 @@ _GAP = 2
 
 # Short table headers for long DICOM keywords (TSV, JSON and CSV keep the keywords).
 HEADERS = {
-    "NumberOfPatientRelatedStudies": "Studies", "NumberOfPatientRelatedInstances": "Instances",
-    "NumberOfStudyRelatedSeries": "Series", "NumberOfStudyRelatedInstances": "Instances",
-    "NumberOfSeriesRelatedInstances": "Instances", "ModalitiesInStudy": "Modalities",
-    "AccessionNumber": "Accession", "StudyDescription": "Description",
-    "SeriesDescription": "Description", "PatientBirthDate": "Birth", "SeriesNumber": "No.",
-    "InstanceNumber": "No.", "TransferSyntaxUID": "Syntax",
-    "StudyDate": "Date", "StudyTime": "Time", "SeriesDate": "Date", "PatientSex": "Sex",
-    "calling_aet": "calling", "called_aet": "called",
+    "NumberOfPatientRelatedStudies": "Studies",
+    "NumberOfPatientRelatedInstances": "Instances",
+    "NumberOfStudyRelatedSeries": "Series",
+    "NumberOfStudyRelatedInstances": "Instances",
+    "NumberOfSeriesRelatedInstances": "Instances",
+    "ModalitiesInStudy": "Modalities",
+    "AccessionNumber": "Accession",
+    "StudyDescription": "Description",
+    "SeriesDescription": "Description",
+    "PatientBirthDate": "Birth",
+    "SeriesNumber": "No.",
+    "InstanceNumber": "No.",
+    "TransferSyntaxUID": "Syntax",
+    "StudyDate": "Date",
+    "StudyTime": "Time",
+    "SeriesDate": "Date",
+    "PatientSex": "Sex",
+    "calling_aet": "calling",
+    "called_aet": "called",
 }
 
 
@@ -46,8 +57,20 @@ class ColumnKind(Enum):
     FIXED = "fixed"  # dates, numbers, codes: short, kept whole (their header is cut last)
 
 
-_FIXED_KEYS = frozenset({"Modality", "ModalitiesInStudy", "PatientSex", "size", "status", "event",
-                         "time", "peer", "calling_aet", "called_aet"})
+_FIXED_KEYS = frozenset(
+    {
+        "Modality",
+        "ModalitiesInStudy",
+        "PatientSex",
+        "size",
+        "status",
+        "event",
+        "time",
+        "peer",
+        "calling_aet",
+        "called_aet",
+    }
+)
 _WRAPPED_KEYS = frozenset({"detail"})
 _ID_KEYS = frozenset({"PatientID", "AccessionNumber", "StudyID", "OtherPatientIDs"})
 # The narrowest a column is made before lower-priority columns are left out instead.
@@ -92,8 +115,9 @@ def shorten_middle(text: str, width: int) -> str:
     return text[:head] + ELLIPSIS + (text[-tail:] if tail else "")
 
 
-def fit_widths(natural: Sequence[int], minimum: Sequence[int], kinds: Sequence[ColumnKind],
-               available: int) -> list[int]:
+def fit_widths(
+    natural: Sequence[int], minimum: Sequence[int], kinds: Sequence[ColumnKind], available: int
+) -> list[int]:
     """Column widths that fit `available` cells: wrapped text and UID columns give way first,
     then text, IDs and the headers of fixed columns, the widest column of a kind first, none
     below its minimum. The sum may stay above `available` when even the minimums do not fit."""
@@ -110,8 +134,9 @@ def fit_widths(natural: Sequence[int], minimum: Sequence[int], kinds: Sequence[C
     return widths
 
 
-def write_tsv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], file: IO[str],
-              title: str | None = None) -> None:
+def write_tsv(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], file: IO[str], title: str | None = None
+) -> None:
     """The title line when there is one (a report's, for the people reading cron mail), a header
     line of keywords, then one tab-separated line per record."""
     if title:
@@ -122,8 +147,7 @@ def write_tsv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], file: I
     file.flush()
 
 
-def _natural_widths(cells: Sequence[Sequence[str]], headers: Sequence[str]
-                    ) -> tuple[list[int], list[int]]:
+def _natural_widths(cells: Sequence[Sequence[str]], headers: Sequence[str]) -> tuple[list[int], list[int]]:
     """The widest value of each column, and that or its header's width."""
     values = [max((cell_len(r[i]) for r in cells), default=0) for i in range(len(headers))]
     return values, [max(v, cell_len(h)) for v, h in zip(values, headers, strict=True)]
@@ -144,8 +168,13 @@ class FittedTable:
     width: int  # cells the table takes
 
 
-def fitted_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], width: int | None,
-                 title: str | None = None, droppable: Sequence[str] = ()) -> FittedTable:
+def fitted_table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    width: int | None,
+    title: str | None = None,
+    droppable: Sequence[str] = (),
+) -> FittedTable:
     """A table of `rows` fitting `width` cells (None: every value whole). When the columns do
     not fit at readable widths, those in `droppable` are left out, first named first."""
     shown = list(columns)
@@ -168,20 +197,35 @@ def fitted_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], widt
             break
         shown.remove(drop)
         left_out.append(drop)
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-                  padding=(0, 1, 0, 0), header_style="bold")
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+        header_style="bold",
+    )
     for header, w, kind in zip(headers, widths, kinds, strict=True):
         wraps = kind is ColumnKind.WRAPPED
         table.add_column(header, width=w, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
     for row in cells:
-        table.add_row(*(shorten_middle(text, w) if k is ColumnKind.UID else text
-                        for text, w, k in zip(row, widths, kinds, strict=True)))
+        table.add_row(
+            *(
+                shorten_middle(text, w) if k is ColumnKind.UID else text
+                for text, w, k in zip(row, widths, kinds, strict=True)
+            )
+        )
     return FittedTable(table, left_out, sum(widths) + _GAP * (len(widths) - 1))
 
 
-def print_records(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], file: IO[str],
-                  title: str | None = None, wide: bool = False,
-                  droppable: Sequence[str] = ()) -> list[str]:
+def print_records(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    file: IO[str],
+    title: str | None = None,
+    wide: bool = False,
+    droppable: Sequence[str] = (),
+) -> list[str]:
     """`rows` for people on `file`: a fitted table on a terminal (every value and column whole
     with `wide`), tab-separated lines elsewhere. Returns the columns left out to fit."""
     console = Console(file=file, soft_wrap=False)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -13,6 +14,7 @@ from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
 from pacsctl.cli.options import NO_METAVAR, Jobs, JsonReport
 from pacsctl.errors import EXIT_INTEGRITY, PacsctlError, UsageError
+
 
 def write_report(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Write NDJSON records to `path` (replaced atomically, so a mail job never reads half)."""
@@ -35,17 +37,39 @@ def write_report(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
 
 def verify(
     ctx: typer.Context,
-    quick: bool = typer.Option(False, "--quick", metavar=NO_METAVAR, help="Presence and sizes only: no hashing, no parsing."),
-    sample: Optional[float] = typer.Option(None, "--sample", min=0.0, max=1.0, metavar="FRACTION",
-                                           help="Re-hash a random share (e.g. 0.05) and quick-check the rest."),
-    backup: Optional[Path] = typer.Option(None, "--backup", metavar="DEST",
-                                          help="Check the backup in DEST against its manifest and against the archive."),
-    repair_from: Optional[Path] = typer.Option(None, "--repair-from", metavar="DEST",
-                                               help="Restore damaged or missing files from the backup in DEST (byte-identical copies only)."),
-    repair: bool = typer.Option(False, "--repair", metavar=NO_METAVAR,
-                                help="With --backup: copy damaged backup copies again from the archive."),
+    quick: bool = typer.Option(
+        False, "--quick", metavar=NO_METAVAR, help="Presence and sizes only: no hashing, no parsing."
+    ),
+    sample: Optional[float] = typer.Option(
+        None,
+        "--sample",
+        min=0.0,
+        max=1.0,
+        metavar="FRACTION",
+        help="Re-hash a random share (e.g. 0.05) and quick-check the rest.",
+    ),
+    backup: Optional[Path] = typer.Option(
+        None,
+        "--backup",
+        metavar="DEST",
+        help="Check the backup in DEST against its manifest and against the archive.",
+    ),
+    repair_from: Optional[Path] = typer.Option(
+        None,
+        "--repair-from",
+        metavar="DEST",
+        help="Restore damaged or missing files from the backup in DEST (byte-identical copies only).",
+    ),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        metavar=NO_METAVAR,
+        help="With --backup: copy damaged backup copies again from the archive.",
+    ),
     as_json: JsonReport = False,
-    report: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="Also write the NDJSON report to FILE (for cron mail)."),
+    report: Optional[Path] = typer.Option(
+        None, "--report", metavar="FILE", help="Also write the NDJSON report to FILE (for cron mail)."
+    ),
     jobs: Jobs = None,
 ) -> None:
     """Check that nothing is lost or damaged; exit 0 when clean, 3 when anything is wrong.
@@ -61,11 +85,18 @@ def verify(
     from pacsctl.integrity import verify as verifier
 
     if quick and sample is not None:
-        raise UsageError("--quick and --sample exclude each other", hint="--sample re-hashes a share, --quick none")
+        raise UsageError(
+            "--quick and --sample exclude each other", hint="--sample re-hashes a share, --quick none"
+        )
     if backup is not None and repair_from is not None:
-        raise UsageError("--backup and --repair-from exclude each other", hint="check the backup first, then repair from it")
+        raise UsageError(
+            "--backup and --repair-from exclude each other",
+            hint="check the backup first, then repair from it",
+        )
     if repair and backup is None:
-        raise UsageError("--repair goes with --backup DEST", hint="to repair the archive from a backup: --repair-from DEST")
+        raise UsageError(
+            "--repair goes with --backup DEST", hint="to repair the archive from a backup: --repair-from DEST"
+        )
     if sample == 0:
         raise UsageError("--sample must be more than 0")
     if report is not None and not report.expanduser().absolute().parent.is_dir():
@@ -76,16 +107,30 @@ def verify(
         if backup is not None:
             archive = _open_if_present(opts)
             try:
-                result = verifier.verify_backup(backup.expanduser(), archive, mode=mode, sample=sample, jobs=jobs,
-                                                repair=repair, on_total=bar.start, progress=bar.advance)
+                result = verifier.verify_backup(
+                    backup.expanduser(),
+                    archive,
+                    mode=mode,
+                    sample=sample,
+                    jobs=jobs,
+                    repair=repair,
+                    on_total=bar.start,
+                    progress=bar.advance,
+                )
             finally:
                 if archive is not None:
                     archive.close()
         else:
             with opts.open_archive(create=False) as archive:
-                result = verifier.verify_archive(archive, mode=mode, sample=sample, jobs=jobs,
-                                                 repair_from=repair_from.expanduser() if repair_from else None,
-                                                 on_total=bar.start, progress=bar.advance)
+                result = verifier.verify_archive(
+                    archive,
+                    mode=mode,
+                    sample=sample,
+                    jobs=jobs,
+                    repair_from=repair_from.expanduser() if repair_from else None,
+                    on_total=bar.start,
+                    progress=bar.advance,
+                )
                 _warn_if_empty(archive, result.summary.checked)
     records = list(verifier.records(result))
     if report is not None:
@@ -98,13 +143,19 @@ def verify(
         raise typer.Exit(EXIT_INTEGRITY)
 
 
-_TITLES = {"problems": "verify: problems found", "repaired": "verify: repaired",
-           "cleaned": "verify: cleaned (no problems)", "ok": "verify"}  # by VerifyStatus
+_TITLES = {
+    "problems": "verify: problems found",
+    "repaired": "verify: repaired",
+    "cleaned": "verify: cleaned (no problems)",
+    "ok": "verify",
+}  # by VerifyStatus
 
 
 def _summary_text(s) -> str:
     """The human summary line; says the same as the JSON summary's `status` and the exit code."""
-    outcome = f"{s.problems} problems" if s.problems else ("no problems left" if s.repaired else "no problems")
+    outcome = (
+        f"{s.problems} problems" if s.problems else ("no problems left" if s.repaired else "no problems")
+    )
     if s.repaired:
         source = "the archive" if s.target == "backup" else "the backup"
         outcome += f", {s.repaired} files repaired from {source} (exit 3: damage happened)"
@@ -112,8 +163,10 @@ def _summary_text(s) -> str:
         outcome += f", {s.cleaned} leftover temp files cleaned"
     if s.target == "backup" and s.problems and not s.repaired:
         outcome += " (`--repair` copies damaged copies again from the archive)"
-    return (f"verify {s.target} ({s.mode}): {s.checked} files checked, {s.hashed} re-hashed "
-            f"({s.bytes / 1e6:.0f} MB) in {s.elapsed:.1f} s; {outcome}")
+    return (
+        f"verify {s.target} ({s.mode}): {s.checked} files checked, {s.hashed} re-hashed "
+        f"({s.bytes / 1e6:.0f} MB) in {s.elapsed:.1f} s; {outcome}"
+    )
 
 
 def _warn_if_empty(archive, expected: int) -> None:

@@ -14,23 +14,39 @@ from pacsctl.storage.index import LevelFields
 # what the stored file is).
 PATIENT_FIELDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
 STUDY_FIELDS = (
-    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
-    "StudyDescription", "ReferringPhysicianName",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "ReferringPhysicianName",
 )
 SERIES_FIELDS = (
-    "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "SeriesDate",
     "BodyPartExamined",
 )
 INSTANCE_FIELDS = (
-    "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "TransferSyntaxUID",
-    "SpecificCharacterSet", "path", "size", "sha256",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "InstanceNumber",
+    "TransferSyntaxUID",
+    "SpecificCharacterSet",
+    "path",
+    "size",
+    "sha256",
 )
 INDEX_FIELDS = LevelFields(PATIENT_FIELDS, STUDY_FIELDS, SERIES_FIELDS, INSTANCE_FIELDS)
 
 INTEGER_KEYS = frozenset({"SeriesNumber", "InstanceNumber"})
 # The record's values read from the data set; the others describe the stored file.
 DATASET_KEYS = tuple(
-    k for k in PATIENT_FIELDS + STUDY_FIELDS + SERIES_FIELDS + INSTANCE_FIELDS
+    k
+    for k in PATIENT_FIELDS + STUDY_FIELDS + SERIES_FIELDS + INSTANCE_FIELDS
     if k not in ("TransferSyntaxUID", "path", "size", "sha256")
 )
 
@@ -42,7 +58,9 @@ def dataset_fields(ds: Dataset) -> dict[str, Any]:
     return fields
 
 
-def index_record(fields: Mapping[str, Any], *, transfer_syntax_uid: str, path: str, size: int, sha256: str) -> dict[str, Any]:
+def index_record(
+    fields: Mapping[str, Any], *, transfer_syntax_uid: str, path: str, size: int, sha256: str
+) -> dict[str, Any]:
     """The index record of a stored instance: its data set `fields` and where and what the file is."""
     record = dict(fields)
     record.update(TransferSyntaxUID=transfer_syntax_uid, path=path, size=size, sha256=sha256)

@@ -156,9 +156,7 @@ def _effective_charset(ds: Dataset, declared: list[str]) -> list[str]:
     """The charset to decode with; sniffed when the request declares none."""
     if declared:
         return declared
-    non_ascii = [
-        bytes(i.value) for i in _raw_text_items(ds) if i.value and not bytes(i.value).isascii()
-    ]
+    non_ascii = [bytes(i.value) for i in _raw_text_items(ds) if i.value and not bytes(i.value).isascii()]
     if non_ascii and all(_fallback_charset(raw) == UTF8 for raw in non_ascii):
         return [UTF8]
     return [""]  # DICOM default repertoire; pydicom reads bytes >0x7F as Latin-1
@@ -171,12 +169,7 @@ def _decoded(ds: Dataset, tag: int, charset: list[str]) -> DataElement:
         return item  # already a Python value (data set built in memory)
     terms = charset
     raw = bytes(item.value or b"")
-    if (
-        _vr_of(item) in _TEXT_VRS
-        and not raw.isascii()
-        and _ESC not in raw
-        and not _decodes(raw, charset[0])
-    ):
+    if _vr_of(item) in _TEXT_VRS and not raw.isascii() and _ESC not in raw and not _decodes(raw, charset[0]):
         # Declared ISO_IR 192 but sent Latin-1 (or the reverse): decode what
         # was sent rather than replacement characters.
         terms = [_fallback_charset(raw)]
@@ -341,7 +334,9 @@ def _round_trips(ds: Dataset) -> bool:
     fp.is_little_endian = True
     fp.is_implicit_VR = True
     write_dataset(fp, ds)
-    back = read_dataset(cast(BinaryIO, DicomBytesIO(fp.getvalue())), True, True)  # a BinaryIO in all but its stub
+    back = read_dataset(
+        cast(BinaryIO, DicomBytesIO(fp.getvalue())), True, True
+    )  # a BinaryIO in all but its stub
     for elem in ds:
         if elem.VR not in _TEXT_VRS:
             continue
@@ -398,13 +393,9 @@ def build_response(
     raise RuntimeError("C-FIND response does not survive encoding in ISO_IR 192")
 
 
-def _assemble(
-    record: Mapping[str, Any], query: Query, charset: list[str] | None = None
-) -> Dataset:
+def _assemble(record: Mapping[str, Any], query: Query, charset: list[str] | None = None) -> Dataset:
     """The response data set for `record` (see :func:`build_response`)."""
-    keywords = dict.fromkeys(
-        ["QueryRetrieveLevel", UNIQUE_KEY[query.level], *query.return_keys]
-    )
+    keywords = dict.fromkeys(["QueryRetrieveLevel", UNIQUE_KEY[query.level], *query.return_keys])
     ds = Dataset()
     if charset:
         ds.SpecificCharacterSet = charset if len(charset) > 1 else charset[0]

@@ -10,12 +10,25 @@ from typing import Any
 
 #: Keywords whose values identify a patient (names, IDs, birth date, contact details):
 #: never written to logs, error messages, tracebacks or the audit log.
-PATIENT_IDENTIFYING: frozenset[str] = frozenset({
-    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "OtherPatientIDs",
-    "OtherPatientIDsSequence", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
-    "PatientAddress", "PatientTelephoneNumbers", "MedicalRecordLocator", "ResponsiblePerson",
-    "PersonName", "PatientInsurancePlanCodeSequence",
-})
+PATIENT_IDENTIFYING: frozenset[str] = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientBirthTime",
+        "OtherPatientIDs",
+        "OtherPatientIDsSequence",
+        "OtherPatientNames",
+        "PatientBirthName",
+        "PatientMotherBirthName",
+        "PatientAddress",
+        "PatientTelephoneNumbers",
+        "MedicalRecordLocator",
+        "ResponsiblePerson",
+        "PersonName",
+        "PatientInsurancePlanCodeSequence",
+    }
+)
 
 
 def is_identifying(keyword: str) -> bool:

@@ -20,16 +20,16 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    PYDICOM_IMPLEMENTATION_UID,
-    UID,
 )
 
-from pacsctl.dicom.rawheader import DicomBytes, scan
 from pacsctl.dicom.attributes import dataset_fields
+from pacsctl.dicom.rawheader import DicomBytes, scan
 from pacsctl.errors import InvalidDicomError
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -93,19 +93,22 @@ def data_set_offset(head: DicomBytes | memoryview) -> tuple[int, str] | None:
         return None
     pos, syntax = 132, ""
     while pos + 8 <= size:
-        group, element = int.from_bytes(head[pos:pos + 2], "little"), int.from_bytes(head[pos + 2:pos + 4], "little")
+        group, element = (
+            int.from_bytes(head[pos : pos + 2], "little"),
+            int.from_bytes(head[pos + 2 : pos + 4], "little"),
+        )
         if group != 0x0002:
             return pos, syntax
-        if bytes(head[pos + 4:pos + 6]) in _LONG_VRS:
+        if bytes(head[pos + 4 : pos + 6]) in _LONG_VRS:
             if pos + 12 > size:
                 return None
-            length, pos = int.from_bytes(head[pos + 8:pos + 12], "little"), pos + 12
+            length, pos = int.from_bytes(head[pos + 8 : pos + 12], "little"), pos + 12
         else:
-            length, pos = int.from_bytes(head[pos + 6:pos + 8], "little"), pos + 8
+            length, pos = int.from_bytes(head[pos + 6 : pos + 8], "little"), pos + 8
         if length == 0xFFFFFFFF or pos + length > size:
             return None
         if (group, element) == _TRANSFER_SYNTAX_TAG:
-            syntax = bytes(head[pos:pos + length]).rstrip(b"\x00 ").decode("ascii", "replace")
+            syntax = bytes(head[pos : pos + length]).rstrip(b"\x00 ").decode("ascii", "replace")
         pos += length
     return (pos, syntax) if pos == size else None
 
@@ -155,8 +158,9 @@ def read_instance(data: bytes | mmap.mmap) -> Instance:
         raise NotDicomError("not a DICOM file")
     plain = scan(data)
     if plain is not None:
-        return Instance(data, None, plain.sop_class_uid, plain.sop_instance_uid,
-                        plain.transfer_syntax_uid, plain.fields)
+        return Instance(
+            data, None, plain.sop_class_uid, plain.sop_instance_uid, plain.transfer_syntax_uid, plain.fields
+        )
     part10 = len(data) >= 132 and data[128:132] == b"DICM"
     ds = _parse(data, force=not part10)
     meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
@@ -203,7 +207,9 @@ def file_meta_for(sop_class: str, sop_instance: str, transfer_syntax: str) -> Fi
 def _with_file_meta(data: DicomBytes, ds: Dataset, sop_class: str, sop_instance: str) -> Instance:
     """Give a bare data set (no preamble/meta) a File Meta header; keep its bytes as they are."""
     implicit, little = ds.original_encoding
-    syntax = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    syntax = (
+        ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    )
     offset = 0
     if int.from_bytes(data[0:2], "little") == 0x0002:  # a meta group without preamble: drop it
         offset = _end_of_group2(data)
@@ -264,4 +270,3 @@ def _check_complete(ds: Dataset, size: int) -> None:
 
 def _first_line(exc: object) -> str:
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-

@@ -59,9 +59,9 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import date, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -154,9 +154,7 @@ _NUMERIC_INT_VRS = frozenset({"IS", "US", "UL", "SS", "SL", "SV", "UV"})
 _NUMERIC_FLOAT_VRS = frozenset({"DS", "FL", "FD"})
 # Single-valued text VRs: a backslash is part of the value, not a separator.
 _TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
-_STRING_VRS = frozenset(
-    {"AE", "AS", "CS", "LO", "SH", "UC", "PN"} | _TEXT_VRS
-)
+_STRING_VRS = frozenset({"AE", "AS", "CS", "LO", "SH", "UC", "PN"} | _TEXT_VRS)
 _UNMATCHABLE_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "AT"})
 
 _UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
@@ -186,20 +184,52 @@ def level_from_name(name: str) -> QueryLevel:
 # needs no pydicom (importing it, and numpy with it, is most of a small command's start-up).
 # Any other keyword is looked up in pydicom's dictionary, imported on first use; a test checks
 # this table against it.
-COMMON_VRS: Mapping[str, str] = MappingProxyType({
-    "AccessionNumber": "SH", "AcquisitionDate": "DA", "BodyPartExamined": "CS", "ContentDate": "DA",
-    "ContentTime": "TM", "InstanceAvailability": "CS", "InstanceNumber": "IS", "InstitutionName": "LO",
-    "ModalitiesInStudy": "CS", "Modality": "CS", "NumberOfPatientRelatedInstances": "IS",
-    "NumberOfPatientRelatedSeries": "IS", "NumberOfPatientRelatedStudies": "IS",
-    "NumberOfSeriesRelatedInstances": "IS", "NumberOfStudyRelatedInstances": "IS",
-    "NumberOfStudyRelatedSeries": "IS", "OtherPatientIDs": "LO", "PatientAge": "AS",
-    "PatientBirthDate": "DA", "PatientBirthTime": "TM", "PatientID": "LO", "PatientName": "PN",
-    "PatientSex": "CS", "QueryRetrieveLevel": "CS", "ReferringPhysicianName": "PN", "RetrieveAETitle": "AE",
-    "SOPClassUID": "UI", "SOPClassesInStudy": "UI", "SOPInstanceUID": "UI", "SeriesDate": "DA",
-    "SeriesDescription": "LO", "SeriesInstanceUID": "UI", "SeriesNumber": "IS", "SeriesTime": "TM",
-    "SpecificCharacterSet": "CS", "StationName": "SH", "StudyDate": "DA", "StudyDescription": "LO",
-    "StudyID": "SH", "StudyInstanceUID": "UI", "StudyTime": "TM", "TransferSyntaxUID": "UI",
-})
+COMMON_VRS: Mapping[str, str] = MappingProxyType(
+    {
+        "AccessionNumber": "SH",
+        "AcquisitionDate": "DA",
+        "BodyPartExamined": "CS",
+        "ContentDate": "DA",
+        "ContentTime": "TM",
+        "InstanceAvailability": "CS",
+        "InstanceNumber": "IS",
+        "InstitutionName": "LO",
+        "ModalitiesInStudy": "CS",
+        "Modality": "CS",
+        "NumberOfPatientRelatedInstances": "IS",
+        "NumberOfPatientRelatedSeries": "IS",
+        "NumberOfPatientRelatedStudies": "IS",
+        "NumberOfSeriesRelatedInstances": "IS",
+        "NumberOfStudyRelatedInstances": "IS",
+        "NumberOfStudyRelatedSeries": "IS",
+        "OtherPatientIDs": "LO",
+        "PatientAge": "AS",
+        "PatientBirthDate": "DA",
+        "PatientBirthTime": "TM",
+        "PatientID": "LO",
+        "PatientName": "PN",
+        "PatientSex": "CS",
+        "QueryRetrieveLevel": "CS",
+        "ReferringPhysicianName": "PN",
+        "RetrieveAETitle": "AE",
+        "SOPClassUID": "UI",
+        "SOPClassesInStudy": "UI",
+        "SOPInstanceUID": "UI",
+        "SeriesDate": "DA",
+        "SeriesDescription": "LO",
+        "SeriesInstanceUID": "UI",
+        "SeriesNumber": "IS",
+        "SeriesTime": "TM",
+        "SpecificCharacterSet": "CS",
+        "StationName": "SH",
+        "StudyDate": "DA",
+        "StudyDescription": "LO",
+        "StudyID": "SH",
+        "StudyInstanceUID": "UI",
+        "StudyTime": "TM",
+        "TransferSyntaxUID": "UI",
+    }
+)
 _COMMON_BY_LOWER = {k.lower(): k for k in COMMON_VRS}
 
 
@@ -339,7 +369,7 @@ class QueryValueTooComplexError(UsageError):
         super().__init__(
             f"{keyword}: the query value {why}",
             hint=f"wildcard values take at most {MAX_WILDCARDS} wildcards and "
-                 f"{MAX_WILDCARD_VALUE_LENGTH} characters",
+            f"{MAX_WILDCARD_VALUE_LENGTH} characters",
         )
         self.keyword = keyword
 
@@ -351,12 +381,11 @@ def _check_wildcard_value(keyword: str, query: str) -> None:
         return
     if len(query) > MAX_WILDCARD_VALUE_LENGTH:
         raise QueryValueTooComplexError(
-            keyword, f"is {len(query)} characters long (at most {MAX_WILDCARD_VALUE_LENGTH} "
-                     "with wildcards)")
+            keyword, f"is {len(query)} characters long (at most {MAX_WILDCARD_VALUE_LENGTH} with wildcards)"
+        )
     wildcards = query.count("?") + len(_STAR_RUN.findall(query))
     if wildcards > MAX_WILDCARDS:
-        raise QueryValueTooComplexError(
-            keyword, f"has {wildcards} wildcards (at most {MAX_WILDCARDS})")
+        raise QueryValueTooComplexError(keyword, f"has {wildcards} wildcards (at most {MAX_WILDCARDS})")
 
 
 _STAR_RUN = re.compile(r"\*+")
@@ -444,8 +473,9 @@ def _reject_wildcards(keyword: str, vr: str, query: str) -> None:
         hint = "wildcards * and ? work on text attributes only"
         if vr in _FORMATS:
             hint = f"{vr} values look like {_FORMATS[vr]}; use a range such as A-B, -B or A-"
-        raise UsageError(f"{keyword} ({vr}) does not take wildcards: {shown_value(keyword, query)}",
-                         hint=hint)
+        raise UsageError(
+            f"{keyword} ({vr}) does not take wildcards: {shown_value(keyword, query)}", hint=hint
+        )
 
 
 # --------------------------------------------------------------------------
@@ -493,23 +523,18 @@ def _pn_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, None]:
     for alt in _split_values(query, vr):
         groups = _pn_groups(alt)
         # An empty query group matches any record group (universal per group).
-        alternatives.append(
-            [_Glob(g, ignore_case=True) if g else None for g in groups]
-        )
+        alternatives.append([_Glob(g, ignore_case=True) if g else None for g in groups])
 
     def test(value: Any) -> bool:
         record_groups = _pn_groups(str(value))
         for patterns in alternatives:
             if len(patterns) == 1:
                 # No '=' in the query: any component group may match.
-                if patterns[0] is None or any(
-                    patterns[0].fullmatch(g) for g in record_groups
-                ):
+                if patterns[0] is None or any(patterns[0].fullmatch(g) for g in record_groups):
                     return True
                 continue
             if all(
-                p is None
-                or (i < len(record_groups) and p.fullmatch(record_groups[i]))
+                p is None or (i < len(record_groups) and p.fullmatch(record_groups[i]))
                 for i, p in enumerate(patterns)
             ):
                 return True
@@ -613,9 +638,7 @@ def _parse_time(text: str, *, upper: bool) -> int | None:
     return ((hh * 60 + mm) * 60 + ss) * 1_000_000 + frac
 
 
-_DT_RE = re.compile(
-    r"(\d{4})(\d\d)?(\d\d)?(\d\d)?(\d\d)?(\d\d)?(?:\.(\d{1,6}))?([+-]\d{4})?"
-)
+_DT_RE = re.compile(r"(\d{4})(\d\d)?(\d\d)?(\d\d)?(\d\d)?(\d\d)?(?:\.(\d{1,6}))?([+-]\d{4})?")
 
 
 def _parse_datetime(text: str, *, upper: bool) -> datetime | None:
@@ -626,7 +649,7 @@ def _parse_datetime(text: str, *, upper: bool) -> datetime | None:
     parts = m.groups()
     # Precision must be contiguous: no seconds without minutes, etc.
     present = [p is not None for p in parts[1:6]]
-    if any(later and not earlier for earlier, later in zip(present, present[1:])):
+    if any(later and not earlier for earlier, later in zip(present, present[1:], strict=False)):
         return None
     if parts[6] is not None and parts[5] is None:
         return None
@@ -727,9 +750,7 @@ def _stored_bounds(vr: str, text: str) -> tuple[Any, Any] | None:
     return lo, (lo if vr == "DA" else parse(text, upper=True))
 
 
-def _parse_interval(
-    text: str, vr: str, parse: Callable[..., Any]
-) -> tuple[Any, Any] | None:
+def _parse_interval(text: str, vr: str, parse: Callable[..., Any]) -> tuple[Any, Any] | None:
     """A single value or range -> (lower bound, upper bound); None if invalid.
 
     A single value of partial precision is the interval it covers (TM
@@ -739,8 +760,10 @@ def _parse_interval(
     """
     candidates: list[tuple[Any, Any]] = []
     reversed_ranges: list[tuple[Any, Any]] = []
-    positions = [i for i, ch in enumerate(text) if ch == "-"] if vr == "DT" else (
-        [text.index("-")] if "-" in text else []
+    positions = (
+        [i for i, ch in enumerate(text) if ch == "-"]
+        if vr == "DT"
+        else ([text.index("-")] if "-" in text else [])
     )
     for pos in positions:
         left, right = text[:pos].strip(), text[pos + 1 :].strip()

@@ -44,42 +44,82 @@ _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM U
 # (native or encapsulated pixel data). Written out, like the tags below, so that scanning an
 # explicit VR file imports no pydicom (`verify` of a plain archive never needs it); a test
 # compares both tables with pydicom's.
-PLAIN_SYNTAXES = frozenset({
-    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
-    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
-    "1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.100.1", "1.2.840.10008.1.2.4.101",
-    "1.2.840.10008.1.2.4.101.1", "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.102.1",
-    "1.2.840.10008.1.2.4.103", "1.2.840.10008.1.2.4.103.1", "1.2.840.10008.1.2.4.104",
-    "1.2.840.10008.1.2.4.104.1", "1.2.840.10008.1.2.4.105", "1.2.840.10008.1.2.4.105.1",
-    "1.2.840.10008.1.2.4.106", "1.2.840.10008.1.2.4.106.1", "1.2.840.10008.1.2.4.107",
-    "1.2.840.10008.1.2.4.108", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
-    "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.4.204", "1.2.840.10008.1.2.4.205",
-    "1.2.840.10008.1.2.7.1", "1.2.840.10008.1.2.7.2", "1.2.840.10008.1.2.7.3",
-})
+PLAIN_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.92",
+        "1.2.840.10008.1.2.4.93",
+        "1.2.840.10008.1.2.4.100",
+        "1.2.840.10008.1.2.4.100.1",
+        "1.2.840.10008.1.2.4.101",
+        "1.2.840.10008.1.2.4.101.1",
+        "1.2.840.10008.1.2.4.102",
+        "1.2.840.10008.1.2.4.102.1",
+        "1.2.840.10008.1.2.4.103",
+        "1.2.840.10008.1.2.4.103.1",
+        "1.2.840.10008.1.2.4.104",
+        "1.2.840.10008.1.2.4.104.1",
+        "1.2.840.10008.1.2.4.105",
+        "1.2.840.10008.1.2.4.105.1",
+        "1.2.840.10008.1.2.4.106",
+        "1.2.840.10008.1.2.4.106.1",
+        "1.2.840.10008.1.2.4.107",
+        "1.2.840.10008.1.2.4.108",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+        "1.2.840.10008.1.2.4.204",
+        "1.2.840.10008.1.2.4.205",
+        "1.2.840.10008.1.2.7.1",
+        "1.2.840.10008.1.2.7.2",
+        "1.2.840.10008.1.2.7.3",
+    }
+)
 # A value we read as is: printable ASCII, no backslash (one value), trailing NUL/space padding.
 _PLAIN_VALUE = re.compile(rb"[ -\[\]-~]*\x00?")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 # Tag and VR of every keyword the index takes from the data set (DATASET_KEYS).
 KEYWORD_TAGS: dict[str, tuple[int, bytes]] = {
-    "PatientID": (0x00100020, b"LO"), "PatientName": (0x00100010, b"PN"),
-    "PatientBirthDate": (0x00100030, b"DA"), "PatientSex": (0x00100040, b"CS"),
-    "StudyInstanceUID": (0x0020000D, b"UI"), "StudyDate": (0x00080020, b"DA"),
-    "StudyTime": (0x00080030, b"TM"), "AccessionNumber": (0x00080050, b"SH"),
-    "StudyID": (0x00200010, b"SH"), "StudyDescription": (0x00081030, b"LO"),
-    "ReferringPhysicianName": (0x00080090, b"PN"), "SeriesInstanceUID": (0x0020000E, b"UI"),
-    "Modality": (0x00080060, b"CS"), "SeriesNumber": (0x00200011, b"IS"),
-    "SeriesDescription": (0x0008103E, b"LO"), "SeriesDate": (0x00080021, b"DA"),
-    "BodyPartExamined": (0x00180015, b"CS"), "SOPInstanceUID": (0x00080018, b"UI"),
-    "SOPClassUID": (0x00080016, b"UI"), "InstanceNumber": (0x00200013, b"IS"),
+    "PatientID": (0x00100020, b"LO"),
+    "PatientName": (0x00100010, b"PN"),
+    "PatientBirthDate": (0x00100030, b"DA"),
+    "PatientSex": (0x00100040, b"CS"),
+    "StudyInstanceUID": (0x0020000D, b"UI"),
+    "StudyDate": (0x00080020, b"DA"),
+    "StudyTime": (0x00080030, b"TM"),
+    "AccessionNumber": (0x00080050, b"SH"),
+    "StudyID": (0x00200010, b"SH"),
+    "StudyDescription": (0x00081030, b"LO"),
+    "ReferringPhysicianName": (0x00080090, b"PN"),
+    "SeriesInstanceUID": (0x0020000E, b"UI"),
+    "Modality": (0x00080060, b"CS"),
+    "SeriesNumber": (0x00200011, b"IS"),
+    "SeriesDescription": (0x0008103E, b"LO"),
+    "SeriesDate": (0x00080021, b"DA"),
+    "BodyPartExamined": (0x00180015, b"CS"),
+    "SOPInstanceUID": (0x00080018, b"UI"),
+    "SOPClassUID": (0x00080016, b"UI"),
+    "InstanceNumber": (0x00200013, b"IS"),
     "SpecificCharacterSet": (0x00080005, b"CS"),
 }
 _WANTED = {KEYWORD_TAGS[k][0]: k for k in DATASET_KEYS}  # a KeyError here: add the new key above
 _WANTED_VR = {KEYWORD_TAGS[k][0]: KEYWORD_TAGS[k][1] for k in DATASET_KEYS}
-_META_WANTED = {0x00020002: "MediaStorageSOPClassUID", 0x00020003: "MediaStorageSOPInstanceUID",
-                0x00020010: "TransferSyntaxUID"}
+_META_WANTED = {
+    0x00020002: "MediaStorageSOPClassUID",
+    0x00020003: "MediaStorageSOPInstanceUID",
+    0x00020010: "TransferSyntaxUID",
+}
 
 
 class _NotPlain(Exception):
@@ -111,14 +151,14 @@ def scan(data: DicomBytes) -> Scanned | None:
         walker = _Walker(data, syntax == _IMPLICIT_LE)
         if walker.elements(pos, len(data), raw, top=True) != len(data) or not walker.count:
             return None
-        fields = {keyword: _field(keyword, *raw[tag]) if tag in raw else ""
-                  for tag, keyword in _WANTED.items()}
+        fields = {
+            keyword: _field(keyword, *raw[tag]) if tag in raw else "" for tag, keyword in _WANTED.items()
+        }
     except (_NotPlain, struct.error, UnicodeDecodeError):
         return None
     sop_class = fields["SOPClassUID"] or meta.get("MediaStorageSOPClassUID", "")
     sop_instance = fields["SOPInstanceUID"] or meta.get("MediaStorageSOPInstanceUID", "")
-    if not (sop_class and sop_instance and fields["StudyInstanceUID"]
-            and fields["SeriesInstanceUID"]):
+    if not (sop_class and sop_instance and fields["StudyInstanceUID"] and fields["SeriesInstanceUID"]):
         return None  # pydicom's path names what is missing
     fields["SOPClassUID"] = sop_class
     return Scanned(sop_class, sop_instance, syntax, fields)
@@ -142,7 +182,7 @@ def _walk_meta(data: DicomBytes, pos: int, out: dict[int, bytes]) -> int:
             raise _NotPlain
         tag = (group << 16) | element
         if tag in _META_WANTED:
-            out[tag] = data[pos:pos + length]
+            out[tag] = data[pos : pos + length]
         pos += length
     return pos
 
@@ -155,8 +195,15 @@ class _Walker:
         self.implicit = implicit
         self.count = 0
 
-    def elements(self, pos: int, end: int, raw: dict | None, top: bool = False,
-                 implicit: bool | None = None, until_item_end: bool = False) -> int:
+    def elements(
+        self,
+        pos: int,
+        end: int,
+        raw: dict | None,
+        top: bool = False,
+        implicit: bool | None = None,
+        until_item_end: bool = False,
+    ) -> int:
         """Walk the elements in data[pos:end]; with `until_item_end`, stop after an item
         delimiter. Wanted top-level values go into `raw`. Returns the position after."""
         data = self.data
@@ -176,7 +223,7 @@ class _Walker:
                 vr = b""
                 pos += 8
             else:
-                vr = data[pos + 4:pos + 6]
+                vr = data[pos + 4 : pos + 6]
                 if vr in _LONG_VRS:
                     length = _UNPACK_U32(data, pos + 8)[0]
                     pos += 12
@@ -203,7 +250,7 @@ class _Walker:
             elif top and raw is not None and tag in _WANTED:
                 if tag in raw or (vr and vr != _WANTED_VR[tag]):
                     raise _NotPlain
-                raw[tag] = (_WANTED_VR[tag], data[pos:pos + length])
+                raw[tag] = (_WANTED_VR[tag], data[pos : pos + length])
             pos += length
         if until_item_end or pos != end:
             raise _NotPlain
@@ -290,4 +337,3 @@ def _field(keyword: str, vr: bytes, value: bytes) -> Any:
     if vr == b"UI" and text != text.lstrip():
         raise _NotPlain
     return text.strip()
-

@@ -11,14 +11,14 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from pacsctl.archive.archive import DUPLICATE, QUARANTINED, SKIPPED, STORED, Archive, IngestResult
+from pacsctl.errors import PacsctlError, StorageFullError, UsageError
 from pacsctl.ingest.reading import Loaded, read_source, spill_dir_for
 from pacsctl.ingest.sources import ZIP_ERRORS, Problem, Source, find_sources
-from pacsctl.errors import PacsctlError, StorageFullError, UsageError
 from pacsctl.parallel import StopSignals, map_unordered
 from pacsctl.storage import files
 from pacsctl.summary import SummaryRecord
@@ -78,7 +78,9 @@ def collect_sources(paths: list[str]) -> list[Source | Problem]:
     absent = [p for p in paths if not os.path.lexists(p)]
     if absent:
         more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
-        raise UsageError(f"no such file or folder: {absent[0]}{more}", hint="check the path; nothing was imported")
+        raise UsageError(
+            f"no such file or folder: {absent[0]}{more}", hint="check the path; nothing was imported"
+        )
     return list(find_sources(paths))
 
 
@@ -108,7 +110,9 @@ def import_sources(
         problems = [s for s in sources if isinstance(s, Problem)]
         for problem in problems:
             summary.missing += problem.missing
-            record(IngestResult(SKIPPED, problem.origin, reason=problem.reason, unreadable=problem.unreadable))
+            record(
+                IngestResult(SKIPPED, problem.origin, reason=problem.reason, unreadable=problem.unreadable)
+            )
         batches = _batches([s for s in sources if isinstance(s, Source)])
         # A dry run plans in one process: the plan (what each earlier input would have stored)
         # must see every batch, as the real run's archive does, and must not open the archive
@@ -139,14 +143,19 @@ def import_sources(
                 archive.index.flush()
             except OSError as exc:
                 error = StorageFullError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else PacsctlError
-                raise error(f"could not fold the index: {exc.strerror or exc}",
-                            hint="the files are stored and journaled; the next import (or `pacsctl reindex`) completes the index") from None
+                raise error(
+                    f"could not fold the index: {exc.strerror or exc}",
+                    hint="the files are stored and journaled; the next import (or `pacsctl reindex`) "
+                    "completes the index",
+                ) from None
     finally:
         summary.elapsed = time.monotonic() - started
     return summary
 
 
-def ingest_batch(archive: Archive, batch: list[Source], on_conflict: str | None, dry_run: bool) -> list[IngestResult]:
+def ingest_batch(
+    archive: Archive, batch: list[Source], on_conflict: str | None, dry_run: bool
+) -> list[IngestResult]:
     """Read a batch of sources and store them with one group commit. Memory stays bounded:
     the batch is at most BATCH_BYTES of small inputs, large ones are streamed (`reading`)."""
     results: list[IngestResult] = []
@@ -158,7 +167,11 @@ def ingest_batch(archive: Archive, batch: list[Source], on_conflict: str | None,
             try:
                 got = read_source(source, spill, archive.config.max_instance_size)
             except (OSError, *ZIP_ERRORS) as exc:
-                reason = f"unreadable: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else f"unreadable: {exc}"
+                reason = (
+                    f"unreadable: {exc.strerror}"
+                    if isinstance(exc, OSError) and exc.strerror
+                    else f"unreadable: {exc}"
+                )
                 results.append(IngestResult(SKIPPED, source.origin, reason=reason, unreadable=True))
                 continue
             if isinstance(got, IngestResult):
@@ -216,8 +229,13 @@ def _run_pool(
 ) -> None:
     """Keep `2 * jobs` batches in flight; on Ctrl-C/SIGTERM, let running batches commit, then stop."""
     results = map_unordered(
-        _worker_batch, ((batch, on_conflict, dry_run) for batch in batches), jobs,
-        initializer=_init_worker, initargs=(str(root),), grace=STOP_GRACE, in_flight=2 * jobs,
+        _worker_batch,
+        ((batch, on_conflict, dry_run) for batch in batches),
+        jobs,
+        initializer=_init_worker,
+        initargs=(str(root),),
+        grace=STOP_GRACE,
+        in_flight=2 * jobs,
         died_hint="what was committed is safe; run the same import again to complete it",
     )
     # Workers have exited when this returns, which releases their journals for the final fold.

@@ -12,9 +12,10 @@ map (only the header's pages are touched).
 from __future__ import annotations
 
 import mmap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from pacsctl.archive.archive import SKIPPED, IngestResult
 from pacsctl.dicom.instance import looks_like_dicom
@@ -97,9 +98,13 @@ def _read_up_to(stream: BinaryIO, count: int) -> bytes:
 
 def _too_large(source: Source, limit: int, size_text: str) -> IngestResult:
     return IngestResult(
-        SKIPPED, source.origin, unreadable=True,
-        reason=(f"larger than max_instance_size ({format_size(limit)}){size_text}; "
-                "raise the limit with `pacsctl config set max_instance_size SIZE`"),
+        SKIPPED,
+        source.origin,
+        unreadable=True,
+        reason=(
+            f"larger than max_instance_size ({format_size(limit)}){size_text}; "
+            "raise the limit with `pacsctl config set max_instance_size SIZE`"
+        ),
     )
 
 
@@ -120,4 +125,3 @@ def spill_dir_for(archive_tmp: Path, dry_run: bool) -> Path:
 
         return Path(tempfile.gettempdir())
     return archive_tmp
-

@@ -13,17 +13,25 @@ import os
 import stat
 import zipfile
 import zlib
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator, cast
+from typing import BinaryIO, cast
 
 import pydicom
 
 ZIP_MAGIC = b"PK\x03\x04"
 MAX_ZIP_DEPTH = 3  # a zip in a zip in a zip is read; deeper nesting is a zip bomb, not a CD
 # What reading a zip member can raise besides OSError (bad CRC, encrypted, unknown method, cut).
-ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error)
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    RuntimeError,
+    NotImplementedError,
+    EOFError,
+    zlib.error,
+)
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,9 @@ def _file(path: Path) -> Iterator[Source | Problem]:
     yield from found
 
 
-def _members(archive: zipfile.ZipFile, path: str, chain: tuple[str, ...], depth: int) -> list[Source | Problem]:
+def _members(
+    archive: zipfile.ZipFile, path: str, chain: tuple[str, ...], depth: int
+) -> list[Source | Problem]:
     """The members of an open zip (at `chain` inside the zip file `path`), nested zips read."""
     found: list[Source | Problem] = []
     for info in sorted((i for i in archive.infolist() if not i.is_dir()), key=lambda i: i.filename):
@@ -154,7 +164,9 @@ def _members(archive: zipfile.ZipFile, path: str, chain: tuple[str, ...], depth:
                 with archive.open(info) as stream, zipfile.ZipFile(stream) as inner:
                     found.extend(_members(inner, path, names, depth + 1))
             except (OSError, *ZIP_ERRORS) as exc:
-                found.append(Problem("!".join((path, *names)), f"unreadable zip file: {exc}", unreadable=True))
+                found.append(
+                    Problem("!".join((path, *names)), f"unreadable zip file: {exc}", unreadable=True)
+                )
             continue
         found.append(Source(path, names[0], size=info.file_size, inner=names[1:]))
     return found
@@ -200,7 +212,9 @@ def dicomdir_sources(dicomdir: Path) -> Iterator[Source | Problem]:
         seen.add(key)
         found = resolve_file_id(root, parts)
         if found is None:
-            yield Problem(str(root.joinpath(*parts)), "referenced by the DICOMDIR but not on the media", missing=True)
+            yield Problem(
+                str(root.joinpath(*parts)), "referenced by the DICOMDIR but not on the media", missing=True
+            )
         else:
             yield from _file(found)
 

@@ -26,19 +26,19 @@ import contextlib
 import errno
 import os
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
-from pacsctl.config import CONFIG_NAME
-from pacsctl.integrity import findings as F
 from pacsctl.archive.archive import AUDIT_LOG, INDEX, OBJECTS, QUARANTINE, TMP, Archive
+from pacsctl.config import CONFIG_NAME
+from pacsctl.errors import PacsctlError, UsageError
+from pacsctl.integrity import findings as F
 from pacsctl.integrity.filecheck import Expected, clean_leftovers, recorded_files
 from pacsctl.integrity.findings import Finding
 from pacsctl.integrity.manifest import MANIFEST_NAME, Manifest, locked_backup, read_manifest, write_manifest
 from pacsctl.integrity.verify import unindexed_files
-from pacsctl.errors import PacsctlError, UsageError
 from pacsctl.storage import files
 from pacsctl.summary import SummaryRecord
 
@@ -64,7 +64,6 @@ class BackupSummary(SummaryRecord):
     other_files: int = 0  # quarantine and audit log files copied (not instances; no manifest)
     unindexed: int = 0  # files in objects/ the index does not know: not backed up
     elapsed: float = 0.0
-
 
 
 @dataclass
@@ -106,12 +105,17 @@ def backup(
     try:
         report = _backup(archive, dest, jobs, on_total, progress)
     except OSError as exc:  # DEST failed as a whole (disk full, I/O error, gone): one clear line
-        raise PacsctlError(f"backup to {dest} failed: {_os_reason(exc)}", hint="check the backup disk; what was listed in the manifest is safe") from None
+        raise PacsctlError(
+            f"backup to {dest} failed: {_os_reason(exc)}",
+            hint="check the backup disk; what was listed in the manifest is safe",
+        ) from None
     report.summary.elapsed = time.monotonic() - started
     return report
 
 
-def _backup(archive: Archive, dest: Path, jobs: int | None, on_total: Callable[[int], None], progress: Progress) -> BackupReport:
+def _backup(
+    archive: Archive, dest: Path, jobs: int | None, on_total: Callable[[int], None], progress: Progress
+) -> BackupReport:
     report = BackupReport()
     with locked_backup(dest):
         report.findings += clean_leftovers(dest / TMP, dest, F.BACKUP)
@@ -157,13 +161,22 @@ def recopy(archive: Archive, dest: Path, wanted: list[Expected], threads: int = 
         run.commit()
         _remove_own_temps(dest / TMP)
     reasons = {f.path: f.detail for f in report.findings if f.path}
-    return {e.path: reasons.get(e.path, "the backup disk is full") for e in wanted if e.path not in run.published}
+    return {
+        e.path: reasons.get(e.path, "the backup disk is full") for e in wanted if e.path not in run.published
+    }
 
 
 class _Run:
     """One backup run: the manifest being built and the copying."""
 
-    def __init__(self, archive: Archive, dest: Path, previous: dict[str, Expected], report: BackupReport, progress: Progress) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        dest: Path,
+        previous: dict[str, Expected],
+        report: BackupReport,
+        progress: Progress,
+    ) -> None:
         self.archive, self.dest, self.report, self.progress = archive, dest, report, progress
         self.previous = previous
         self.entries: dict[str, Expected] = dict(previous)  # kept: files the archive lost
@@ -176,7 +189,11 @@ class _Run:
         todo = []
         for expected in snapshot:
             old = self.previous.get(expected.path)
-            if old is not None and (old.size, old.sha256) == (expected.size, expected.sha256) and _size(self.dest / expected.path) == expected.size:
+            if (
+                old is not None
+                and (old.size, old.sha256) == (expected.size, expected.sha256)
+                and _size(self.dest / expected.path) == expected.size
+            ):
                 self.report.summary.skipped += 1
                 self.entries[expected.path] = expected
             else:
@@ -226,7 +243,10 @@ class _Run:
             else:
                 rotten.append(expected)
         for expected in rotten:
-            self.fail(expected, "the archive's file does not match the hash recorded at ingest (run `pacsctl verify`)")
+            self.fail(
+                expected,
+                "the archive's file does not match the hash recorded at ingest (run `pacsctl verify`)",
+            )
 
     def _stage(self, expected: Expected) -> tuple[Expected, files.StagedFile | Exception]:
         """Copy one file into DEST/tmp, hashing it on the way; not yet durable nor named."""
@@ -265,13 +285,17 @@ class _Run:
         if isinstance(reason, OSError):
             reason = _os_reason(reason)
         self.report.summary.failed += 1
-        self.report.findings.append(Finding(expected.path, F.COPY_FAILED, str(reason), expected.sop_instance_uid, F.BACKUP))
+        self.report.findings.append(
+            Finding(expected.path, F.COPY_FAILED, str(reason), expected.sop_instance_uid, F.BACKUP)
+        )
         self.progress(1, 0)
 
     def fail_rest(self, remaining: list[Expected], reason: str) -> None:
         """Stop: count every file not copied as failed, with one finding for them all."""
         self.report.summary.failed += len(remaining)
-        self.report.findings.append(Finding("", F.COPY_FAILED, f"{reason}: {len(remaining)} files not copied", where=F.BACKUP))
+        self.report.findings.append(
+            Finding("", F.COPY_FAILED, f"{reason}: {len(remaining)} files not copied", where=F.BACKUP)
+        )
         self.progress(len(remaining), 0)
 
     def commit(self) -> None:
@@ -313,16 +337,26 @@ def _prepare_dest(archive_root: Path, dest: Path) -> Path:
     dest = dest.expanduser().absolute()
     real_dest, real_root = dest.resolve(), archive_root.resolve()
     if real_dest == real_root or real_dest.is_relative_to(real_root) or real_root.is_relative_to(real_dest):
-        raise UsageError(f"backup folder {dest} overlaps the archive {archive_root}", hint="back up to another folder, ideally another disk")
+        raise UsageError(
+            f"backup folder {dest} overlaps the archive {archive_root}",
+            hint="back up to another folder, ideally another disk",
+        )
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest} is not a folder")
     if not dest.exists() and not dest.parent.is_dir():  # e.g. the backup disk is not mounted
-        raise UsageError(f"no folder {dest.parent}", hint="is the backup disk mounted? DEST itself is created, its parent must exist")
+        raise UsageError(
+            f"no folder {dest.parent}",
+            hint="is the backup disk mounted? DEST itself is created, its parent must exist",
+        )
     known = (MANIFEST_NAME, OBJECTS, CONFIG_NAME)
     if dest.is_dir() and any(dest.iterdir()) and not any((dest / name).exists() for name in known):
-        raise UsageError(f"{dest} is not empty and not a pacsctl backup", hint="choose an empty or new folder")
+        raise UsageError(
+            f"{dest} is not empty and not a pacsctl backup", hint="choose an empty or new folder"
+        )
     if (dest / INDEX).is_dir() and not (dest / MANIFEST_NAME).exists():
-        raise UsageError(f"{dest} is a pacsctl archive, not a backup", hint="back up to an empty or new folder")
+        raise UsageError(
+            f"{dest} is a pacsctl archive, not a backup", hint="back up to an empty or new folder"
+        )
     for sub in (OBJECTS, TMP):
         files.ensure_dir(dest / sub)
     return dest
@@ -350,7 +384,9 @@ def _mirror_others(archive_root: Path, dest: Path) -> int:
             if _size(dest / relpath) == source.stat().st_size:
                 continue
             with open(source, "rb", buffering=0) as fh:
-                staged.append((relpath, files.stage(dest / TMP, iter(lambda: fh.read(READ_CHUNK), b""), fsync=False)))
+                staged.append(
+                    (relpath, files.stage(dest / TMP, iter(lambda: fh.read(READ_CHUNK), b""), fsync=False))
+                )
         except FileNotFoundError:  # released from quarantine meanwhile
             continue
     make_durable(dest, [s.temp_path for _, s in staged])

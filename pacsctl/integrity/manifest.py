@@ -20,15 +20,14 @@ import errno
 import fcntl
 import json
 import os
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
-
-from pacsctl.integrity.filecheck import Expected
-from pacsctl.storage import files
 
 from pacsctl.errors import PacsctlError
+from pacsctl.integrity.filecheck import Expected
+from pacsctl.storage import files
 
 MANIFEST_NAME = "backup-manifest.ndjson"
 LOCK_NAME = "backup.lock"
@@ -73,9 +72,17 @@ def read_manifest(dest: Path) -> Manifest | None:
             if record.get("end"):
                 ended = True
                 if record.get("instances") != len(manifest.entries):
-                    manifest.damage.append(f"closing line counts {record.get('instances')} instances, read {len(manifest.entries)}")
+                    manifest.damage.append(
+                        f"closing line counts {record.get('instances')} instances, "
+                        f"read {len(manifest.entries)}"
+                    )
                 continue
-            entry = Expected(str(record["path"]), int(record["size"]), str(record["sha256"]), str(record.get("SOPInstanceUID", "")))
+            entry = Expected(
+                str(record["path"]),
+                int(record["size"]),
+                str(record["sha256"]),
+                str(record.get("SOPInstanceUID", "")),
+            )
         except (ValueError, KeyError, TypeError):
             manifest.damage.append(f"line {number} unreadable")
             continue
@@ -90,7 +97,7 @@ def read_manifest(dest: Path) -> Manifest | None:
 def write_manifest(dest: Path, tmp_dir: Path, entries: Iterable[Expected]) -> int:
     """Replace the manifest of `dest` atomically and durably; return the number of entries."""
     ordered = sorted(entries, key=lambda e: e.path)
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     lines = [json.dumps({"format": FORMAT, "version": VERSION, "created": now, "instances": len(ordered)})]
     lines.extend(
         json.dumps({"SOPInstanceUID": e.sop_instance_uid, "path": e.path, "size": e.size, "sha256": e.sha256})
@@ -116,7 +123,9 @@ def locked_backup(dest: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise PacsctlError(f"{dest} is in use by another backup or verify", hint="wait for it to finish") from None
+            raise PacsctlError(
+                f"{dest} is in use by another backup or verify", hint="wait for it to finish"
+            ) from None
         except OSError as exc:  # some network file systems have no locks: go on without
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise

@@ -16,17 +16,18 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from pacsctl.integrity import findings as F
 from pacsctl.archive.archive import OBJECTS, Archive
+from pacsctl.dicom.attributes import dataset_fields, index_record
+from pacsctl.integrity import findings as F
 from pacsctl.integrity.filecheck import Content, Expected, read_content, read_header, walk_objects
 from pacsctl.integrity.findings import Finding
 from pacsctl.integrity.manifest import MANIFEST_NAME, read_manifest
 from pacsctl.parallel import chunk_size, chunked, default_jobs, map_unordered
-from pacsctl.dicom.attributes import dataset_fields, index_record
 from pacsctl.storage import files
 from pacsctl.storage.index import Index
 from pacsctl.summary import SummaryRecord
@@ -53,7 +54,6 @@ class ReindexSummary(SummaryRecord):
     elapsed: float = 0.0
 
 
-
 @dataclass
 class ReindexReport:
     """Files that could not be indexed, and the summary."""
@@ -76,7 +76,9 @@ def reindex(
 ) -> ReindexReport:
     """Drop the archive's index and rebuild it from objects/."""
     started = time.monotonic()
-    files.require_writable(archive.root, (archive.tmp_dir, archive.index.root), "reindex rebuilds the index inside it")
+    files.require_writable(
+        archive.root, (archive.tmp_dir, archive.index.root), "reindex rebuilds the index inside it"
+    )
     jobs = jobs or default_jobs()
     report = ReindexReport()
     manifest = read_manifest(archive.root)
@@ -93,8 +95,11 @@ def reindex(
         if entries is not None:
             walked = set(paths)
             report.findings += [
-                Finding(path, F.MISSING, "listed in the backup manifest, no such file", entry.sop_instance_uid)
-                for path, entry in entries.items() if path not in walked
+                Finding(
+                    path, F.MISSING, "listed in the backup manifest, no such file", entry.sop_instance_uid
+                )
+                for path, entry in entries.items()
+                if path not in walked
             ]
         archive.index.clear()
         spool.add_to(archive.index)
@@ -141,7 +146,7 @@ class _Spool:
             index.flush()  # folds into the shards, written atomically and durably
             self.added += len(batch)
 
-    def __enter__(self) -> "_Spool":
+    def __enter__(self) -> _Spool:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -163,7 +168,9 @@ def _read_all(
     Misplaced files moved to their paths are added to `placed`."""
     size = chunk_size(len(paths), jobs)
     for records, found, nbytes, strays in map_unordered(
-        _index_chunk, ((str(archive.root), chunk) for chunk in chunked(paths, size)), jobs if len(paths) > size else 1
+        _index_chunk,
+        ((str(archive.root), chunk) for chunk in chunked(paths, size)),
+        jobs if len(paths) > size else 1,
     ):
         progress(len(records) + len(found) + len(strays), nbytes)
         report.summary.bytes += nbytes
@@ -176,7 +183,7 @@ def _read_all(
         spool.write(records)
 
 
-def _resolve_stray(archive: Archive, stray: "_Stray", report: ReindexReport) -> dict | None:
+def _resolve_stray(archive: Archive, stray: _Stray, report: ReindexReport) -> dict | None:
     """Give a file that cannot be indexed where it lies a place (so `verify` stops reporting it):
     a misplaced instance moves to its path (its record is returned); junk, and a copy whose
     place is taken, go to the quarantine with the reason."""
@@ -185,31 +192,55 @@ def _resolve_stray(archive: Archive, stray: "_Stray", report: ReindexReport) -> 
     if stray.record is not None:
         target = archive.path_of(stray.record["path"])
         try:
-            moved = files.publish(files.StagedFile(source, stray.record["size"], stray.record["sha256"]), target, replace=False)
+            moved = files.publish(
+                files.StagedFile(source, stray.record["size"], stray.record["sha256"]), target, replace=False
+            )
             if moved:
                 files.fsync_dir(target.parent)
                 files.fsync_dir(source.parent)
         except OSError as exc:
-            report.findings.append(Finding(stray.path, F.UNKNOWN_FILE, f"{stray.reason}; cannot move it: {exc.strerror or exc}", uid))
+            report.findings.append(
+                Finding(
+                    stray.path, F.UNKNOWN_FILE, f"{stray.reason}; cannot move it: {exc.strerror or exc}", uid
+                )
+            )
             return None
         if moved:
             report.summary.adopted += 1
-            report.findings.append(Finding(stray.path, F.UNKNOWN_FILE, f"{stray.reason}; now at {stray.record['path']}", uid, action=F.ADOPTED))
+            report.findings.append(
+                Finding(
+                    stray.path,
+                    F.UNKNOWN_FILE,
+                    f"{stray.reason}; now at {stray.record['path']}",
+                    uid,
+                    action=F.ADOPTED,
+                )
+            )
             return stray.record
         same = files.sha256_file(target)[1] == stray.record["sha256"]
-        reason = f"{stray.reason}; " + ("a copy of the archived instance" if same else "the archived instance has other bytes")
+        reason = f"{stray.reason}; " + (
+            "a copy of the archived instance" if same else "the archived instance has other bytes"
+        )
         problem = F.UNKNOWN_FILE
     else:
         reason, problem = stray.reason, F.UNREADABLE
     try:
-        kept = archive.quarantine(source.read_bytes(), f"found in objects/ by reindex: {reason}", stray.path, uid)
+        kept = archive.quarantine(
+            source.read_bytes(), f"found in objects/ by reindex: {reason}", stray.path, uid
+        )
         source.unlink()
         files.fsync_dir(source.parent)
     except OSError as exc:
-        report.findings.append(Finding(stray.path, problem, f"{reason}; cannot move it to quarantine: {exc.strerror or exc}", uid))
+        report.findings.append(
+            Finding(
+                stray.path, problem, f"{reason}; cannot move it to quarantine: {exc.strerror or exc}", uid
+            )
+        )
         return None
     report.summary.quarantined += 1
-    report.findings.append(Finding(stray.path, problem, f"{reason}; kept as {kept.path}", uid, action=F.QUARANTINED))
+    report.findings.append(
+        Finding(stray.path, problem, f"{reason}; kept as {kept.path}", uid, action=F.QUARANTINED)
+    )
     return None
 
 
@@ -222,7 +253,14 @@ def _check_manifest(records: list[dict], entries: dict[str, Expected], report: R
             report.summary.checked_against_manifest += 1
             if (entry.size, entry.sha256) != (rec["size"], rec["sha256"]):
                 problem = F.WRONG_SIZE if entry.size != rec["size"] else F.HASH_MISMATCH
-                report.findings.append(Finding(rec["path"], problem, "differs from the backup manifest; not indexed", rec["SOPInstanceUID"]))
+                report.findings.append(
+                    Finding(
+                        rec["path"],
+                        problem,
+                        "differs from the backup manifest; not indexed",
+                        rec["SOPInstanceUID"],
+                    )
+                )
                 continue
         kept.append(rec)
     return kept
@@ -277,7 +315,7 @@ def record_of(path: str, content: Content, file: Path) -> dict:
 
     Raises ValueError when it cannot be indexed as is.
     """
-    from pacsctl.dicom.instance import NotDicomError, DicomdirError, read_instance
+    from pacsctl.dicom.instance import DicomdirError, NotDicomError, read_instance
     from pacsctl.errors import InvalidDicomError
 
     if content.size == len(content.head):
@@ -295,7 +333,9 @@ def record_of(path: str, content: Content, file: Path) -> dict:
             ds, uid, syntax = _header_dataset(file)
         fields = dataset_fields(ds)
     right = Archive.object_relpath(uid)
-    record = index_record(fields, transfer_syntax_uid=syntax, path=right, size=content.size, sha256=content.sha256)
+    record = index_record(
+        fields, transfer_syntax_uid=syntax, path=right, size=content.size, sha256=content.sha256
+    )
     if right != path:
         raise _Misplaced(f"misplaced: holds SOP Instance UID {uid}, which belongs at {right}", record)
     return record

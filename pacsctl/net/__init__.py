@@ -1,4 +1,5 @@
-"""DICOM networking over pynetdicom. Takes callables; imports no capability package (archive, ingest, remote, node, ...).
+"""DICOM networking over pynetdicom. Takes callables; imports no capability package (archive,
+ingest, remote, node, ...).
 
 - `scp`: `start_scp(ScpHandlers, ScpOptions) -> RunningScp` (Verification, Storage of any SOP
   class as received, Patient/Study Root FIND, MOVE, GET; allow-list, TLS, audit events).

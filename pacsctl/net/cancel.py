@@ -48,8 +48,7 @@ class Cancellation:
         self._requested.set()
 
     @contextmanager
-    def watching(self, assoc: Association,
-                 on_cancel: Callable[[], None] | None = None) -> Iterator[None]:
+    def watching(self, assoc: Association, on_cancel: Callable[[], None] | None = None) -> Iterator[None]:
         """Within the block, a stop request calls `on_cancel` (e.g. send a C-CANCEL), and
         aborts `assoc` if it is still open once the grace period is over."""
         key = id(assoc)
@@ -75,8 +74,7 @@ class Cancellation:
             still_open = [assoc for assoc, _ in self._open.values()]
         for assoc in still_open:
             if assoc.is_established:
-                LOG.info("aborting an association still busy %.0f s after the stop request",
-                         self.grace)
+                LOG.info("aborting an association still busy %.0f s after the stop request", self.grace)
                 assoc.abort()
                 # A local abort leaves a request waiting for its response until the DIMSE
                 # time-out; pynetdicom wakes it this way when the peer closes the connection.

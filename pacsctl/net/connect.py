@@ -75,8 +75,9 @@ class ProbedAE(AE):
         super().__init__(*args, **kwargs)
         self.probe = probe
 
-    def _create_socket(self, assoc: Association, address: AddressInformation,
-                       tls_args: tuple[ssl.SSLContext, str] | None) -> AssociationSocket:
+    def _create_socket(
+        self, assoc: Association, address: AddressInformation, tls_args: tuple[ssl.SSLContext, str] | None
+    ) -> AssociationSocket:
         if tls_args is not None:
             tls_args[0].sslsocket_class = _recording_ssl_class(self.probe)
         sock = super()._create_socket(assoc, address, tls_args)
@@ -98,7 +99,8 @@ def resolve(node: NodeLike) -> str:
         raise NetworkError(
             f"cannot resolve the host name {node.host!r} of {where(node)} ({why})",
             hint="check the spelling of the node's host, or give its IP address",
-            failure=NetworkFailure.DNS) from None
+            failure=NetworkFailure.DNS,
+        ) from None
     return str(infos[0][4][0])
 
 
@@ -107,8 +109,9 @@ def where(node: NodeLike) -> str:
     return f"{node.aet}@{node.host}:{node.port}"
 
 
-def failure_of(assoc: Association, probe: ConnectProbe, node: NodeLike,
-               timeout: float, tls: bool, waited: float) -> NetworkError:
+def failure_of(
+    assoc: Association, probe: ConnectProbe, node: NodeLike, timeout: float, tls: bool, waited: float
+) -> NetworkError:
     """The error for an association that did not come up after `waited` seconds."""
     at = where(node)
     exc = probe.connect_error
@@ -120,23 +123,27 @@ def failure_of(assoc: Association, probe: ConnectProbe, node: NodeLike,
         return NetworkError(
             f"TLS handshake with {at} failed ({detail})",
             hint="check that the port speaks TLS, the CA that signs its certificate, the host "
-                 "name it was issued for, and our client certificate",
-            failure=NetworkFailure.TLS)
+            "name it was issued for, and our client certificate",
+            failure=NetworkFailure.TLS,
+        )
     if isinstance(exc, ConnectionRefusedError):
         return NetworkError(
             f"{at} refused the connection (nothing listens on port {node.port})",
             hint="check the host and port, and that the DICOM service is running there",
-            failure=NetworkFailure.REFUSED)
+            failure=NetworkFailure.REFUSED,
+        )
     if isinstance(exc, TimeoutError):
         return NetworkError(
             f"{at} did not accept a connection within {timeout:g} s",
             hint="the host may be down or a firewall drops the packets; check host and port",
-            failure=NetworkFailure.TIMEOUT)
+            failure=NetworkFailure.TIMEOUT,
+        )
     if exc is not None:  # no route to the host, network down, ...
         return NetworkError(
             f"cannot connect to {at} ({exc.strerror or type(exc).__name__})",
             hint="check the host and port, and the network between us",
-            failure=NetworkFailure.UNREACHABLE)
+            failure=NetworkFailure.UNREACHABLE,
+        )
     rejection = next((p for p in probe.pdus if isinstance(p, A_ASSOCIATE_RJ)), None)
     if rejection is not None or assoc.is_rejected:
         return _rejected(assoc, at)
@@ -144,30 +151,35 @@ def failure_of(assoc: Association, probe: ConnectProbe, node: NodeLike,
         return NetworkError(
             f"{at} accepted none of the proposed presentation contexts",
             hint="the node does not support this SOP class or transfer syntax",
-            failure=NetworkFailure.REJECTED)
+            failure=NetworkFailure.REJECTED,
+        )
     abort = next((p for p in probe.pdus if isinstance(p, A_ABORT_RQ)), None)
     if abort is not None:
         source = {0: "service user", 2: "service provider"}.get(abort.source or 0, str(abort.source))
         return NetworkError(
-            f"{at} aborted the association request (source: {source}, "
-            f"reason: {abort.reason_diagnostic})",
+            f"{at} aborted the association request (source: {source}, reason: {abort.reason_diagnostic})",
             hint="a protocol or TLS mismatch? the node's log says why",
-            failure=NetworkFailure.ABORTED)
+            failure=NetworkFailure.ABORTED,
+        )
     if probe.pdus or not probe.tcp_connected:
-        return NetworkError(f"{at} did not set up the association",
-                            hint="the node's log says why", failure=NetworkFailure.ABORTED)
+        return NetworkError(
+            f"{at} did not set up the association",
+            hint="the node's log says why",
+            failure=NetworkFailure.ABORTED,
+        )
     if waited < timeout * 0.9:
         # Connected, no PDU back: pynetdicom reports a peer that closed the connection at once
         # and one that never answered (our ACSE time-out) alike; the time waited tells them apart.
         return NetworkError(
             f"{at} closed the connection without answering the association request",
             hint="plain TCP to a TLS port, or TLS to a plain one? else the node's log says why",
-            failure=NetworkFailure.ABORTED)
+            failure=NetworkFailure.ABORTED,
+        )
     return NetworkError(
-        f"{at} accepted the connection but did not answer the association request "
-        f"within {timeout:g} s",
+        f"{at} accepted the connection but did not answer the association request within {timeout:g} s",
         hint="is this port a DICOM service? a slow node needs a longer timeout",
-        failure=NetworkFailure.TIMEOUT)
+        failure=NetworkFailure.TIMEOUT,
+    )
 
 
 def _rejected(assoc: Association, at: str) -> NetworkError:
@@ -178,12 +190,13 @@ def _rejected(assoc: Association, at: str) -> NetworkError:
     diagnostic = getattr(rsp, "diagnostic", None)
     hint = "check the called and calling AE titles and the node's allow-list"
     if diagnostic == 0x03:  # calling AE title not recognised
-        hint = (f"add our AE title {assoc.requestor.ae_title} to the node's known or allowed "
-                "modalities")
+        hint = f"add our AE title {assoc.requestor.ae_title} to the node's known or allowed modalities"
     elif diagnostic == 0x07:  # called AE title not recognised
         hint = "check the node's AE title"
     elif getattr(rsp, "result", None) == 0x02:  # transient
         hint = "the node is busy or limits associations: try again later"
     return NetworkError(
         f"{at} rejected the association: {reason} (source: {source}; {result or 'rejected'})",
-        hint=hint, failure=NetworkFailure.REJECTED)
+        hint=hint,
+        failure=NetworkFailure.REJECTED,
+    )

@@ -90,7 +90,7 @@ class Connection:
             if not self._header:
                 self.pdu_started = now
             take = min(6 - len(self._header), count - pos)
-            self._header += bytes(data[pos:pos + take])
+            self._header += bytes(data[pos : pos + take])
             pos += take
             if len(self._header) == 6:
                 self._pdu_left = int.from_bytes(self._header[2:6], "big")
@@ -126,8 +126,8 @@ class _Tracking:
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
         # Plain sockets read the whole buffer for nbytes 0, TLS ones for None: pass it on as given.
-        count: int = (super().recv_into(buffer) if nbytes is None  # type: ignore[misc]
-                      else super().recv_into(buffer, nbytes, flags))  # type: ignore[misc]
+        parent: Any = super()  # socket or SSLSocket: mypy sees neither's recv_into through the mixin
+        count: int = parent.recv_into(buffer) if nbytes is None else parent.recv_into(buffer, nbytes, flags)
         self.connection.received(buffer, count)
         return count
 
@@ -148,11 +148,11 @@ class TrackedSSLSocket(_Tracking, ssl.SSLSocket):
     """An accepted TLS socket that reports to its `Connection` (`SSLContext.sslsocket_class`)."""
 
 
-def track(client: socket.socket, address: tuple[Any, ...],
-          ssl_context: ssl.SSLContext | None) -> socket.socket:
+def track(
+    client: socket.socket, address: tuple[Any, ...], ssl_context: ssl.SSLContext | None
+) -> socket.socket:
     """The accepted `client` as a tracked socket (TLS-wrapped, handshake not done yet)."""
-    sock: socket.socket = TrackedSocket(client.family, client.type, client.proto,
-                                        fileno=client.detach())
+    sock: socket.socket = TrackedSocket(client.family, client.type, client.proto, fileno=client.detach())
     connection = Connection(sock, address)
     sock.connection = connection  # type: ignore[attr-defined]
     if ssl_context is not None:
@@ -170,8 +170,13 @@ def connection_of(sock: Any) -> Connection | None:
 class ConnectionTable:
     """The open connections of one listener, their deadlines and their admission."""
 
-    def __init__(self, limit: int, acse_timeout: float | None, pdu_timeout: float | None,
-                 on_closed: Callable[[tuple[Any, ...], Closed], None] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        acse_timeout: float | None,
+        pdu_timeout: float | None,
+        on_closed: Callable[[tuple[Any, ...], Closed], None] | None = None,
+    ) -> None:
         self.limit = limit
         self.per_address = max(4, limit // 8)
         self.acse_timeout = acse_timeout
@@ -252,8 +257,7 @@ class ConnectionTable:
 
     def _start_watchdog(self) -> None:
         if self._watchdog is None:
-            self._watchdog = threading.Thread(target=self._watch, name="pacsctl-deadlines",
-                                              daemon=True)
+            self._watchdog = threading.Thread(target=self._watch, name="pacsctl-deadlines", daemon=True)
             self._watchdog.start()
 
     def _watch(self) -> None:
@@ -272,10 +276,12 @@ class ConnectionTable:
                 self._close(c, why)
 
     def _overdue(self, c: Connection, now: float) -> Closed | None:
-        if (self.acse_timeout is not None and not c.associated
-                and now - c.accepted_at > self.acse_timeout):
+        if self.acse_timeout is not None and not c.associated and now - c.accepted_at > self.acse_timeout:
             return Closed.ASSOCIATE_DEADLINE
-        if (self.pdu_timeout is not None and c.pdu_started is not None
-                and now - c.pdu_started > self.pdu_timeout):
+        if (
+            self.pdu_timeout is not None
+            and c.pdu_started is not None
+            and now - c.pdu_started > self.pdu_timeout
+        ):
             return Closed.PDU_DEADLINE
         return None

@@ -107,8 +107,13 @@ class Server(ThreadedAssociationServer):
         assert self.socket is not None
         self.socket.close()
 
-    def limit(self, max_connections: int, acse_timeout: float | None,
-              pdu_timeout: float | None, on_refused: Any = None) -> None:
+    def limit(
+        self,
+        max_connections: int,
+        acse_timeout: float | None,
+        pdu_timeout: float | None,
+        on_refused: Any = None,
+    ) -> None:
         """Set the connection cap and the deadlines (`net.connections`); `on_refused(address,
         reason)` hears of every connection refused or closed by them."""
         self.max_connections = max_connections
@@ -149,8 +154,9 @@ class Server(ThreadedAssociationServer):
     def verify_request(self, request: Any, client_address: Any) -> bool:
         connection = connection_of(request)
         if connection is not None and not self.connections.admit(connection):
-            LOG.warning("refusing connection from %s: %d associations open",
-                        client_address[0], len(self.connections))
+            LOG.warning(
+                "refusing connection from %s: %d associations open", client_address[0], len(self.connections)
+            )
             if self.on_refused:
                 self.on_refused(client_address, "too many connections")
             return False

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -38,10 +38,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # names made a
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
 from pacsctl.errors import NetworkError, UsageError
-from pacsctl.net import sending, tls
-from pacsctl.net import fastpath
-from pacsctl.net.fastpath import encoding, faststore, receive
+from pacsctl.net import fastpath, sending, tls
 from pacsctl.net.balance import WorkerSlot
+from pacsctl.net.fastpath import encoding, faststore, receive
 from pacsctl.net.listener import AcceptorAE, ConnectionHandler, Server
 from pacsctl.net.types import (
     STATUS_CANCEL,
@@ -146,8 +145,9 @@ class RunningScp:
         """Associations currently open on this listener."""
         return len(self.server.active_associations)
 
-    def stop(self, graceful: bool = True, timeout: float | None = None,
-             abort: Callable[[], bool] | None = None) -> bool:
+    def stop(
+        self, graceful: bool = True, timeout: float | None = None, abort: Callable[[], bool] | None = None
+    ) -> bool:
         """Stop accepting connections; when `graceful`, wait (up to `timeout` s, or until
         `abort()` is true) for in-flight associations to finish, then abort whatever is left.
         True if none had to be aborted."""
@@ -189,7 +189,7 @@ class _Dispatcher:
         if self.h.audit is None:
             return
         record: dict[str, Any] = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "event": event,
         }
         if info is not None:
@@ -243,14 +243,27 @@ class _Dispatcher:
         originator = req.MoveOriginatorApplicationEntityTitle
         sop_class, sop_instance = req.AffectedSOPClassUID, req.AffectedSOPInstanceUID
         return self.store_received(
-            event.assoc, str(sop_class) if sop_class else None,
+            event.assoc,
+            str(sop_class) if sop_class else None,
             str(sop_instance) if sop_instance else None,
-            str(event.context.transfer_syntax), getattr(req, "_dataset_file", None), path,
-            str(originator).strip() if originator else None, offset)
+            str(event.context.transfer_syntax),
+            getattr(req, "_dataset_file", None),
+            path,
+            str(originator).strip() if originator else None,
+            offset,
+        )
 
-    def store_received(self, assoc: Association, sop_class: str | None,
-                       sop_instance: str | None, ts: str, stream: Any, path: Any,
-                       move_originator: str | None, offset: int | None = None) -> int:
+    def store_received(
+        self,
+        assoc: Association,
+        sop_class: str | None,
+        sop_instance: str | None,
+        ts: str,
+        stream: Any,
+        path: Any,
+        move_originator: str | None,
+        offset: int | None = None,
+    ) -> int:
         """Hand a received data set (in `stream`, a receive._StreamFile, at `path`) to the
         store handler; audit it; return the C-STORE status. pynetdicom's C-STORE event and the
         DUL-thread path (faststore) both end here. A command without a valid Affected SOP
@@ -261,8 +274,12 @@ class _Dispatcher:
             if stream is not None:
                 stream.close()
             reason = _bad_command_uids(sop_class, sop_instance)
-            LOG.warning("refused a C-STORE from %s with 0x%04X: %s", info.calling_aet,
-                        STATUS_CANNOT_UNDERSTAND, reason)
+            LOG.warning(
+                "refused a C-STORE from %s with 0x%04X: %s",
+                info.calling_aet,
+                STATUS_CANNOT_UNDERSTAND,
+                reason,
+            )
             status = STATUS_CANNOT_UNDERSTAND
             sop_class = sop_class if encoding.is_uid(sop_class) else None
             sop_instance = sop_instance if encoding.is_uid(sop_instance) else None
@@ -279,15 +296,17 @@ class _Dispatcher:
             else:
                 if offset is None:
                     offset = getattr(stream, "data_offset", None) or _data_offset(Path(path))
-                outcome = self._store(StoreRequest(
-                    sop_class_uid=sop_class,
-                    sop_instance_uid=sop_instance,
-                    transfer_syntax_uid=ts,
-                    assoc=info,
-                    path=Path(path),
-                    data_offset=offset,
-                    move_originator_aet=move_originator,
-                ))
+                outcome = self._store(
+                    StoreRequest(
+                        sop_class_uid=sop_class,
+                        sop_instance_uid=sop_instance,
+                        transfer_syntax_uid=ts,
+                        assoc=info,
+                        path=Path(path),
+                        data_offset=offset,
+                        move_originator_aet=move_originator,
+                    )
+                )
                 status, reason = outcome.status, outcome.reason
         self.audit(
             "store",
@@ -309,11 +328,15 @@ class _Dispatcher:
             return StoreOutcome(STATUS_PROCESSING_FAILURE)
         return outcome if isinstance(outcome, StoreOutcome) else StoreOutcome(int(outcome))
 
-    def _query(self, event: evt.Event, budget: float | None = None
-               ) -> tuple[QueryModel, str, Dataset, QueryContext]:
+    def _query(
+        self, event: evt.Event, budget: float | None = None
+    ) -> tuple[QueryModel, str, Dataset, QueryContext]:
         model, service = _MODELS[str(event.request.AffectedSOPClassUID)]
-        ctx = QueryContext(assoc_info(event.assoc), is_cancelled=lambda: event.is_cancelled,
-                           deadline=None if budget is None else time.monotonic() + budget)
+        ctx = QueryContext(
+            assoc_info(event.assoc),
+            is_cancelled=lambda: event.is_cancelled,
+            deadline=None if budget is None else time.monotonic() + budget,
+        )
         return model, service, event.identifier, ctx
 
     def on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
@@ -335,18 +358,15 @@ class _Dispatcher:
                 matches += 1
                 yield STATUS_PENDING, ds
         except QueryRefusedError as exc:
-            LOG.warning("C-FIND refused with 0x%04X after %d matches: %s", exc.status, matches,
-                        exc.detail)
+            LOG.warning("C-FIND refused with 0x%04X after %d matches: %s", exc.status, matches, exc.detail)
             status, reason = exc.status, exc.detail
             yield status, None
         except Exception as exc:
             log_failure("find handler failed", exc)
-            status = (STATUS_IDENTIFIER_MISMATCH if isinstance(exc, UsageError)
-                      else STATUS_UNABLE_TO_PROCESS)
+            status = STATUS_IDENTIFIER_MISMATCH if isinstance(exc, UsageError) else STATUS_UNABLE_TO_PROCESS
             yield status, None
         finally:
-            self.audit("find", ctx.assoc, model=model, matches=matches, status=status,
-                       reason=reason, **keys)
+            self.audit("find", ctx.assoc, model=model, matches=matches, status=status, reason=reason, **keys)
 
     def on_move(self, event: evt.Event) -> Iterator[Any]:
         model, _, identifier, ctx = self._query(event)
@@ -354,9 +374,14 @@ class _Dispatcher:
         keys = _audit_keys(identifier)
         dest = self.h.destination(dest_aet) if self.h.destination else None
         if dest is None:
-            self.audit("move", ctx.assoc, destination=dest_aet,
-                       status=STATUS_MOVE_DESTINATION_UNKNOWN, reason="unknown destination",
-                       **keys)
+            self.audit(
+                "move",
+                ctx.assoc,
+                destination=dest_aet,
+                status=STATUS_MOVE_DESTINATION_UNKNOWN,
+                reason="unknown destination",
+                **keys,
+            )
             yield None, None  # pynetdicom answers 0xA801
             return
         try:
@@ -391,8 +416,15 @@ class _Dispatcher:
         try:
             status = yield from _suboperations(event, infos, tally, lambda: store_assoc.get("assoc"))
         finally:
-            self.audit("move", ctx.assoc, destination=dest_aet, status=status,
-                       matches=len(infos), **tally.as_fields(), **keys)
+            self.audit(
+                "move",
+                ctx.assoc,
+                destination=dest_aet,
+                status=status,
+                matches=len(infos),
+                **tally.as_fields(),
+                **keys,
+            )
 
     def on_get(self, event: evt.Event) -> Iterator[Any]:
         model, _, identifier, ctx = self._query(event)
@@ -412,8 +444,7 @@ class _Dispatcher:
             status = yield from _suboperations(event, infos, tally, lambda: event.assoc)
         finally:
             event.assoc.unbind(evt.EVT_DIMSE_RECV, tally.on_dimse_recv)
-            self.audit("get", ctx.assoc, status=status, matches=len(infos),
-                       **tally.as_fields(), **keys)
+            self.audit("get", ctx.assoc, status=status, matches=len(infos), **tally.as_fields(), **keys)
 
 
 class _SubopTally:
@@ -448,14 +479,14 @@ class _SubopTally:
 
     def as_fields(self) -> dict[str, int]:
         done = self.completed + self.failed + self.warning
-        return {"completed": self.completed, "failed": self.failed, "warning": self.warning,
-                "sent": done}
+        return {"completed": self.completed, "failed": self.failed, "warning": self.warning, "sent": done}
 
 
 def _bad_command_uids(sop_class: str | None, sop_instance: str | None) -> str:
     """Why a C-STORE command's UIDs were refused (the values are not quoted: not UIDs)."""
-    bad = [name for name, uid in (("Class", sop_class), ("Instance", sop_instance))
-           if not encoding.is_uid(uid)]
+    bad = [
+        name for name, uid in (("Class", sop_class), ("Instance", sop_instance)) if not encoding.is_uid(uid)
+    ]
     return " and ".join(f"Affected SOP {name} UID" for name in bad) + " missing or not a UID"
 
 
@@ -474,8 +505,9 @@ def _audit_keys(identifier: Dataset | None) -> dict[str, Any]:
     return out
 
 
-def _suboperations(event: evt.Event, infos: list[Any], tally: "_SubopTally",
-                   store_assoc: Callable[[], Association | None]) -> Generator[Any, None, int]:
+def _suboperations(
+    event: evt.Event, infos: list[Any], tally: _SubopTally, store_assoc: Callable[[], Association | None]
+) -> Generator[Any, None, int]:
     """The C-MOVE/C-GET sub-operations: one Pending per instance, honouring C-CANCEL; returns
     the final status, decided only once every sub-operation has been answered."""
     for info in infos:
@@ -498,17 +530,14 @@ def _infos(paths: list[str]) -> list[sending.FileInfo | None]:
     return out
 
 
-def _dataset_for(assoc: Association | None, info: sending.FileInfo | None,
-                 tally: _SubopTally) -> Dataset:
+def _dataset_for(assoc: Association | None, info: sending.FileInfo | None, tally: _SubopTally) -> Dataset:
     """The data set to yield for one sub-operation. When the file cannot be sent (unreadable,
     nothing acceptable negotiated, codec failure) a stub whose SOP class has no context is
     yielded instead: pynetdicom then counts a failed sub-operation with exact remaining counts
     (a non-Dataset yield would leave its remaining count off by one)."""
     if info is not None and assoc is not None:
         try:
-            payload, _ = sending.load_for_peer(
-                info, sending.accepted_syntaxes(assoc, info.sop_class_uid)
-            )
+            payload, _ = sending.load_for_peer(info, sending.accepted_syntaxes(assoc, info.sop_class_uid))
             if not isinstance(payload, Dataset):
                 payload = pydicom.dcmread(payload)
             return payload
@@ -529,8 +558,12 @@ def _data_offset(path: Path) -> int:
     return 144 + group_len
 
 
-def start_scp(handlers: ScpHandlers, options: ScpOptions,
-              sock: socket.socket | None = None, load: WorkerSlot | None = None) -> RunningScp:
+def start_scp(
+    handlers: ScpHandlers,
+    options: ScpOptions,
+    sock: socket.socket | None = None,
+    load: WorkerSlot | None = None,
+) -> RunningScp:
     """Start a listener in background threads and return it; raises NetworkError when the
     address cannot be bound. With `sock`, serve that already-listening socket instead; with
     `load`, as one of several workers sharing it (see `net.balance`)."""
@@ -574,9 +607,11 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
             ae_title=options.ae_title,
             ssl_context=ssl_context,
             evt_handlers=handlers_list,
-            server_class=type("_BoundServer", (Server,), {
-                "adopt_socket": sock, "load": load,
-                "_counted": set(), "_counted_lock": threading.Lock()}),
+            server_class=type(
+                "_BoundServer",
+                (Server,),
+                {"adopt_socket": sock, "load": load, "_counted": set(), "_counted_lock": threading.Lock()},
+            ),
             request_handler=ConnectionHandler,
         )
     except OSError as exc:
@@ -596,6 +631,7 @@ def start_scp(handlers: ScpHandlers, options: ScpOptions,
 
 
 def _configure(server: Any, options: ScpOptions, d: _Dispatcher) -> Server:
-    server.limit(max(16, options.max_associations * 4), options.acse_timeout,
-                 options.network_timeout, d.on_refused)
+    server.limit(
+        max(16, options.max_associations * 4), options.acse_timeout, options.network_timeout, d.on_refused
+    )
     return server

@@ -29,8 +29,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # names made a
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
 from pacsctl.errors import NetworkError, NetworkFailure, OperationInterrupted
-from pacsctl.net import scp as _scp  # noqa: F401  (temp dir for received data sets, C-GET)
 from pacsctl.net import connect, sending, tls
+from pacsctl.net import scp as _scp  # noqa: F401  (temp dir for received data sets, C-GET)
 from pacsctl.net.cancel import Cancellation
 from pacsctl.net.types import (
     STATUS_PENDING,
@@ -48,20 +48,21 @@ LOG = logging.getLogger(__name__)
 
 DEFAULT_CALLING_AET = "PACSCTL"
 
-_FIND = {"P": PatientRootQueryRetrieveInformationModelFind,
-         "S": StudyRootQueryRetrieveInformationModelFind}
-_MOVE = {"P": PatientRootQueryRetrieveInformationModelMove,
-         "S": StudyRootQueryRetrieveInformationModelMove}
-_GET = {"P": PatientRootQueryRetrieveInformationModelGet,
-        "S": StudyRootQueryRetrieveInformationModelGet}
+_FIND = {"P": PatientRootQueryRetrieveInformationModelFind, "S": StudyRootQueryRetrieveInformationModelFind}
+_MOVE = {"P": PatientRootQueryRetrieveInformationModelMove, "S": StudyRootQueryRetrieveInformationModelMove}
+_GET = {"P": PatientRootQueryRetrieveInformationModelGet, "S": StudyRootQueryRetrieveInformationModelGet}
 
 
 def node_tls(node: NodeLike) -> TlsOptions | None:
     """The TLS options of a node, or None for plain TCP."""
     if not getattr(node, "tls", False):
         return None
-    return TlsOptions(cert=node.tls_cert, key=node.tls_key, ca=node.tls_ca,
-                      check_hostname=not getattr(node, "tls_no_hostname_check", False))
+    return TlsOptions(
+        cert=node.tls_cert,
+        key=node.tls_key,
+        ca=node.tls_ca,
+        check_hostname=not getattr(node, "tls_no_hostname_check", False),
+    )
 
 
 @contextmanager
@@ -98,16 +99,21 @@ def associate(
     handlers = [sending.NODELAY_HANDLER, (evt.EVT_PDU_RECV, probe.on_pdu), *(evt_handlers or [])]
     start = time.monotonic()
     try:
-        assoc = ae.associate(address, int(node.port), ae_title=node.aet, ext_neg=ext_neg,
-                             evt_handlers=handlers, **kwargs)
+        assoc = ae.associate(
+            address, int(node.port), ae_title=node.aet, ext_neg=ext_neg, evt_handlers=handlers, **kwargs
+        )
         if not assoc.is_established:
-            raise connect.failure_of(assoc, probe, node, timeout, tls_opts is not None,
-                                     waited=time.monotonic() - start)
+            raise connect.failure_of(
+                assoc, probe, node, timeout, tls_opts is not None, waited=time.monotonic() - start
+            )
     except BaseException:
         ae.shutdown()
         raise
-    watch = (cancel.watching(assoc, on_cancel and (lambda: on_cancel(assoc)))
-             if cancel is not None else nullcontext())
+    watch = (
+        cancel.watching(assoc, on_cancel and (lambda: on_cancel(assoc)))
+        if cancel is not None
+        else nullcontext()
+    )
     try:
         with watch:
             yield assoc
@@ -129,11 +135,13 @@ def echo(node: NodeLike, calling_aet: str = DEFAULT_CALLING_AET, timeout: float 
         rsp = assoc.send_c_echo()
         status = getattr(rsp, "Status", None)
     if status is None:
-        raise NetworkError(f"C-ECHO to {node.aet}: no response (timeout or abort)",
-                           failure=NetworkFailure.LOST)
+        raise NetworkError(
+            f"C-ECHO to {node.aet}: no response (timeout or abort)", failure=NetworkFailure.LOST
+        )
     if status != 0x0000:
-        raise NetworkError(f"C-ECHO to {node.aet} failed (status {_hex(status)})",
-                           failure=NetworkFailure.STATUS)
+        raise NetworkError(
+            f"C-ECHO to {node.aet} failed (status {_hex(status)})", failure=NetworkFailure.STATUS
+        )
     return time.perf_counter() - start
 
 
@@ -163,8 +171,11 @@ def store(
         try:
             infos.append(sending.file_info(p))
         except Exception as exc:
-            report(StoreResult(str(p), None, None, f"not readable as DICOM: {exc}",
-                               failure=StoreFailure.UNREADABLE))
+            report(
+                StoreResult(
+                    str(p), None, None, f"not readable as DICOM: {exc}", failure=StoreFailure.UNREADABLE
+                )
+            )
     if not infos:
         return results
     if cancel is not None and cancel.requested:
@@ -177,28 +188,35 @@ def store(
             if cancel is not None and cancel.requested:
                 report(_interrupted(info))
             elif not assoc.is_established:
-                report(StoreResult(str(info.path), info.sop_instance_uid, None,
-                                   "association lost before it was sent",
-                                   failure=StoreFailure.NOT_SENT))
+                report(
+                    StoreResult(
+                        str(info.path),
+                        info.sop_instance_uid,
+                        None,
+                        "association lost before it was sent",
+                        failure=StoreFailure.NOT_SENT,
+                    )
+                )
             else:
-                report(_store_result(info, sending.send_file(assoc, info, msg_id=(n % 65535) + 1),
-                                     cancel))
+                report(_store_result(info, sending.send_file(assoc, info, msg_id=(n % 65535) + 1), cancel))
     return results
 
 
 def _interrupted(info: sending.FileInfo, in_flight: bool = False) -> StoreResult:
-    error = ("interrupted while being sent: the peer may or may not have stored it"
-             if in_flight else "not sent: interrupted")
-    return StoreResult(str(info.path), info.sop_instance_uid, None, error,
-                       failure=StoreFailure.INTERRUPTED)
+    error = (
+        "interrupted while being sent: the peer may or may not have stored it"
+        if in_flight
+        else "not sent: interrupted"
+    )
+    return StoreResult(str(info.path), info.sop_instance_uid, None, error, failure=StoreFailure.INTERRUPTED)
 
 
-def _store_result(info: sending.FileInfo, sent: sending.FileSent,
-                  cancel: Cancellation | None) -> StoreResult:
+def _store_result(info: sending.FileInfo, sent: sending.FileSent, cancel: Cancellation | None) -> StoreResult:
     if sent.status is None and cancel is not None and cancel.requested:
         return _interrupted(info, in_flight=sent.failure is StoreFailure.NO_RESPONSE)
-    result = StoreResult(str(info.path), info.sop_instance_uid, sent.status, sent.error,
-                         sent.transfer_syntax_uid, sent.failure)
+    result = StoreResult(
+        str(info.path), info.sop_instance_uid, sent.status, sent.error, sent.transfer_syntax_uid, sent.failure
+    )
     if sent.status is not None and not result.ok:
         result.failure = StoreFailure.REFUSED
     return result
@@ -216,8 +234,7 @@ def find(
     Raises NetworkError when the peer answers a failure or the association breaks, and
     OperationInterrupted (aborting the association) once `cancel` is requested."""
     uid = _FIND[model]
-    with associate(node, [build_context(uid)], calling_aet, timeout=timeout,
-                   cancel=cancel) as assoc:
+    with associate(node, [build_context(uid)], calling_aet, timeout=timeout, cancel=cancel) as assoc:
         final = None
         for status, ds in assoc.send_c_find(identifier, uid):
             if cancel is not None and cancel.requested:
@@ -231,11 +248,13 @@ def find(
         if cancel is not None and cancel.requested:
             raise OperationInterrupted("query interrupted")
         if final is None:
-            raise NetworkError(f"C-FIND on {node.aet}: no final response (timeout or abort)",
-                               failure=NetworkFailure.LOST)
+            raise NetworkError(
+                f"C-FIND on {node.aet}: no final response (timeout or abort)", failure=NetworkFailure.LOST
+            )
         if final not in (0x0000, 0xFE00):
-            raise NetworkError(f"C-FIND on {node.aet} ended with status {_hex(final)}",
-                               failure=NetworkFailure.STATUS)
+            raise NetworkError(
+                f"C-FIND on {node.aet} ended with status {_hex(final)}", failure=NetworkFailure.STATUS
+            )
 
 
 def move(
@@ -255,8 +274,9 @@ def move(
     the grace period); the counts so far are returned, the caller knows it was cancelled."""
     uid = _MOVE[model]
     counts = RetrieveCounts()
-    with associate(node, [build_context(uid)], calling_aet, timeout=timeout, cancel=cancel,
-                   on_cancel=_c_cancel(uid)) as assoc:
+    with associate(
+        node, [build_context(uid)], calling_aet, timeout=timeout, cancel=cancel, on_cancel=_c_cancel(uid)
+    ) as assoc:
         for status, ds in assoc.send_c_move(identifier, destination_aet, uid, msg_id=_RETRIEVE_MSG_ID):
             _update_counts(counts, status, ds)
             if progress and counts.status == STATUS_PENDING:
@@ -291,8 +311,11 @@ def get(
         classes = list(dict.fromkeys(str(cx.abstract_syntax) for cx in storage))
     else:
         syntaxes = transfer_syntaxes or list(sending.UNCOMPRESSED)
-        classes = list(sop_classes) if sop_classes is not None else [
-            str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+        classes = (
+            list(sop_classes)
+            if sop_classes is not None
+            else [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+        )
         classes = classes[: sending.MAX_REQUESTED_CONTEXTS - 1]
         storage = [build_context(c, syntaxes) for c in classes]
     contexts = [build_context(uid)] + storage
@@ -303,9 +326,16 @@ def get(
         req = _scp._Dispatcher(_scp.ScpHandlers(store=store_cb), _scp.ScpOptions())
         return req.on_store(event)
 
-    with associate(node, contexts, calling_aet, ext_neg=roles,
-                   evt_handlers=[(evt.EVT_C_STORE, on_store)], timeout=timeout, cancel=cancel,
-                   on_cancel=_c_cancel(uid)) as assoc:
+    with associate(
+        node,
+        contexts,
+        calling_aet,
+        ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        timeout=timeout,
+        cancel=cancel,
+        on_cancel=_c_cancel(uid),
+    ) as assoc:
         for status, ds in assoc.send_c_get(identifier, uid, msg_id=_RETRIEVE_MSG_ID):
             _update_counts(counts, status, ds)
             if progress and counts.status == STATUS_PENDING:
@@ -319,6 +349,7 @@ _RETRIEVE_MSG_ID = 1  # one C-MOVE/C-GET per association: the C-CANCEL names thi
 def _c_cancel(sop_class: str) -> Callable[[Association], None]:
     """An on_cancel callback: ask the peer to stop the retrieve (it answers Cancel with the
     counts so far)."""
+
     def send(assoc: Association) -> None:
         if assoc.is_established:
             assoc.send_c_cancel(_RETRIEVE_MSG_ID, query_model=sop_class)
@@ -326,13 +357,14 @@ def _c_cancel(sop_class: str) -> Callable[[Association], None]:
     return send
 
 
-def _final(counts: RetrieveCounts, node: NodeLike, what: str,
-           cancel: Cancellation | None) -> RetrieveCounts:
+def _final(counts: RetrieveCounts, node: NodeLike, what: str, cancel: Cancellation | None) -> RetrieveCounts:
     """The counts, once a final response came (or a stop was requested); else LOST."""
     if counts.status in (None, STATUS_PENDING) and not (cancel is not None and cancel.requested):
-        raise NetworkError(f"{what} on {node.aet}: no final response (timeout or abort)",
-                           hint="the node may have failed mid-way; its log says why",
-                           failure=NetworkFailure.LOST)
+        raise NetworkError(
+            f"{what} on {node.aet}: no final response (timeout or abort)",
+            hint="the node may have failed mid-way; its log says why",
+            failure=NetworkFailure.LOST,
+        )
     return counts
 
 

@@ -217,8 +217,7 @@ def send_file(
         return FileSent(None, used_ts, failure, str(exc))
     status = getattr(rsp, "Status", None)
     if status is None:
-        return FileSent(None, used_ts, StoreFailure.NO_RESPONSE,
-                        "no response (timeout or association lost)")
+        return FileSent(None, used_ts, StoreFailure.NO_RESPONSE, "no response (timeout or association lost)")
     return FileSent(int(status), used_ts)
 
 
@@ -231,12 +230,12 @@ GET_SYNTAXES = (
     "1.2.840.10008.1.2.4.50",  # JPEG Baseline
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
-    "1.2.840.10008.1.2.5",     # RLE
+    "1.2.840.10008.1.2.5",  # RLE
     "1.2.840.10008.1.2.4.51",  # JPEG Extended
     "1.2.840.10008.1.2.4.57",  # JPEG Lossless
     "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
     "1.2.840.10008.1.2.1.99",  # Deflated explicit VR little endian
-    "1.2.840.10008.1.2.2",     # Explicit VR big endian (retired, still met)
+    "1.2.840.10008.1.2.2",  # Explicit VR big endian (retired, still met)
 )
 
 

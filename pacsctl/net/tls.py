@@ -12,8 +12,10 @@ def server_context(tls: TlsOptions) -> ssl.SSLContext:
     """A server-side context: our certificate and key; with `tls.ca`, client certificates
     signed by that CA are required (mutual TLS), otherwise clients stay anonymous."""
     if not tls.cert or not tls.key:
-        raise UsageError("TLS needs both a certificate and a key",
-                         hint="give the certificate and its private key (PEM files)")
+        raise UsageError(
+            "TLS needs both a certificate and a key",
+            hint="give the certificate and its private key (PEM files)",
+        )
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

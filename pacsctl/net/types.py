@@ -100,9 +100,11 @@ class StoreRequest:
         from pydicom.uid import UID
         from pynetdicom.dsutils import create_file_meta
 
-        return create_file_meta(sop_class_uid=UID(self.sop_class_uid),
-                                sop_instance_uid=UID(self.sop_instance_uid),
-                                transfer_syntax=UID(self.transfer_syntax_uid))
+        return create_file_meta(
+            sop_class_uid=UID(self.sop_class_uid),
+            sop_instance_uid=UID(self.sop_instance_uid),
+            transfer_syntax=UID(self.transfer_syntax_uid),
+        )
 
 
 @dataclass(frozen=True)

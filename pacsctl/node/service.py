@@ -49,8 +49,9 @@ LOG = logging.getLogger(__name__)
 
 def require_servable(archive: Archive) -> None:
     """Raise ReadOnlyError when the archive cannot take what a node receives (before serving)."""
-    files.require_writable(archive.root, (archive.tmp_dir, archive.index.root, archive.root / OBJECTS),
-                           "serve stores into it")
+    files.require_writable(
+        archive.root, (archive.tmp_dir, archive.index.root, archive.root / OBJECTS), "serve stores into it"
+    )
 
 
 class ArchiveService:
@@ -66,8 +67,13 @@ class ArchiveService:
 
     def handlers(self) -> ScpHandlers:
         """The callables for `pacsctl.net.scp.start_scp`."""
-        return ScpHandlers(store=self.store, find=self.find, locate=self.locate,
-                           destination=self.destination, audit=self.audit_log.append)
+        return ScpHandlers(
+            store=self.store,
+            find=self.find,
+            locate=self.locate,
+            destination=self.destination,
+            audit=self.audit_log.append,
+        )
 
     def close(self) -> None:
         """Finish pending writes, fold the index journal, close the audit log."""
@@ -80,8 +86,7 @@ class ArchiveService:
         """Ingest one received instance (`GroupCommitter.receive`)."""
         return self.committer.receive(req)
 
-    def find(self, model: QueryModel, identifier: Dataset, ctx: QueryContext
-             ) -> Iterator[Dataset]:
+    def find(self, model: QueryModel, identifier: Dataset, ctx: QueryContext) -> Iterator[Dataset]:
         """C-FIND: matching index records as response identifiers. The lock is held only to
         read the candidate records: matching them (the query's cost) runs beside the stores."""
         query, flt = _compiled(identifier)
@@ -120,8 +125,16 @@ class ArchiveService:
             config = self.archive.config
         for node in config.nodes.values():
             if node.aet == aet:
-                tls = TlsOptions(node.tls_cert, node.tls_key, node.tls_ca,
-                                 check_hostname=not node.tls_no_hostname_check) if node.tls else None
+                tls = (
+                    TlsOptions(
+                        node.tls_cert,
+                        node.tls_key,
+                        node.tls_ca,
+                        check_hostname=not node.tls_no_hostname_check,
+                    )
+                    if node.tls
+                    else None
+                )
                 return Destination(node.host, int(node.port), tls)
         return None
 
@@ -137,16 +150,18 @@ def _compiled(identifier: Dataset) -> tuple[Query, RecordFilter]:
         query = parse_identifier(identifier)
         return query, query.filter()
     except QueryValueTooComplexError as exc:
-        raise QueryRefusedError(STATUS_IDENTIFIER_MISMATCH,
-                                f"{exc.keyword}: query value too long or with too many wildcards"
-                                ) from None
+        raise QueryRefusedError(
+            STATUS_IDENTIFIER_MISMATCH, f"{exc.keyword}: query value too long or with too many wildcards"
+        ) from None
     except UsageError as exc:  # its message may quote a value (a birth date): not logged
-        raise QueryRefusedError(STATUS_IDENTIFIER_MISMATCH,
-                                f"identifier cannot be matched ({type(exc).__name__})") from None
+        raise QueryRefusedError(
+            STATUS_IDENTIFIER_MISMATCH, f"identifier cannot be matched ({type(exc).__name__})"
+        ) from None
 
 
-def _matching(records: list[dict[str, Any]], flt: RecordFilter, ctx: QueryContext
-              ) -> Iterator[dict[str, Any]]:
+def _matching(
+    records: list[dict[str, Any]], flt: RecordFilter, ctx: QueryContext
+) -> Iterator[dict[str, Any]]:
     """The records `flt` matches, until the request's time budget is spent (then refused)."""
     for i, record in enumerate(records):
         if i % _DEADLINE_CHECK_EVERY == 0 and ctx.expired():
@@ -166,8 +181,9 @@ class RunningNode:
     def port(self) -> int:
         return self.scp.port
 
-    def stop(self, graceful: bool = True, timeout: float | None = 60.0,
-             abort: Callable[[], bool] | None = None) -> bool:
+    def stop(
+        self, graceful: bool = True, timeout: float | None = 60.0, abort: Callable[[], bool] | None = None
+    ) -> bool:
         """Stop accepting, let in-flight associations finish (graceful; until `abort()` says
         otherwise), then close the archive. True when no association had to be aborted."""
         clean = self.scp.stop(graceful=graceful, timeout=timeout, abort=abort)
@@ -175,8 +191,9 @@ class RunningNode:
         return clean
 
 
-def serve(archive: Archive, options: ScpOptions, sock: socket.socket | None = None,
-          load: WorkerSlot | None = None) -> RunningNode:
+def serve(
+    archive: Archive, options: ScpOptions, sock: socket.socket | None = None, load: WorkerSlot | None = None
+) -> RunningNode:
     """Start serving `archive` with `options` (its temp dir defaults to the archive's); `sock`
     and `load` as for `net.scp.start_scp` (a worker of several sharing a port)."""
     if options.temp_dir is None:
@@ -189,10 +206,17 @@ def serve(archive: Archive, options: ScpOptions, sock: socket.socket | None = No
 def options_from_config(archive: Archive, **overrides: Any) -> ScpOptions:
     """ScpOptions from the archive config, with non-None `overrides` applied."""
     cfg = archive.config
-    opts = ScpOptions(ae_title=cfg.ae_title, host=cfg.host, port=cfg.port,
-                      allow=list(cfg.allow), max_associations=cfg.max_associations,
-                      acse_timeout=cfg.acse_timeout, dimse_timeout=cfg.dimse_timeout,
-                      network_timeout=cfg.network_timeout, temp_dir=archive.tmp_dir)
+    opts = ScpOptions(
+        ae_title=cfg.ae_title,
+        host=cfg.host,
+        port=cfg.port,
+        allow=list(cfg.allow),
+        max_associations=cfg.max_associations,
+        acse_timeout=cfg.acse_timeout,
+        dimse_timeout=cfg.dimse_timeout,
+        network_timeout=cfg.network_timeout,
+        temp_dir=archive.tmp_dir,
+    )
     for key, value in overrides.items():
         if value is not None:
             setattr(opts, key, value)

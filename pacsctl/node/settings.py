@@ -56,11 +56,14 @@ def reload_settings(node: RunningNode, fixed: frozenset[str] = frozenset()) -> R
         applied[key] = (before, after)
         if hasattr(options, key):
             setattr(options, key, after)
-    _apply(node, options.allow, options.acse_timeout, options.dimse_timeout,
-           options.network_timeout)
+    _apply(node, options.allow, options.acse_timeout, options.dimse_timeout, options.network_timeout)
     need_restart = [k for k in NEED_RESTART if k not in fixed and getattr(old, k) != getattr(new, k)]
-    result = Reload(applied, sorted(set(new.nodes) - set(old.nodes)),
-                    sorted(set(old.nodes) - set(new.nodes)), need_restart)
+    result = Reload(
+        applied,
+        sorted(set(new.nodes) - set(old.nodes)),
+        sorted(set(old.nodes) - set(new.nodes)),
+        need_restart,
+    )
     archive.config = _merged(old, new, need_restart)
     _log(result)
     return result
@@ -88,8 +91,7 @@ def _log(result: Reload) -> None:
         changes.append(f"nodes added: {', '.join(result.nodes_added)}")
     if result.nodes_removed:
         changes.append(f"nodes removed: {', '.join(result.nodes_removed)}")
-    LOG.warning("SIGHUP: settings reloaded (%s); %s", "; ".join(changes) or "nothing changed",
-                RESTART_NOTE)
+    LOG.warning("SIGHUP: settings reloaded (%s); %s", "; ".join(changes) or "nothing changed", RESTART_NOTE)
     for key in result.need_restart:
         LOG.warning("SIGHUP: %s changed in the settings: takes effect after a restart", key)
 

@@ -36,8 +36,9 @@ class NodeSignals:
         self._previous = signal.pthread_sigmask(signal.SIG_BLOCK, _TAKEN)
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         # Take what is still pending first: unblocked, a SIGHUP would end the process and a
         # SIGINT would raise KeyboardInterrupt in whatever runs next.
         while self.wait(0) is not None:

@@ -70,10 +70,16 @@ class _Heartbeats:
         threading.Thread(target=run, name="pacsctl-heartbeat", daemon=True).start()
 
 
-def _serve_in_this_process(root: Path, options: ScpOptions, signals: NodeSignals, grace: float,
-                           ready: Callable[[int], None] | None = None,
-                           sock: socket.socket | None = None, load: WorkerSlot | None = None,
-                           fixed: frozenset[str] = frozenset()) -> int:
+def _serve_in_this_process(
+    root: Path,
+    options: ScpOptions,
+    signals: NodeSignals,
+    grace: float,
+    ready: Callable[[int], None] | None = None,
+    sock: socket.socket | None = None,
+    load: WorkerSlot | None = None,
+    fixed: frozenset[str] = frozenset(),
+) -> int:
     """Serve until a stop signal, then stop gracefully (a second stop signal aborts); reload
     the settings on SIGHUP, except those in `fixed` (given on the command line)."""
     node = serve(Archive.open(root), options, sock=sock, load=load)
@@ -85,8 +91,7 @@ def _serve_in_this_process(root: Path, options: ScpOptions, signals: NodeSignals
             break
         if received is NodeSignal.RELOAD:
             reload_settings(node, fixed)
-    LOG.info("stopping: no new associations; waiting for %d in flight",
-             node.scp.active_associations)
+    LOG.info("stopping: no new associations; waiting for %d in flight", node.scp.active_associations)
 
     def abort_now() -> bool:
         return signals.wait(0) is NodeSignal.STOP
@@ -95,9 +100,14 @@ def _serve_in_this_process(root: Path, options: ScpOptions, signals: NodeSignals
     return 0
 
 
-def run_node(root: Path, options: ScpOptions, workers: int = 1,
-             ready: Callable[[int], None] | None = None, grace: float = 60.0,
-             fixed: frozenset[str] = frozenset()) -> int:
+def run_node(
+    root: Path,
+    options: ScpOptions,
+    workers: int = 1,
+    ready: Callable[[int], None] | None = None,
+    grace: float = 60.0,
+    fixed: frozenset[str] = frozenset(),
+) -> int:
     """Serve the archive at `root` until SIGTERM/SIGINT, then stop accepting, let in-flight
     associations finish (up to `grace` seconds) and return 0 (1 if a worker had to be killed).
 
@@ -115,8 +125,15 @@ def run_node(root: Path, options: ScpOptions, workers: int = 1,
         remove_pid_file(pid_file)
 
 
-def _supervise(root: Path, options: ScpOptions, workers: int, signals: NodeSignals,
-               grace: float, ready: Callable[[int], None] | None, fixed: frozenset[str]) -> int:
+def _supervise(
+    root: Path,
+    options: ScpOptions,
+    workers: int,
+    signals: NodeSignals,
+    grace: float,
+    ready: Callable[[int], None] | None,
+    fixed: frozenset[str],
+) -> int:
     sock = bind_listener(options.host, options.port)
     port = int(sock.getsockname()[1])
     per_worker = max(1, -(-options.max_associations // workers))
@@ -133,9 +150,15 @@ def _supervise(root: Path, options: ScpOptions, workers: int, signals: NodeSigna
             try:
                 die_with_parent(parent)  # a crashed node never leaves orphans holding the port
                 heartbeats.keep_beating(index)
-                code = _serve_in_this_process(root, replace(child_options), signals, grace,
-                                              sock=sock, load=load.slot(index),
-                                              fixed=fixed)
+                code = _serve_in_this_process(
+                    root,
+                    replace(child_options),
+                    signals,
+                    grace,
+                    sock=sock,
+                    load=load.slot(index),
+                    fixed=fixed,
+                )
             except BaseException as exc:
                 log_failure("worker failed", exc)
             finally:
@@ -158,8 +181,9 @@ def _supervise(root: Path, options: ScpOptions, workers: int, signals: NodeSigna
                 index = children.pop(pid)
                 children[spawn(index)] = index
             elif heartbeats.silent_for(children[pid]) > WEDGED_AFTER:
-                LOG.error("worker %d has not run for %.0f s: killing it", pid,
-                          heartbeats.silent_for(children[pid]))
+                LOG.error(
+                    "worker %d has not run for %.0f s: killing it", pid, heartbeats.silent_for(children[pid])
+                )
                 heartbeats.beat(children[pid])  # killed once; replaced when reaped
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -179,8 +203,9 @@ def _signal_all(children: dict[int, int], signum: int) -> None:
             pass
 
 
-def _stop_workers(children: dict[int, int], heartbeats: _Heartbeats, signals: NodeSignals,
-                  grace: float) -> int:
+def _stop_workers(
+    children: dict[int, int], heartbeats: _Heartbeats, signals: NodeSignals, grace: float
+) -> int:
     """SIGTERM every worker and wait for them; a second stop signal has them abort what is in
     flight. SIGKILL a worker that is silent for `KILL_AFTER` s (it cannot run its stop) or still
     there `KILL_AFTER` s after its grace period (or after the second signal)."""
@@ -207,8 +232,11 @@ def _stop_workers(children: dict[int, int], heartbeats: _Heartbeats, signals: No
         for pid, index in left.items():
             silent = heartbeats.silent_for(index)
             if pid not in killed and (silent > KILL_AFTER or now > deadline):
-                LOG.error("worker %d did not stop (%s): killing it", pid,
-                          f"silent for {silent:.0f} s" if silent > KILL_AFTER else "grace over")
+                LOG.error(
+                    "worker %d did not stop (%s): killing it",
+                    pid,
+                    f"silent for {silent:.0f} s" if silent > KILL_AFTER else "grace over",
+                )
                 killed.add(pid)
                 try:
                     os.kill(pid, signal.SIGKILL)

@@ -39,7 +39,7 @@ def return_keys(level: str) -> tuple[str, ...]:
     if level == "STUDY":
         keys += _STUDY_PATIENT_KEYS
     elif level != "PATIENT":
-        keys += [UNIQUE_KEY[lv] for lv in LEVELS[1:LEVELS.index(level)]]
+        keys += [UNIQUE_KEY[lv] for lv in LEVELS[1 : LEVELS.index(level)]]
         keys.insert(0, "PatientID")
     keys += LEVEL_KEYS[level]
     return tuple(dict.fromkeys(keys))
@@ -63,7 +63,9 @@ def build_identifier(level: str, filters: Mapping[str, str], keys: tuple[str, ..
             try:
                 value = [int(v) for v in value] if isinstance(value, list) else int(value)
             except ValueError:
-                raise UsageError(f"{keyword} needs a number, got {shown_value(keyword, filters[keyword])}") from None
+                raise UsageError(
+                    f"{keyword} needs a number, got {shown_value(keyword, filters[keyword])}"
+                ) from None
         elif value == "" and vr in ("US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"):
             value = None
         ds.add_new(keyword, vr, value)
@@ -105,8 +107,7 @@ def query(
     flt = compile_filters(filters)  # the same syntax checks as `ls`, before anything goes out
     keys = return_keys(level)
     identifier = build_identifier(level, filters, keys)
-    for ds in scu.find(node, identifier, query_model(level), calling_aet=calling_aet,
-                       timeout=timeout):
+    for ds in scu.find(node, identifier, query_model(level), calling_aet=calling_aet, timeout=timeout):
         record = response_record(ds, level, keys)
         if agrees(flt, record):
             yield record

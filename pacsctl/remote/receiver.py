@@ -82,8 +82,9 @@ class ArchiveReceiver:
 
 
 @contextmanager
-def receiving(archive: Archive, ae_title: str, source_aet: str,
-              cancel: Cancellation | None = None) -> Iterator[tuple[ArchiveReceiver, bool]]:
+def receiving(
+    archive: Archive, ae_title: str, source_aet: str, cancel: Cancellation | None = None
+) -> Iterator[tuple[ArchiveReceiver, bool]]:
     """A temporary storage listener on the archive's configured host and port, as `ae_title`,
     storing into `archive` (for C-MOVEs to our own AE title). Yields (receiver, listening);
     when the port is taken, presumably by a running `pacsctl serve` on this archive, nothing
@@ -97,11 +98,18 @@ def receiving(archive: Archive, ae_title: str, source_aet: str,
     receiver = ArchiveReceiver(archive)
     cfg = archive.config
     allow = list(dict.fromkeys([source_aet, *cfg.allow]))
-    options = ScpOptions(ae_title=ae_title, host=cfg.host, port=cfg.port, allow=allow,
-                         max_associations=cfg.max_associations, temp_dir=archive.tmp_dir)
+    options = ScpOptions(
+        ae_title=ae_title,
+        host=cfg.host,
+        port=cfg.port,
+        allow=allow,
+        max_associations=cfg.max_associations,
+        temp_dir=archive.tmp_dir,
+    )
     try:
         listener: RunningScp | None = start_scp(
-            ScpHandlers(store=receiver, audit=receiver.note_audit), options)
+            ScpHandlers(store=receiver, audit=receiver.note_audit), options
+        )
     except NetworkError as exc:
         LOG.info("not listening on port %s (%s): counting arrivals from the archive", cfg.port, exc)
         listener = None

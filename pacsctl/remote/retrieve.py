@@ -40,7 +40,7 @@ def _path_keys(level: str) -> list[str]:
     """Unique keys a retrieve at `level` must carry (Study Root; Patient Root at PATIENT)."""
     if level == "PATIENT":
         return ["PatientID"]
-    return [UNIQUE_KEY[lv] for lv in LEVELS[1:LEVELS.index(level) + 1]]
+    return [UNIQUE_KEY[lv] for lv in LEVELS[1 : LEVELS.index(level) + 1]]
 
 
 def retrieve_identifiers(
@@ -61,15 +61,25 @@ def retrieve_identifiers(
     direct = (
         set(filters) == set(path)
         and all(filters[k] and not any(c in filters[k] for c in "*?\\") for k in path if k != own)
-        and filters[own] and not any(c in filters[own] for c in "*?")
+        and filters[own]
+        and not any(c in filters[own] for c in "*?")
     )
     if direct:
         parents = {k: filters[k] for k in path if k != own}
-        return [_unique_identifier(level, {**parents, own: v})
-                for v in dict.fromkeys(filters[own].split("\\")) if v]
+        return [
+            _unique_identifier(level, {**parents, own: v})
+            for v in dict.fromkeys(filters[own].split("\\"))
+            if v
+        ]
     keys = tuple(dict.fromkeys([*path, *filters]))
-    found = scu.find(node, build_identifier(level, filters, keys), query_model(level),
-                     calling_aet=calling_aet, timeout=timeout, cancel=cancel)
+    found = scu.find(
+        node,
+        build_identifier(level, filters, keys),
+        query_model(level),
+        calling_aet=calling_aet,
+        timeout=timeout,
+        cancel=cancel,
+    )
     targets: dict[tuple[str, ...], Dataset] = {}
     for ds in found:
         record = response_record(ds, level, keys)
@@ -77,7 +87,7 @@ def retrieve_identifiers(
             continue
         values = tuple(str(record.get(k, "") or "").strip() for k in path)
         if all(values) and values not in targets:
-            targets[values] = _unique_identifier(level, dict(zip(path, values)))
+            targets[values] = _unique_identifier(level, dict(zip(path, values, strict=True)))
     return list(targets.values())
 
 
@@ -90,7 +100,10 @@ def _unique_identifier(level: str, keys: Mapping[str, str]) -> Dataset:
 
 
 def expected_instances(
-    node: NodeLike, identifier: Dataset, calling_aet: str, timeout: float = 30.0,
+    node: NodeLike,
+    identifier: Dataset,
+    calling_aet: str,
+    timeout: float = 30.0,
     cancel: Cancellation | None = None,
 ) -> dict[str, str]:
     """SOP Instance UID -> SOP Class UID of every instance under one retrieve identifier,
@@ -99,11 +112,13 @@ def expected_instances(
     keys = {k: str(identifier.get(k)) for k in _path_keys(level)}
     below = level if level == "IMAGE" else LEVELS[LEVELS.index(level) + 1]
     wanted = ("SOPInstanceUID", "SOPClassUID") if below == "IMAGE" else (UNIQUE_KEY[below],)
-    request = build_identifier(below, {k: v for k, v in keys.items() if k != UNIQUE_KEY[below]}
-                               if level != "IMAGE" else keys, wanted)
+    request = build_identifier(
+        below, {k: v for k, v in keys.items() if k != UNIQUE_KEY[below]} if level != "IMAGE" else keys, wanted
+    )
     found: dict[str, str] = {}
-    for ds in scu.find(node, request, query_model(level), calling_aet=calling_aet, timeout=timeout,
-                       cancel=cancel):
+    for ds in scu.find(
+        node, request, query_model(level), calling_aet=calling_aet, timeout=timeout, cancel=cancel
+    ):
         value = str(ds.get(UNIQUE_KEY[below], "") or "").strip()
         if not value:
             continue
@@ -178,15 +193,22 @@ class RetrieveSummary:
         arrived += self.already_archived or 0
         # A conflict (a different image under an archived UID, kept in quarantine) is a
         # partial failure, exit 3, as for `import`.
-        return (not self.store_failed and not self.missing and not self.conflicts
-                and arrived == self.completed + self.warning
-                and (self.expected is None or arrived >= self.expected))
+        return (
+            not self.store_failed
+            and not self.missing
+            and not self.conflicts
+            and arrived == self.completed + self.warning
+            and (self.expected is None or arrived >= self.expected)
+        )
 
     @property
     def refused(self) -> bool:
         """The peer answered a failure and nothing was sent (not a partial failure)."""
-        failure = self.status is not None and self.status not in (
-            STATUS_SUCCESS, STATUS_CANCEL) and not 0xB000 <= self.status <= 0xB0FF
+        failure = (
+            self.status is not None
+            and self.status not in (STATUS_SUCCESS, STATUS_CANCEL)
+            and not 0xB000 <= self.status <= 0xB0FF
+        )
         return failure and not (self.completed or self.warning or self.failed)
 
     @property
@@ -196,14 +218,22 @@ class RetrieveSummary:
     def as_dict(self) -> dict[str, Any]:
         """JSON summary fields (local counts only when they were counted)."""
         out: dict[str, Any] = {
-            "matched": self.matched, "completed": self.completed, "failed": self.failed,
-            "warning": self.warning, "remaining": self.remaining,
+            "matched": self.matched,
+            "completed": self.completed,
+            "failed": self.failed,
+            "warning": self.warning,
+            "remaining": self.remaining,
             "status": None if self.status is None else f"0x{self.status:04X}",
         }
         if self.counted_locally:
-            out.update(received=self.received, stored=self.stored, duplicates=self.duplicates,
-                       conflicts=self.conflicts, store_failed=self.store_failed,
-                       missing=len(self.missing))
+            out.update(
+                received=self.received,
+                stored=self.stored,
+                duplicates=self.duplicates,
+                conflicts=self.conflicts,
+                store_failed=self.store_failed,
+                missing=len(self.missing),
+            )
             if self.expected is not None:
                 out["expected"] = self.expected
             if self.counted_in_archive:
@@ -250,7 +280,7 @@ def move(
     (`scu.move`); the summary, marked `interrupted`, counts what was done. A stop during the
     C-FINDs that resolve the selection raises OperationInterrupted (nothing was moved)."""
     start = time.perf_counter()
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     summary = RetrieveSummary()
     try:
         targets = retrieve_identifiers(node, level, filters, calling_aet, timeout, cancel)
@@ -268,8 +298,15 @@ def move(
     for ident in targets:
         if cancel is not None and cancel.requested:
             break
-        counts = scu.move(node, destination_aet, ident, query_model(level),
-                          calling_aet=calling_aet, timeout=timeout, cancel=cancel)
+        counts = scu.move(
+            node,
+            destination_aet,
+            ident,
+            query_model(level),
+            calling_aet=calling_aet,
+            timeout=timeout,
+            cancel=cancel,
+        )
         summary.add(counts)
         if on_progress:
             on_progress(summary)
@@ -301,9 +338,14 @@ def _await_arrivals(receiver: ArchiveReceiver, expected: set[str], settle: float
         time.sleep(0.2)
 
 
-def _fill_local_counts(summary: RetrieveSummary, receiver: ArchiveReceiver,
-                       expected: set[str] | None, before: Set[str] = frozenset(),
-                       from_archive: bool = False, since: dt.datetime | None = None) -> None:
+def _fill_local_counts(
+    summary: RetrieveSummary,
+    receiver: ArchiveReceiver,
+    expected: set[str] | None,
+    before: Set[str] = frozenset(),
+    from_archive: bool = False,
+    since: dt.datetime | None = None,
+) -> None:
     """Local counts from the receiver; or, `from_archive` (another process received), from
     which of the `expected` instances are now in the archive."""
     wanted = expected | receiver.received if expected is not None else receiver.received
@@ -350,10 +392,13 @@ def get(
     try:
         targets = retrieve_identifiers(node, level, filters, calling_aet, timeout, cancel)
     except OperationInterrupted:
-        raise OperationInterrupted("get interrupted while listing what to get: nothing was retrieved") from None
+        raise OperationInterrupted(
+            "get interrupted while listing what to get: nothing was retrieved"
+        ) from None
     summary.matched = len(targets)
-    receiver.source = AssocInfo(calling_aet=node.aet, called_aet=calling_aet,
-                                peer_host=node.host, peer_port=int(node.port))
+    receiver.source = AssocInfo(
+        calling_aet=node.aet, called_aet=calling_aet, peer_host=node.host, peer_port=int(node.port)
+    )
     expected: set[str] | None = set()
     for ident in targets:
         if cancel is not None and cancel.requested:
@@ -368,9 +413,16 @@ def get(
             expected = None
         if expected is not None:
             expected |= set(listed)
-        counts = scu.get(node, ident, receiver, query_model(level), calling_aet=calling_aet,
-                         timeout=timeout, storage_contexts=get_contexts(listed.values()),
-                         cancel=cancel)
+        counts = scu.get(
+            node,
+            ident,
+            receiver,
+            query_model(level),
+            calling_aet=calling_aet,
+            timeout=timeout,
+            storage_contexts=get_contexts(listed.values()),
+            cancel=cancel,
+        )
         summary.add(counts)
         if on_progress:
             on_progress(summary)

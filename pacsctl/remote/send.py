@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from pacsctl.archive.archive import Archive
-from pacsctl.dicom.matching import LEVEL_KEYS, LEVELS, UNIQUE_KEY, compile_filters
 from pacsctl.archive.search import find_records
-from pacsctl.ingest.sources import Problem, Source, find_sources
+from pacsctl.dicom.matching import LEVEL_KEYS, LEVELS, UNIQUE_KEY, compile_filters
 from pacsctl.errors import NetworkError, UsageError
+from pacsctl.ingest.sources import Problem, Source, find_sources
 from pacsctl.net import scu, sending
 from pacsctl.net.cancel import Cancellation
 from pacsctl.net.types import NodeLike, StoreFailure, StoreResult
@@ -70,8 +70,12 @@ class SendSummary:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON summary's fields (`not_sent` and `interrupted` only after a stop)."""
-        out: dict[str, Any] = {"files": self.files, "sent": self.sent, "failed": self.failed,
-                               "skipped": self.skipped}
+        out: dict[str, Any] = {
+            "files": self.files,
+            "sent": self.sent,
+            "failed": self.failed,
+            "skipped": self.skipped,
+        }
         if self.interrupted:
             out.update(not_sent=self.not_sent, interrupted=True)
         out.update(bytes=self.bytes, elapsed=round(self.elapsed, 3))
@@ -112,7 +116,9 @@ def _classify(source: Source, explicit: bool) -> SendItem:
         sending.file_info(path)
     except Exception:
         reason = "not a DICOM file"
-        return SendItem(source.path, size, fail=reason) if explicit else SendItem(source.path, size, skip=reason)
+        return (
+            SendItem(source.path, size, fail=reason) if explicit else SendItem(source.path, size, skip=reason)
+        )
     return SendItem(source.path, size)
 
 
@@ -147,11 +153,14 @@ def archive_files(archive: Archive, filters: Mapping[str, str]) -> list[SendItem
         studies = sorted({str(r["StudyInstanceUID"]) for r in matched})
         series = sorted({str(r["SeriesInstanceUID"]) for r in matched})
         instances = index.instances(study_uids=studies, series_uids=series) if series else []
-    found = [SendItem(str(archive.path_of(r["path"])), int(r.get("size") or 0))
-             for r in instances if r.get("path")]
+    found = [
+        SendItem(str(archive.path_of(r["path"])), int(r.get("size") or 0)) for r in instances if r.get("path")
+    ]
     if not found:  # the values are not quoted: a -k filter may hold a patient's name
-        raise UsageError(f"no archived instance matches the selection ({', '.join(sorted(filters))})",
-                         hint="see `pacsctl ls` for what the archive holds; nothing was sent")
+        raise UsageError(
+            f"no archived instance matches the selection ({', '.join(sorted(filters))})",
+            hint="see `pacsctl ls` for what the archive holds; nothing was sent",
+        )
     return found
 
 
@@ -176,8 +185,7 @@ def send(
     Once `cancel` is requested no new file starts; what is in flight is answered or aborted
     within the grace period, and every file not sent counts as `not_sent`."""
     cancel = cancel or Cancellation()
-    sender = _Sender(node, calling_aet, {i.path: i.size for i in items}, on_outcome, timeout,
-                     cancel)
+    sender = _Sender(node, calling_aet, {i.path: i.size for i in items}, on_outcome, timeout, cancel)
     start = time.perf_counter()
     for item in items:
         if item.skip:
@@ -187,7 +195,7 @@ def send(
     paths = [i.path for i in items if not (i.skip or i.fail)]
     runs = max(1, min(associations, len(paths) // 2))
     size = -(-len(paths) // runs) if paths else 0
-    chunks = [paths[n * size:(n + 1) * size] for n in range(runs)] if paths else []
+    chunks = [paths[n * size : (n + 1) * size] for n in range(runs)] if paths else []
     errors: list[NetworkError] = []
     leftovers: list[str] = []
 
@@ -200,8 +208,9 @@ def send(
 
     # Every run in a thread of its own; this thread only waits, so a signal handler that
     # requests the stop runs at once (the threads see it before their next file).
-    threads = [threading.Thread(target=work, args=(c,), name=f"pacsctl-send-{n}")
-               for n, c in enumerate(chunks)]
+    threads = [
+        threading.Thread(target=work, args=(c,), name=f"pacsctl-send-{n}") for n, c in enumerate(chunks)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -216,8 +225,15 @@ def send(
         except NetworkError as exc:
             errors.append(exc)
     for path in leftovers:  # refused associations' files that no other association took
-        sender.account(SendOutcome(path, False, size=sender.sizes.get(path, 0),
-                                   reason=str(errors[-1]), interrupted=cancel.requested))
+        sender.account(
+            SendOutcome(
+                path,
+                False,
+                size=sender.sizes.get(path, 0),
+                reason=str(errors[-1]),
+                interrupted=cancel.requested,
+            )
+        )
     sender.summary.interrupted = cancel.requested
     sender.summary.elapsed = time.perf_counter() - start
     return sender.summary
@@ -226,9 +242,15 @@ def send(
 class _Sender:
     """Sends runs of files to one node and accounts for each, from several threads."""
 
-    def __init__(self, node: NodeLike, calling_aet: str, sizes: dict[str, int],
-                 on_outcome: Callable[[SendOutcome], None] | None, timeout: float,
-                 cancel: Cancellation) -> None:
+    def __init__(
+        self,
+        node: NodeLike,
+        calling_aet: str,
+        sizes: dict[str, int],
+        on_outcome: Callable[[SendOutcome], None] | None,
+        timeout: float,
+        cancel: Cancellation,
+    ) -> None:
         self.node, self.calling_aet, self.sizes = node, calling_aet, sizes
         self.on_outcome, self.timeout, self.cancel = on_outcome, timeout, cancel
         self.summary = SendSummary()
@@ -251,14 +273,27 @@ class _Sender:
                 self.on_outcome(outcome)
 
     def _result(self, res: StoreResult) -> None:
-        self.account(SendOutcome(res.path, res.ok, size=self.sizes.get(res.path, 0),
-                                 sop_instance_uid=res.sop_instance_uid, status=res.status,
-                                 reason=None if res.ok else (res.error or _status_text(res.status)),
-                                 interrupted=res.failure is StoreFailure.INTERRUPTED))
+        self.account(
+            SendOutcome(
+                res.path,
+                res.ok,
+                size=self.sizes.get(res.path, 0),
+                sop_instance_uid=res.sop_instance_uid,
+                status=res.status,
+                reason=None if res.ok else (res.error or _status_text(res.status)),
+                interrupted=res.failure is StoreFailure.INTERRUPTED,
+            )
+        )
 
     def _store(self, paths: list[str], progress: Callable[[StoreResult], None]) -> None:
-        scu.store(self.node, paths, calling_aet=self.calling_aet, progress=progress,
-                  timeout=self.timeout, cancel=self.cancel)
+        scu.store(
+            self.node,
+            paths,
+            calling_aet=self.calling_aet,
+            progress=progress,
+            timeout=self.timeout,
+            cancel=self.cancel,
+        )
 
     def send(self, paths: list[str]) -> None:
         """Send `paths` on one association at a time, accounting for each file.
@@ -284,8 +319,9 @@ class _Sender:
             except NetworkError as exc:
                 if first and not self.cancel.requested:
                     raise
-                lost[:] = [StoreResult(p, None, None, str(exc), failure=StoreFailure.NOT_SENT)
-                           for p in pending]
+                lost[:] = [
+                    StoreResult(p, None, None, str(exc), failure=StoreFailure.NOT_SENT) for p in pending
+                ]
                 break
             first = False
             # A peer that chokes on one file drops the association: the files after it were
@@ -294,22 +330,43 @@ class _Sender:
                 break
             pending = [r.path for r in lost]
         for res in lost:
-            self.account(SendOutcome(res.path, False, size=self.sizes.get(res.path, 0),
-                                     sop_instance_uid=res.sop_instance_uid, reason=res.error,
-                                     interrupted=self.cancel.requested))
+            self.account(
+                SendOutcome(
+                    res.path,
+                    False,
+                    size=self.sizes.get(res.path, 0),
+                    sop_instance_uid=res.sop_instance_uid,
+                    reason=res.error,
+                    interrupted=self.cancel.requested,
+                )
+            )
         # A file sent while the peer was aborting goes unanswered through no fault of its own;
         # each unanswered file gets one more go, alone, so a real culprit cannot sink another.
         for res in unanswered:
             if self.cancel.requested:
-                self.account(SendOutcome(res.path, False, size=self.sizes.get(res.path, 0),
-                                         sop_instance_uid=res.sop_instance_uid,
-                                         reason=res.error, interrupted=True))
+                self.account(
+                    SendOutcome(
+                        res.path,
+                        False,
+                        size=self.sizes.get(res.path, 0),
+                        sop_instance_uid=res.sop_instance_uid,
+                        reason=res.error,
+                        interrupted=True,
+                    )
+                )
                 continue
             try:
                 self._store([res.path], self._result)
             except NetworkError as exc:
-                self.account(SendOutcome(res.path, False, size=self.sizes.get(res.path, 0),
-                                         sop_instance_uid=res.sop_instance_uid, reason=str(exc)))
+                self.account(
+                    SendOutcome(
+                        res.path,
+                        False,
+                        size=self.sizes.get(res.path, 0),
+                        sop_instance_uid=res.sop_instance_uid,
+                        reason=str(exc),
+                    )
+                )
 
 
 def _status_text(status: int | None) -> str:

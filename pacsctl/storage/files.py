@@ -15,9 +15,9 @@ import mmap
 import os
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from pacsctl.errors import PacsctlError
 
@@ -122,7 +122,8 @@ def require_writable(root: Path, folders: Iterable[Path], needs: str) -> None:
         if folder.is_dir() and not writable(folder):
             raise ReadOnlyError(
                 f"the archive at {root} is read-only ({read_only_reason(folder)}: {folder}); {needs}",
-                hint="remount it read-write or run as its owner; `verify` and `ls` work on a read-only archive",
+                hint="remount it read-write or run as its owner; "
+                "`verify` and `ls` work on a read-only archive",
             )
 
 

@@ -30,10 +30,11 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from tinydb import TinyDB
 from tinydb.storages import Storage
@@ -43,7 +44,6 @@ from pacsctl.storage import files
 from pacsctl.storage.files import FILE_MODE, ensure_dir, safe_file_name
 
 Record = dict[str, Any]
-
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,10 @@ class IndexDamagedError(IntegrityError):
     """An index file (a shard or a series manifest) cannot be read: cut short or garbled."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(f"index damaged at {path}: run `pacsctl reindex`",
-                         hint="the files are the source of truth; reindex rebuilds the index from them")
+        super().__init__(
+            f"index damaged at {path}: run `pacsctl reindex`",
+            hint="the files are the source of truth; reindex rebuilds the index from them",
+        )
         self.path = path
 
 
@@ -112,7 +114,9 @@ class _Shard:
 
     TABLE = "docs"
 
-    def __init__(self, path: Path, key: str, tmp_dir: Path, tolerant: bool = False, quiet: bool = False) -> None:
+    def __init__(
+        self, path: Path, key: str, tmp_dir: Path, tolerant: bool = False, quiet: bool = False
+    ) -> None:
         self.path, self.key, self.tmp_dir = path, key, tmp_dir
         self.docs: dict[str, Record] = {}
         self.damaged = False
@@ -121,7 +125,12 @@ class _Shard:
                 db = TinyDB(str(path), storage=_ReadOnlyJSONStorage)
                 self.docs = {doc[key]: dict(doc) for doc in db.table(self.TABLE).all()}
                 db.close()
-            except (ValueError, KeyError, TypeError, AttributeError):  # cut short, garbled, not TinyDB's shape
+            except (
+                ValueError,
+                KeyError,
+                TypeError,
+                AttributeError,
+            ):  # cut short, garbled, not TinyDB's shape
                 if not tolerant:
                     raise IndexDamagedError(path) from None
                 self.damaged = True
@@ -165,8 +174,16 @@ class _MemoryStorage(Storage):
 class _Catalog:
     """A working set of loaded shards; applies instance records the same way for reads and folds."""
 
-    def __init__(self, root: Path, tmp_dir: Path, fields: LevelFields, tolerant: bool = False, quiet: bool = False) -> None:
-        self.root, self.tmp_dir, self.fields, self.tolerant, self.quiet = root, tmp_dir, fields, tolerant, quiet
+    def __init__(
+        self, root: Path, tmp_dir: Path, fields: LevelFields, tolerant: bool = False, quiet: bool = False
+    ) -> None:
+        self.root, self.tmp_dir, self.fields, self.tolerant, self.quiet = (
+            root,
+            tmp_dir,
+            fields,
+            tolerant,
+            quiet,
+        )
         self._patients: dict[str, _Shard] = {}
         self._studies: dict[str, _Shard] = {}
         self._manifests: dict[str, _Shard] = {}
@@ -179,9 +196,13 @@ class _Catalog:
 
     def shard(self, kind: str, name: str) -> _Shard:
         """Shard `name` of kind "patients" or "studies", loaded once."""
-        cache, key = (self._patients, "PatientID") if kind == "patients" else (self._studies, "StudyInstanceUID")
+        cache, key = (
+            (self._patients, "PatientID") if kind == "patients" else (self._studies, "StudyInstanceUID")
+        )
         if name not in cache:
-            cache[name] = _Shard(self.root / kind / f"{name}.json", key, self.tmp_dir, self.tolerant, self.quiet)
+            cache[name] = _Shard(
+                self.root / kind / f"{name}.json", key, self.tmp_dir, self.tolerant, self.quiet
+            )
         return cache[name]
 
     def all_shards(self, kind: str) -> list[_Shard]:
@@ -195,7 +216,9 @@ class _Catalog:
             # Two levels (65,536 folders): no folder passes 10,000 manifests below ~600M series.
             shard = hashlib.sha1(series_uid.encode("utf-8", "surrogatepass")).hexdigest()
             path = self.root / "series" / shard[:2] / shard[2:4] / f"{safe_file_name(series_uid)}.json"
-            self._manifests[series_uid] = _Shard(path, "SOPInstanceUID", self.tmp_dir, self.tolerant, self.quiet)
+            self._manifests[series_uid] = _Shard(
+                path, "SOPInstanceUID", self.tmp_dir, self.tolerant, self.quiet
+            )
         return self._manifests[series_uid]
 
     def apply(self, rec: Record) -> None:
@@ -222,7 +245,9 @@ class _Catalog:
         studies.dirty = True
 
         patients = self.patient_shard(rec.get("PatientID") or "")
-        patient = patients.docs.setdefault(rec.get("PatientID") or "", {"PatientID": rec.get("PatientID") or "", "studies": []})
+        patient = patients.docs.setdefault(
+            rec.get("PatientID") or "", {"PatientID": rec.get("PatientID") or "", "studies": []}
+        )
         _merge(patient, rec, self.fields.patient)
         if study_uid not in patient["studies"]:
             patient["studies"].append(study_uid)
@@ -240,7 +265,9 @@ class _Catalog:
             return
         studies.dirty = True
         if manifest.docs:
-            study["series"].setdefault(series_uid, {"SeriesInstanceUID": series_uid})["NumberOfSeriesRelatedInstances"] = len(manifest.docs)
+            study["series"].setdefault(series_uid, {"SeriesInstanceUID": series_uid})[
+                "NumberOfSeriesRelatedInstances"
+            ] = len(manifest.docs)
         else:
             study["series"].pop(series_uid, None)
         if study["series"]:
@@ -263,7 +290,12 @@ class _Catalog:
         lock), and a crash part-way is repaired by the next fold (the journals are deleted only
         after this returns, and folding them again is idempotent).
         """
-        dirty = [shard for cache in (self._manifests, self._studies, self._patients) for shard in cache.values() if shard.dirty]
+        dirty = [
+            shard
+            for cache in (self._manifests, self._studies, self._patients)
+            for shard in cache.values()
+            if shard.dirty
+        ]
         if not dirty:
             return
         staged: list[tuple[_Shard, files.StagedFile]] = []
@@ -307,8 +339,9 @@ class Index:
     `patients()`, `studies()`, `series()`, `instances()` and `iter_instances()`.
     """
 
-    def __init__(self, root: Path, tmp_dir: Path, fields: LevelFields,
-                 files_root: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, tmp_dir: Path, fields: LevelFields, files_root: Path | None = None
+    ) -> None:
         self.root = ensure_dir(root)
         self.tmp_dir = tmp_dir
         self.fields = fields
@@ -334,7 +367,11 @@ class Index:
         """Every index file that cannot be read, and those a tolerant writer moved aside
         (`verify` reports them; `reindex` rebuilds the index without them)."""
         out = []
-        for kind, key in (("patients", "PatientID"), ("studies", "StudyInstanceUID"), ("series", "SOPInstanceUID")):
+        for kind, key in (
+            ("patients", "PatientID"),
+            ("studies", "StudyInstanceUID"),
+            ("series", "SOPInstanceUID"),
+        ):
             pattern = "*/*/*.json" if kind == "series" else "*.json"
             for path in sorted((self.root / kind).glob(pattern)):
                 if _Shard(path, key, self.tmp_dir, tolerant=True, quiet=True).damaged:
@@ -353,8 +390,7 @@ class Index:
         (and the journal is folded when it is long). Else the caller makes `journal_path`
         durable, then calls `fold_if_due`."""
         lines = b"".join(
-            json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-            for r in records
+            json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n" for r in records
         )
         if not lines:
             return
@@ -363,7 +399,7 @@ class Index:
         try:
             view = memoryview(lines)
             while view:  # a short write (disk full) must not silently drop the rest
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             if durable:
                 os.fdatasync(fd)
         except BaseException:
@@ -478,8 +514,12 @@ class Index:
     # -- reading -----------------------------------------------------------------------------
 
     @contextmanager
-    def _view(self, patient_ids: list[str] | None = None, study_uids: list[str] | None = None,
-              tolerant: bool | None = None) -> Iterator[_Catalog]:
+    def _view(
+        self,
+        patient_ids: list[str] | None = None,
+        study_uids: list[str] | None = None,
+        tolerant: bool | None = None,
+    ) -> Iterator[_Catalog]:
         """A catalog with the pending journals applied, consistent under the shared lock.
 
         With `patient_ids` or `study_uids`, only the pending records that can change those
@@ -507,10 +547,16 @@ class Index:
                 for pid in patients:  # the studies these patients hold on disk or gain now
                     doc = catalog.patient_shard(pid).docs.get(pid)
                     studies.update(doc["studies"] if doc else ())
-                studies.update(str(rec.get("StudyInstanceUID")) for rec in pending if rec.get("PatientID", "") in patients)
+                studies.update(
+                    str(rec.get("StudyInstanceUID"))
+                    for rec in pending
+                    if rec.get("PatientID", "") in patients
+                )
                 pending = [
-                    rec for rec in pending
-                    if rec.get("PatientID", "") in patients or rec.get("StudyInstanceUID") in studies
+                    rec
+                    for rec in pending
+                    if rec.get("PatientID", "") in patients
+                    or rec.get("StudyInstanceUID") in studies
                     or rec.get("ReplacedStudyInstanceUID") in studies
                 ]
             for rec in pending:
@@ -525,9 +571,11 @@ class Index:
         if os.path.exists(self.files_root / rec["path"]):
             return True
         if folding:  # said once, when the line is dropped for good
-            LOG.warning("index: dropped the journal record of %s: its file is missing (a writer "
-                        "stopped before its batch was durable; it was never acknowledged)",
-                        rec.get("SOPInstanceUID", "?"))
+            LOG.warning(
+                "index: dropped the journal record of %s: its file is missing (a writer "
+                "stopped before its batch was durable; it was never acknowledged)",
+                rec.get("SOPInstanceUID", "?"),
+            )
         return False
 
     def patients(self, patient_ids: list[str] | None = None) -> list[Record]:
@@ -540,11 +588,15 @@ class Index:
                 rec = {k: patient.get(k, "") for k in self.fields.patient}
                 rec["NumberOfPatientRelatedStudies"] = len(studies)
                 rec["NumberOfPatientRelatedSeries"] = sum(s["NumberOfStudyRelatedSeries"] for s in studies)
-                rec["NumberOfPatientRelatedInstances"] = sum(s["NumberOfStudyRelatedInstances"] for s in studies)
+                rec["NumberOfPatientRelatedInstances"] = sum(
+                    s["NumberOfStudyRelatedInstances"] for s in studies
+                )
                 out.append(rec)
             return out
 
-    def studies(self, patient_ids: list[str] | None = None, study_uids: list[str] | None = None) -> list[Record]:
+    def studies(
+        self, patient_ids: list[str] | None = None, study_uids: list[str] | None = None
+    ) -> list[Record]:
         """Study records (patient fields, counts, ModalitiesInStudy), narrowed by exact keys."""
         with self._view(patient_ids, study_uids) as cat:
             return [_public(s) for s in self._study_docs(cat, patient_ids, study_uids)]
@@ -607,7 +659,9 @@ class Index:
             return [d for pid in patient_ids if (d := cat.patient_shard(pid).docs.get(pid))]
         return [d for shard in cat.all_shards("patients") for d in shard.docs.values()]
 
-    def _study_docs(self, cat: _Catalog, patient_ids: list[str] | None, study_uids: list[str] | None) -> list[Record]:
+    def _study_docs(
+        self, cat: _Catalog, patient_ids: list[str] | None, study_uids: list[str] | None
+    ) -> list[Record]:
         if study_uids is None and patient_ids is not None:
             study_uids = [uid for p in self._patient_docs(cat, patient_ids) for uid in p["studies"]]
         if study_uids is not None:

@@ -97,9 +97,12 @@ def install(enabled: bool = True, serving: bool = True) -> bool:
         if lacking:
             if not _warned:
                 _warned = True
-                LOG.warning("pynetdicom %s lacks what pacsctl's receive fast path patches (%s): "
-                            "serving through pynetdicom's own code", pynetdicom.__version__,
-                            ", ".join(lacking))
+                LOG.warning(
+                    "pynetdicom %s lacks what pacsctl's receive fast path patches (%s): "
+                    "serving through pynetdicom's own code",
+                    pynetdicom.__version__,
+                    ", ".join(lacking),
+                )
             enabled = False
     if not enabled:
         uninstall()

@@ -11,8 +11,7 @@ import struct
 from typing import TypeGuard
 
 # VRs whose explicit VR encoding has a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR",
-                       b"UT"})
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
 
 _PLAIN_UID = re.compile(r"[0-9.]{1,64}").fullmatch
 

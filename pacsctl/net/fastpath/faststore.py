@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
@@ -90,10 +91,15 @@ def _begin(dul: DULServiceProvider, context_id: int, value: Any) -> _Incoming | 
         return None
     assoc = dul.assoc
     store = getattr(assoc.ae, "_pacsctl_store", None)
-    if (store is None or not assoc.is_acceptor or dul.state_machine.current_state != "Sta6"
-            or assoc._sent_release
-            or assoc.dimse.message is not None or not dul.event_queue.empty()
-            or any(assoc.get_handlers(e) for e in _BYPASSED_EVENTS)):
+    if (
+        store is None
+        or not assoc.is_acceptor
+        or dul.state_machine.current_state != "Sta6"
+        or assoc._sent_release
+        or assoc.dimse.message is not None
+        or not dul.event_queue.empty()
+        or any(assoc.get_handlers(e) for e in _BYPASSED_EVENTS)
+    ):
         return None
     command = receive.decode_store_command(bytes(value[1:]), strict=False)
     if command is None or command.CommandDataSetType == _NO_DATA_SET:
@@ -112,8 +118,9 @@ def _begin(dul: DULServiceProvider, context_id: int, value: Any) -> _Incoming | 
     else:
         stream = receive.open_stream(sop_class, sop_instance, syntax)
     originator = command.get("MoveOriginatorApplicationEntityTitle")
-    return _Incoming(context_id, command.MessageID, sop_class, sop_instance, syntax,
-                     originator or None, stream)
+    return _Incoming(
+        context_id, command.MessageID, sop_class, sop_instance, syntax, originator or None, stream
+    )
 
 
 class _Discarded:
@@ -141,13 +148,20 @@ def _finish(dul: DULServiceProvider, incoming: _Incoming) -> None:
     """The data set is complete: store it, answer, and remove what the store left of the file."""
     store = dul.assoc.ae._pacsctl_store  # type: ignore[attr-defined]
     try:
-        status = int(store(dul.assoc, incoming.sop_class, incoming.sop_instance,
-                           incoming.transfer_syntax, incoming.stream, incoming.stream.name,
-                           incoming.move_originator))
+        status = int(
+            store(
+                dul.assoc,
+                incoming.sop_class,
+                incoming.sop_instance,
+                incoming.transfer_syntax,
+                incoming.stream,
+                incoming.stream.name,
+                incoming.move_originator,
+            )
+        )
     finally:
         _discard(incoming)
-    command = encode_c_store_rsp(incoming.sop_class, incoming.message_id, status,
-                                 incoming.sop_instance)
+    command = encode_c_store_rsp(incoming.sop_class, incoming.message_id, status, incoming.sop_instance)
     item = struct.pack(">LBB", len(command) + 2, incoming.context_id, 0x03) + command
     assert dul.socket is not None
     dul.socket.send(struct.pack(">BBL", 0x04, 0, len(item)) + item)
@@ -163,19 +177,25 @@ def _discard(incoming: _Incoming) -> None:
         pass  # taken over by the archive
 
 
-def encode_c_store_rsp(sop_class_uid: str | None, message_id: int, status: int,
-                       sop_instance_uid: str | None) -> bytes:
+def encode_c_store_rsp(
+    sop_class_uid: str | None, message_id: int, status: int, sop_instance_uid: str | None
+) -> bytes:
     """The command set of a C-STORE-RSP (implicit VR little endian, PS3.7 9.3.1.2), without
     optional status elements. A UID that is None or not a UID (a malformed request's) is left
     out: those elements are conditional on the request having them."""
+
     def uid_element(elem: int, uid: str | None) -> list[bytes]:
         return [encoding.element(0x0000, elem, encoding.uid_value(uid))] if encoding.is_uid(uid) else []
 
-    return encoding.group(0x0000, [
-        *uid_element(0x0002, sop_class_uid),
-        encoding.element(0x0000, 0x0100, encoding.us(_C_STORE_RSP)),
-        encoding.element(0x0000, 0x0120, encoding.us(message_id)),
-        encoding.element(0x0000, 0x0800, encoding.us(_NO_DATA_SET)),
-        encoding.element(0x0000, 0x0900, encoding.us(status)),
-        *uid_element(0x1000, sop_instance_uid),
-    ], explicit=False)
+    return encoding.group(
+        0x0000,
+        [
+            *uid_element(0x0002, sop_class_uid),
+            encoding.element(0x0000, 0x0100, encoding.us(_C_STORE_RSP)),
+            encoding.element(0x0000, 0x0120, encoding.us(message_id)),
+            encoding.element(0x0000, 0x0800, encoding.us(_NO_DATA_SET)),
+            encoding.element(0x0000, 0x0900, encoding.us(status)),
+            *uid_element(0x1000, sop_instance_uid),
+        ],
+        explicit=False,
+    )

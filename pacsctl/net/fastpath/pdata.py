@@ -45,7 +45,7 @@ def decode_p_data(body: bytearray) -> P_DATA_TF:
             raise ValueError("presentation data value item length out of bounds")
         item = PresentationDataValueItem()
         item.presentation_context_id = body[offset + 4]
-        item.presentation_data_value = view[offset + 5:offset + 4 + length]  # type: ignore[assignment]
+        item.presentation_data_value = view[offset + 5 : offset + 4 + length]  # type: ignore[assignment]
         items.append(item)
         offset += 4 + length
     pdu = P_DATA_TF()
@@ -87,8 +87,9 @@ def _read_one_pdu(self: DULServiceProvider) -> bool:
         self.event_queue.put("Evt17")
         return False
     if len(body) != pdu_length:
-        LOGGER.error(f"The received PDU is shorter than expected ({6 + len(body)} of "
-                     f"{6 + pdu_length} bytes received)")
+        LOGGER.error(
+            f"The received PDU is shorter than expected ({6 + len(body)} of {6 + pdu_length} bytes received)"
+        )
         self.event_queue.put("Evt17")
         return False
     pdu: Any

@@ -22,8 +22,8 @@ import secrets
 import struct
 import tempfile
 import threading
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
@@ -56,8 +56,7 @@ class _StreamFile:
             # The pid tells `verify` a transfer in progress from the leftover of a killed node.
             name = os.path.join(directory, f".incoming-{os.getpid()}-{secrets.token_hex(8)}.dcm")
             try:
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                             FILE_MODE)
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             except FileExistsError:
                 continue
             except OSError as exc:
@@ -74,7 +73,7 @@ class _StreamFile:
         total = len(view)
         try:
             while view and self.error is None:
-                view = view[self.file.write(view):]
+                view = view[self.file.write(view) :]
         except OSError as exc:
             self.error = exc
         return total
@@ -115,8 +114,11 @@ def open_stream(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str)
     """A file for a data set about to arrive, holding what pynetdicom would have written first
     (preamble, DICM, File Meta group); `data_offset` says where the data set starts."""
     stream = _temp_file()
-    head = b"\x00" * 128 + b"DICM" + encode_file_meta(sop_class_uid, sop_instance_uid,
-                                                       transfer_syntax, _peer_aet())
+    head = (
+        b"\x00" * 128
+        + b"DICM"
+        + encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax, _peer_aet())
+    )
     stream.write(head)
     stream.data_offset = len(head)  # type: ignore[attr-defined]
     return stream
@@ -129,8 +131,7 @@ class _Meta(NamedTuple):
     source_aet: str = ""
 
 
-def _create_file_meta(*, sop_class_uid: str, sop_instance_uid: str,
-                      transfer_syntax: str, **_: Any) -> _Meta:
+def _create_file_meta(*, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, **_: Any) -> _Meta:
     return _Meta(str(sop_class_uid), str(sop_instance_uid), str(transfer_syntax), _peer_aet())
 
 
@@ -145,12 +146,14 @@ def _peer_aet() -> str:
         return ""
 
 
-def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
-                     source_aet: str = "") -> bytes:
+def encode_file_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_aet: str = ""
+) -> bytes:
     """File Meta Information group 0002 (explicit VR little endian), group length first; with
     `source_aet`, the sender's AE title (0002,0016), so each file says where it came from.
     A UID that is not one (a malformed request's, refused once the data set is in) is written
     empty, so the file can still be written and removed."""
+
     def ui(elem: int, uid: str) -> bytes:
         return encoding.element(0x0002, elem, encoding.uid_value(uid if encoding.is_uid(uid) else ""), b"UI")
 
@@ -180,6 +183,7 @@ _pydicom_write_file_meta_info = _dimse_messages.write_file_meta_info
 # pynetdicom decodes every command set with pydicom (element objects, UID validation) before it
 # even knows the message type. A C-STORE-RQ command set holds a handful of fixed elements:
 # decode those directly; anything else (other commands, unexpected elements) goes to pydicom.
+
 
 class _Elem(NamedTuple):
     tag: int
@@ -255,7 +259,7 @@ def decode_store_command(raw: bytes, strict: bool = True) -> StoreCommand | None
         if spec is None or pos + length > end or tag in seen:
             return None
         seen.add(tag)
-        value_bytes = raw[pos:pos + length]
+        value_bytes = raw[pos : pos + length]
         pos += length
         keyword, kind = spec
         if kind == "US":
@@ -283,8 +287,7 @@ def decode_store_command(raw: bytes, strict: bool = True) -> StoreCommand | None
     return command
 
 
-def _decode(bytestring: Any, is_implicit_vr: bool, is_little_endian: bool,
-            deflated: bool = False) -> Any:
+def _decode(bytestring: Any, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False) -> Any:
     if is_implicit_vr and is_little_endian and not deflated:
         fast = decode_store_command(bytestring.getvalue())
         if fast is not None:
@@ -303,7 +306,9 @@ def _blank_bad_store_uids(command: Any) -> None:
     handler refuses it with a status (`scp`), and pynetdicom removes the file."""
     try:
         if command.get("CommandField") != _C_STORE_RQ or command.get("CommandDataSetType") in (
-                None, _NO_DATA_SET):
+            None,
+            _NO_DATA_SET,
+        ):
             return
     except Exception:  # noqa: BLE001 - not ours to judge; pynetdicom reports it
         return

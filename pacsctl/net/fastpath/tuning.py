@@ -34,14 +34,13 @@ from pynetdicom import dimse_primitives as _dimse_primitives
 from pynetdicom import dul as _dul
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from pacsctl.net.fastpath.faststore import encode_c_store_rsp
-
 
 # An acceptor's reactor has nothing to do between the events that wake it (a DIMSE message, a
 # primitive from its DUL thread: release, abort); it looks at its timers this often.
@@ -165,14 +164,20 @@ _conformant_uid = re.compile(RE_VALID_UID).match
 _pynetdicom_set_uid = _dimse_primitives.set_uid
 
 
-def _set_uid(value: Any, name: str, allow_empty: bool = True, allow_none: bool = True,
-             validate: bool = True) -> UID | None:
+def _set_uid(
+    value: Any, name: str, allow_empty: bool = True, allow_none: bool = True, validate: bool = True
+) -> UID | None:
     """pynetdicom's `set_uid` for DIMSE primitives (several UIDs per message), with the common
     case first: a conformant UID of 1-64 characters passes its validator and is not warned
     about, so it is returned as a UID at once (pynetdicom re-checked it with an uncompiled
     regex and copied it into a new UID). Everything else goes to pynetdicom's function."""
-    if (isinstance(value, str) and validate and 0 < len(value) < 65
-            and not _pynetdicom_config.ENFORCE_UID_CONFORMANCE and _conformant_uid(value)):
+    if (
+        isinstance(value, str)
+        and validate
+        and 0 < len(value) < 65
+        and not _pynetdicom_config.ENFORCE_UID_CONFORMANCE
+        and _conformant_uid(value)
+    ):
         return value if type(value) is UID else UID(value)
     return _pynetdicom_set_uid(value, name, allow_empty, allow_none, validate)
 
@@ -204,9 +209,16 @@ def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> No
     ):
         pdata = P_DATA()
         pdata.presentation_data_value_list.append(
-            (context_id, b"\x03" + encode_c_store_rsp(
-                primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo,
-                primitive.Status, primitive.AffectedSOPInstanceUID))
+            (
+                context_id,
+                b"\x03"
+                + encode_c_store_rsp(
+                    primitive.AffectedSOPClassUID,
+                    primitive.MessageIDBeingRespondedTo,
+                    primitive.Status,
+                    primitive.AffectedSOPInstanceUID,
+                ),
+            )
         )
         self.dul.send_pdu(pdata)
         return
@@ -226,8 +238,21 @@ PATCHES = (
 )
 # Attributes of pynetdicom objects this module and faststore rely on besides those replaced.
 USES = (
-    (Association, ("dimse", "dul", "ae", "is_acceptor", "is_requestor", "get_handlers",
-                   "_accepted_cx", "_sent_release", "acceptor", "requestor")),
+    (
+        Association,
+        (
+            "dimse",
+            "dul",
+            "ae",
+            "is_acceptor",
+            "is_requestor",
+            "get_handlers",
+            "_accepted_cx",
+            "_sent_release",
+            "acceptor",
+            "requestor",
+        ),
+    ),
     (DULServiceProvider, ("to_user_queue", "socket", "state_machine", "event_queue", "assoc")),
     (DIMSEServiceProvider, ("msg_queue", "message", "dul", "assoc")),
     (AssociationSocket, ("socket",)),
