@@ -32,6 +32,11 @@ class UsageError(PacsctlError):
     exit_code = EXIT_USAGE
 
 
+class InvalidQueryError(UsageError):
+    """A query (filters, a C-FIND identifier) that DICOM matching cannot use: a usage error on the
+    command line, a failure status for a network request (the SCP decides on this type)."""
+
+
 class IntegrityError(PacsctlError):
     """The archive or a replica is damaged, or a batch partially failed."""
 

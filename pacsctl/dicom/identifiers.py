@@ -38,7 +38,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.valuerep import PersonName, format_number_as_ds
 
 from pacsctl.dicom.matching import LEVELS, UNIQUE_KEY, RecordFilter, compile_filters
-from pacsctl.errors import UsageError
+from pacsctl.errors import InvalidQueryError
 
 __all__ = [
     "InvalidIdentifierError",
@@ -57,7 +57,7 @@ _INT_VRS = frozenset({"IS", "US", "UL", "SS", "SL", "SV", "UV"})
 _FLOAT_VRS = frozenset({"FL", "FD"})
 
 
-class InvalidIdentifierError(UsageError):
+class InvalidIdentifierError(InvalidQueryError):
     """A C-FIND request identifier that cannot be served (bad or missing level).
 
     The SCP answers it with a failure status (0xA900 / 0xC000).
@@ -81,7 +81,7 @@ class Query:
     charset: tuple[str, ...] = field(default=())
 
     def filter(self) -> RecordFilter:
-        """The :class:`RecordFilter` for ``criteria`` (raises UsageError if invalid)."""
+        """The :class:`RecordFilter` for ``criteria`` (raises InvalidQueryError if invalid)."""
         return compile_filters(self.criteria)
 
 

@@ -66,7 +66,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pacsctl.dicom.identifying import shown_value
-from pacsctl.errors import UsageError
+from pacsctl.errors import InvalidQueryError
 
 __all__ = [
     "QueryLevel",
@@ -169,7 +169,7 @@ def level_from_name(name: str) -> QueryLevel:
     """
     level = _LEVEL_ALIASES.get(name.strip().upper())
     if level is None:
-        raise UsageError(
+        raise InvalidQueryError(
             f"unknown level {name!r}",
             hint="use one of patient, study, series, image (or instance)",
         )
@@ -258,7 +258,7 @@ def resolve_keyword(name: str) -> str:
     """Return the DICOM keyword for `name`: a keyword in any case or a tag.
 
     Accepts ``PatientName``, ``patientname``, ``00100010``, ``0010,0010`` and
-    ``(0010,0010)``. Raises :class:`UsageError` with a suggestion otherwise.
+    ``(0010,0010)``. Raises :class:`InvalidQueryError` with a suggestion otherwise.
 
     >>> resolve_keyword("(0010,0020)")
     'PatientID'
@@ -280,7 +280,7 @@ def resolve_keyword(name: str) -> str:
         keyword = keyword_for_tag(int(tag_match[1] + tag_match[2], 16))
         if keyword:
             return keyword
-        raise UsageError(
+        raise InvalidQueryError(
             f"tag {text!r} has no keyword in the DICOM dictionary",
             hint="private and unknown tags cannot be matched; use a standard keyword",
         )
@@ -290,7 +290,7 @@ def resolve_keyword(name: str) -> str:
         if close
         else "use a DICOM keyword such as PatientID, StudyDate or Modality"
     )
-    raise UsageError(f"unknown DICOM keyword {text!r}", hint=hint)
+    raise InvalidQueryError(f"unknown DICOM keyword {text!r}", hint=hint)
 
 
 def parse_key_values(items: Iterable[str]) -> dict[str, str]:
@@ -308,13 +308,13 @@ def parse_key_values(items: Iterable[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             # Not quoted: without a keyword we cannot tell whether it holds a patient's name.
-            raise UsageError(
+            raise InvalidQueryError(
                 "a filter has no keyword before '='" if sep else "a filter is not KEY=VALUE",
                 hint="for example -k PatientName='Doe*' or -k StudyDate=20240101-20240331",
             )
         keyword = resolve_keyword(key)
         if keyword in result:
-            raise UsageError(
+            raise InvalidQueryError(
                 f"{keyword} is given more than once",
                 hint="give one value; separate alternatives with a backslash, e.g. CT\\MR",
             )
@@ -361,7 +361,7 @@ MAX_WILDCARD_VALUE_LENGTH = 1024
 MAX_WILDCARDS = 32
 
 
-class QueryValueTooComplexError(UsageError):
+class QueryValueTooComplexError(InvalidQueryError):
     """A query value refused for its size, not its content: the message names the keyword,
     never the value (it may be a patient's name)."""
 
@@ -473,7 +473,7 @@ def _reject_wildcards(keyword: str, vr: str, query: str) -> None:
         hint = "wildcards * and ? work on text attributes only"
         if vr in _FORMATS:
             hint = f"{vr} values look like {_FORMATS[vr]}; use a range such as A-B, -B or A-"
-        raise UsageError(
+        raise InvalidQueryError(
             f"{keyword} ({vr}) does not take wildcards: {shown_value(keyword, query)}", hint=hint
         )
 
@@ -549,7 +549,7 @@ def _uid_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, tuple[str, 
     uids = tuple(u.strip().rstrip("\x00") for u in query.split("\\"))
     for uid in uids:
         if len(uid) > 64 or not _UID_RE.fullmatch(uid):
-            raise UsageError(
+            raise InvalidQueryError(
                 f"{keyword}: {shown_value(keyword, uid)} is not a valid UID",
                 hint="UIDs are digits and dots, at most 64 characters; list several with a backslash",
             )
@@ -570,7 +570,7 @@ def _numeric_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, None]:
         number = _to_number(alt, as_int)
         if number is None:
             kind = "an integer" if as_int else "a number"
-            raise UsageError(
+            raise InvalidQueryError(
                 f"{keyword} ({vr}) expects {kind}, got {shown_value(keyword, alt)}",
                 hint="numeric attributes match one value exactly (or several separated by a backslash)",
             )
@@ -705,8 +705,8 @@ def _range_test(keyword: str, vr: str, query: str) -> tuple[ValueTest, None]:
     parse = _PARSERS[vr]
     hint = f"{vr} values look like {_FORMATS[vr]}; ranges are A-B, -B or A-"
 
-    def bad(text: str, why: str = "is not valid") -> UsageError:
-        return UsageError(f"{keyword}: {shown_value(keyword, text)} {why}", hint=hint)
+    def bad(text: str, why: str = "is not valid") -> InvalidQueryError:
+        return InvalidQueryError(f"{keyword}: {shown_value(keyword, text)} {why}", hint=hint)
 
     intervals: list[tuple[Any, Any]] = []
     for alt in query.split("\\"):
@@ -830,12 +830,12 @@ def _compile_criterion(keyword: str, query: str) -> Criterion:
     if stripped == _EMPTY_VALUE_QUERY:
         return Criterion(keyword, vr, query, "empty", None, None)
     if vr == "SQ":
-        raise UsageError(
+        raise InvalidQueryError(
             f"{keyword} is a sequence; sequence matching is not supported",
             hint="match on the attributes of the level instead",
         )
     if vr in _UNMATCHABLE_VRS:
-        raise UsageError(
+        raise InvalidQueryError(
             f"{keyword} ({vr}) is binary and cannot be matched",
             hint="give it an empty value to ask for it as a return key only",
         )
@@ -853,7 +853,7 @@ def _compile_criterion(keyword: str, query: str) -> Criterion:
         _check_wildcard_value(keyword, query)
         test, exact = _string_test(keyword, vr, query)
     else:
-        raise UsageError(f"{keyword} ({vr}) cannot be matched")
+        raise InvalidQueryError(f"{keyword} ({vr}) cannot be matched")
     return Criterion(keyword, vr, query, "value", exact, test)
 
 
@@ -921,7 +921,7 @@ def compile_filters(criteria: Mapping[str, str]) -> RecordFilter:
 
     Keywords are validated against pydicom's dictionary (a tag or another
     case is accepted, see :func:`resolve_keyword`); the dictionary VR picks
-    the matching kind. Raises :class:`UsageError` for an unknown keyword, an
+    the matching kind. Raises :class:`InvalidQueryError` for an unknown keyword, an
     invalid value (bad date, start after end, wildcard in a UID) or a VR that
     cannot be matched.
 
@@ -934,9 +934,9 @@ def compile_filters(criteria: Mapping[str, str]) -> RecordFilter:
     for key, query in criteria.items():
         keyword = resolve_keyword(key)
         if keyword in seen:
-            raise UsageError(f"{keyword} is given more than once")
+            raise InvalidQueryError(f"{keyword} is given more than once")
         seen.add(keyword)
         if not isinstance(query, str):
-            raise UsageError(f"{keyword}: query value must be text, got {type(query).__name__}")
+            raise InvalidQueryError(f"{keyword}: query value must be text, got {type(query).__name__}")
         compiled.append(_compile_criterion(keyword, query))
     return RecordFilter(compiled)

@@ -196,6 +196,6 @@ def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
         sock.close()
         raise NetworkError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            hint="is another node using the port? pick another with --port",
+            hint="is another node using the port? choose another port",
         ) from exc
     return sock

@@ -37,7 +37,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # names made a
 )
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings)
-from pacsctl.errors import NetworkError, UsageError
+from pacsctl.errors import InvalidQueryError, NetworkError
 from pacsctl.net import fastpath, sending, tls
 from pacsctl.net.balance import WorkerSlot
 from pacsctl.net.fastpath import encoding, faststore, receive
@@ -363,7 +363,9 @@ class _Dispatcher:
             yield status, None
         except Exception as exc:
             log_failure("find handler failed", exc)
-            status = STATUS_IDENTIFIER_MISMATCH if isinstance(exc, UsageError) else STATUS_UNABLE_TO_PROCESS
+            status = (
+                STATUS_IDENTIFIER_MISMATCH if isinstance(exc, InvalidQueryError) else STATUS_UNABLE_TO_PROCESS
+            )
             yield status, None
         finally:
             self.audit("find", ctx.assoc, model=model, matches=matches, status=status, reason=reason, **keys)
@@ -617,7 +619,7 @@ def start_scp(
     except OSError as exc:
         raise NetworkError(
             f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}",
-            hint="is another node using the port? pick another with --port",
+            hint="is another node using the port? choose another port",
         ) from exc
     server = _configure(server, options, d)
     thread = threading.Thread(
