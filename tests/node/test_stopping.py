@@ -12,10 +12,28 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from benchmarks.peers import wait_for_port
 from pacsctl.config import Node
 from pacsctl.net import scu
 from tests.helpers import cli_env, free_port
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_node_outlives_its_test():
+    """A failed assertion must not leave a node (and its workers) running past the test."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        try:  # the whole group: workers may outlive their supervisor
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
 
 
 class GroupServe:
@@ -31,6 +49,7 @@ class GroupServe:
                  "127.0.0.1", "--port", str(self.port), *args],
                 env=cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                 start_new_session=True)
+        _STARTED.append(self.proc)
         wait_for_port(self.port, 60, self.proc)
 
     def workers(self) -> list[int]:
