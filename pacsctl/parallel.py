@@ -18,10 +18,11 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from types import FrameType
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from pacsctl.errors import PacsctlError
 
@@ -45,7 +46,7 @@ def default_jobs() -> int:
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """`items` in consecutive slices of at most `size`."""
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def chunk_size(count: int, jobs: int, largest: int = 64) -> int:
@@ -85,7 +86,7 @@ class StopSignals:
             raise KeyboardInterrupt
         self.requested.set()
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handler)
@@ -136,14 +137,29 @@ def map_unordered(
                 yield func(task)
             stop.check()
             return
-        yield from _run_pool(func, tasks, jobs, initializer, initargs, grace, in_flight or 3 * jobs, died_hint, stop)
+        yield from _run_pool(
+            func, tasks, jobs, initializer, initargs, grace, in_flight or 3 * jobs, died_hint, stop
+        )
 
 
-def _run_pool(func: Callable[[T], R], tasks: Iterable[T], jobs: int, initializer: Callable[..., None] | None,
-              initargs: tuple, grace: float, in_flight: int, died_hint: str, stop: StopSignals) -> Iterator[R]:
+def _run_pool(
+    func: Callable[[T], R],
+    tasks: Iterable[T],
+    jobs: int,
+    initializer: Callable[..., None] | None,
+    initargs: tuple,
+    grace: float,
+    in_flight: int,
+    died_hint: str,
+    stop: StopSignals,
+) -> Iterator[R]:
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method),
-                               initializer=_init_worker, initargs=(os.getpid(), initializer, initargs))
+    pool = ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context(method),
+        initializer=_init_worker,
+        initargs=(os.getpid(), initializer, initargs),
+    )
     pending: set[Future] = set()
     try:
         try:
@@ -165,7 +181,9 @@ def _run_pool(func: Callable[[T], R], tasks: Iterable[T], jobs: int, initializer
             deadline = time.monotonic() + grace
             running = {f for f in pending if not f.cancelled()}
             while running and time.monotonic() < deadline:
-                done, running = wait(running, timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
+                done, running = wait(
+                    running, timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED
+                )
                 for future in done:
                     try:
                         result = future.result()

@@ -14,9 +14,10 @@ import io
 import os
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from pacsctl.integrity import findings as F
 from pacsctl.integrity.findings import Finding
@@ -74,7 +75,7 @@ def read_content(path: Path) -> Content:
         return Content(size, digest.hexdigest(), bytes(head))
 
 
-def read_header(source: bytes | Path) -> "Dataset":
+def read_header(source: bytes | Path) -> Dataset:
     """Parse a DICOM header, up to the pixel data.
 
     `source` is the file's first bytes, or the file itself (big values are then skipped, not
@@ -213,8 +214,15 @@ def clean_leftovers(tmp_dir: Path, root: Path, where: str) -> list[Finding]:
                 path.unlink()
         except FileNotFoundError:
             continue
-        out.append(Finding(path.relative_to(root).as_posix(), F.LEFTOVER_TEMP, f"interrupted write, {size} bytes, never acknowledged",
-                           where=where, action=F.REMOVED if remove else F.LEFT_READ_ONLY))
+        out.append(
+            Finding(
+                path.relative_to(root).as_posix(),
+                F.LEFTOVER_TEMP,
+                f"interrupted write, {size} bytes, never acknowledged",
+                where=where,
+                action=F.REMOVED if remove else F.LEFT_READ_ONLY,
+            )
+        )
     return out
 
 
@@ -224,7 +232,12 @@ def recorded_files(records: Iterable[dict]) -> dict[str, Expected]:
     for rec in records:
         path = rec.get("path")
         if path:
-            out[path] = Expected(path, int(rec.get("size") or 0), str(rec.get("sha256") or ""), str(rec.get("SOPInstanceUID") or ""))
+            out[path] = Expected(
+                path,
+                int(rec.get("size") or 0),
+                str(rec.get("sha256") or ""),
+                str(rec.get("SOPInstanceUID") or ""),
+            )
     return out
 
 

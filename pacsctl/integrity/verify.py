@@ -16,27 +16,35 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
+from pacsctl.archive.archive import OBJECTS, TMP, Archive
+from pacsctl.errors import UsageError
 from pacsctl.integrity import findings as F
-from pacsctl.archive.archive import Archive, OBJECTS, TMP
 from pacsctl.integrity.filecheck import (
-    Expected, check_full, check_quick, clean_leftovers, header_uid, load_header_scan, read_content, read_head,
-    recorded_files, walk_objects,
+    Expected,
+    check_full,
+    check_quick,
+    clean_leftovers,
+    header_uid,
+    load_header_scan,
+    read_content,
+    read_head,
+    recorded_files,
+    walk_objects,
 )
 from pacsctl.integrity.findings import Finding
 from pacsctl.integrity.manifest import MANIFEST_NAME, locked_backup, read_manifest
 from pacsctl.parallel import chunk_size, chunked, default_jobs, map_unordered
-from pacsctl.errors import UsageError
 from pacsctl.storage import files
 from pacsctl.summary import SummaryRecord
 
 FULL, QUICK = "full", "quick"
-RECENT_SECONDS = 10.0   # a file this new may be between its rename and its index entry
-IN_FLIGHT_WAIT = 1.0    # how long to give such a writer before calling the file unknown
+RECENT_SECONDS = 10.0  # a file this new may be between its rename and its index entry
+IN_FLIGHT_WAIT = 1.0  # how long to give such a writer before calling the file unknown
 
 Progress = Callable[[int, int], None]  # (files done, bytes read) since the last call
 
@@ -44,10 +52,10 @@ Progress = Callable[[int, int], None]  # (files done, bytes read) since the last
 class VerifyStatus(StrEnum):
     """What a check found, in one word (the JSON summary's `status`; exit 0 for ok and cleaned)."""
 
-    OK = "ok"                # nothing found
-    CLEANED = "cleaned"      # only leftover temp files, removed (never acknowledged): still ok
-    REPAIRED = "repaired"    # damage restored from a backup: exit 3, look at that disk
-    PROBLEMS = "problems"    # something is wrong
+    OK = "ok"  # nothing found
+    CLEANED = "cleaned"  # only leftover temp files, removed (never acknowledged): still ok
+    REPAIRED = "repaired"  # damage restored from a backup: exit 3, look at that disk
+    PROBLEMS = "problems"  # something is wrong
 
 
 @dataclass
@@ -67,7 +75,6 @@ class VerifySummary(SummaryRecord):
     status: VerifyStatus = VerifyStatus.OK
 
 
-
 @dataclass
 class VerifyReport:
     """Every finding, in path order, and the summary."""
@@ -75,7 +82,7 @@ class VerifyReport:
     findings: list[Finding] = field(default_factory=list)
     summary: VerifySummary = field(default_factory=lambda: VerifySummary(F.ARCHIVE, FULL))
 
-    def finish(self, started: float) -> "VerifyReport":
+    def finish(self, started: float) -> VerifyReport:
         """Sort the findings and count them into the summary."""
         self.findings.sort(key=lambda f: (f.where, f.path, f.problem))
         s = self.summary
@@ -84,8 +91,15 @@ class VerifyReport:
         s.problems = sum(not f.resolved for f in self.findings)
         # A repair means damage happened (look at that disk); a removed leftover is routine.
         s.ok = s.problems == 0 and s.repaired == 0
-        s.status = (VerifyStatus.PROBLEMS if s.problems else VerifyStatus.REPAIRED if s.repaired
-                    else VerifyStatus.CLEANED if s.cleaned else VerifyStatus.OK)
+        s.status = (
+            VerifyStatus.PROBLEMS
+            if s.problems
+            else VerifyStatus.REPAIRED
+            if s.repaired
+            else VerifyStatus.CLEANED
+            if s.cleaned
+            else VerifyStatus.OK
+        )
         s.elapsed = time.monotonic() - started
         return self
 
@@ -114,9 +128,14 @@ def verify_archive(
     """
     started = time.monotonic()
     if repair_from is not None and not (repair_from / OBJECTS).is_dir():
-        raise UsageError(f"{repair_from} is not a pacsctl backup (no {OBJECTS}/ folder)", hint="give the DEST of `pacsctl backup DEST`")
+        raise UsageError(
+            f"{repair_from} is not a pacsctl backup (no {OBJECTS}/ folder)",
+            hint="give the DEST of `pacsctl backup DEST`",
+        )
     if repair_from is not None:
-        files.require_writable(archive.root, (archive.tmp_dir, archive.root / OBJECTS), "--repair-from writes into it")
+        files.require_writable(
+            archive.root, (archive.tmp_dir, archive.root / OBJECTS), "--repair-from writes into it"
+        )
     report = VerifyReport(summary=VerifySummary(F.ARCHIVE, _mode_name(mode, sample)))
     report.findings += clean_leftovers(archive.root / TMP, archive.root, F.ARCHIVE)
     # A damaged index file is reported, and the check goes on without it: the instances it
@@ -139,7 +158,9 @@ def verify_archive(
         found = _recheck_changed(archive.root, found, recorded, fresh, mode)
     unknown = settle_unknown(archive, unknown, skip)
     report.findings += found
-    report.findings += [_unknown_file(archive.root, path, F.ARCHIVE, "not in the index") for path in sorted(unknown)]
+    report.findings += [
+        _unknown_file(archive.root, path, F.ARCHIVE, "not in the index") for path in sorted(unknown)
+    ]
     if repair_from is not None:
         for finding in report.findings:
             if finding.problem in F.DAMAGE and finding.where == F.ARCHIVE:
@@ -244,22 +265,32 @@ def verify_backup(
     ingest are written), which `backup` alone does not do for a copy of the right size.
     """
     if repair and archive is None:
-        raise UsageError("--repair copies from the archive, and there is none here", hint="give the archive with --archive")
+        raise UsageError(
+            "--repair copies from the archive, and there is none here", hint="give the archive with --archive"
+        )
     started = time.monotonic()
     manifest = read_manifest(dest)
     if manifest is None:
-        raise UsageError(f"{dest} has no {MANIFEST_NAME}: not a pacsctl backup", hint="make one with `pacsctl backup DEST`")
+        raise UsageError(
+            f"{dest} has no {MANIFEST_NAME}: not a pacsctl backup", hint="make one with `pacsctl backup DEST`"
+        )
     report = VerifyReport(summary=VerifySummary(F.BACKUP, _mode_name(mode, sample)))
     with locked_backup(dest):
-        report.findings += [Finding(MANIFEST_NAME, F.MANIFEST_DAMAGED, text, where=F.BACKUP) for text in manifest.damage]
+        report.findings += [
+            Finding(MANIFEST_NAME, F.MANIFEST_DAMAGED, text, where=F.BACKUP) for text in manifest.damage
+        ]
         report.findings += clean_leftovers(dest / TMP, dest, F.BACKUP)
         expected = sorted(manifest.entries.values(), key=lambda e: e.path)
         on_total(len(expected))
-        found, report.summary.hashed, report.summary.bytes = check_files(dest, expected, mode, sample, jobs, F.BACKUP, progress)
+        found, report.summary.hashed, report.summary.bytes = check_files(
+            dest, expected, mode, sample, jobs, F.BACKUP, progress
+        )
         report.summary.checked = len(expected)
         report.findings += found
         unknown = set(walk_objects(dest, OBJECTS)) - manifest.entries.keys()
-        report.findings += [_unknown_file(dest, path, F.BACKUP, "not in the backup manifest") for path in sorted(unknown)]
+        report.findings += [
+            _unknown_file(dest, path, F.BACKUP, "not in the backup manifest") for path in sorted(unknown)
+        ]
     if archive is not None:
         recorded = recorded_files(archive.index.iter_instances())
         report.findings += compare_with_archive(manifest.entries, recorded)
@@ -268,7 +299,9 @@ def verify_backup(
     return report.finish(started)
 
 
-def _recopy_damaged(archive: Archive, dest: Path, recorded: dict[str, Expected], found: list[Finding]) -> None:
+def _recopy_damaged(
+    archive: Archive, dest: Path, recorded: dict[str, Expected], found: list[Finding]
+) -> None:
     """Copy again from the archive the backup copies found damaged; each finding says what happened."""
     from pacsctl.integrity.backup import recopy  # backup builds on this module
 
@@ -292,12 +325,36 @@ def compare_with_archive(backed_up: dict[str, Expected], recorded: dict[str, Exp
     for path, rec in recorded.items():
         copy = backed_up.get(path)
         if copy is None:
-            out.append(Finding(path, F.NOT_BACKED_UP, "in the archive, not in the backup (run `pacsctl backup`)", rec.sop_instance_uid, F.BACKUP))
+            out.append(
+                Finding(
+                    path,
+                    F.NOT_BACKED_UP,
+                    "in the archive, not in the backup (run `pacsctl backup`)",
+                    rec.sop_instance_uid,
+                    F.BACKUP,
+                )
+            )
         elif (copy.size, copy.sha256) != (rec.size, rec.sha256):
-            out.append(Finding(path, F.DIFFERS_FROM_ARCHIVE, "the backup holds other bytes than the archive recorded", rec.sop_instance_uid, F.BACKUP))
+            out.append(
+                Finding(
+                    path,
+                    F.DIFFERS_FROM_ARCHIVE,
+                    "the backup holds other bytes than the archive recorded",
+                    rec.sop_instance_uid,
+                    F.BACKUP,
+                )
+            )
     for path in backed_up.keys() - recorded.keys():
         copy = backed_up[path]
-        out.append(Finding(path, F.NOT_IN_ARCHIVE, "backed up, but not in the archive's index", copy.sop_instance_uid, F.ARCHIVE))
+        out.append(
+            Finding(
+                path,
+                F.NOT_IN_ARCHIVE,
+                "backed up, but not in the archive's index",
+                copy.sop_instance_uid,
+                F.ARCHIVE,
+            )
+        )
     return out
 
 
@@ -347,7 +404,9 @@ def _full_set(count: int, mode: str, sample: float | None) -> set[int] | range:
     return set(random.sample(range(count), max(1, round(count * sample)) if count else 0))
 
 
-def _check_chunk(task: tuple[str, str, Sequence[tuple[Expected, bool]]]) -> tuple[list[Finding], int, int, int]:
+def _check_chunk(
+    task: tuple[str, str, Sequence[tuple[Expected, bool]]],
+) -> tuple[list[Finding], int, int, int]:
     """Worker: check one chunk of files. Returns (findings, files, files hashed, bytes read)."""
     root, where, items = Path(task[0]), task[1], task[2]
     found: list[Finding] = []
@@ -376,8 +435,14 @@ def _unknown_file(root: Path, path: str, where: str, detail: str) -> Finding:
             uid = header_uid(read_content(root / path).head)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        hint = "; `pacsctl reindex` moves it to the quarantine" if archive and not isinstance(exc, OSError) else ""
-        return Finding(path, F.UNKNOWN_FILE, f"{detail}; not a readable DICOM file ({reason}){hint}", where=where)
+        hint = (
+            "; `pacsctl reindex` moves it to the quarantine"
+            if archive and not isinstance(exc, OSError)
+            else ""
+        )
+        return Finding(
+            path, F.UNKNOWN_FILE, f"{detail}; not a readable DICOM file ({reason}){hint}", where=where
+        )
     right = Archive.object_relpath(uid)
     if archive and right != path:
         hint = f"; misplaced (it belongs at {right}): `pacsctl reindex` moves it there"
@@ -387,8 +452,12 @@ def _unknown_file(root: Path, path: str, where: str, detail: str) -> Finding:
 
 
 def _index_damaged(root: Path, path: Path) -> Finding:
-    return Finding(path.relative_to(root).as_posix(), F.INDEX_DAMAGED,
-                   "index file cut short or garbled (run `pacsctl reindex`)", where=F.ARCHIVE)
+    return Finding(
+        path.relative_to(root).as_posix(),
+        F.INDEX_DAMAGED,
+        "index file cut short or garbled (run `pacsctl reindex`)",
+        where=F.ARCHIVE,
+    )
 
 
 def _mode_name(mode: str, sample: float | None) -> str:
@@ -402,4 +471,3 @@ def records(report: VerifyReport) -> Iterable[dict]:
     for finding in report.findings:
         yield finding.as_dict()
     yield {"type": "summary", "command": "verify", **report.summary.as_dict()}
-
