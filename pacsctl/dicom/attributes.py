@@ -30,10 +30,10 @@ SERIES_FIELDS = (
     "SeriesDate",
     "BodyPartExamined",
 )
+# The instance level's return keys; the index also keeps what the stored file is.
+INSTANCE_KEYS = ("SOPInstanceUID", "SOPClassUID", "InstanceNumber")
 INSTANCE_FIELDS = (
-    "SOPInstanceUID",
-    "SOPClassUID",
-    "InstanceNumber",
+    *INSTANCE_KEYS,
     "TransferSyntaxUID",
     "SpecificCharacterSet",
     "path",

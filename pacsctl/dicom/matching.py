@@ -65,6 +65,7 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
+from pacsctl.dicom.attributes import INSTANCE_KEYS, PATIENT_FIELDS, SERIES_FIELDS, STUDY_FIELDS
 from pacsctl.dicom.identifying import shown_value
 from pacsctl.errors import InvalidQueryError
 
@@ -98,42 +99,25 @@ class QueryLevel(StrEnum):
 
 LEVELS: tuple[QueryLevel, ...] = tuple(QueryLevel)
 
-#: Attributes an index record carries per Query/Retrieve level. A record of a
-#: level also carries the keys of the levels above it (a study record holds
-#: the patient keys, and so on).
+#: Attributes an index record carries per Query/Retrieve level: the index's schema
+#: (`dicom.attributes`) plus the counts the index derives. A record of a level also
+#: carries the keys of the levels above it (a study record holds the patient keys, ...).
 LEVEL_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "PATIENT": (
-            "PatientID",
-            "PatientName",
-            "PatientBirthDate",
-            "PatientSex",
+            *PATIENT_FIELDS,
             "NumberOfPatientRelatedStudies",
             "NumberOfPatientRelatedSeries",
             "NumberOfPatientRelatedInstances",
         ),
         "STUDY": (
-            "StudyInstanceUID",
-            "StudyDate",
-            "StudyTime",
-            "AccessionNumber",
-            "StudyID",
-            "StudyDescription",
-            "ReferringPhysicianName",
+            *STUDY_FIELDS,
             "ModalitiesInStudy",
             "NumberOfStudyRelatedSeries",
             "NumberOfStudyRelatedInstances",
         ),
-        "SERIES": (
-            "SeriesInstanceUID",
-            "Modality",
-            "SeriesNumber",
-            "SeriesDescription",
-            "SeriesDate",
-            "BodyPartExamined",
-            "NumberOfSeriesRelatedInstances",
-        ),
-        "IMAGE": ("SOPInstanceUID", "SOPClassUID", "InstanceNumber"),
+        "SERIES": (*SERIES_FIELDS, "NumberOfSeriesRelatedInstances"),
+        "IMAGE": INSTANCE_KEYS,
     }
 )
 

@@ -225,15 +225,7 @@ def send(
         except NetworkError as exc:
             errors.append(exc)
     for path in leftovers:  # refused associations' files that no other association took
-        sender.account(
-            SendOutcome(
-                path,
-                False,
-                size=sender.sizes.get(path, 0),
-                reason=str(errors[-1]),
-                interrupted=cancel.requested,
-            )
-        )
+        sender.not_sent(path, str(errors[-1]), interrupted=cancel.requested)
     sender.summary.interrupted = cancel.requested
     sender.summary.elapsed = time.perf_counter() - start
     return sender.summary
@@ -271,6 +263,15 @@ class _Sender:
                 self.summary.failures.append(outcome)
             if self.on_outcome:
                 self.on_outcome(outcome)
+
+    def not_sent(
+        self, path: str, reason: str | None, uid: str | None = None, interrupted: bool = False
+    ) -> None:
+        """Account for a file that did not reach the peer."""
+        size = self.sizes.get(path, 0)
+        self.account(
+            SendOutcome(path, False, size=size, sop_instance_uid=uid, reason=reason, interrupted=interrupted)
+        )
 
     def _result(self, res: StoreResult) -> None:
         self.account(
@@ -330,43 +331,17 @@ class _Sender:
                 break
             pending = [r.path for r in lost]
         for res in lost:
-            self.account(
-                SendOutcome(
-                    res.path,
-                    False,
-                    size=self.sizes.get(res.path, 0),
-                    sop_instance_uid=res.sop_instance_uid,
-                    reason=res.error,
-                    interrupted=self.cancel.requested,
-                )
-            )
+            self.not_sent(res.path, res.error, res.sop_instance_uid, self.cancel.requested)
         # A file sent while the peer was aborting goes unanswered through no fault of its own;
         # each unanswered file gets one more go, alone, so a real culprit cannot sink another.
         for res in unanswered:
             if self.cancel.requested:
-                self.account(
-                    SendOutcome(
-                        res.path,
-                        False,
-                        size=self.sizes.get(res.path, 0),
-                        sop_instance_uid=res.sop_instance_uid,
-                        reason=res.error,
-                        interrupted=True,
-                    )
-                )
+                self.not_sent(res.path, res.error, res.sop_instance_uid, interrupted=True)
                 continue
             try:
                 self._store([res.path], self._result)
             except NetworkError as exc:
-                self.account(
-                    SendOutcome(
-                        res.path,
-                        False,
-                        size=self.sizes.get(res.path, 0),
-                        sop_instance_uid=res.sop_instance_uid,
-                        reason=str(exc),
-                    )
-                )
+                self.not_sent(res.path, str(exc), res.sop_instance_uid)
 
 
 def _status_text(status: int | None) -> str:
