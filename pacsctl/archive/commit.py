@@ -23,6 +23,7 @@ from pacsctl.net.types import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
     STATUS_SUCCESS,
+    STATUS_WARNING,
     StoreOutcome,
     StoreRequest,
 )
@@ -30,7 +31,7 @@ from pacsctl.storage import files
 
 LOG = logging.getLogger(__name__)
 
-STATUS_CONFLICT_KEPT = 0xB000  # received and kept in quarantine; the archived copy stays
+STATUS_CONFLICT_KEPT = STATUS_WARNING  # received and kept in quarantine; the archived copy stays
 
 _MAX_BATCH = 64
 

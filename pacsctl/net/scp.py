@@ -51,16 +51,20 @@ from pacsctl.net.types import (
     STATUS_PENDING,
     STATUS_PROCESSING_FAILURE,
     STATUS_SOP_CLASS_NOT_SUPPORTED,
+    STATUS_SUB_OPERATIONS_FAILED,
     STATUS_SUCCESS,
     STATUS_UNABLE_TO_PROCESS,
+    STATUS_WARNING,
     AssocInfo,
     QueryContext,
     QueryModel,
     QueryRefusedError,
     ScpHandlers,
     ScpOptions,
+    StatusCategory,
     StoreOutcome,
     StoreRequest,
+    status_category,
 )
 
 LOG = logging.getLogger(__name__)
@@ -459,10 +463,10 @@ class _SubopTally:
         msg = event.message
         if type(msg).__name__ != "C_STORE_RSP":
             return
-        status = int(getattr(msg.command_set, "Status", 0xC000))
-        if status == 0:
+        status = int(getattr(msg.command_set, "Status", STATUS_CANNOT_UNDERSTAND))
+        if status == STATUS_SUCCESS:
             self.completed += 1
-        elif 0xB000 <= status <= 0xB0FF or status in (0x0107, 0x0116):
+        elif status_category(status) is StatusCategory.WARNING:
             self.warning += 1
         else:
             self.failed += 1
@@ -474,10 +478,10 @@ class _SubopTally:
     def final_status(self, total: int) -> int:
         # Same rule pynetdicom applies to the final response (PS3.4 C.4.2.1.5).
         if self.failed == 0 and self.warning == 0:
-            return 0x0000
+            return STATUS_SUCCESS
         if self.failed == total:
-            return 0xA702
-        return 0xB000
+            return STATUS_SUB_OPERATIONS_FAILED
+        return STATUS_WARNING
 
     def as_fields(self) -> dict[str, int]:
         done = self.completed + self.failed + self.warning

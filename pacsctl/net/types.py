@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -29,6 +29,25 @@ STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801
 STATUS_IDENTIFIER_MISMATCH = 0xA900  # C-FIND: identifier, C-STORE: data set does not match the SOP class
 STATUS_UNABLE_TO_PROCESS = 0xC001
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+STATUS_WARNING = 0xB000  # C-STORE: kept, not as sent (here: in quarantine); C-MOVE/GET: some sub-ops failed
+STATUS_SUB_OPERATIONS_FAILED = 0xA702  # C-MOVE/GET: refused, out of resources, every sub-operation failed
+
+
+class StatusCategory(StrEnum):
+    """What a DICOM status code means (PS3.7 C), as pynetdicom classifies it."""
+
+    SUCCESS = "Success"
+    WARNING = "Warning"
+    FAILURE = "Failure"
+    CANCEL = "Cancel"
+    PENDING = "Pending"
+
+
+def status_category(status: int) -> StatusCategory:
+    """The category of a status code (0xB000-0xBFFF, 0x0001, 0x0107, 0x0116 are warnings)."""
+    from pynetdicom.status import code_to_category
+
+    return StatusCategory(code_to_category(status))
 
 
 class NodeLike(Protocol):

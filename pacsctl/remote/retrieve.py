@@ -29,6 +29,8 @@ from pacsctl.net.types import (
     AssocInfo,
     NodeLike,
     RetrieveCounts,
+    StatusCategory,
+    status_category,
 )
 from pacsctl.remote.find import agrees, build_identifier, query_model, response_record
 from pacsctl.remote.receiver import ArchiveReceiver
@@ -182,7 +184,7 @@ class RetrieveSummary:
         and was stored."""
         # A Warning final status with no failed sub-operation means delivered with warnings
         # (our own archive answers one for a conflicting copy): not a failure by itself.
-        warned = self.status is not None and 0xB000 <= self.status <= 0xB0FF
+        warned = self.status is not None and status_category(self.status) is StatusCategory.WARNING
         if self.failed or self.remaining or not (self.status in (None, STATUS_SUCCESS) or warned):
             return False
         if self.interrupted:
@@ -207,7 +209,7 @@ class RetrieveSummary:
         failure = (
             self.status is not None
             and self.status not in (STATUS_SUCCESS, STATUS_CANCEL)
-            and not 0xB000 <= self.status <= 0xB0FF
+            and status_category(self.status) is not StatusCategory.WARNING
         )
         return failure and not (self.completed or self.warning or self.failed)
 
@@ -252,7 +254,7 @@ def _severity(status: int | None) -> int:
     """0 Success, 1 Warning, 2 Cancel or Failure: the summary keeps the worst final status."""
     if status == STATUS_SUCCESS:
         return 0
-    return 1 if status is not None and 0xB000 <= status <= 0xB0FF else 2
+    return 1 if status is not None and status_category(status) is StatusCategory.WARNING else 2
 
 
 def move(
