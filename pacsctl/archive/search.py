@@ -43,3 +43,18 @@ def candidate_records(index: Index, level: str, flt: RecordFilter) -> list[dict[
     else:
         records = index.instances(patient_ids, study_uids, series_uids)
     return records
+
+
+def instances_under(index: Index, level: str, matched: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The instance records of everything under `matched` records of `level` (for a retrieve or
+    a send: a matched study stands for all its instances)."""
+    if level == "IMAGE":
+        return matched
+    if level == "PATIENT":
+        ids = sorted({str(r.get("PatientID", "")) for r in matched})
+        return index.instances(patient_ids=ids) if ids else []
+    studies = sorted({str(r["StudyInstanceUID"]) for r in matched})
+    if level == "STUDY":
+        return index.instances(study_uids=studies) if studies else []
+    series = sorted({str(r["SeriesInstanceUID"]) for r in matched})
+    return index.instances(study_uids=studies, series_uids=series) if series else []

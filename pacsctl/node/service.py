@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pacsctl.archive.archive import AUDIT_LOG, OBJECTS, Archive
 from pacsctl.archive.audit import AuditLog
 from pacsctl.archive.commit import GroupCommitter
-from pacsctl.archive.search import candidate_records
+from pacsctl.archive.search import candidate_records, instances_under
 from pacsctl.config import CONFIG_NAME, load_config
 from pacsctl.dicom.identifiers import Query, build_response, parse_identifier
 from pacsctl.dicom.matching import QueryValueTooComplexError, RecordFilter
@@ -103,18 +103,7 @@ class ArchiveService:
             candidates = candidate_records(index, query.level, flt)
         matched = list(_matching(candidates, flt, ctx))
         with self._lock:
-            if query.level == "IMAGE":
-                instances = matched
-            elif query.level == "PATIENT":
-                ids = sorted({str(r.get("PatientID", "")) for r in matched})
-                instances = index.instances(patient_ids=ids) if ids else []
-            elif query.level == "STUDY":
-                uids = sorted({str(r["StudyInstanceUID"]) for r in matched})
-                instances = index.instances(study_uids=uids) if uids else []
-            else:
-                series = sorted({str(r["SeriesInstanceUID"]) for r in matched})
-                studies = sorted({str(r["StudyInstanceUID"]) for r in matched})
-                instances = index.instances(study_uids=studies, series_uids=series) if series else []
+            instances = instances_under(index, query.level, matched)
         return [str(self.archive.path_of(r["path"])) for r in instances if r.get("path")]
 
     def destination(self, aet: str) -> Destination | None:

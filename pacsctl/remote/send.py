@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pacsctl.archive.archive import Archive
-from pacsctl.archive.search import find_records
+from pacsctl.archive.search import find_records, instances_under
 from pacsctl.dicom.matching import LEVEL_KEYS, LEVELS, UNIQUE_KEY, compile_filters
 from pacsctl.errors import NetworkError, UsageError
 from pacsctl.ingest.sources import Problem, Source, find_sources
@@ -143,16 +143,7 @@ def archive_files(archive: Archive, filters: Mapping[str, str]) -> list[SendItem
     flt = compile_filters(filters)
     level = _deepest_level(filters)
     index = archive.index
-    matched = find_records(index, level, flt)
-    if level == "IMAGE":
-        instances = matched
-    elif level == "STUDY":
-        uids = sorted({str(r["StudyInstanceUID"]) for r in matched})
-        instances = index.instances(study_uids=uids) if uids else []
-    else:
-        studies = sorted({str(r["StudyInstanceUID"]) for r in matched})
-        series = sorted({str(r["SeriesInstanceUID"]) for r in matched})
-        instances = index.instances(study_uids=studies, series_uids=series) if series else []
+    instances = instances_under(index, level, find_records(index, level, flt))
     found = [
         SendItem(str(archive.path_of(r["path"])), int(r.get("size") or 0)) for r in instances if r.get("path")
     ]
