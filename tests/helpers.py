@@ -290,3 +290,22 @@ def invoke_cli(*args: str | os.PathLike[str], env: dict[str, str] | None = None,
         raise result.exception
     return subprocess.CompletedProcess([sys.executable, "-m", "pacsctl", *argv], result.exit_code,
                                        result.stdout, result.stderr)
+
+
+# Feeds a command line to the generated bash function the way bash's completion would.
+BASH_DRIVER = r"""
+source "$1"
+line="$2"
+read -ra COMP_WORDS <<< "$line"
+if [[ "$line" == *" " ]]; then COMP_WORDS+=(""); fi
+COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+_pacsctl
+printf '%s\n' "${COMPREPLY[@]}"
+"""
+
+
+def bash_complete(script: Path, line: str, cwd: Path) -> list[str]:
+    """The words the bash completion `script` offers for `line`."""
+    proc = subprocess.run(["bash", "-c", BASH_DRIVER, "driver", str(script), line], cwd=cwd,
+                          capture_output=True, text=True, check=True)
+    return [w for w in proc.stdout.splitlines() if w]

@@ -12,21 +12,11 @@ import pytest
 import typer
 
 from pacsctl.cli.completions import FILE_NAMES, command_tree, generate
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, bash_complete
 
 COMPLETIONS_DIR = REPO_ROOT / "completions"
 STALE_HINT = "completion scripts are stale: run python -m pacsctl.cli.completions and commit them"
 
-# Feeds a command line to the generated bash function the way bash's completion would.
-BASH_DRIVER = r"""
-source "$1"
-line="$2"
-read -ra COMP_WORDS <<< "$line"
-if [[ "$line" == *" " ]]; then COMP_WORDS+=(""); fi
-COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
-_pacsctl
-printf '%s\n' "${COMPREPLY[@]}"
-"""
 
 
 def _real_app() -> typer.Typer:
@@ -94,12 +84,6 @@ def test_zsh_and_fish_scripts_parse(shell: str) -> None:
     subprocess.run([shell, "-n", str(COMPLETIONS_DIR / FILE_NAMES[shell])], check=True)
 
 
-def _bash_complete(script: Path, line: str, cwd: Path) -> list[str]:
-    proc = subprocess.run(["bash", "-c", BASH_DRIVER, "driver", str(script), line], cwd=cwd,
-                          capture_output=True, text=True, check=True)
-    return [w for w in proc.stdout.splitlines() if w]
-
-
 def test_tree_covers_every_command_and_option_of_the_app() -> None:
     import typer.main
 
@@ -118,8 +102,8 @@ def test_bash_completes_the_real_app(tmp_path: Path) -> None:
     script = tmp_path / "pacsctl.bash"
     script.write_text(generate(_real_app(), "bash"))
     top = command_tree(_real_app())[0]
-    assert set(_bash_complete(script, "pacsctl ", tmp_path)) == {n for n, _ in top.subcommands}
-    assert "--archive" in _bash_complete(script, "pacsctl --", tmp_path)
+    assert set(bash_complete(script, "pacsctl ", tmp_path)) == {n for n, _ in top.subcommands}
+    assert "--archive" in bash_complete(script, "pacsctl --", tmp_path)
 
 
 @pytest.mark.parametrize("line, expected", [
@@ -139,7 +123,7 @@ def test_bash_completion_behaviour(tmp_path: Path, line: str, expected: list[str
     script.write_text(generate(_sample_app(), "bash"))
     (tmp_path / "data").mkdir()
     (tmp_path / "file.dcm").write_bytes(b"")
-    assert sorted(_bash_complete(script, line, tmp_path)) == sorted(expected)
+    assert sorted(bash_complete(script, line, tmp_path)) == sorted(expected)
 
 
 def test_fish_completion_behaviour(tmp_path: Path) -> None:
@@ -254,7 +238,7 @@ NODE_LINES = [
 def test_bash_completes_node_names(tmp_path: Path, nodes_archive: Path, line: str) -> None:
     script = tmp_path / "pacsctl.bash"
     script.write_text(generate(_real_app(), "bash"))
-    assert set(_bash_complete(script, line.format(a=nodes_archive), tmp_path)) == {"old-pacs", "orthanc"}
+    assert set(bash_complete(script, line.format(a=nodes_archive), tmp_path)) == {"old-pacs", "orthanc"}
 
 
 def test_bash_node_names_from_the_environment_and_files_after_the_node(tmp_path: Path, nodes_archive: Path,
@@ -262,11 +246,11 @@ def test_bash_node_names_from_the_environment_and_files_after_the_node(tmp_path:
     script = tmp_path / "pacsctl.bash"
     script.write_text(generate(_real_app(), "bash"))
     monkeypatch.setenv("PACSCTL_ARCHIVE", str(nodes_archive))
-    assert set(_bash_complete(script, "pacsctl move ", tmp_path)) == {"old-pacs", "orthanc"}
+    assert set(bash_complete(script, "pacsctl move ", tmp_path)) == {"old-pacs", "orthanc"}
     (tmp_path / "study.dcm").write_bytes(b"")
-    assert _bash_complete(script, "pacsctl send orthanc stu", tmp_path) == ["study.dcm"]
+    assert bash_complete(script, "pacsctl send orthanc stu", tmp_path) == ["study.dcm"]
     monkeypatch.setenv("PACSCTL_ARCHIVE", str(tmp_path / "none"))
-    assert _bash_complete(script, "pacsctl move ", tmp_path) == []
+    assert bash_complete(script, "pacsctl move ", tmp_path) == []
 
 
 @pytest.mark.parametrize("line", NODE_LINES[:1] + NODE_LINES[2:4] + ["pacsctl --archive={a} get "])
@@ -304,7 +288,7 @@ def test_positional_arguments_complete_by_position(tmp_path: Path, shell: str) -
 
     def complete(line: str) -> set[str]:
         if shell == "bash":
-            return set(_bash_complete(script, line, tmp_path))
+            return set(bash_complete(script, line, tmp_path))
         if shell == "zsh":
             out = subprocess.run(["zsh", "-f", "-c", ZSH_DRIVER, "driver", str(script), line],
                                  capture_output=True, text=True, check=True).stdout

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,17 +21,8 @@ from pacsctl.cli.completions import generate
 from pacsctl.config import OnConflict, SettingKey
 from pacsctl.dicom.matching import LEVELS, QueryLevel, level_from_name
 from pacsctl.integrity.findings import Finding, Problem
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, bash_complete
 
-BASH_DRIVER = r"""
-source "$1"
-line="$2"
-read -ra COMP_WORDS <<< "$line"
-if [[ "$line" == *" " ]]; then COMP_WORDS+=(""); fi
-COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
-_pacsctl
-printf '%s\n' "${COMPREPLY[@]}"
-"""
 
 
 def _help(*args: str) -> str:
@@ -72,9 +62,7 @@ def test_config_set_help_names_every_settable_key() -> None:
 def test_bash_completes_the_choices(tmp_path: Path, line: str, expected: set[str]) -> None:
     script = tmp_path / "pacsctl.bash"
     script.write_text(generate(app, "bash"))
-    proc = subprocess.run(["bash", "-c", BASH_DRIVER, "driver", str(script), line],
-                          capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert set(proc.stdout.split()) == expected
+    assert set(bash_complete(script, line, tmp_path)) == expected
 
 
 @pytest.mark.parametrize("args", [
