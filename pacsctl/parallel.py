@@ -161,6 +161,7 @@ def _run_pool(
         initargs=(os.getpid(), initializer, initargs),
     )
     pending: set[Future] = set()
+    finished = False
     try:
         try:
             for task in tasks:
@@ -174,6 +175,7 @@ def _run_pool(
                 done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
                 yield from (future.result() for future in done)
                 stop.check()
+            finished = True
         except KeyboardInterrupt:
             # Stop new work; give running tasks their grace, keep what they finish, kill the rest.
             for future in pending:
@@ -197,13 +199,11 @@ def _run_pool(
             raise KeyboardInterrupt from None
         raise WorkerDiedError("a worker process died (killed, or out of memory)", hint=died_hint) from None
     finally:
-        _kill_workers_if_stopping(pool, stop)
+        # On any early exit the survivors are killed: after a worker died, the executor
+        # SIGTERMs the others and joins them, and ours ignore SIGTERM, so shutdown would hang.
+        if not finished:
+            _kill_workers(pool)
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _kill_workers_if_stopping(pool: ProcessPoolExecutor, stop: StopSignals) -> None:
-    if stop.requested.is_set():
-        _kill_workers(pool)
 
 
 def _kill_workers(pool: ProcessPoolExecutor) -> None:
