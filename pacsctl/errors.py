@@ -56,6 +56,7 @@ class NetworkFailure(Enum):
     ABORTED = "aborted"  # the peer aborted or closed the connection
     LOST = "lost"  # an established association broke, or a request went unanswered
     STATUS = "status"  # the peer answered a request with a failure status
+    DESTINATION_UNKNOWN = "destination_unknown"  # C-MOVE 0xA801: the peer does not know the AE
 
 
 class NetworkError(PacsctlError):

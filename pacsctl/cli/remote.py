@@ -390,8 +390,10 @@ def _retrieve_text(
 
 
 def _finish(summary: RetrieveSummary, as_json: bool, text: str, node: Node, dest: str) -> None:
-    """Print the summary; exit 130 when interrupted, 1 when the peer refused outright, 3 when
-    anything is short."""
+    """Print the summary; exit 130 when interrupted, 4 when the peer refused outright (1 when
+    our own node refused the peer's stores), 3 when anything is short."""
+    from pacsctl.remote import retrieve
+
     output.summary({"type": "summary", **summary.as_dict()}, as_json, text)
     if summary.interrupted:
         raise OperationInterrupted(
@@ -409,16 +411,9 @@ def _finish(summary: RetrieveSummary, as_json: bool, text: str, node: Node, dest
             f"move ({summary.refused_by_us[0].get('reason', 'rejected')}), so {node.aet} gave up",
             hint=_OUR_REJECTS_HINT,
         )
-    if summary.destination_unknown:
-        raise PacsctlError(
-            f"{node.aet} does not know the destination AE title {dest!r} (status 0xA801)",
-            hint=f"add {dest} with its host and port to {node.aet}'s known modalities",
-        )
-    if summary.refused:
-        raise PacsctlError(
-            f"{node.aet} refused the retrieve (status 0x{summary.status:04X}), nothing was sent",
-            hint=f"see {node.aet}'s log; for a C-MOVE, is {dest} among its known modalities?",
-        )
+    refusal = retrieve.refusal_error(summary, node, dest)
+    if refusal is not None:
+        raise refusal
     if summary.matched == 0:
         output.warn("nothing matched the selection")
     if not summary.ok:
@@ -483,7 +478,7 @@ def move_command(
     When the destination is our own AE title, pacsctl receives into the archive (listening on
     the configured port unless `pacsctl serve` already does) and checks that every instance the
     node lists arrived, whatever the node's final status says. Exit 3 when anything is missing
-    or failed, 1 when the node refuses outright (e.g. it does not know the destination).
+    or failed, 4 when the node refuses outright (e.g. it does not know the destination).
 
     Example: pacsctl move OLDPACS --to PACSCTL -k StudyDate=20240101-20240131
     """

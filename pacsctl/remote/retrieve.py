@@ -18,7 +18,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from pacsctl.dicom.matching import LEVELS, UNIQUE_KEY, compile_filters
-from pacsctl.errors import NetworkError, OperationInterrupted
+from pacsctl.errors import NetworkError, NetworkFailure, OperationInterrupted
 from pacsctl.net import scu
 from pacsctl.net.cancel import Cancellation
 from pacsctl.net.sending import get_contexts
@@ -248,6 +248,25 @@ class RetrieveSummary:
             out["failed_uids"] = self.failed_uids
         out["elapsed"] = round(self.elapsed, 3)
         return out
+
+
+def refusal_error(summary: RetrieveSummary, node: NodeLike, destination: str) -> NetworkError | None:
+    """The error for a retrieve the peer refused outright (nothing was sent), else None: a
+    network failure (exit 4) like a rejected association, typed so that callers can tell an
+    unknown destination (permanent) from another failure status."""
+    if summary.destination_unknown:
+        return NetworkError(
+            f"{node.aet} does not know the destination AE title {destination!r} (status 0xA801)",
+            hint=f"add {destination} with its host and port to {node.aet}'s known modalities",
+            failure=NetworkFailure.DESTINATION_UNKNOWN,
+        )
+    if summary.refused:
+        return NetworkError(
+            f"{node.aet} refused the retrieve (status 0x{summary.status:04X}), nothing was sent",
+            hint=f"see {node.aet}'s log; for a C-MOVE, is {destination} among its known modalities?",
+            failure=NetworkFailure.STATUS,
+        )
+    return None
 
 
 def _severity(status: int | None) -> int:

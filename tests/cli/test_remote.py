@@ -288,7 +288,7 @@ def test_move_to_a_third_node_and_unknown_destination(peer_factory: Callable[...
     assert len(target.instance_uids()) == 2
 
     unknown = run_cli("move", source.spec, "--to", "NOWHERE", "-k", "PatientID=P1", "--json")
-    assert unknown.returncode == 1
+    assert unknown.returncode == 4
     assert "0xA801" in unknown.stderr and _summary(unknown)["status"] == "0xA801"
 
 
@@ -358,7 +358,7 @@ def test_move_to_unknown_destination_says_nothing_was_sent(
     ct_factory.series(2, patient_id="P1")
     source = peer_factory(sorted(ct_factory.directory.rglob("*.dcm")), aet="SOURCE")
     proc = run_cli("move", source.spec, "--to", "NOSUCH", "-k", "PatientID=P1")
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 4, proc.stderr
     assert "SOURCE refused to move 1 study(s) to NOSUCH: nothing was sent (status 0xA801)" in proc.stderr
     assert "moved" not in proc.stderr
 
@@ -385,7 +385,7 @@ def test_move_while_serve_runs_does_not_count_what_was_there_as_arrived(
         del source.archive.config.nodes["local"]
         source.archive.save_config()
         unknown = run_cli("move", source.spec, "--to", "LOCAL", "-k", "PatientID=P1", "--json", "--settle", "30")
-        assert unknown.returncode == 1
+        assert unknown.returncode == 4
         assert "received" not in _summary(unknown) and "0xA801" in unknown.stderr
     finally:
         ours.stop(graceful=True, timeout=10)

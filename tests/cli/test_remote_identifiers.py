@@ -96,6 +96,20 @@ def test_summary_never_trusts_the_final_status_alone() -> None:
     assert not partial.refused and not partial.ok
 
 
+def test_a_refused_retrieve_is_a_typed_network_error() -> None:
+    """0xA801 and other outright refusals are network failures (exit 4), the unknown
+    destination told apart (a migration fails that study for good instead of retrying)."""
+    from pacsctl.errors import EXIT_NETWORK, NetworkFailure
+    from pacsctl.remote.retrieve import refusal_error
+
+    unknown = refusal_error(RetrieveSummary(matched=1, status=0xA801), NOWHERE, "DEST")
+    assert unknown is not None and unknown.exit_code == EXIT_NETWORK
+    assert unknown.failure is NetworkFailure.DESTINATION_UNKNOWN and "0xA801" in str(unknown)
+    other = refusal_error(RetrieveSummary(matched=1, status=0xC000), NOWHERE, "DEST")
+    assert other is not None and other.failure is NetworkFailure.STATUS
+    assert refusal_error(RetrieveSummary(matched=1, completed=2, status=0), NOWHERE, "DEST") is None
+
+
 def test_summary_keeps_the_worst_final_status() -> None:
     from pacsctl.net.types import RetrieveCounts
 

@@ -103,7 +103,7 @@ def test_move_from_orthanc_to_storescp(orthanc_factory: Any, storescp: Any, ct_f
     assert {str(pydicom.dcmread(f).StudyInstanceUID) for f in received} == {study}
 
     unknown = run_cli("move", _spec(peer), "--to", "NOWHERE", "-k", "PatientID=MOVE1")
-    assert unknown.returncode == 1 and "error:" in unknown.stderr  # Orthanc answers 0xC000
+    assert unknown.returncode == 4 and "error:" in unknown.stderr  # Orthanc answers 0xC000
 
 
 def test_get_from_orthanc_into_archive_then_ls(orthanc: Any, ct_factory: Any, testdata_dir: Path,
