@@ -7,6 +7,8 @@
 - `ct_factory`: writes small valid CT files.
 - `cli`: `run_cli` (``python -m pacsctl ...`` in a subprocess).
 - `serve_factory`: starts ``pacsctl serve`` on a free loopback port, stopped at teardown.
+- `s3_store` (session), `s3_url`: a real S3 store (Swift, tests/s3server.py); a fresh bucket
+  per test as ``s3://BUCKET/PREFIX`` with the AWS_* variables set (tests using it are `interop`).
 
 Every test also gets private XDG folders and no inherited PACSCTL_ARCHIVE, so nothing a test
 does can touch the real user's archive or config.
@@ -14,6 +16,8 @@ does can touch the real user's archive or config.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +32,13 @@ from tests.helpers import (
     TestFile,
     broken_test_files,
     free_port as _free_port,
+    missing_peer,
     readable_test_files,
     run_cli,
     start_serve,
     unique_test_files,
 )
+from tests.s3server import S3ServerError, SwiftS3
 
 
 @pytest.fixture(autouse=True)
@@ -142,3 +148,28 @@ def serve_factory(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     yield start
     for server in started:
         server.stop(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwiftS3]:
+    """One real S3 store (OpenStack Swift on loopback) for the whole session (5-10 s to start)."""
+    store = SwiftS3(tmp_path_factory.mktemp("swift"))
+    try:
+        store.start()
+    except S3ServerError as exc:
+        missing_peer(str(exc))
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def s3_url(s3_store: SwiftS3, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://BUCKET/backup``: a new bucket of the session's store, AWS_* variables set for it."""
+    for key, value in s3_store.env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)  # the machine's ~/.aws must not matter
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    bucket = s3_store.make_bucket(f"t{uuid.uuid4().hex[:12]}")
+    return f"s3://{bucket}/backup"
