@@ -22,16 +22,16 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl echo') echo '--count -c --aet --timeout --json --help -h' ;;
         'vopts:pacsctl echo') echo '--count -c --aet --timeout' ;;
         'args:pacsctl echo') echo @node ;;
-        'opts:pacsctl get') echo '--level -l --key -k --all --aet --timeout --json --help -h' ;;
-        'vopts:pacsctl get') echo '--level -l --key -k --aet --timeout' ;;
+        'opts:pacsctl get') echo '--level -l --study --key -k --all --aet --timeout --json --help -h' ;;
+        'vopts:pacsctl get') echo '--level -l --study --key -k --aet --timeout' ;;
         'args:pacsctl get') echo @node ;;
         'opts:pacsctl import') echo '--json --jobs -j --dry-run -n --on-conflict --help -h' ;;
         'vopts:pacsctl import') echo '--jobs -j --on-conflict' ;;
         'args:pacsctl import') echo @file... ;;
         'opts:pacsctl ls') echo '--level -l --key -k --sort --limit --columns --wide -w --json --csv --help -h' ;;
         'vopts:pacsctl ls') echo '--level -l --key -k --sort --limit --columns' ;;
-        'opts:pacsctl move') echo '--to --level -l --key -k --all --settle --aet --timeout --json --help -h' ;;
-        'vopts:pacsctl move') echo '--to --level -l --key -k --settle --aet --timeout' ;;
+        'opts:pacsctl move') echo '--to --level -l --study --key -k --all --settle --aet --timeout --json --help -h' ;;
+        'vopts:pacsctl move') echo '--to --level -l --study --key -k --settle --aet --timeout' ;;
         'args:pacsctl move') echo @node ;;
         'cmds:pacsctl nodes') echo 'add list remove' ;;
         'opts:pacsctl nodes') echo '--help -h' ;;
@@ -47,7 +47,7 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl query') echo @node ;;
         'opts:pacsctl reindex') echo '--json --jobs -j --help -h' ;;
         'vopts:pacsctl reindex') echo '--jobs -j' ;;
-        'opts:pacsctl send') echo '--study --key -k --associations -j --aet --timeout --json --help -h' ;;
+        'opts:pacsctl send') echo '--study --key -k --all --associations -j --aet --timeout --json --help -h' ;;
         'vopts:pacsctl send') echo '--study --key -k --associations -j --aet --timeout' ;;
         'args:pacsctl send') echo '@node @file...' ;;
         'opts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w --help -h' ;;
@@ -71,6 +71,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl echo --aet') echo @text ;;
         'pacsctl echo --timeout') echo @text ;;
         'pacsctl get --level'|'pacsctl get -l') echo 'patient study series instance image' ;;
+        'pacsctl get --study') echo @text ;;
         'pacsctl get --key'|'pacsctl get -k') echo @text ;;
         'pacsctl get --aet') echo @text ;;
         'pacsctl get --timeout') echo @text ;;
@@ -83,6 +84,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl ls --columns') echo @text ;;
         'pacsctl move --to') echo @text ;;
         'pacsctl move --level'|'pacsctl move -l') echo 'patient study series instance image' ;;
+        'pacsctl move --study') echo @text ;;
         'pacsctl move --key'|'pacsctl move -k') echo @text ;;
         'pacsctl move --settle') echo @text ;;
         'pacsctl move --aet') echo @text ;;

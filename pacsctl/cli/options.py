@@ -88,6 +88,10 @@ RetrieveLevel = Annotated[
         help="Retrieve whole patients, studies, series or instances.",
     ),
 ]
+Studies = Annotated[
+    list[str],
+    typer.Option("--study", metavar="UID", help="This study (its Study Instance UID; repeatable)."),
+]
 All = Annotated[
     bool,
     typer.Option("--all", metavar=NO_METAVAR, help="Allow an empty selection (everything the node holds)."),

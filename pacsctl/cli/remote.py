@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ from pacsctl.cli.options import (
     LevelName,
     NodeArg,
     RetrieveLevel,
+    Studies,
     Timeout,
 )
 from pacsctl.config import (
@@ -57,6 +58,7 @@ from pacsctl.errors import (
 
 if TYPE_CHECKING:
     from pacsctl.remote.retrieve import RetrieveSummary
+    from pacsctl.remote.send import SendItem, SendSummary
 
 # The core (pydicom, pynetdicom) is imported inside each command: every other `pacsctl`
 # command, `--help` and completion would otherwise pay ~0.5 s for it at start-up.
@@ -195,17 +197,22 @@ def send_command(
     ctx: typer.Context,
     node_spec: NodeArg,
     paths: Optional[list[Path]] = typer.Argument(
-        None, metavar="PATH", help="Files, folders (recursive) or DICOMDIR files.", show_default=False
+        None,
+        metavar="PATH",
+        help="Files, folders (recursive), zip or DICOMDIR files; - reads paths or `ls --json` records "
+        "from stdin.",
+        show_default=False,
     ),
-    studies: list[str] = typer.Option(
-        [], "--study", metavar="UID", help="Send this archived study (repeatable)."
-    ),
+    studies: Studies = [],
     keys: list[str] = typer.Option(
         [],
         "--key",
         "-k",
         metavar="KEY=VALUE",
         help="Send archived instances matching this (as `pacsctl ls`).",
+    ),
+    everything: bool = typer.Option(
+        False, "--all", metavar="", help="Send every instance the archive holds."
     ),
     associations: int = typer.Option(
         2,
@@ -223,11 +230,16 @@ def send_command(
     """Send DICOM files, or instances from the archive, to a node (C-STORE).
 
     Each file goes in its stored transfer syntax when the node accepts it, else decompressed,
-    over two associations at once by default (-j). Non-DICOM files met in folders are
-    skipped. Exit 3 when any file failed, 4 when the node cannot be reached.
+    over two associations at once by default (-j). Zip files are read as `import` reads them;
+    non-DICOM files met in folders and zips are skipped. `-` reads one path per line, or the
+    NDJSON records of `pacsctl ls --json` (each sent by its SOPInstanceUID, series or study
+    UID from the archive, or its path). Exit 3 when any file failed, 4 when the node cannot
+    be reached.
 
-    Example: pacsctl send PACS /data/study1 --json; pacsctl send PACS --study 1.2.840.113619.2.1
+    Example: pacsctl send PACS /data/study1 --json; pacsctl ls --json -k PatientID=123 | pacsctl send PACS -
     """
+    import sys
+
     from pacsctl.dicom.matching import parse_key_values
     from pacsctl.remote import send as sending
 
@@ -237,15 +249,41 @@ def send_command(
         if "StudyInstanceUID" in filters:
             raise UsageError("give the study either with --study or with -k StudyInstanceUID, not both")
         filters["StudyInstanceUID"] = "\\".join(studies)
-    if not paths and not filters:
-        raise UsageError("nothing to send", hint="give files or folders, --study UID, or -k KEY=VALUE")
-    items = sending.collect_files(paths) if paths else []
-    if filters:
-        with state(ctx).open_archive() as archive:
-            found = sending.archive_files(archive, filters)
-        if not found:
-            output.warn("no archived instance matches the selection")
-        items += found
+    if everything and filters:
+        raise UsageError("--all sends the whole archive: give it without --study or -k")
+    given = [p for p in paths or [] if str(p) != "-"]
+    from_stdin = len(given) != len(paths or [])
+    if not given and not filters and not everything and not from_stdin:
+        raise UsageError(
+            "nothing to send", hint="give files or folders, -, --study UID, -k KEY=VALUE, or --all"
+        )
+    selection = sending.read_selection(sys.stdin) if from_stdin else sending.StdinSelection()
+    with sending.spilled_inputs() as spill:
+        items = sending.collect_files([*given, *selection.paths], spill) if given or selection.paths else []
+        items += selection.problems
+        if filters or everything or selection.needs_archive:
+            with state(ctx).open_archive() as archive:
+                if filters or everything:
+                    items += sending.archive_files(archive, filters, everything=everything)
+                items += sending.selection_files(archive, selection)
+        if from_stdin and not items:
+            raise UsageError("nothing to send: stdin named no file or record")
+        summary = _send_items(ctx, node, calling, items, associations, timeout, as_json)
+    _finish_send(ctx, node, calling, summary, filters, as_json)
+
+
+def _send_items(
+    ctx: typer.Context,
+    node: Node,
+    calling: str,
+    items: list[SendItem],
+    associations: int,
+    timeout: float,
+    as_json: bool,
+) -> SendSummary:
+    """Send `items` with a progress bar and one report per file that failed or was skipped."""
+    from pacsctl.remote import send as sending
+
     verbose = state(ctx).verbosity > 0
 
     with output.progress(f"sending to {node.aet}", total=len(items), enabled=not as_json) as bar:
@@ -280,6 +318,12 @@ def send_command(
                 associations=associations,
                 cancel=cancel,
             )
+    return summary
+
+
+def _finish_send(
+    ctx: typer.Context, node: Node, calling: str, summary: SendSummary, filters: dict[str, str], as_json: bool
+) -> None:
     rate = summary.bytes / summary.elapsed / 1e6 if summary.elapsed else 0.0
     text = (
         f"sent {summary.sent} of {summary.files} files to {node}: {summary.failed} failed, "
@@ -344,8 +388,14 @@ def query_command(
 # -- move and get ------------------------------------------------------------------------------
 
 
-def _selection(keys: list[str], level: LevelName, everything: bool) -> tuple[str, dict[str, str]]:
+def _selection(
+    keys: list[str], level: LevelName, everything: bool, studies: Sequence[str] = ()
+) -> tuple[str, dict[str, str]]:
     query_level, filters = _filters(keys, level)
+    if studies:
+        if "StudyInstanceUID" in filters:
+            raise UsageError("give the study either with --study or with -k StudyInstanceUID, not both")
+        filters["StudyInstanceUID"] = "\\".join(studies)
     if not filters and not everything:
         raise UsageError(
             "no selection: this would retrieve everything the node holds",
@@ -459,6 +509,7 @@ def move_command(
         ..., "--to", metavar="AET", help="Destination AE title (or a node name); the peer must know it."
     ),
     level: RetrieveLevel = LevelName.STUDY,
+    studies: Studies = [],
     keys: Keys = [],
     everything: All = False,
     settle: float = typer.Option(
@@ -480,12 +531,12 @@ def move_command(
     node lists arrived, whatever the node's final status says. Exit 3 when anything is missing
     or failed, 4 when the node refuses outright (e.g. it does not know the destination).
 
-    Example: pacsctl move OLDPACS --to PACSCTL -k StudyDate=20240101-20240131
+    Example: pacsctl move OLDPACS --to PACSCTL --study 1.2.840.113619.2.1
     """
     from pacsctl.remote import receiver as receiver_mod
     from pacsctl.remote import retrieve
 
-    query_level, filters = _selection(keys, level, everything)
+    query_level, filters = _selection(keys, level, everything, studies)
     node, calling, config = _setup(ctx, node_spec, aet)
     dest = config.nodes[to].aet if to in config.nodes else validate_ae_title(to)
     with output.progress(f"moving from {node.aet}", total=None, enabled=not as_json) as bar:
@@ -553,6 +604,7 @@ def get_command(
     ctx: typer.Context,
     node_spec: NodeArg,
     level: RetrieveLevel = LevelName.STUDY,
+    studies: Studies = [],
     keys: Keys = [],
     everything: All = False,
     aet: Aet = None,
@@ -571,7 +623,7 @@ def get_command(
     from pacsctl.remote import receiver as receiver_mod
     from pacsctl.remote import retrieve
 
-    query_level, filters = _selection(keys, level, everything)
+    query_level, filters = _selection(keys, level, everything, studies)
     node, calling, _ = _setup(ctx, node_spec, aet)
     with output.progress(f"getting from {node.aet}", total=None, enabled=not as_json) as bar:
 

@@ -8,9 +8,13 @@ because of its viewer. Anything that looks like DICOM and does not arrive is a f
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ from pacsctl.archive.archive import Archive
 from pacsctl.archive.search import find_records, instances_under
 from pacsctl.dicom.matching import LEVEL_KEYS, LEVELS, UNIQUE_KEY, compile_filters
 from pacsctl.errors import NetworkError, UsageError
-from pacsctl.ingest.sources import Problem, Source, find_sources
+from pacsctl.ingest.sources import ZIP_ERRORS, Problem, Source, find_sources
 from pacsctl.net import scu, sending
 from pacsctl.net.cancel import Cancellation
 from pacsctl.net.types import NodeLike, StoreFailure, StoreResult
@@ -35,6 +39,12 @@ class SendItem:
     size: int = 0
     skip: str | None = None  # not DICOM: left out, not a failure
     fail: str | None = None  # meant to be sent but cannot be read
+    origin: str | None = None  # how reports name it when `path` is a copy (a zip member's)
+
+    @property
+    def name(self) -> str:
+        """How reports name this input."""
+        return self.origin or self.path
 
 
 @dataclass
@@ -82,24 +92,56 @@ class SendSummary:
         return out
 
 
-def collect_files(paths: Iterable[str | Path]) -> list[SendItem]:
-    """Every input under `paths`: folders recursively, DICOMDIR media by their references.
+def collect_files(paths: Iterable[str | Path], spill_dir: str | Path | None = None) -> list[SendItem]:
+    """Every input under `paths`: folders recursively, DICOMDIR media by their references,
+    and, with a `spill_dir`, the members of zip files (copied there to be sent; see
+    `spilled_inputs`; without one they are skipped).
 
     A file given by name that is not DICOM fails (the user asked for it); one met while
-    walking a folder is skipped."""
+    walking a folder or a zip is skipped."""
     named = {str(Path(p)) for p in paths}
     items: list[SendItem] = []
     for found in find_sources([str(p) for p in paths]):
         if isinstance(found, Problem):
             items.append(SendItem(found.origin, fail=found.reason))
-            continue
-        items.append(_classify(found, explicit=found.path in named))
+        elif found.member is not None:
+            items.append(_zip_member(found, spill_dir, len(items)))
+        else:
+            items.append(_classify(found, explicit=found.path in named))
     return items
 
 
-def _classify(source: Source, explicit: bool) -> SendItem:
-    if source.member is not None:
+@contextmanager
+def spilled_inputs() -> Iterator[Path]:
+    """A private temporary folder for the zip members a send copies out (`import` reads zips
+    in place; a C-STORE goes from a file); removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="pacsctl-send-"))  # 0700
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _zip_member(source: Source, spill_dir: str | Path | None, seq: int) -> SendItem:
+    """A zip member copied into `spill_dir` (streamed: memory stays bounded) and classified
+    like a file met in a folder; the copy is named by its position, reported by its origin."""
+    if spill_dir is None:
         return SendItem(source.origin, skip="member of a zip file (import it, then send --study)")
+    copy = Path(spill_dir) / f"{seq:08d}.dcm"
+    try:
+        with source.open() as stream, open(copy, "wb") as out:
+            shutil.copyfileobj(stream, out, 1 << 20)
+    except (OSError, *ZIP_ERRORS) as exc:
+        copy.unlink(missing_ok=True)
+        return SendItem(source.origin, fail=f"unreadable zip member: {exc}")
+    item = _classify(Source(str(copy), size=source.size), explicit=False)
+    item.origin = source.origin
+    if item.skip or item.fail:
+        copy.unlink(missing_ok=True)
+    return item
+
+
+def _classify(source: Source, explicit: bool) -> SendItem:
     path = Path(source.path)
     if path.name.upper() == "DICOMDIR" and not explicit:
         return SendItem(source.path, skip="DICOMDIR (a media index, not an instance)")
@@ -133,12 +175,13 @@ def _deepest_level(keys: Iterable[str]) -> str:
     return level
 
 
-def archive_files(archive: Archive, filters: Mapping[str, str]) -> list[SendItem]:
-    """The archived instances under the studies/series/instances matching `filters`.
+def archive_files(archive: Archive, filters: Mapping[str, str], everything: bool = False) -> list[SendItem]:
+    """The archived instances under the studies/series/instances matching `filters`
+    (`everything`: the whole archive, with no filter).
 
     Filters use `pacsctl ls` matching; the level searched is the deepest one a key belongs to
     (a SeriesDescription filter selects series, a StudyDate filter whole studies)."""
-    if not filters:
+    if not filters and not everything:
         raise UsageError("nothing selected in the archive", hint="give --study UID or -k KEY=VALUE")
     flt = compile_filters(filters)
     level = _deepest_level(filters)
@@ -148,11 +191,86 @@ def archive_files(archive: Archive, filters: Mapping[str, str]) -> list[SendItem
         SendItem(str(archive.path_of(r["path"])), int(r.get("size") or 0)) for r in instances if r.get("path")
     ]
     if not found:  # the values are not quoted: a -k filter may hold a patient's name
+        what = f" ({', '.join(sorted(filters))})" if filters else ": the archive holds no instance"
         raise UsageError(
-            f"no archived instance matches the selection ({', '.join(sorted(filters))})",
+            f"no archived instance matches the selection{what}",
             hint="see `pacsctl ls` for what the archive holds; nothing was sent",
         )
     return found
+
+
+# The UID a record of `ls --json` names, from the most specific level up.
+_RECORD_UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+
+
+@dataclass
+class StdinSelection:
+    """What `send NODE -` read: plain paths, and UIDs of archived entities by their key."""
+
+    paths: list[str] = field(default_factory=list)
+    uids: dict[str, list[str]] = field(default_factory=dict)  # keyword -> UIDs, in order
+    problems: list[SendItem] = field(default_factory=list)  # lines that name nothing sendable
+
+    @property
+    def needs_archive(self) -> bool:
+        return bool(self.uids)
+
+
+def read_selection(lines: Iterable[str]) -> StdinSelection:
+    """Parse `send -` input: one path per line, or NDJSON records as `pacsctl ls --json`
+    prints them (any level). A record is sent by the most specific UID it carries (an
+    instance record by its SOPInstanceUID, from the archive), else by its `path`; summary
+    records and empty lines are ignored."""
+    selection = StdinSelection()
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if not line.startswith("{"):
+            selection.paths.append(line)
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            selection.problems.append(SendItem(f"<stdin>:{number}", fail="not a JSON record"))
+            continue
+        if not isinstance(record, dict) or record.get("type") == "summary":
+            continue
+        keyword = next((k for k in _RECORD_UIDS if isinstance(record.get(k), str) and record[k]), None)
+        if keyword is not None:
+            selection.uids.setdefault(keyword, []).append(record[keyword])
+        elif isinstance(record.get("path"), str) and record["path"]:
+            selection.paths.append(record["path"])
+        else:
+            selection.problems.append(
+                SendItem(f"<stdin>:{number}", fail="record names no path, SOPInstanceUID or study/series UID")
+            )
+    return selection
+
+
+def selection_files(archive: Archive, selection: StdinSelection) -> list[SendItem]:
+    """The archived instances the UIDs of a `send -` selection name (each once, in order);
+    an instance UID the archive does not hold fails on its own."""
+    items: list[SendItem] = []
+    seen: set[str] = set()
+    for keyword, uids in selection.uids.items():
+        if keyword == "SOPInstanceUID":
+            for uid in dict.fromkeys(uids):
+                path = archive.path_of(Archive.object_relpath(uid))
+                try:
+                    size = path.stat().st_size
+                except OSError:
+                    items.append(SendItem(uid, fail="not in the archive"))
+                    continue
+                if str(path) not in seen:
+                    seen.add(str(path))
+                    items.append(SendItem(str(path), size))
+            continue
+        for item in archive_files(archive, {keyword: "\\".join(dict.fromkeys(uids))}):
+            if item.path not in seen:
+                seen.add(item.path)
+                items.append(item)
+    return items
 
 
 def send(
@@ -177,12 +295,13 @@ def send(
     within the grace period, and every file not sent counts as `not_sent`."""
     cancel = cancel or Cancellation()
     sender = _Sender(node, calling_aet, {i.path: i.size for i in items}, on_outcome, timeout, cancel)
+    sender.names = {i.path: i.origin for i in items if i.origin}
     start = time.perf_counter()
     for item in items:
         if item.skip:
-            sender.account(SendOutcome(item.path, False, skipped=True, size=item.size, reason=item.skip))
+            sender.account(SendOutcome(item.name, False, skipped=True, size=item.size, reason=item.skip))
         elif item.fail:
-            sender.account(SendOutcome(item.path, False, size=item.size, reason=item.fail))
+            sender.account(SendOutcome(item.name, False, size=item.size, reason=item.fail))
     paths = [i.path for i in items if not (i.skip or i.fail)]
     runs = max(1, min(associations, len(paths) // 2))
     size = -(-len(paths) // runs) if paths else 0
@@ -237,10 +356,12 @@ class _Sender:
         self.node, self.calling_aet, self.sizes = node, calling_aet, sizes
         self.on_outcome, self.timeout, self.cancel = on_outcome, timeout, cancel
         self.summary = SendSummary()
+        self.names: dict[str, str] = {}  # path sent -> how reports name it (zip members' copies)
         self._lock = threading.Lock()
 
     def account(self, outcome: SendOutcome) -> None:
-        """Count one outcome and report it."""
+        """Count one outcome and report it (by the input's name, not its copy's path)."""
+        outcome.path = self.names.get(outcome.path, outcome.path)
         with self._lock:
             if outcome.skipped:
                 self.summary.skipped += 1
