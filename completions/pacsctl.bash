@@ -4,7 +4,7 @@
 
 _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
     case "$1:$2" in
-        cmds:pacsctl) echo 'audit backup completion config echo get import ls move nodes quarantine query reindex send serve verify' ;;
+        cmds:pacsctl) echo 'audit backup completion config echo get import ls migrate move nodes quarantine query reindex send serve verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
         'opts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail --wide -w --json --help -h' ;;
@@ -30,6 +30,9 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl import') echo @file... ;;
         'opts:pacsctl ls') echo '--level -l --key -k --sort --limit --columns --wide -w --json --csv --help -h' ;;
         'vopts:pacsctl ls') echo '--level -l --key -k --sort --limit --columns' ;;
+        'opts:pacsctl migrate') echo '--key -k --since --parallel --window --limit --dry-run -n --retry-failed --report --status --phi --find-cap --attempts --backoff --settle --aet --timeout --json --help -h' ;;
+        'vopts:pacsctl migrate') echo '--key -k --since --parallel --window --limit --report --find-cap --attempts --backoff --settle --aet --timeout' ;;
+        'args:pacsctl migrate') echo '@text @text' ;;
         'opts:pacsctl move') echo '--to --level -l --study --key -k --all --settle --aet --timeout --json --help -h' ;;
         'vopts:pacsctl move') echo '--to --level -l --study --key -k --settle --aet --timeout' ;;
         'args:pacsctl move') echo @node ;;
@@ -82,6 +85,18 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl ls --sort') echo @text ;;
         'pacsctl ls --limit') echo @text ;;
         'pacsctl ls --columns') echo @text ;;
+        'pacsctl migrate --key'|'pacsctl migrate -k') echo @text ;;
+        'pacsctl migrate --since') echo @text ;;
+        'pacsctl migrate --parallel') echo @text ;;
+        'pacsctl migrate --window') echo @text ;;
+        'pacsctl migrate --limit') echo @text ;;
+        'pacsctl migrate --report') echo @file ;;
+        'pacsctl migrate --find-cap') echo @text ;;
+        'pacsctl migrate --attempts') echo @text ;;
+        'pacsctl migrate --backoff') echo @text ;;
+        'pacsctl migrate --settle') echo @text ;;
+        'pacsctl migrate --aet') echo @text ;;
+        'pacsctl migrate --timeout') echo @text ;;
         'pacsctl move --to') echo @text ;;
         'pacsctl move --level'|'pacsctl move -l') echo 'patient study series instance image' ;;
         'pacsctl move --study') echo @text ;;

@@ -181,6 +181,7 @@ COMMAND_MODULES = (
     "completions",
     "nodes",
     "config_cmd",
+    "migrate",
 )
 
 

@@ -96,3 +96,63 @@ def storescp_factory(tmp_path: Path) -> Iterator[Callable[..., StoreSCPPeer]]:
 def storescp(storescp_factory: Callable[..., StoreSCPPeer]) -> StoreSCPPeer:
     """A running DCMTK storescp with AET STORESCP accepting every transfer syntax."""
     return storescp_factory()
+
+
+# A Lua hook in a destination Orthanc: one line per C-STORE it receives (duplicates included),
+# so a test can prove nothing was sent twice.
+_COUNT_STORES_LUA = """
+function ReceivedInstanceFilter(dicom, origin, info)
+  local f = io.open("%s", "a")
+  f:write(dicom.SOPInstanceUID .. "\\n")
+  f:close()
+  return true
+end
+"""
+
+
+class OrthancPair:
+    """Two running Orthancs that know each other: `source` (AET SOURCE) may C-MOVE to `dest`
+    (AET DEST); `dest` logs every C-STORE it receives (`stores()`)."""
+
+    def __init__(self, source: OrthancPeer, dest: OrthancPeer, store_log: Path) -> None:
+        self.source, self.dest, self.store_log = source, dest, store_log
+
+    def stores(self) -> list[str]:
+        """SOP Instance UIDs of every C-STORE `dest` received, in order, duplicates kept."""
+        try:
+            return self.store_log.read_text().split()
+        except FileNotFoundError:
+            return []
+
+    @staticmethod
+    def spec(peer: OrthancPeer) -> str:
+        return f"{peer.aet}@127.0.0.1:{peer.dicom_port}"
+
+
+def start_orthanc_pair(work: Path, source_config: dict[str, Any] | None = None) -> OrthancPair:
+    """Start a DEST Orthanc counting its C-STOREs, and a SOURCE Orthanc that knows it."""
+    binary = require_tool(str(ORTHANC_BIN))
+    store_log = work / "dest-stores.log"
+    lua = work / "count-stores.lua"
+    work.mkdir(parents=True, exist_ok=True)
+    lua.write_text(_COUNT_STORES_LUA % store_log)
+    dest = OrthancPeer(work / "dest", aet="DEST", config={"LuaScripts": [str(lua)]}, binary=binary)
+    try:
+        dest.start()
+        source = OrthancPeer(work / "source", aet="SOURCE", binary=binary, config=source_config,
+                             modalities={"dest": ["DEST", "127.0.0.1", dest.dicom_port]})
+        source.start()
+    except PeerError as exc:
+        dest.stop()
+        pytest.fail(str(exc))
+    dest.add_modality("source", "SOURCE", "127.0.0.1", source.dicom_port)
+    return OrthancPair(source, dest, store_log)
+
+
+@pytest.fixture(scope="module")
+def orthanc_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPair]:
+    """SOURCE and DEST Orthancs shared by a test module (tests use studies of their own)."""
+    pair = start_orthanc_pair(tmp_path_factory.mktemp("orthanc-pair"))
+    yield pair
+    pair.source.stop()
+    pair.dest.stop()

@@ -1,0 +1,229 @@
+"""`pacsctl migrate SOURCE DEST` and `pacsctl diff A B`: PACS-to-PACS migrations that resume
+and prove every instance arrived, and what differs between two nodes (or a node and the archive).
+
+The work is `pacsctl.migrate`'s; this module parses options and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+
+from pacsctl.cli import output
+from pacsctl.cli.app import state
+from pacsctl.cli.interrupt import stop_on_signals
+from pacsctl.cli.options import NO_METAVAR, Aet, DryRun, JsonRecords, Keys, Timeout
+from pacsctl.config import (
+    CONFIG_NAME,
+    Config,
+    Node,
+    load_config,
+    parse_node_spec,
+    resolve_archive_dir,
+    validate_ae_title,
+)
+from pacsctl.errors import EXIT_INTEGRITY, OperationInterrupted, UsageError
+
+if TYPE_CHECKING:
+    from pacsctl.migrate.ledger import StudyEntry
+
+STUDY_COLUMNS = ("StudyInstanceUID", "status", "source_instances", "dest_instances", "attempts", "reason")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `migrate` and `diff` commands."""
+    app.command("migrate")(migrate_command)
+
+
+def _nodes(ctx: typer.Context, specs: list[str], aet: Optional[str]) -> tuple[list[Node], str, Config]:
+    if state(ctx).verbosity < 2:  # our one-line errors say it; pynetdicom's ERROR lines repeat it
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    config = load_config(resolve_archive_dir(state(ctx).archive) / CONFIG_NAME)
+    nodes = [parse_node_spec(spec, config) for spec in specs]
+    return nodes, validate_ae_title(aet) if aet else config.ae_title, config
+
+
+def _since(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    digits = value.replace("-", "")
+    if len(digits) != 8 or not digits.isdigit():
+        raise UsageError(f"invalid date {value!r} for --since", hint="write YYYYMMDD or YYYY-MM-DD")
+    return digits
+
+
+def _write_report(path: Path, records: list[dict[str, Any]]) -> None:
+    """The per-study NDJSON for the change board, replaced atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def migrate_command(
+    ctx: typer.Context,
+    source_spec: str = typer.Argument(
+        metavar="SOURCE", help="The node to migrate from (a node name or AET@host:port).", show_default=False
+    ),
+    dest_spec: str = typer.Argument(
+        metavar="DEST", help="The node to migrate to (a node name or AET@host:port).", show_default=False
+    ),
+    keys: Keys = [],
+    since: Optional[str] = typer.Option(
+        None, "--since", metavar="DATE", help="Only studies from this StudyDate on (YYYYMMDD)."
+    ),
+    parallel: int = typer.Option(
+        1, "--parallel", metavar="N", min=1, max=16, help="Studies moved at a time (old PACS are fragile)."
+    ),
+    window: Optional[str] = typer.Option(
+        None,
+        "--window",
+        metavar="HH:MM-HH:MM",
+        help="Move only inside these hours (local time), sleep outside.",
+    ),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", metavar="N", min=1, help="Move at most N studies in this run."
+    ),
+    dry_run: DryRun = False,
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", metavar=NO_METAVAR, help="Reopen the studies that failed before."
+    ),
+    report: Optional[Path] = typer.Option(
+        None, "--report", metavar="FILE", help="Write the per-study NDJSON records to FILE."
+    ),
+    status_only: bool = typer.Option(
+        False, "--status", metavar=NO_METAVAR, help="Show the ledger (per study, and a summary); no network."
+    ),
+    phi: bool = typer.Option(False, "--phi", metavar=NO_METAVAR, help="Include PatientID in the records."),
+    cap: int = typer.Option(
+        1000,
+        "--find-cap",
+        metavar="N",
+        min=2,
+        help="C-FIND answers at which the source is taken to cap them.",
+    ),
+    attempts: int = typer.Option(5, "--attempts", metavar="N", min=1, help="Tries per study and run."),
+    backoff: float = typer.Option(
+        2.0, "--backoff", metavar="SECONDS", min=0.0, help="First retry delay; doubles per try, at most 60 s."
+    ),
+    settle: float = typer.Option(
+        5.0,
+        "--settle",
+        metavar="SECONDS",
+        min=0.0,
+        help="How long DEST may go without a new instance while checked.",
+    ),
+    aet: Aet = None,
+    timeout: Timeout = 30.0,
+    as_json: JsonRecords = False,
+) -> None:
+    """Migrate studies from SOURCE to DEST, resumably, proving every instance arrived.
+
+    Inventories SOURCE (study-level C-FIND, in date slices when it caps answers), then moves
+    study by study by C-MOVE (SOURCE must know DEST's AE title). A study is done only when
+    DEST answers an IMAGE-level C-FIND with every SOP Instance UID SOURCE listed. The state of
+    every study lives in the archive's ledger for the pair: a re-run continues where the last
+    stopped, never sends a done study again, and sends only what DEST lacks. Transient
+    failures are retried with backoff; a permanent one fails the study and the run goes on.
+    Exit 0 when every study is done, 3 otherwise, 4 when SOURCE or DEST cannot be reached.
+
+    Example: pacsctl migrate OLDPACS NEWPACS --since 20200101 --window 19:00-07:00 --json
+    """
+    from pacsctl.migrate import retry
+    from pacsctl.migrate.ledger import Ledger
+    from pacsctl.migrate.run import MigrateOptions, migrate
+    from pacsctl.migrate.window import Window
+
+    (source, dest), calling, _ = _nodes(ctx, [source_spec, dest_spec], aet)
+    root = resolve_archive_dir(state(ctx).archive)
+    if status_only:
+        ledger = Ledger.open(root, source.aet, dest.aet, create=False)
+        _print_status(ledger.entries(), ledger.counts(), as_json, phi, report)
+        return
+    from pacsctl.dicom.matching import parse_key_values
+
+    options = MigrateOptions(
+        calling_aet=calling,
+        filters=parse_key_values(keys),
+        since=_since(since),
+        parallel=parallel,
+        window=Window.parse(window) if window else None,
+        limit=limit,
+        dry_run=dry_run,
+        retry_failed=retry_failed,
+        cap=cap,
+        backoff=retry.Backoff(attempts=attempts, base=backoff),
+        settle=settle,
+        timeout=timeout,
+    )
+    if dry_run:
+        ledger = Ledger.open(root, source.aet, dest.aet, create=False)
+        summary, entries = migrate(source, dest, ledger, options)
+        _print_plan(entries, as_json, phi)
+        return
+    with state(ctx).open_archive(create=True) as archive:
+        ledger = Ledger.open(archive.root, source.aet, dest.aet)
+    with output.progress(f"migrating {source.aet} -> {dest.aet}", total=None, enabled=not as_json) as bar:
+
+        def on_plan(count: int) -> None:
+            bar.bar.update(bar.task, total=count)
+
+        def on_study(entry: StudyEntry) -> None:
+            bar.advance(1)
+
+        with stop_on_signals() as cancel:
+            summary, entries = migrate(source, dest, ledger, options, cancel, on_study, on_plan)
+    records = [e.as_record(phi) for e in entries]
+    if report is not None:
+        _write_report(report, [*records, summary.as_record()])
+    if as_json:
+        for record in records:
+            output.json_line(record)
+    else:
+        unfinished = [r for r in records if r["status"] != "done"]
+        if unfinished:
+            output.emit(unfinished, STUDY_COLUMNS, "table", title="studies not done")
+    text = (
+        f"{summary.studies} studies: {summary.moved} moved ({summary.instances} instances proven at "
+        f"{dest.aet}), {summary.skipped} done before, {summary.failed} failed, {summary.pending} pending "
+        f"({summary.elapsed:.1f} s)"
+    )
+    output.summary(summary.as_record(), as_json, text)
+    for day in summary.capped_days[:3]:
+        output.warn(f"{source.aet} still capped its answers for {day}: studies of that day may be missing")
+    if summary.interrupted:
+        raise OperationInterrupted(
+            "migration interrupted", hint="the same command again continues where this one stopped"
+        )
+    if not summary.ok:
+        raise typer.Exit(EXIT_INTEGRITY)
+
+
+def _print_status(
+    entries: list[StudyEntry], counts: dict[str, int], as_json: bool, phi: bool, report: Optional[Path]
+) -> None:
+    records = [e.as_record(phi) for e in entries]
+    closing = {"type": "summary", **counts}
+    if report is not None:
+        _write_report(report, [*records, closing])
+    output.emit(records, STUDY_COLUMNS, "json" if as_json else "table", title="migration ledger")
+    text = (
+        f"{counts['studies']} studies: {counts['done']} done, {counts['pending']} pending, "
+        f"{counts['failed']} failed"
+    )
+    output.summary(closing, as_json, text)
+
+
+def _print_plan(entries: list[StudyEntry], as_json: bool, phi: bool) -> None:
+    records = [e.as_record(phi) for e in entries if e.status.value == "pending"]
+    output.emit(records, STUDY_COLUMNS, "json" if as_json else "table", title="would move")
+    closing = {"type": "summary", "studies": len(entries), "would_move": len(records), "dry_run": True}
+    output.summary(closing, as_json, f"would move {len(records)} of {len(entries)} studies")

@@ -1,0 +1,105 @@
+"""What a node holds of one study, instance by instance (C-FIND, one association per study).
+
+A relational IMAGE-level query with only the StudyInstanceUID answers in one round trip where
+the node allows it (Orthanc does); a strictly hierarchical node (DCMTK dcmqrscp) answers that
+with a failure or nothing, and is then asked level by level (SERIES, then IMAGE per series)
+on the same association.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+from pacsctl.errors import NetworkError, NetworkFailure, OperationInterrupted
+from pacsctl.net import scu
+from pacsctl.net.cancel import Cancellation
+from pacsctl.net.types import STATUS_CANCEL, STATUS_SUCCESS, NodeLike
+
+_PENDING = (0xFF00, 0xFF01)
+
+
+@dataclass(frozen=True)
+class StudyContents:
+    """SOP Instance UID -> Series Instance UID of every instance a node answered for a study."""
+
+    study_uid: str
+    instances: dict[str, str]
+
+    def missing_from(self, other: StudyContents) -> dict[str, str]:
+        """Our instances that `other` does not hold (UIDs compared, not counts)."""
+        return {uid: series for uid, series in self.instances.items() if uid not in other.instances}
+
+    def series(self) -> dict[str, int]:
+        """Series Instance UID -> instance count."""
+        out: dict[str, int] = {}
+        for series in self.instances.values():
+            out[series] = out.get(series, 0) + 1
+        return out
+
+
+def list_study(
+    node: NodeLike,
+    study_uid: str,
+    calling_aet: str,
+    timeout: float = 30.0,
+    cancel: Cancellation | None = None,
+) -> StudyContents:
+    """Every instance `node` answers for `study_uid`. Raises NetworkError (its `failure` typed)."""
+    context = build_context(StudyRootQueryRetrieveInformationModelFind)
+    with scu.associate(node, [context], calling_aet, timeout=timeout, cancel=cancel) as assoc:
+
+        def find(identifier: Dataset) -> list[Dataset] | None:
+            """The answers, or None when the node answered a failure status."""
+            answers: list[Dataset] = []
+            final: int | None = None
+            for status, ds in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
+                if cancel is not None and cancel.requested:
+                    raise OperationInterrupted("listing interrupted")
+                code = getattr(status, "Status", None)
+                if code in _PENDING:
+                    if ds is not None:
+                        answers.append(ds)
+                    continue
+                final = code
+            if final is None:
+                raise NetworkError(
+                    f"C-FIND on {node.aet}: no final response (timeout or abort)",
+                    failure=NetworkFailure.LOST,
+                )
+            return answers if final in (STATUS_SUCCESS, STATUS_CANCEL) else None
+
+        found = _uids(find(_identifier("IMAGE", study_uid, "", "")))
+        if found:
+            return StudyContents(study_uid, found)
+        series_answers = find(_identifier("SERIES", study_uid, ""))
+        instances: dict[str, str] = {}
+        for ds in series_answers or []:
+            series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+            if series_uid:
+                answers = find(_identifier("IMAGE", study_uid, series_uid, ""))
+                instances.update({uid: series_uid for uid in _uids(answers)})
+        return StudyContents(study_uid, instances)
+
+
+def _identifier(level: str, study_uid: str, series_uid: str, sop_uid: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    if sop_uid is not None:
+        ds.SOPInstanceUID = sop_uid
+    return ds
+
+
+def _uids(answers: list[Dataset] | None) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for ds in answers or []:
+        uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+        series = str(ds.get("SeriesInstanceUID", "") or "").strip()
+        if uid and series:  # a relational answer without its series cannot be moved by series
+            found[uid] = series
+    return found

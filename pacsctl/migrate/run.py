@@ -1,0 +1,310 @@
+"""The migration loop: inventory, reconcile with the ledger, move and prove study by study.
+
+Per study and attempt: list the study at the source and at DEST (instance UIDs), move only
+what DEST lacks, then ask DEST again until it holds every UID (`check`). The attempt is in the
+ledger before anything is sent, the outcome right after it is known, so a run killed at any
+point resumes where it stopped and a study done is never sent again. A done study whose source
+now holds more instances than when it was done is reopened. Transient failures are retried
+with backoff (`retry`); a permanent one fails the study and the run goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from pacsctl.errors import NetworkError, OperationInterrupted
+from pacsctl.migrate import retry
+from pacsctl.migrate.check import held_at
+from pacsctl.migrate.inventory import DEFAULT_CAP, Inventory, SourceStudy, inventory
+from pacsctl.migrate.ledger import Ledger, StudyEntry, StudyState, now
+from pacsctl.migrate.listing import list_study
+from pacsctl.migrate.transfer import move_study
+from pacsctl.migrate.window import Window
+from pacsctl.net import scu
+from pacsctl.net.cancel import Cancellation
+from pacsctl.net.types import NodeLike
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class MigrateOptions:
+    """How one `migrate` run goes (the CLI's options, as a library call takes them)."""
+
+    calling_aet: str = scu.DEFAULT_CALLING_AET
+    filters: Mapping[str, str] = field(default_factory=dict)
+    since: str | None = None  # YYYYMMDD
+    parallel: int = 1
+    window: Window | None = None
+    limit: int | None = None  # studies to move in this run
+    dry_run: bool = False
+    retry_failed: bool = False
+    cap: int = DEFAULT_CAP  # C-FIND answers at which the source is taken to cap them
+    backoff: retry.Backoff = field(default_factory=retry.Backoff)
+    settle: float = 5.0  # seconds DEST may go without a new instance before the check ends
+    timeout: float = 30.0
+
+
+@dataclass
+class MigrationSummary:
+    """What a run did; `studies` counts the studies of this run's selection."""
+
+    studies: int = 0
+    moved: int = 0  # done in this run
+    skipped: int = 0  # done before this run
+    failed: int = 0
+    pending: int = 0  # not done, not failed (limit, window, interrupted, retries in progress)
+    instances: int = 0  # instances proven at DEST for the studies done in this run
+    queries: int = 0  # study-level C-FINDs the inventory took
+    capped_days: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Every study of the selection is done."""
+        return self.studies == self.moved + self.skipped and not self.interrupted
+
+    def as_record(self) -> dict[str, object]:
+        """The closing `"type": "summary"` record (integer counts)."""
+        record: dict[str, object] = {
+            "type": "summary",
+            "studies": self.studies,
+            "moved": self.moved,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "pending": self.pending,
+            "instances": self.instances,
+            "queries": self.queries,
+        }
+        if self.capped_days:
+            record["capped_days"] = self.capped_days
+        if self.interrupted:
+            record["interrupted"] = True
+        record["elapsed"] = round(self.elapsed, 3)
+        return record
+
+
+StudyCallback = Callable[[StudyEntry], None]
+
+
+def reconcile(ledger: Ledger, found: Inventory, retry_failed: bool, write: bool = True) -> list[StudyEntry]:
+    """The ledger's entries for the studies `found`, new ones pending, done ones whose source
+    now holds more instances reopened, failed ones reopened when `retry_failed`; written to the
+    ledger (in one fsync) unless not `write`. In inventory order."""
+    changed: list[StudyEntry] = []
+    out: list[StudyEntry] = []
+    stamp = now()
+    for study in found.studies.values():
+        entry = ledger.get(study.study_uid)
+        if entry is None:
+            entry = StudyEntry(
+                StudyInstanceUID=study.study_uid,
+                source_instances=study.instances,
+                PatientID=study.patient_id,
+                StudyDate=study.study_date,
+                first_seen=stamp,
+                updated=stamp,
+            )
+            changed.append(entry)
+        elif entry.status is StudyState.DONE and _grew(study, entry):
+            entry = entry.changed(
+                status=StudyState.PENDING,
+                reason=f"reopened: the source holds {study.instances} instances, "
+                f"{entry.source_instances} when it was done",
+                source_instances=study.instances,
+                done_at=None,
+            )
+            changed.append(entry)
+        elif entry.status is StudyState.FAILED and retry_failed:
+            entry = entry.changed(status=StudyState.PENDING, reason=f"retrying: {entry.reason}")
+            changed.append(entry)
+        out.append(entry)
+    if write:
+        ledger.put_many(changed)
+    return out
+
+
+def _grew(study: SourceStudy, entry: StudyEntry) -> bool:
+    return (
+        study.instances is not None
+        and entry.source_instances is not None
+        and (study.instances > entry.source_instances)
+    )
+
+
+def _sleep(seconds: float, cancel: Cancellation | None) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cancel is not None and cancel.requested:
+            return
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def _wait_for_window(window: Window | None, cancel: Cancellation | None) -> None:
+    while window is not None and not (cancel is not None and cancel.requested):
+        wait = window.seconds_until_open(dt.datetime.now())
+        if wait <= 0:
+            return
+        LOG.info("outside the window %s: sleeping %.0f s", window, wait)
+        _sleep(min(wait, 60.0), cancel)
+
+
+class _StudyMover:
+    """Moves and proves one study at a time (one per worker thread)."""
+
+    def __init__(
+        self,
+        source: NodeLike,
+        dest: NodeLike,
+        ledger: Ledger,
+        options: MigrateOptions,
+        cancel: Cancellation | None,
+    ) -> None:
+        self.source, self.dest, self.ledger, self.options, self.cancel = source, dest, ledger, options, cancel
+
+    @property
+    def stopping(self) -> bool:
+        return self.cancel is not None and self.cancel.requested
+
+    def migrate(self, entry: StudyEntry) -> StudyEntry:
+        """Attempt `entry`'s study until done, failed, the attempt limit, or a stop request."""
+        opts = self.options
+        for attempt in range(1, opts.backoff.attempts + 1):
+            _wait_for_window(opts.window, self.cancel)
+            if self.stopping:
+                return entry
+            try:
+                entry, kind = self._attempt(entry)
+            except OperationInterrupted:
+                return self.ledger.get(entry.StudyInstanceUID) or entry
+            except NetworkError as exc:
+                entry = self.ledger.get(entry.StudyInstanceUID) or entry
+                entry, kind = entry.changed(reason=str(exc)), retry.of_network(exc.failure)
+            if kind is None:  # done
+                return entry
+            if kind is retry.Kind.PERMANENT or attempt == opts.backoff.attempts:
+                why = (
+                    entry.reason
+                    if kind is retry.Kind.PERMANENT
+                    else f"gave up after {attempt} tries in this run: {entry.reason}"
+                )
+                entry = entry.changed(status=StudyState.FAILED, reason=why)
+                self.ledger.put(entry)
+                return entry
+            self.ledger.put(entry)
+            _sleep(opts.backoff.delay(attempt), self.cancel)
+        return entry
+
+    def _attempt(self, entry: StudyEntry) -> tuple[StudyEntry, retry.Kind | None]:
+        """One try; the new entry (written unless it failed) and None when done, else the
+        failure's kind."""
+        opts, uid = self.options, entry.StudyInstanceUID
+        expected = list_study(self.source, uid, opts.calling_aet, opts.timeout, self.cancel)
+        if not expected.instances:
+            return entry.changed(reason="the source lists no instances for the study"), retry.Kind.PERMANENT
+        held = list_study(self.dest, uid, opts.calling_aet, opts.timeout, self.cancel)
+        missing = expected.missing_from(held)
+        entry = entry.changed(source_instances=len(expected.instances))
+        status_text = ""
+        if missing:
+            entry = entry.changed(attempts=entry.attempts + 1)
+            self.ledger.put(entry)  # counted before anything is sent
+            whole = len(missing) == len(expected.instances)
+            moved = move_study(
+                self.source,
+                self.dest.aet,
+                uid,
+                opts.calling_aet,
+                only=None if whole else missing,
+                timeout=opts.timeout,
+                cancel=self.cancel,
+            )
+            if moved.interrupted:
+                raise OperationInterrupted("interrupted")
+            status = moved.status if moved.status is not None else 0
+            status_text = f" after the source answered 0x{status:04X}"
+            kind = retry.of_status(status)
+            if kind is retry.Kind.PERMANENT:
+                return entry.changed(reason=f"the source refused the C-MOVE (status 0x{status:04X})"), kind
+            held = held_at(
+                self.dest, expected, opts.calling_aet, opts.settle, timeout=opts.timeout, cancel=self.cancel
+            )
+            missing = expected.missing_from(held)
+        present = len(expected.instances) - len(missing)
+        if not missing:
+            done = entry.changed(status=StudyState.DONE, reason=None, dest_instances=present, done_at=now())
+            self.ledger.put(done)
+            return done, None
+        reason = f"{len(missing)} of {len(expected.instances)} instances not at {self.dest.aet}{status_text}"
+        return entry.changed(dest_instances=present, reason=reason), retry.Kind.TRANSIENT
+
+
+def migrate(
+    source: NodeLike,
+    dest: NodeLike,
+    ledger: Ledger,
+    options: MigrateOptions,
+    cancel: Cancellation | None = None,
+    on_study: StudyCallback | None = None,
+    on_plan: Callable[[int], None] | None = None,
+) -> tuple[MigrationSummary, list[StudyEntry]]:
+    """Run one migration pass; return the summary and the selection's entries as they ended.
+
+    Raises NetworkError when the source cannot be inventoried or DEST does not answer a
+    C-ECHO: nothing was moved. `on_plan(n)` is told how many studies will be tried,
+    `on_study(entry)` each one's outcome as it ends (from worker threads)."""
+    start = time.perf_counter()
+    summary = MigrationSummary()
+    if not options.dry_run:
+        scu.echo(dest, calling_aet=options.calling_aet, timeout=options.timeout)
+    found = inventory(
+        source,
+        options.filters,
+        options.calling_aet,
+        since=options.since,
+        cap=options.cap,
+        timeout=options.timeout,
+        cancel=cancel,
+    )
+    summary.queries, summary.capped_days = found.queries, found.capped_days
+    entries = reconcile(ledger, found, options.retry_failed, write=not options.dry_run)
+    todo = [e for e in entries if e.status is StudyState.PENDING]
+    if options.limit is not None:
+        todo = todo[: options.limit]
+    final: dict[str, StudyEntry] = {e.StudyInstanceUID: e for e in entries}
+    if on_plan is not None:
+        on_plan(len(todo))
+    if not options.dry_run and todo:
+        mover = _StudyMover(source, dest, ledger, options, cancel)
+        lock = threading.Lock()
+
+        def one(entry: StudyEntry) -> None:
+            if cancel is not None and cancel.requested:
+                return
+            ended = mover.migrate(entry)
+            with lock:
+                final[ended.StudyInstanceUID] = ended
+                if ended.status is StudyState.DONE:
+                    summary.moved += 1
+                    summary.instances += ended.dest_instances or 0
+            if on_study is not None:
+                on_study(ended)
+
+        with ThreadPoolExecutor(max(1, options.parallel), thread_name_prefix="migrate") as pool:
+            for future in [pool.submit(one, e) for e in todo]:
+                future.result()
+    summary.interrupted = cancel is not None and cancel.requested
+    ended = list(final.values())
+    summary.studies = len(ended)
+    summary.skipped = sum(1 for e in entries if e.status is StudyState.DONE)
+    summary.failed = sum(1 for e in ended if e.status is StudyState.FAILED)
+    summary.pending = sum(1 for e in ended if e.status is StudyState.PENDING)
+    summary.elapsed = time.perf_counter() - start
+    return summary, ended

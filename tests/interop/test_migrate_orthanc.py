@@ -1,0 +1,188 @@
+"""`pacsctl migrate` between two real Orthancs: proof by SOP Instance UID, resume after kill -9
+with nothing sent twice (DEST counts its C-STOREs), a source that answers Success early, a study
+that grows after it was done, a Latin-1 patient name, failures typed as permanent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from tests.helpers import cli_env, free_port, invoke_cli as run_cli
+from tests.interop.conftest import OrthancPair, start_orthanc_pair
+
+pytestmark = pytest.mark.interop
+
+
+def _records(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _upload_study(pair: OrthancPair, ct_factory: Any, patient_id: str, series: int = 1,
+                  per_series: int = 3, **fields: Any) -> tuple[str, list[str]]:
+    """A study of `series` x `per_series` instances on the source; its UID and SOP UIDs."""
+    from pydicom.uid import generate_uid
+
+    study = generate_uid()
+    uids: list[str] = []
+    for _ in range(series):
+        for path in ct_factory.series(per_series, study_uid=study, patient_id=patient_id, **fields):
+            pair.source.upload(path)
+            uids.append(str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+    return study, uids
+
+
+def _migrate(pair: OrthancPair, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("migrate", pair.spec(pair.source), pair.spec(pair.dest), "--json",
+                   "--backoff", "0.2", *args)
+
+
+def _dest_patient_names(pair: OrthancPair, study_uid: str) -> set[str]:
+    found = pair.dest.rest("/tools/find", "POST", {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid},
+                                                   "Expand": True})
+    return {i["MainDicomTags"].get("PatientName", "") or "" for i in found} | {
+        pair.dest.rest(f"/instances/{i['ID']}/simplified-tags")["PatientName"] for i in found}
+
+
+def test_migrate_proves_each_study_then_a_rerun_sends_nothing(orthanc_pair: OrthancPair, ct_factory: Any,
+                                                             archive_dir: Path) -> None:
+    pair = orthanc_pair
+    one, uids_one = _upload_study(pair, ct_factory, "MIG-A", series=2, per_series=3)
+    latin, uids_latin = _upload_study(pair, ct_factory, "MIG-A", per_series=2, patient_name="Buc^Jérôme")
+    proc = _migrate(pair, "-k", "PatientID=MIG-A", "--phi")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    *studies, summary = _records(proc.stdout)
+    assert summary["type"] == "summary"
+    assert (summary["studies"], summary["moved"], summary["skipped"], summary["failed"]) == (2, 2, 0, 0)
+    assert summary["instances"] == 8
+    by_uid = {r["StudyInstanceUID"]: r for r in studies}
+    assert by_uid[one]["source_instances"] == by_uid[one]["dest_instances"] == 6
+    assert by_uid[latin]["status"] == "done" and by_uid[latin]["attempts"] == 1
+    assert by_uid[one]["PatientID"] == "MIG-A"
+    stores = Counter(pair.stores())
+    assert all(stores[uid] == 1 for uid in uids_one + uids_latin), stores
+    assert "Buc^Jérôme" in _dest_patient_names(pair, latin)
+
+    again = _migrate(pair, "-k", "PatientID=MIG-A")
+    assert again.returncode == 0, again.stderr
+    summary = _records(again.stdout)[-1]
+    assert (summary["moved"], summary["skipped"]) == (0, 2)
+    assert "PatientID" not in _records(again.stdout)[0]
+    assert all(Counter(pair.stores())[uid] == 1 for uid in uids_one + uids_latin)
+
+    status = run_cli("migrate", pair.spec(pair.source), pair.spec(pair.dest), "--status", "--json")
+    assert status.returncode == 0, status.stderr
+    closing = _records(status.stdout)[-1]
+    assert {k: closing[k] for k in ("studies", "done", "pending", "failed")} == {
+        "studies": 2, "done": 2, "pending": 0, "failed": 0}
+
+
+def test_a_study_that_gains_instances_after_done_is_reopened(orthanc_pair: OrthancPair, ct_factory: Any,
+                                                             archive_dir: Path) -> None:
+    pair = orthanc_pair
+    study, uids = _upload_study(pair, ct_factory, "MIG-GROW", per_series=3)
+    assert _migrate(pair, "-k", "PatientID=MIG-GROW").returncode == 0
+    late = ct_factory(study_uid=study, patient_id="MIG-GROW", instance_number=9)
+    pair.source.upload(late)
+    late_uid = str(pydicom.dcmread(late).SOPInstanceUID)
+    proc = _migrate(pair, "-k", "PatientID=MIG-GROW")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [record, summary] = _records(proc.stdout)
+    assert record["status"] == "done" and record["source_instances"] == record["dest_instances"] == 4
+    assert record["attempts"] == 2 and summary["moved"] == 1
+    stores = Counter(pair.stores())
+    assert all(stores[uid] == 1 for uid in [*uids, late_uid]), stores  # only the new one went
+
+
+def test_killed_half_way_resumes_and_sends_nothing_twice(orthanc_pair: OrthancPair, ct_factory: Any,
+                                                         archive_dir: Path) -> None:
+    pair = orthanc_pair
+    studies = [_upload_study(pair, ct_factory, "MIG-KILL", per_series=8) for _ in range(8)]
+    ledger = archive_dir / "migrations" / "SOURCE--DEST.ndjson"
+    args = [sys.executable, "-m", "pacsctl", "migrate", pair.spec(pair.source), pair.spec(pair.dest),
+            "-k", "PatientID=MIG-KILL", "--json"]
+    child = subprocess.Popen(args, env=cli_env(None), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            done = ledger.read_text().count('"status": "done"') if ledger.exists() else 0
+            if done >= 3 or child.poll() is not None:
+                break
+            time.sleep(0.02)
+        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(10)
+    assert child.returncode == -signal.SIGKILL, "the migration ended before it could be killed"
+    _wait_quiet(pair)
+    proc = _migrate(pair, "-k", "PatientID=MIG-KILL")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = _records(proc.stdout)[-1]
+    assert summary["studies"] == 8 and summary["skipped"] >= 3 and summary["moved"] + summary["skipped"] == 8
+    stores = Counter(pair.stores())
+    every = [uid for _, uids in studies for uid in uids]
+    assert [uid for uid in every if stores[uid] != 1] == [], "sent twice or never"
+    assert pair.dest.instance_count() >= len(every)
+
+
+def _wait_quiet(pair: OrthancPair, quiet: float = 1.0) -> None:
+    """Until DEST has received nothing for `quiet` seconds (a killed C-MOVE may be finishing)."""
+    last, since = len(pair.stores()), time.monotonic()
+    while time.monotonic() - since < quiet:
+        time.sleep(0.1)
+        now = len(pair.stores())
+        if now != last:
+            last, since = now, time.monotonic()
+
+
+def test_unknown_destination_fails_each_study_and_unreachable_nodes_exit_4(
+        orthanc_pair: OrthancPair, ct_factory: Any, archive_dir: Path) -> None:
+    pair = orthanc_pair
+    _upload_study(pair, ct_factory, "MIG-NOWHERE", per_series=1)
+    _upload_study(pair, ct_factory, "MIG-NOWHERE", per_series=1)
+    nowhere = f"NOWHERE@127.0.0.1:{pair.dest.dicom_port}"  # answers C-ECHO; SOURCE does not know it
+    proc = run_cli("migrate", pair.spec(pair.source), nowhere, "-k", "PatientID=MIG-NOWHERE", "--json")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    *studies, summary = _records(proc.stdout)
+    assert summary["failed"] == 2 and summary["moved"] == 0
+    assert all(r["status"] == "failed" and "refused the C-MOVE" in r["reason"] and r["attempts"] == 1
+               for r in studies), studies
+    status = run_cli("migrate", pair.spec(pair.source), nowhere, "--status", "--json")
+    assert _records(status.stdout)[-1]["failed"] == 2
+
+    closed = f"DEST@127.0.0.1:{free_port()}"
+    down = run_cli("migrate", pair.spec(pair.source), closed, "--timeout", "5")
+    assert down.returncode == 4 and "error:" in down.stderr, down.stderr
+    down = run_cli("migrate", closed, pair.spec(pair.dest), "--timeout", "5")
+    assert down.returncode == 4 and "error:" in down.stderr, down.stderr
+
+
+def test_a_source_answering_success_early_is_caught_and_completed(tmp_path: Path, ct_factory: Any,
+                                                                  archive_dir: Path) -> None:
+    """Orthanc with `SynchronousCMove: false` answers Success before it has sent anything:
+    the check right after it (--settle 0) finds instances missing, and the retry completes."""
+    pair = start_orthanc_pair(tmp_path / "async", source_config={"SynchronousCMove": False})
+    try:
+        study, uids = _upload_study(pair, ct_factory, "MIG-ASYNC", series=2, per_series=15)
+        proc = _migrate(pair, "-k", "PatientID=MIG-ASYNC", "--settle", "0", "--backoff", "0.5",
+                        "--attempts", "10")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        [record, _] = _records(proc.stdout)
+        assert record["status"] == "done" and record["dest_instances"] == 30
+        lines = _records((archive_dir / "migrations" / "SOURCE--DEST.ndjson").read_text())
+        early = [r for r in lines if r["status"] == "pending" and "after the source answered 0x0000"
+                 in (r["reason"] or "")]
+        assert early, lines  # the early Success was seen as what it was
+        assert set(uids) <= set(pair.stores())
+    finally:
+        pair.source.stop()
+        pair.dest.stop()
