@@ -4,7 +4,7 @@
 
 _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
     case "$1:$2" in
-        cmds:pacsctl) echo 'audit backup completion config echo get import ls migrate move nodes quarantine query reindex send serve verify' ;;
+        cmds:pacsctl) echo 'audit backup completion config echo get import ls migrate move nodes quarantine query reindex send serve token verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
         'opts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail --wide -w --json --help -h' ;;
@@ -53,8 +53,15 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl send') echo '--study --key -k --all --associations -j --aet --timeout --json --help -h' ;;
         'vopts:pacsctl send') echo '--study --key -k --associations -j --aet --timeout' ;;
         'args:pacsctl send') echo '@node @file...' ;;
-        'opts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w --help -h' ;;
-        'vopts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w' ;;
+        'opts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w --web-port --web-host --web-tls-cert --web-tls-key --web-cors --web-max-body --help -h' ;;
+        'vopts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w --web-port --web-host --web-tls-cert --web-tls-key --web-cors --web-max-body' ;;
+        'cmds:pacsctl token') echo 'create list revoke' ;;
+        'opts:pacsctl token') echo '--help -h' ;;
+        'opts:pacsctl token create') echo '--study --patient --expires --write --note --web-url --json --help -h' ;;
+        'vopts:pacsctl token create') echo '--study --patient --expires --note --web-url' ;;
+        'opts:pacsctl token list') echo '--json --help -h' ;;
+        'opts:pacsctl token revoke') echo '--help -h' ;;
+        'args:pacsctl token revoke') echo @text ;;
         'opts:pacsctl verify') echo '--quick --sample --backup --repair-from --repair --json --report --jobs -j --help -h' ;;
         'vopts:pacsctl verify') echo '--sample --backup --repair-from --report --jobs -j' ;;
     esac
@@ -64,7 +71,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
     case "$1 $2" in
         'pacsctl --archive'|'pacsctl -a') echo @file ;;
         'pacsctl audit --since') echo @text ;;
-        'pacsctl audit --event'|'pacsctl audit -e') echo 'associate reject release abort refuse store find move get import send retrieve backup repair' ;;
+        'pacsctl audit --event'|'pacsctl audit -e') echo 'associate reject release abort refuse store find move get import send retrieve backup repair web' ;;
         'pacsctl audit --calling') echo @text ;;
         'pacsctl audit --uid') echo @text ;;
         'pacsctl audit --limit') echo @text ;;
@@ -135,6 +142,17 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl serve --tls-key') echo @file ;;
         'pacsctl serve --tls-ca') echo @file ;;
         'pacsctl serve --workers'|'pacsctl serve -w') echo @text ;;
+        'pacsctl serve --web-port') echo @text ;;
+        'pacsctl serve --web-host') echo @text ;;
+        'pacsctl serve --web-tls-cert') echo @file ;;
+        'pacsctl serve --web-tls-key') echo @file ;;
+        'pacsctl serve --web-cors') echo @text ;;
+        'pacsctl serve --web-max-body') echo @text ;;
+        'pacsctl token create --study') echo @text ;;
+        'pacsctl token create --patient') echo @text ;;
+        'pacsctl token create --expires') echo @text ;;
+        'pacsctl token create --note') echo @text ;;
+        'pacsctl token create --web-url') echo @text ;;
         'pacsctl verify --sample') echo @text ;;
         'pacsctl verify --backup') echo @file ;;
         'pacsctl verify --repair-from') echo @file ;;

@@ -50,6 +50,8 @@ class AuditEvent(StrEnum):
     RETRIEVE = "retrieve"  # `pacsctl move` / `pacsctl get`
     BACKUP = "backup"
     REPAIR = "repair"  # `pacsctl verify --repair-from`
+    # Written by `serve --web-port`, one per DICOMweb request (token id, peer, path, status).
+    WEB = "web"
 
 
 # Keys that must never reach the audit log, whatever a caller passes.

@@ -182,6 +182,7 @@ COMMAND_MODULES = (
     "nodes",
     "config_cmd",
     "migrate",
+    "token",
 )
 
 

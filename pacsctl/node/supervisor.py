@@ -30,6 +30,7 @@ from pacsctl.net.types import ScpOptions
 from pacsctl.node.pidfile import remove_pid_file, write_pid_file
 from pacsctl.node.service import serve
 from pacsctl.node.settings import reload_settings
+from pacsctl.node.sidecar import SidecarSpec, start_sidecar
 from pacsctl.node.signals import NodeSignal, NodeSignals
 from pacsctl.parallel import die_with_parent
 
@@ -107,6 +108,7 @@ def run_node(
     ready: Callable[[int], None] | None = None,
     grace: float = 60.0,
     fixed: frozenset[str] = frozenset(),
+    sidecar: SidecarSpec | None = None,
 ) -> int:
     """Serve the archive at `root` until SIGTERM/SIGINT, then stop accepting, let in-flight
     associations finish (up to `grace` seconds) and return 0 (1 if a worker had to be killed).
@@ -114,13 +116,23 @@ def run_node(
     With `workers` > 1, that many processes share one listening socket, the least busy one
     accepting each connection (`net.balance`), so several associations use several cores; a
     worker that dies is replaced. `ready(port)` is called once the node accepts connections.
-    SIGHUP reloads the settings `node.settings` can change, except those named in `fixed`."""
+    SIGHUP reloads the settings `node.settings` can change, except those named in `fixed`.
+    A `sidecar` (the DICOMweb server) runs in a process of its own from start to stop; its
+    exit code counts like a worker's."""
     pid_file = write_pid_file(root, root / "tmp")
     try:
         with NodeSignals() as signals:  # before any thread or worker starts
-            if workers <= 1:
-                return _serve_in_this_process(root, options, signals, grace, ready, fixed=fixed)
-            return _supervise(root, options, workers, signals, grace, ready, fixed)
+            companion = start_sidecar(sidecar, signals) if sidecar is not None else None
+            code = 1
+            try:
+                if workers <= 1:
+                    code = _serve_in_this_process(root, options, signals, grace, ready, fixed=fixed)
+                else:
+                    code = _supervise(root, options, workers, signals, grace, ready, fixed)
+            finally:
+                if companion is not None:
+                    code = max(code, companion.stop())
+            return code
     finally:
         remove_pid_file(pid_file)
 
