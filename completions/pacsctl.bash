@@ -4,7 +4,7 @@
 
 _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
     case "$1:$2" in
-        cmds:pacsctl) echo 'audit backup completion config echo get import ls migrate move nodes quarantine query reindex send serve token verify' ;;
+        cmds:pacsctl) echo 'audit backup completion config diff echo get import ls migrate move nodes quarantine query reindex send serve token verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
         'opts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail --wide -w --json --help -h' ;;
@@ -19,6 +19,9 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl config set') echo '--help -h' ;;
         'args:pacsctl config set') echo '=ae_title,port,host,on_conflict,allow,max_associations,acse_timeout,dimse_timeout,network_timeout,max_instance_size @text' ;;
         'opts:pacsctl config show') echo '--json --help -h' ;;
+        'opts:pacsctl diff') echo '--key -k --level -l --aet --timeout --json --csv --help -h' ;;
+        'vopts:pacsctl diff') echo '--key -k --level -l --aet --timeout' ;;
+        'args:pacsctl diff') echo '@text @text' ;;
         'opts:pacsctl echo') echo '--count -c --aet --timeout --json --help -h' ;;
         'vopts:pacsctl echo') echo '--count -c --aet --timeout' ;;
         'args:pacsctl echo') echo @node ;;
@@ -77,6 +80,10 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl audit --limit') echo @text ;;
         'pacsctl audit --tail') echo @text ;;
         'pacsctl backup --jobs'|'pacsctl backup -j') echo @text ;;
+        'pacsctl diff --key'|'pacsctl diff -k') echo @text ;;
+        'pacsctl diff --level'|'pacsctl diff -l') echo 'study series instance' ;;
+        'pacsctl diff --aet') echo @text ;;
+        'pacsctl diff --timeout') echo @text ;;
         'pacsctl echo --count'|'pacsctl echo -c') echo @text ;;
         'pacsctl echo --aet') echo @text ;;
         'pacsctl echo --timeout') echo @text ;;

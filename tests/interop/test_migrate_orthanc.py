@@ -186,3 +186,50 @@ def test_a_source_answering_success_early_is_caught_and_completed(tmp_path: Path
     finally:
         pair.source.stop()
         pair.dest.stop()
+
+
+def test_diff_between_two_orthancs_and_the_archive(orthanc_pair: OrthancPair, ct_factory: Any,
+                                                   archive_dir: Path) -> None:
+    pair = orthanc_pair
+    from pydicom.uid import generate_uid
+
+    def study(count: int) -> tuple[str, list[Path]]:
+        uid = generate_uid()
+        return uid, ct_factory.series(count, study_uid=uid, patient_id="DIFF")
+
+    (both, both_files), (only_a, a_files), (only_b, b_files), (short, short_files) = (
+        study(2), study(1), study(1), study(3))
+    for path in both_files + a_files + short_files:
+        pair.source.upload(path)
+    for path in both_files + b_files + short_files[:2]:
+        pair.dest.upload(path)
+    a, b = pair.spec(pair.source), pair.spec(pair.dest)
+    proc = run_cli("diff", a, b, "-k", "PatientID=DIFF", "--json")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    *found, summary = _records(proc.stdout)
+    assert {(r["difference"], r["StudyInstanceUID"]) for r in found} == {
+        ("only in A", only_a), ("only in B", only_b), ("instance count differs", short)}
+    assert (summary["only_in_a"], summary["only_in_b"], summary["differ"], summary["equal"]) == (1, 1, 1, 1)
+
+    series = _records(run_cli("diff", a, b, "-k", "PatientID=DIFF", "--level", "series", "--json").stdout)
+    [counted] = [r for r in series if r.get("difference") == "instance count differs"]
+    assert counted["SeriesInstanceUID"] == str(pydicom.dcmread(short_files[0]).SeriesInstanceUID)
+    assert (counted["a"], counted["b"]) == (3, 2)
+
+    uids = _records(run_cli("diff", a, b, "-k", "PatientID=DIFF", "--level", "instance", "--json").stdout)
+    [differ] = [r for r in uids if r.get("difference") == "instances differ"]
+    assert (differ["only_in_a"], differ["only_in_b"]) == (1, 0)
+    assert differ["example"] == str(pydicom.dcmread(short_files[2]).SOPInstanceUID)
+
+    as_csv = run_cli("diff", a, b, "-k", "PatientID=DIFF", "--csv")
+    assert as_csv.returncode == 3 and as_csv.stdout.splitlines()[0].startswith("difference,StudyInstanceUID")
+    assert len(as_csv.stdout.splitlines()) == 4
+
+    equal = run_cli("diff", a, b, "-k", f"StudyInstanceUID={both}", "--level", "instance")
+    assert equal.returncode == 0, equal.stdout + equal.stderr
+    assert run_cli("import", *both_files).returncode == 0
+    against_archive = run_cli("diff", "archive", a, "-k", f"StudyInstanceUID={both}\\{short}",
+                              "--level", "instance", "--json")
+    assert against_archive.returncode == 3
+    [missing] = _records(against_archive.stdout)[:-1]
+    assert (missing["difference"], missing["StudyInstanceUID"]) == ("only in B", short)
