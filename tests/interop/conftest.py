@@ -102,6 +102,7 @@ def storescp(storescp_factory: Callable[..., StoreSCPPeer]) -> StoreSCPPeer:
 # so a test can prove nothing was sent twice.
 _COUNT_STORES_LUA = """
 function ReceivedInstanceFilter(dicom, origin, info)
+  %s
   local f = io.open("%s", "a")
   f:write(dicom.SOPInstanceUID .. "\\n")
   f:close()
@@ -129,13 +130,16 @@ class OrthancPair:
         return f"{peer.aet}@127.0.0.1:{peer.dicom_port}"
 
 
-def start_orthanc_pair(work: Path, source_config: dict[str, Any] | None = None) -> OrthancPair:
-    """Start a DEST Orthanc counting its C-STOREs, and a SOURCE Orthanc that knows it."""
+def start_orthanc_pair(work: Path, source_config: dict[str, Any] | None = None,
+                       store_delay: float = 0.0) -> OrthancPair:
+    """Start a DEST Orthanc counting its C-STOREs (taking `store_delay` seconds over each), and
+    a SOURCE Orthanc that knows it."""
     binary = require_tool(str(ORTHANC_BIN))
     store_log = work / "dest-stores.log"
     lua = work / "count-stores.lua"
     work.mkdir(parents=True, exist_ok=True)
-    lua.write_text(_COUNT_STORES_LUA % store_log)
+    delay = f'os.execute("sleep {store_delay:g}")' if store_delay else ""
+    lua.write_text(_COUNT_STORES_LUA % (delay, store_log))
     dest = OrthancPeer(work / "dest", aet="DEST", config={"LuaScripts": [str(lua)]}, binary=binary)
     try:
         dest.start()

@@ -170,7 +170,9 @@ def test_a_source_answering_success_early_is_caught_and_completed(tmp_path: Path
                                                                   archive_dir: Path) -> None:
     """Orthanc with `SynchronousCMove: false` answers Success before it has sent anything:
     the check right after it (--settle 0) finds instances missing, and the retry completes."""
-    pair = start_orthanc_pair(tmp_path / "async", source_config={"SynchronousCMove": False})
+    # DEST takes 20 ms over each instance, so the source's job is still sending when it answers.
+    pair = start_orthanc_pair(tmp_path / "async", source_config={"SynchronousCMove": False},
+                              store_delay=0.02)
     try:
         study, uids = _upload_study(pair, ct_factory, "MIG-ASYNC", series=2, per_series=15)
         proc = _migrate(pair, "-k", "PatientID=MIG-ASYNC", "--settle", "0", "--backoff", "0.5",
