@@ -9,7 +9,6 @@ names). The index is read under one lock per process, as the DIMSE side does.
 
 from __future__ import annotations
 
-import gzip
 import re
 import threading
 from collections.abc import Awaitable, Callable
@@ -31,11 +30,11 @@ from pacsctl.dicom.matching import QueryLevel
 from pacsctl.errors import InvalidQueryError
 from pacsctl.web import metadata, qido, wado
 from pacsctl.web.errors import WebError, not_found
+from pacsctl.web.responses import json_response, origin
+from pacsctl.web.stow import store_request
 from pacsctl.web.tokens import Token, TokenStore
 
-DICOM_JSON = "application/dicom+json"
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-_GZIP_MIN = 1024
 PAGE_DIR = Path(__file__).parent / "page"
 _PAGE_FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -95,7 +94,8 @@ def build_app(ctx: WebContext) -> Starlette:
                     if not _UID.fullmatch(str(value)) or len(str(value)) > 64:
                         raise WebError(400, f"{name} is not a valid UID")
                 response = await handler(request, ctx, token)
-            except WebError as exc:
+            except WebError as exc:  # its messages are ours: they name no value of the request
+                details["reason"] = exc.message
                 response = JSONResponse(exc.body(), exc.status)
                 if exc.status == 401:
                     response.headers["WWW-Authenticate"] = 'Bearer realm="pacsctl"'
@@ -138,7 +138,7 @@ def build_app(ctx: WebContext) -> Starlette:
             methods=["GET"],
         ),
     ]
-    stow_routes: list[Route] = []
+    stow_routes = _stow_routes(guarded)
     middleware = []
     if ctx.options.cors:
         middleware.append(
@@ -154,8 +154,6 @@ def build_app(ctx: WebContext) -> Starlette:
 
 
 def _stow_routes(guarded: Callable[..., Callable[[Request], Awaitable[Response]]]) -> list[Route]:
-    from pacsctl.web.stow import store_request
-
     return [
         Route("/dicom-web/studies", guarded(store_request, write=True), methods=["POST"]),
         Route("/dicom-web/studies/{study}", guarded(store_request, write=True), methods=["POST"]),
@@ -199,35 +197,6 @@ def _audit(
     ctx.audit.append(record)
 
 
-def json_response(request: Request, data: bytes, etag: str | None = None) -> Response:
-    """A DICOM JSON answer: 304 when the client has this ETag, gzip when it asks for it."""
-    headers = {"Vary": "Accept-Encoding"}
-    if etag is not None:
-        headers["ETag"] = f'"{etag}"'
-        if request.headers.get("if-none-match", "").strip() in (f'"{etag}"', f'W/"{etag}"', "*"):
-            return Response(status_code=304, headers=headers)
-    if len(data) >= _GZIP_MIN and "gzip" in request.headers.get("accept-encoding", ""):
-        data = gzip.compress(data, compresslevel=1)
-        headers["Content-Encoding"] = "gzip"
-    return Response(data, media_type=DICOM_JSON, headers=headers)
-
-
-def _origin(request: Request) -> str:
-    """`scheme://host:port` for the absolute URLs of answers (RetrieveURL, BulkDataURI): a
-    proxy's X-Forwarded-Host as given; else the Host header, with the port the connection came
-    in on when the header names none (some clients, dicomweb-client among them, leave it out)."""
-    forwarded = request.headers.get("x-forwarded-host")
-    if forwarded:
-        scheme = request.headers.get("x-forwarded-proto", request.url.scheme)
-        return f"{scheme}://{forwarded.split(',')[0].strip()}"
-    netloc = request.headers.get("host") or request.url.netloc
-    server = request.scope.get("server")
-    default = 443 if request.url.scheme == "https" else 80
-    if server and not netloc.endswith("]") and ":" not in netloc.rsplit("]", 1)[-1] and server[1] != default:
-        netloc = f"{netloc}:{server[1]}"
-    return f"{request.url.scheme}://{netloc}"
-
-
 # -- QIDO-RS ---------------------------------------------------------------------------------
 
 
@@ -254,7 +223,7 @@ async def _search(request: Request, ctx: WebContext, token: Token, level: QueryL
 
     def run() -> list[dict[str, Any]]:
         with ctx.lock:
-            return qido.search(ctx.archive.index, query, token, _origin(request) + "/dicom-web")
+            return qido.search(ctx.archive.index, query, token, origin(request) + "/dicom-web")
 
     answers = await run_in_threadpool(run)
     request.state.audit.update(level=level.value, count=len(answers))
@@ -342,7 +311,7 @@ async def _metadata(request: Request, ctx: WebContext, token: Token, by_instance
         return metadata.join_arrays(arrays), metadata.combined_key(keys)
 
     data, etag = await run_in_threadpool(build)
-    return json_response(request, metadata.absolute_bulk_uris(data, _origin(request)), etag)
+    return json_response(request, metadata.absolute_bulk_uris(data, origin(request)), etag)
 
 
 def _sop_uid(header: dict[str, Any]) -> str:
