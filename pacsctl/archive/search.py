@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pacsctl.dicom.matching import RecordFilter
@@ -16,16 +17,19 @@ def find_records(index: Index, level: str, flt: RecordFilter) -> list[dict[str, 
     criterion is matched against the study's ModalitiesInStudy (study records hold no
     Modality: it is a series attribute, and would match nothing).
     """
-    candidates = candidate_records(index, level, flt)
+    matches = record_matcher(level, flt)
+    return [record for record in candidate_records(index, level, flt) if matches(record)]
+
+
+def record_matcher(level: str, flt: RecordFilter) -> Callable[[Mapping[str, Any]], bool]:
+    """The test a record of `level` must pass for `flt`: `flt.matches`, except that at STUDY
+    level a Modality criterion is matched against the study's ModalitiesInStudy (shared by
+    `ls` and the C-FIND server, so both answer a study-level Modality alike)."""
     modality = flt.criteria.get("Modality") if level == "STUDY" else None
     if modality is None:
-        return [record for record in candidates if flt.matches(record)]
+        return flt.matches
     rest = RecordFilter(c for keyword, c in flt.criteria.items() if keyword != "Modality")
-    return [
-        record
-        for record in candidates
-        if rest.matches(record) and modality.matches_value(record.get("ModalitiesInStudy"))
-    ]
+    return lambda record: rest.matches(record) and modality.matches_value(record.get("ModalitiesInStudy"))
 
 
 def candidate_records(index: Index, level: str, flt: RecordFilter) -> list[dict[str, Any]]:

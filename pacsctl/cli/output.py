@@ -138,6 +138,12 @@ def warn(message: str) -> None:
         stderr.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 
 
+def note(message: str) -> None:
+    """A one-line note on stderr: how a request was understood (silent with --quiet)."""
+    if not is_quiet():
+        stderr.print(f"note: {message}", highlight=False, markup=False)
+
+
 def error(message: str, hint: str | None = None) -> None:
     """The one-line `error: ...` (with its hint) on stderr."""
     stderr.print(f"[red]error:[/red] {message}", highlight=False, markup=True)

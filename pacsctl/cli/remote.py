@@ -371,17 +371,41 @@ def query_command(
     """Search a node (C-FIND) with the same filters and output as `pacsctl ls`.
 
     Names come back decoded with the answer's own character set (Latin-1, UTF-8, ...).
-    Patient level uses Patient Root, the others Study Root.
+    Patient level uses Patient Root, the others Study Root. `-k Keyword` without a value asks
+    for that attribute too and shows it (findscu's convention). At study level
+    `-k Modality=CT` is asked as ModalitiesInStudy. `--limit N` stops the C-FIND after N
+    matches (C-CANCEL).
 
-    Example: pacsctl query ORTHANC -k PatientName='DOE*' -k StudyDate=20240101- --json
+    Example: pacsctl query ORTHANC -k PatientName='DOE*' -k StudyDate=20240101- -k AccessionNumber --json
     """
+    from dataclasses import replace
+
+    from pacsctl.cli.listing import COLUMNS
+    from pacsctl.dicom.matching import parse_query_keys
     from pacsctl.remote import find
 
     check_format(as_json, as_csv)
     view = list_view(sort, limit, columns, wide)
-    query_level, filters = _filters(keys, level)
+    query_level = level.query_level
+    filters, extra = parse_query_keys(keys)
+    filters, note = find.study_level_filters(query_level, filters)
+    if note:
+        output.note(note)
     node, calling, _ = _setup(ctx, node_spec, aet)
-    records = list(find.query(node, query_level, filters, calling, timeout=timeout))
+    # Asked for one more than shown, so that `emit_level` can say when the node held more.
+    asked = None if limit is None else limit + 1
+    records = list(
+        find.query(node, query_level, filters, calling, timeout=timeout, extra_keys=extra, limit=asked)
+    )
+    if limit is not None and len(records) > limit:
+        del records[limit:]
+        output.warn(f"showing the first {limit} matches the node answered; it holds more (--limit)")
+    view = replace(view, limit=None)
+    if extra and not view.columns:  # the keys asked for are shown, after the level's own
+        shown = [*COLUMNS[query_level], *(k for k in extra if k not in COLUMNS[query_level])]
+        view = replace(view, columns=tuple(shown))
+        if as_json:  # JSON records keep every key, as without -k Keyword
+            view = replace(view, columns=())
     emit_level(records, query_level, as_json, as_csv, view)
 
 

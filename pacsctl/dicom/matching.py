@@ -306,6 +306,19 @@ def parse_key_values(items: Iterable[str]) -> dict[str, str]:
     return result
 
 
+def parse_query_keys(items: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """Parse a C-FIND's ``-k`` items: ``KEY=VALUE`` filters (as :func:`parse_key_values`) and
+    bare ``KEY`` return keys (findscu's convention: ask for the attribute, match anything).
+
+    >>> parse_query_keys(["PatientID=1", "accessionnumber"])
+    ({'PatientID': '1'}, ['AccessionNumber'])
+    """
+    items = list(items)
+    filters = parse_key_values(i for i in items if "=" in i)
+    wanted = [resolve_keyword(i) for i in items if "=" not in i]
+    return filters, [k for k in dict.fromkeys(wanted) if k not in filters]
+
+
 # --------------------------------------------------------------------------
 # Value helpers
 # --------------------------------------------------------------------------

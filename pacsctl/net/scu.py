@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -229,20 +229,26 @@ def find(
     calling_aet: str = DEFAULT_CALLING_AET,
     timeout: float = 30.0,
     cancel: Cancellation | None = None,
-) -> Iterator[Dataset]:
-    """C-FIND: yield each matching identifier. `identifier` must carry QueryRetrieveLevel.
+) -> Generator[Dataset, None, None]:
+    """C-FIND: yield each matching identifier (closing the generator early cancels the C-FIND
+    and releases the association). `identifier` must carry QueryRetrieveLevel.
     Raises NetworkError when the peer answers a failure or the association breaks, and
     OperationInterrupted (aborting the association) once `cancel` is requested."""
     uid = _FIND[model]
     with associate(node, [build_context(uid)], calling_aet, timeout=timeout, cancel=cancel) as assoc:
         final = None
-        for status, ds in assoc.send_c_find(identifier, uid):
+        responses = assoc.send_c_find(identifier, uid, msg_id=_FIND_MSG_ID)
+        for status, ds in responses:
             if cancel is not None and cancel.requested:
                 raise OperationInterrupted("query interrupted")
             code = getattr(status, "Status", None)
             if code in (0xFF00, 0xFF01):
                 if ds is not None:
-                    yield ds
+                    try:
+                        yield ds
+                    except GeneratorExit:  # the caller has enough: ask the peer to stop
+                        _cancel_find(assoc, responses, uid)
+                        return  # a released association, not an aborted one
                 continue
             final = code
         if cancel is not None and cancel.requested:
@@ -255,6 +261,19 @@ def find(
             raise NetworkError(
                 f"C-FIND on {node.aet} ended with status {_hex(final)}", failure=NetworkFailure.STATUS
             )
+
+
+_FIND_MSG_ID = 1  # one C-FIND per association: a C-CANCEL names this one
+
+
+def _cancel_find(assoc: Association, responses: Iterator[Any], sop_class: str) -> None:
+    """Send a C-CANCEL for the running C-FIND and read its remaining responses up to the final
+    one (Cancel, or Success when the peer had finished), so the association can be released."""
+    if not assoc.is_established:
+        return
+    assoc.send_c_cancel(_FIND_MSG_ID, query_model=sop_class)
+    for _status, _ds in responses:
+        pass
 
 
 def move(

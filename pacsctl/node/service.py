@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pacsctl.archive.archive import AUDIT_LOG, OBJECTS, Archive
 from pacsctl.archive.audit import AuditLog
 from pacsctl.archive.commit import GroupCommitter
-from pacsctl.archive.search import candidate_records, instances_under
+from pacsctl.archive.search import candidate_records, instances_under, record_matcher
 from pacsctl.config import CONFIG_NAME, load_config
 from pacsctl.dicom.identifiers import Query, build_response, parse_identifier
 from pacsctl.dicom.matching import QueryValueTooComplexError, RecordFilter
@@ -92,7 +92,7 @@ class ArchiveService:
         query, flt = _compiled(identifier)
         with self._lock:
             records = candidate_records(self.archive.index, query.level, flt)
-        for record in _matching(records, flt, ctx):
+        for record in _matching(records, query.level, flt, ctx):
             yield build_response(record, query)
 
     def locate(self, model: QueryModel, identifier: Dataset, ctx: QueryContext) -> list[str]:
@@ -101,7 +101,7 @@ class ArchiveService:
         index = self.archive.index
         with self._lock:
             candidates = candidate_records(index, query.level, flt)
-        matched = list(_matching(candidates, flt, ctx))
+        matched = list(_matching(candidates, query.level, flt, ctx))
         with self._lock:
             instances = instances_under(index, query.level, matched)
         return [str(self.archive.path_of(r["path"])) for r in instances if r.get("path")]
@@ -149,13 +149,15 @@ def _compiled(identifier: Dataset) -> tuple[Query, RecordFilter]:
 
 
 def _matching(
-    records: list[dict[str, Any]], flt: RecordFilter, ctx: QueryContext
+    records: list[dict[str, Any]], level: str, flt: RecordFilter, ctx: QueryContext
 ) -> Iterator[dict[str, Any]]:
-    """The records `flt` matches, until the request's time budget is spent (then refused)."""
+    """The records `flt` matches (as `ls` matches them), until the request's time budget is
+    spent (then refused)."""
+    matches = record_matcher(level, flt)
     for i, record in enumerate(records):
         if i % _DEADLINE_CHECK_EVERY == 0 and ctx.expired():
             raise QueryRefusedError(STATUS_OUT_OF_RESOURCES, "time budget spent while matching")
-        if flt.matches(record):
+        if matches(record):
             yield record
 
 

@@ -7,7 +7,7 @@ omit or mislabel it) into records shaped like `ls` records.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -96,21 +96,50 @@ def _typed(keyword: str, text: str) -> Any:
     return text
 
 
+def study_level_filters(level: str, filters: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
+    """`filters` as a node understands them at `level`, and a note for people when changed: a
+    study has no Modality of its own, so at STUDY level `Modality` is sent as
+    ModalitiesInStudy (as `ls` matches it); other filters go as they are."""
+    out = dict(filters)
+    if level != "STUDY" or "Modality" not in out or "ModalitiesInStudy" in out:
+        return out, None
+    out["ModalitiesInStudy"] = out.pop("Modality")
+    return out, "at study level Modality is asked as ModalitiesInStudy (a study has no modality of its own)"
+
+
 def query(
     node: NodeLike,
     level: str,
     filters: Mapping[str, str],
     calling_aet: str,
     timeout: float = 30.0,
+    extra_keys: Iterable[str] = (),
+    limit: int | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """C-FIND `node` at `level` with `ls` filters; yield one `ls`-shaped record per match."""
+    """C-FIND `node` at `level` with `ls` filters; yield one `ls`-shaped record per match.
+
+    Records carry the level's return keys, every filtered key and `extra_keys` (asked for
+    with an empty value: findscu's `-k Keyword`). With `limit`, the C-FIND is cancelled
+    (C-CANCEL, then a normal release) once that many records were yielded. A study-level
+    Modality filter is sent as ModalitiesInStudy (`study_level_filters`)."""
+    filters, _ = study_level_filters(level, filters)
     flt = compile_filters(filters)  # the same syntax checks as `ls`, before anything goes out
-    keys = return_keys(level)
+    keys = tuple(dict.fromkeys([*return_keys(level), *filters, *extra_keys]))
     identifier = build_identifier(level, filters, keys)
-    for ds in scu.find(node, identifier, query_model(level), calling_aet=calling_aet, timeout=timeout):
-        record = response_record(ds, level, keys)
-        if agrees(flt, record):
-            yield record
+    if limit is not None and limit <= 0:
+        return
+    found = 0
+    answers = scu.find(node, identifier, query_model(level), calling_aet=calling_aet, timeout=timeout)
+    try:
+        for ds in answers:
+            record = response_record(ds, level, keys)
+            if agrees(flt, record):
+                yield record
+                found += 1
+                if limit is not None and found >= limit:
+                    break
+    finally:
+        answers.close()  # cancels a C-FIND still answering (scu.find)
 
 
 def agrees(flt: RecordFilter, record: Mapping[str, Any]) -> bool:
