@@ -33,7 +33,7 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl import') echo @file... ;;
         'opts:pacsctl ls') echo '--level -l --key -k --sort --limit --columns --wide -w --json --csv --help -h' ;;
         'vopts:pacsctl ls') echo '--level -l --key -k --sort --limit --columns' ;;
-        'opts:pacsctl migrate') echo '--key -k --since --parallel --window --limit --dry-run -n --retry-failed --report --status --phi --find-cap --attempts --backoff --settle --aet --timeout --json --help -h' ;;
+        'opts:pacsctl migrate') echo '--key -k --since --parallel --window --limit --via-archive --dry-run -n --retry-failed --report --status --phi --find-cap --attempts --backoff --settle --aet --timeout --json --help -h' ;;
         'vopts:pacsctl migrate') echo '--key -k --since --parallel --window --limit --report --find-cap --attempts --backoff --settle --aet --timeout' ;;
         'args:pacsctl migrate') echo '@text @text' ;;
         'opts:pacsctl move') echo '--to --level -l --study --key -k --all --settle --aet --timeout --json --help -h' ;;

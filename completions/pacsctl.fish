@@ -204,6 +204,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl migrate\'' -l 'since' -x -d 'Only
 complete -c pacsctl -n '__pacsctl_at \'pacsctl migrate\'' -l 'parallel' -x -d 'Studies moved at a time (old PACS are fragile).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl migrate\'' -l 'window' -x -d 'Move only inside these hours (local time), sleep outside.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl migrate\'' -l 'limit' -x -d 'Move at most N studies in this run.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl migrate\'' -l 'via-archive' -d 'C-GET each study into the archive (hashed on arrival), then C-STORE it to DEST.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl migrate\'' -l 'dry-run' -s 'n' -d 'Show what would happen; write nothing.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl migrate\'' -l 'retry-failed' -d 'Reopen the studies that failed before.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl migrate\'' -l 'report' -r -F -d 'Write the per-study NDJSON records to FILE.'

@@ -97,6 +97,12 @@ def migrate_command(
     limit: Optional[int] = typer.Option(
         None, "--limit", metavar="N", min=1, help="Move at most N studies in this run."
     ),
+    via_archive: bool = typer.Option(
+        False,
+        "--via-archive",
+        metavar=NO_METAVAR,
+        help="C-GET each study into the archive (hashed on arrival), then C-STORE it to DEST.",
+    ),
     dry_run: DryRun = False,
     retry_failed: bool = typer.Option(
         False, "--retry-failed", metavar=NO_METAVAR, help="Reopen the studies that failed before."
@@ -133,7 +139,8 @@ def migrate_command(
     """Migrate studies from SOURCE to DEST, resumably, proving every instance arrived.
 
     Inventories SOURCE (study-level C-FIND, in date slices when it caps answers), then moves
-    study by study by C-MOVE (SOURCE must know DEST's AE title). A study is done only when
+    study by study by C-MOVE (SOURCE must know DEST's AE title), or with --via-archive by C-GET
+    into the archive and C-STORE to DEST. A study is done only when
     DEST answers an IMAGE-level C-FIND with every SOP Instance UID SOURCE listed. The state of
     every study lives in the archive's ledger for the pair: a re-run continues where the last
     stopped, never sends a done study again, and sends only what DEST lacks. Transient
@@ -168,15 +175,18 @@ def migrate_command(
         backoff=retry.Backoff(attempts=attempts, base=backoff),
         settle=settle,
         timeout=timeout,
+        via_archive=via_archive,
     )
     if dry_run:
         ledger = Ledger.open(root, source.aet, dest.aet, create=False)
         summary, entries = migrate(source, dest, ledger, options)
         _print_plan(entries, as_json, phi)
         return
-    with state(ctx).open_archive(create=True) as archive:
+    with (
+        state(ctx).open_archive(create=True) as archive,
+        output.progress(f"migrating {source.aet} -> {dest.aet}", total=None, enabled=not as_json) as bar,
+    ):
         ledger = Ledger.open(archive.root, source.aet, dest.aet)
-    with output.progress(f"migrating {source.aet} -> {dest.aet}", total=None, enabled=not as_json) as bar:
 
         def on_plan(count: int) -> None:
             bar.bar.update(bar.task, total=count)
@@ -185,7 +195,7 @@ def migrate_command(
             bar.advance(1)
 
         with stop_on_signals() as cancel:
-            summary, entries = migrate(source, dest, ledger, options, cancel, on_study, on_plan)
+            summary, entries = migrate(source, dest, ledger, options, cancel, on_study, on_plan, archive)
     records = [e.as_record(phi) for e in entries]
     if report is not None:
         _write_report(report, [*records, summary.as_record()])

@@ -18,17 +18,19 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from pacsctl.archive.archive import Archive
 from pacsctl.errors import NetworkError, OperationInterrupted
 from pacsctl.migrate import retry
 from pacsctl.migrate.check import held_at
 from pacsctl.migrate.inventory import DEFAULT_CAP, Inventory, SourceStudy, inventory
 from pacsctl.migrate.ledger import Ledger, StudyEntry, StudyState, now
 from pacsctl.migrate.listing import list_study
-from pacsctl.migrate.transfer import move_study
+from pacsctl.migrate.transfer import move_study, via_archive
 from pacsctl.migrate.window import Window
 from pacsctl.net import scu
 from pacsctl.net.cancel import Cancellation
 from pacsctl.net.types import NodeLike
+from pacsctl.remote.receiver import ArchiveReceiver
 
 LOG = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class MigrateOptions:
     backoff: retry.Backoff = field(default_factory=retry.Backoff)
     settle: float = 5.0  # seconds DEST may go without a new instance before the check ends
     timeout: float = 30.0
+    via_archive: bool = False  # C-GET into the archive, then C-STORE to DEST (needs `archive`)
 
 
 @dataclass
@@ -166,8 +169,10 @@ class _StudyMover:
         ledger: Ledger,
         options: MigrateOptions,
         cancel: Cancellation | None,
+        receiver: ArchiveReceiver | None = None,
     ) -> None:
         self.source, self.dest, self.ledger, self.options, self.cancel = source, dest, ledger, options, cancel
+        self.receiver = receiver  # --via-archive
 
     @property
     def stopping(self) -> bool:
@@ -202,6 +207,59 @@ class _StudyMover:
             _sleep(opts.backoff.delay(attempt), self.cancel)
         return entry
 
+    def _move(
+        self, uid: str, missing: dict[str, str], whole: bool
+    ) -> tuple[int, tuple[str, retry.Kind] | None]:
+        """C-MOVE what DEST lacks; the source's final status, and the reason and kind when it
+        is a failure."""
+        opts = self.options
+        moved = move_study(
+            self.source,
+            self.dest.aet,
+            uid,
+            opts.calling_aet,
+            only=None if whole else missing,
+            timeout=opts.timeout,
+            cancel=self.cancel,
+        )
+        if moved.interrupted:
+            raise OperationInterrupted("interrupted")
+        status = moved.status if moved.status is not None else 0
+        kind = retry.of_status(status)
+        if kind is not None:
+            return status, (f"the source refused the C-MOVE (status 0x{status:04X})", kind)
+        return status, None
+
+    def _via_archive(self, uid: str, missing: dict[str, str]) -> tuple[str, retry.Kind] | None:
+        """C-GET into the archive, C-STORE to DEST; the reason and kind when a hop failed."""
+        assert self.receiver is not None
+        opts = self.options
+        hop = via_archive(
+            self.source, self.dest, self.receiver, uid, missing, opts.calling_aet, opts.timeout, self.cancel
+        )
+        if hop.get.interrupted:
+            raise OperationInterrupted("interrupted")
+        status = hop.get.status
+        kind = retry.of_status(status) if status is not None else None
+        if kind is not None:
+            return f"the source refused the C-GET (status 0x{status:04X})", kind
+        if hop.not_archived:
+            return (
+                f"{len(hop.not_archived)} of {len(missing)} instances did not reach the archive",
+                retry.Kind.TRANSIENT,
+            )
+        if hop.store_failures:
+            first = hop.store_failures[0]
+            why = first.error or (f"status 0x{first.status:04X}" if first.status is not None else "no answer")
+            refused = all(r.status is not None for r in hop.store_failures)
+            kind = (
+                retry.Kind.PERMANENT
+                if refused and retry.of_status(first.status or 0) is retry.Kind.PERMANENT
+                else retry.Kind.TRANSIENT
+            )
+            return f"{len(hop.store_failures)} C-STOREs to {self.dest.aet} failed ({why})", kind
+        return None
+
     def _attempt(self, entry: StudyEntry) -> tuple[StudyEntry, retry.Kind | None]:
         """One try; the new entry (written unless it failed) and None when done, else the
         failure's kind."""
@@ -216,23 +274,15 @@ class _StudyMover:
         if missing:
             entry = entry.changed(attempts=entry.attempts + 1)
             self.ledger.put(entry)  # counted before anything is sent
-            whole = len(missing) == len(expected.instances)
-            moved = move_study(
-                self.source,
-                self.dest.aet,
-                uid,
-                opts.calling_aet,
-                only=None if whole else missing,
-                timeout=opts.timeout,
-                cancel=self.cancel,
-            )
-            if moved.interrupted:
-                raise OperationInterrupted("interrupted")
-            status = moved.status if moved.status is not None else 0
-            status_text = f" after the source answered 0x{status:04X}"
-            kind = retry.of_status(status)
-            if kind is retry.Kind.PERMANENT:
-                return entry.changed(reason=f"the source refused the C-MOVE (status 0x{status:04X})"), kind
+            if self.receiver is not None:
+                failed = self._via_archive(uid, missing)
+                if failed is not None:
+                    return entry.changed(reason=failed[0]), failed[1]
+            else:
+                status, failed = self._move(uid, missing, len(missing) == len(expected.instances))
+                if failed is not None:
+                    return entry.changed(reason=failed[0]), failed[1]
+                status_text = f" after the source answered 0x{status:04X}"
             held = held_at(
                 self.dest, expected, opts.calling_aet, opts.settle, timeout=opts.timeout, cancel=self.cancel
             )
@@ -254,12 +304,14 @@ def migrate(
     cancel: Cancellation | None = None,
     on_study: StudyCallback | None = None,
     on_plan: Callable[[int], None] | None = None,
+    archive: Archive | None = None,
 ) -> tuple[MigrationSummary, list[StudyEntry]]:
     """Run one migration pass; return the summary and the selection's entries as they ended.
 
     Raises NetworkError when the source cannot be inventoried or DEST does not answer a
-    C-ECHO: nothing was moved. `on_plan(n)` is told how many studies will be tried,
-    `on_study(entry)` each one's outcome as it ends (from worker threads)."""
+    C-ECHO: nothing was moved. `options.via_archive` needs the open `archive`. `on_plan(n)` is
+    told how many studies will be tried, `on_study(entry)` each one's outcome as it ends (from
+    worker threads)."""
     start = time.perf_counter()
     summary = MigrationSummary()
     if not options.dry_run:
@@ -282,7 +334,10 @@ def migrate(
     if on_plan is not None:
         on_plan(len(todo))
     if not options.dry_run and todo:
-        mover = _StudyMover(source, dest, ledger, options, cancel)
+        if options.via_archive and archive is None:
+            raise ValueError("via_archive needs the archive")
+        receiver = ArchiveReceiver(archive) if options.via_archive and archive is not None else None
+        mover = _StudyMover(source, dest, ledger, options, cancel, receiver)
         lock = threading.Lock()
 
         def one(entry: StudyEntry) -> None:
@@ -298,8 +353,12 @@ def migrate(
                 on_study(ended)
 
         with ThreadPoolExecutor(max(1, options.parallel), thread_name_prefix="migrate") as pool:
-            for future in [pool.submit(one, e) for e in todo]:
-                future.result()
+            try:
+                for future in [pool.submit(one, e) for e in todo]:
+                    future.result()
+            finally:
+                if receiver is not None:
+                    receiver.close()
     summary.interrupted = cancel is not None and cancel.requested
     ended = list(final.values())
     summary.studies = len(ended)

@@ -166,28 +166,70 @@ def test_unknown_destination_fails_each_study_and_unreachable_nodes_exit_4(
     assert down.returncode == 4 and "error:" in down.stderr, down.stderr
 
 
-def test_a_source_answering_success_early_is_caught_and_completed(tmp_path: Path, ct_factory: Any,
+@pytest.fixture(scope="module")
+def hostile_pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A source that answers C-MOVE Success before it has sent anything (`SynchronousCMove:
+    false`) and caps C-FIND answers at 3 (`LimitFindResults`); DEST takes 20 ms over each
+    instance, so the source's job is still sending when its C-MOVE answers."""
+    pair = start_orthanc_pair(tmp_path_factory.mktemp("hostile"), store_delay=0.02,
+                              source_config={"SynchronousCMove": False, "LimitFindResults": 3})
+    yield pair
+    pair.source.stop()
+    pair.dest.stop()
+
+
+def test_a_source_answering_success_early_is_caught_and_completed(hostile_pair: OrthancPair, ct_factory: Any,
                                                                   archive_dir: Path) -> None:
-    """Orthanc with `SynchronousCMove: false` answers Success before it has sent anything:
-    the check right after it (--settle 0) finds instances missing, and the retry completes."""
-    # DEST takes 20 ms over each instance, so the source's job is still sending when it answers.
-    pair = start_orthanc_pair(tmp_path / "async", source_config={"SynchronousCMove": False},
-                              store_delay=0.02)
-    try:
-        study, uids = _upload_study(pair, ct_factory, "MIG-ASYNC", series=2, per_series=15)
-        proc = _migrate(pair, "-k", "PatientID=MIG-ASYNC", "--settle", "0", "--backoff", "0.5",
-                        "--attempts", "10")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        [record, _] = _records(proc.stdout)
-        assert record["status"] == "done" and record["dest_instances"] == 30
-        lines = _records((archive_dir / "migrations" / "SOURCE--DEST.ndjson").read_text())
-        early = [r for r in lines if r["status"] == "pending" and "after the source answered 0x0000"
-                 in (r["reason"] or "")]
-        assert early, lines  # the early Success was seen as what it was
-        assert set(uids) <= set(pair.stores())
-    finally:
-        pair.source.stop()
-        pair.dest.stop()
+    """The check right after the early Success (--settle 0) finds instances missing; the
+    retries complete the study."""
+    pair = hostile_pair
+    study, uids = _upload_study(pair, ct_factory, "MIG-ASYNC", series=2, per_series=15)
+    proc = _migrate(pair, "-k", "PatientID=MIG-ASYNC", "--settle", "0", "--backoff", "0.5",
+                    "--attempts", "10")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [record, _] = _records(proc.stdout)
+    assert record["status"] == "done" and record["dest_instances"] == 30
+    lines = _records((archive_dir / "migrations" / "SOURCE--DEST.ndjson").read_text())
+    early = [r for r in lines if r["status"] == "pending" and "after the source answered 0x0000"
+             in (r["reason"] or "")]
+    assert early, lines  # the early Success was seen as what it was
+    assert set(uids) <= set(pair.stores())
+
+
+def test_a_source_capping_its_answers_is_walked_in_date_slices(hostile_pair: OrthancPair, ct_factory: Any,
+                                                               archive_dir: Path) -> None:
+    pair = hostile_pair
+    from pydicom.uid import generate_uid
+
+    studies = [generate_uid() for _ in range(7)]
+    for n, uid in enumerate(studies):
+        pair.source.upload(ct_factory(study_uid=uid, patient_id="MIG-CAP", study_date=f"2023051{n}"))
+    capped = _migrate(pair, "-k", "PatientID=MIG-CAP")  # default cap 1000: 3 answers look complete
+    assert capped.returncode == 0 and _records(capped.stdout)[-1]["studies"] == 3
+    sliced = _migrate(pair, "-k", "PatientID=MIG-CAP", "--find-cap", "3", "--parallel", "3")
+    assert sliced.returncode == 0, sliced.stdout + sliced.stderr
+    *records, summary = _records(sliced.stdout)
+    assert {r["StudyInstanceUID"] for r in records} == set(studies)
+    assert (summary["studies"], summary["skipped"], summary["moved"]) == (7, 3, 4)
+    assert summary["queries"] > 3
+
+
+def test_via_archive_gets_into_the_archive_then_stores_to_dest(orthanc_pair: OrthancPair, ct_factory: Any,
+                                                              archive_dir: Path) -> None:
+    pair = orthanc_pair
+    study, uids = _upload_study(pair, ct_factory, "MIG-VIA", series=2, per_series=2)
+    dry = run_cli("migrate", pair.spec(pair.source), pair.spec(pair.dest), "-k", "PatientID=MIG-VIA",
+                  "--dry-run", "--json")
+    assert dry.returncode == 0 and _records(dry.stdout)[-1]["would_move"] == 1
+    assert not (archive_dir / "migrations").exists()  # a dry run writes nothing
+    first = _migrate(pair, "-k", "PatientID=MIG-VIA", "--via-archive", "--limit", "1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    [record, summary] = _records(first.stdout)
+    assert record["status"] == "done" and summary["instances"] == 4
+    listed = _records(run_cli("ls", "--level", "instance", "--json", "-k", f"StudyInstanceUID={study}").stdout)
+    assert {r["SOPInstanceUID"] for r in listed} == set(uids)  # hashed and kept on the way
+    stores = Counter(pair.stores())
+    assert all(stores[uid] == 1 for uid in uids), stores
 
 
 def test_diff_between_two_orthancs_and_the_archive(orthanc_pair: OrthancPair, ct_factory: Any,
