@@ -4,7 +4,7 @@
 
 _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
     case "$1:$2" in
-        cmds:pacsctl) echo 'audit backup completion config diff echo get import ls migrate move nodes quarantine query reindex send serve token verify' ;;
+        cmds:pacsctl) echo 'audit backup completion config diff echo export get import ls migrate move nodes quarantine query reindex send serve token verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
         'opts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail --wide -w --json --help -h' ;;
@@ -25,6 +25,9 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl echo') echo '--count -c --aet --timeout --json --help -h' ;;
         'vopts:pacsctl echo') echo '--count -c --aet --timeout' ;;
         'args:pacsctl echo') echo @node ;;
+        'opts:pacsctl export') echo '--study --patient --key -k --all --format -f --layout --json --help -h' ;;
+        'vopts:pacsctl export') echo '--study --patient --key -k --format -f --layout' ;;
+        'args:pacsctl export') echo @file ;;
         'opts:pacsctl get') echo '--level -l --study --key -k --all --aet --timeout --json --help -h' ;;
         'vopts:pacsctl get') echo '--level -l --study --key -k --aet --timeout' ;;
         'args:pacsctl get') echo @node ;;
@@ -74,7 +77,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
     case "$1 $2" in
         'pacsctl --archive'|'pacsctl -a') echo @file ;;
         'pacsctl audit --since') echo @text ;;
-        'pacsctl audit --event'|'pacsctl audit -e') echo 'associate reject release abort refuse store find move get import send retrieve backup repair web' ;;
+        'pacsctl audit --event'|'pacsctl audit -e') echo 'associate reject release abort refuse store find move get import send retrieve backup repair export web' ;;
         'pacsctl audit --calling') echo @text ;;
         'pacsctl audit --uid') echo @text ;;
         'pacsctl audit --limit') echo @text ;;
@@ -87,6 +90,11 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl echo --count'|'pacsctl echo -c') echo @text ;;
         'pacsctl echo --aet') echo @text ;;
         'pacsctl echo --timeout') echo @text ;;
+        'pacsctl export --study') echo @text ;;
+        'pacsctl export --patient') echo @text ;;
+        'pacsctl export --key'|'pacsctl export -k') echo @text ;;
+        'pacsctl export --format'|'pacsctl export -f') echo 'folder zip dicomdir' ;;
+        'pacsctl export --layout') echo @text ;;
         'pacsctl get --level'|'pacsctl get -l') echo 'patient study series instance image' ;;
         'pacsctl get --study') echo @text ;;
         'pacsctl get --key'|'pacsctl get -k') echo @text ;;

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pacsctl.dicom.matching import RecordFilter
+from pacsctl.dicom.matching import LEVEL_KEYS, LEVELS, UNIQUE_KEY, RecordFilter, compile_filters
 from pacsctl.storage.index import Index
 
 
@@ -62,3 +62,24 @@ def instances_under(index: Index, level: str, matched: list[dict[str, Any]]) -> 
         return index.instances(study_uids=studies) if studies else []
     series = sorted({str(r["SeriesInstanceUID"]) for r in matched})
     return index.instances(study_uids=studies, series_uids=series) if series else []
+
+
+def deepest_level(keys: Iterable[str]) -> str:
+    """The lowest Query/Retrieve level any key belongs to (STUDY when none does): a
+    SeriesDescription filter selects series, a StudyDate filter whole studies."""
+    level = "STUDY"
+    for key in keys:
+        for candidate in LEVELS:
+            if key in LEVEL_KEYS[candidate] or key == UNIQUE_KEY[candidate]:
+                if LEVELS.index(candidate) > LEVELS.index(level):
+                    level = candidate
+    return level
+
+
+def instances_matching(index: Index, filters: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The instance records under the studies/series/instances that `filters` (`pacsctl ls`
+    matching) select at their deepest level; every instance when `filters` is empty."""
+    if not filters:
+        return index.instances()
+    level = deepest_level(filters)
+    return instances_under(index, level, find_records(index, level, compile_filters(filters)))

@@ -183,6 +183,7 @@ COMMAND_MODULES = (
     "config_cmd",
     "migrate",
     "token",
+    "export",
 )
 
 

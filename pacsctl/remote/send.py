@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pacsctl.archive.archive import Archive
-from pacsctl.archive.search import find_records, instances_under
-from pacsctl.dicom.matching import LEVEL_KEYS, LEVELS, UNIQUE_KEY, compile_filters
+from pacsctl.archive.search import instances_matching
 from pacsctl.errors import NetworkError, UsageError
 from pacsctl.ingest.sources import ZIP_ERRORS, Problem, Source, find_sources
 from pacsctl.net import scu, sending
@@ -164,17 +163,6 @@ def _classify(source: Source, explicit: bool) -> SendItem:
     return SendItem(source.path, size)
 
 
-def _deepest_level(keys: Iterable[str]) -> str:
-    """The lowest Query/Retrieve level any key belongs to (STUDY when none does)."""
-    level = "STUDY"
-    for key in keys:
-        for candidate in LEVELS:
-            if key in LEVEL_KEYS[candidate] or key == UNIQUE_KEY[candidate]:
-                if LEVELS.index(candidate) > LEVELS.index(level):
-                    level = candidate
-    return level
-
-
 def archive_files(archive: Archive, filters: Mapping[str, str], everything: bool = False) -> list[SendItem]:
     """The archived instances under the studies/series/instances matching `filters`
     (`everything`: the whole archive, with no filter).
@@ -183,10 +171,7 @@ def archive_files(archive: Archive, filters: Mapping[str, str], everything: bool
     (a SeriesDescription filter selects series, a StudyDate filter whole studies)."""
     if not filters and not everything:
         raise UsageError("nothing selected in the archive", hint="give --study UID or -k KEY=VALUE")
-    flt = compile_filters(filters)
-    level = _deepest_level(filters)
-    index = archive.index
-    instances = instances_under(index, level, find_records(index, level, flt))
+    instances = instances_matching(archive.index, filters)
     found = [
         SendItem(str(archive.path_of(r["path"])), int(r.get("size") or 0)) for r in instances if r.get("path")
     ]

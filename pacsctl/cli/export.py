@@ -1,0 +1,103 @@
+"""`pacsctl export DEST`: studies out of the archive as folders, DICOM media or zip files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pacsctl.archive.audit import AuditEvent, record_action
+from pacsctl.cli import output
+from pacsctl.cli.interrupt import stop_on_signals
+from pacsctl.cli.options import NO_METAVAR, JsonSummary, Keys, choices
+from pacsctl.errors import EXIT_INTEGRITY, UsageError
+from pacsctl.export.layout import DEFAULT_LAYOUT
+from pacsctl.export.run import ExportFormat
+
+Format = Annotated[
+    ExportFormat,
+    typer.Option(
+        "--format", "-f", metavar=choices(ExportFormat), case_sensitive=False, help="What to write."
+    ),
+]
+
+
+def export(
+    ctx: typer.Context,
+    dest: Path = typer.Argument(
+        ..., metavar="DEST", help="A new folder (or .zip file) to create.", show_default=False
+    ),
+    studies: list[str] = typer.Option([], "--study", metavar="UID", help="Export this study (repeatable)."),
+    patient: Optional[str] = typer.Option(
+        None, "--patient", metavar="ID", help="Every study of this patient."
+    ),
+    keys: Keys = [],
+    everything: bool = typer.Option(False, "--all", metavar=NO_METAVAR, help="Export the whole archive."),
+    fmt: Format = ExportFormat.FOLDER,
+    layout: str = typer.Option(
+        DEFAULT_LAYOUT, "--layout", metavar="TEMPLATE", help="Folder and file names (folder and zip formats)."
+    ),
+    as_json: JsonSummary = False,
+) -> None:
+    """Export studies to a folder, DICOM media (DICOMDIR) or a zip file.
+
+    The files are the archived bytes, checked against the SHA-256 recorded at ingest. Every
+    export holds MANIFEST.sha256 (`sha256sum -c MANIFEST.sha256` checks it); each file is read
+    back before the export is declared done, and the export is written beside DEST and renamed
+    to DEST only when complete. Layout fields are index fields ({PatientID}, {StudyDate},
+    {AccessionNumber}, {SeriesNumber:03}, {SeriesDescription}, {InstanceNumber:05}, ...); every
+    name is made safe for Windows, macOS and Linux file systems. Exit 3 when some instance could
+    not be exported.
+
+    Example: pacsctl export /media/usb/ct --study 1.2.840.113619.2.1 --format dicomdir
+    """
+    from pacsctl.cli.app import state
+    from pacsctl.dicom.matching import parse_key_values
+    from pacsctl.export.run import ExportOptions
+    from pacsctl.export.run import export as run_export
+
+    filters = parse_key_values(keys)
+    if studies:
+        if "StudyInstanceUID" in filters:
+            raise UsageError("give the study either with --study or with -k StudyInstanceUID, not both")
+        filters["StudyInstanceUID"] = "\\".join(studies)
+    if patient is not None:
+        if "PatientID" in filters:
+            raise UsageError("give the patient either with --patient or with -k PatientID, not both")
+        filters["PatientID"] = patient
+    if not filters and not everything:
+        raise UsageError("nothing selected", hint="give --study UID, --patient ID, -k KEY=VALUE or --all")
+    opts = state(ctx)
+    options = ExportOptions(format=fmt, layout=layout)
+    with (
+        opts.open_archive(create=False) as archive,
+        output.LazyProgress("export", opts.verbosity >= 0 and not as_json) as bar,
+        stop_on_signals() as cancel,
+    ):
+        report = run_export(
+            archive,
+            dest,
+            filters,
+            options,
+            progress=bar.advance,
+            should_stop=lambda: cancel.requested,
+            on_total=bar.start,
+        )
+    s = report.summary
+    records = [p.as_dict() for p in report.problems] + [
+        {"type": "summary", "command": "export", **s.as_dict()}
+    ]
+    text = (
+        f"exported {s.exported} instances to {s.dest} ({s.format}): {s.files} files, "
+        f"{s.bytes / 1e6:.1f} MB, {s.errors} errors, {s.skipped} skipped; {s.elapsed:.1f} s"
+    )
+    output.print_report(records, as_json, "export: not exported", text)
+    record_action(archive.root, AuditEvent.EXPORT, s.as_dict(), selection=filters, dest=s.dest)
+    if not report.ok:
+        raise typer.Exit(EXIT_INTEGRITY)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `export` to the app."""
+    app.command("export")(export)
