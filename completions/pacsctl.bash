@@ -4,9 +4,12 @@
 
 _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
     case "$1:$2" in
-        cmds:pacsctl) echo 'audit backup completion config diff echo export get import ls migrate move nodes quarantine query reindex send serve token verify' ;;
+        cmds:pacsctl) echo 'anonymize audit backup completion config diff echo export get import ls migrate move nodes quarantine query reindex send serve token verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
+        'opts:pacsctl anonymize') echo '--out -o --key --key-file --keep-dates --shift-dates --keep-uids --keep-device --keep-institution --keep-patient-characteristics --clean-descriptors --keep-safe-private --clean-structured-content --clean-graphics --burned-in --profile --patient-map --map-out --json --dry-run -n --jobs -j --help -h' ;;
+        'vopts:pacsctl anonymize') echo '--out -o --key --key-file --burned-in --profile --patient-map --map-out --jobs -j' ;;
+        'args:pacsctl anonymize') echo @file... ;;
         'opts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail --wide -w --json --help -h' ;;
         'vopts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail' ;;
         'opts:pacsctl backup') echo '--json --jobs -j --help -h' ;;
@@ -76,6 +79,14 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
 _pacsctl_value() {  # completion words for the value of option $2 of command path $1
     case "$1 $2" in
         'pacsctl --archive'|'pacsctl -a') echo @file ;;
+        'pacsctl anonymize --out'|'pacsctl anonymize -o') echo @file ;;
+        'pacsctl anonymize --key') echo @text ;;
+        'pacsctl anonymize --key-file') echo @file ;;
+        'pacsctl anonymize --burned-in') echo 'refuse warn allow' ;;
+        'pacsctl anonymize --profile') echo @file ;;
+        'pacsctl anonymize --patient-map') echo @file ;;
+        'pacsctl anonymize --map-out') echo @file ;;
+        'pacsctl anonymize --jobs'|'pacsctl anonymize -j') echo @text ;;
         'pacsctl audit --since') echo @text ;;
         'pacsctl audit --event'|'pacsctl audit -e') echo 'associate reject release abort refuse store find move get import send retrieve backup repair export web' ;;
         'pacsctl audit --calling') echo @text ;;
