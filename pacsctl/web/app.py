@@ -29,8 +29,9 @@ from pacsctl.archive.audit import AuditEvent, AuditLog
 from pacsctl.dicom.matching import QueryLevel
 from pacsctl.errors import InvalidQueryError
 from pacsctl.web import metadata, qido, wado
+from pacsctl.web import rendered as rendering
 from pacsctl.web.errors import WebError, not_found
-from pacsctl.web.responses import json_response, origin
+from pacsctl.web.responses import json_response, origin, ranged
 from pacsctl.web.stow import store_request
 from pacsctl.web.tokens import Token, TokenStore
 
@@ -90,8 +91,9 @@ def build_app(ctx: WebContext) -> Starlette:
                     raise WebError(
                         403, "this token is read-only", hint="create one with `token create --write`"
                     )
-                for name, value in request.path_params.items():
-                    if not _UID.fullmatch(str(value)) or len(str(value)) > 64:
+                for name in ("study", "series", "instance"):
+                    value = str(request.path_params.get(name, "0"))
+                    if not _UID.fullmatch(value) or len(value) > 64:
                         raise WebError(400, f"{name} is not a valid UID")
                 response = await handler(request, ctx, token)
             except WebError as exc:  # its messages are ours: they name no value of the request
@@ -137,6 +139,7 @@ def build_app(ctx: WebContext) -> Starlette:
             guarded(instance_metadata),
             methods=["GET"],
         ),
+        *_pixel_routes(guarded),
     ]
     stow_routes = _stow_routes(guarded)
     middleware = []
@@ -157,6 +160,20 @@ def _stow_routes(guarded: Callable[..., Callable[[Request], Awaitable[Response]]
     return [
         Route("/dicom-web/studies", guarded(store_request, write=True), methods=["POST"]),
         Route("/dicom-web/studies/{study}", guarded(store_request, write=True), methods=["POST"]),
+    ]
+
+
+def _pixel_routes(guarded: Callable[..., Callable[[Request], Awaitable[Response]]]) -> list[Route]:
+    instance = "/dicom-web/studies/{study}/series/{series}/instances/{instance}"
+    return [
+        Route("/dicom-web/studies/{study}/thumbnail", guarded(thumbnail), methods=["GET"]),
+        Route("/dicom-web/studies/{study}/series/{series}/thumbnail", guarded(thumbnail), methods=["GET"]),
+        Route(instance + "/thumbnail", guarded(thumbnail), methods=["GET"]),
+        Route(instance + "/rendered", guarded(rendered), methods=["GET"]),
+        Route(instance + "/frames/{frames}/rendered", guarded(rendered), methods=["GET"]),
+        Route(instance + "/frames/{frames}/thumbnail", guarded(thumbnail), methods=["GET"]),
+        Route(instance + "/frames/{frames}", guarded(frames), methods=["GET"]),
+        Route(instance + "/bulkdata/{tag}", guarded(bulkdata), methods=["GET"]),
     ]
 
 
@@ -260,6 +277,11 @@ def _instances(
 async def retrieve(request: Request, ctx: WebContext, token: Token) -> Response:
     p = request.path_params
     accept = wado.parse_accept(request.headers.get("accept"))
+    if "instance" in p and any(r.media_type == "application/dicom" for r in accept):
+        # one instance as a single part, as stored: Range applies (a resumed download)
+        record = (await run_in_threadpool(_instances, ctx, token, p["study"], p["series"], p["instance"]))[0]
+        request.state.audit.update(count=1)
+        return FileResponse(ctx.archive.root / str(record["path"]), media_type="application/dicom")
 
     def parts() -> list[wado.Part]:
         records = _instances(ctx, token, p["study"], p.get("series"), p.get("instance"))
@@ -316,6 +338,67 @@ async def _metadata(request: Request, ctx: WebContext, token: Token, by_instance
 
 def _sop_uid(header: dict[str, Any]) -> str:
     return str((header.get("00080018", {}).get("Value") or [""])[0])
+
+
+# -- rendered images, frames, bulk data -----------------------------------------------------
+
+
+async def rendered(request: Request, ctx: WebContext, token: Token) -> Response:
+    return await _render(request, ctx, token, thumbnail=False)
+
+
+async def thumbnail(request: Request, ctx: WebContext, token: Token) -> Response:
+    return await _render(request, ctx, token, thumbnail=True)
+
+
+async def _render(request: Request, ctx: WebContext, token: Token, thumbnail: bool) -> Response:
+    p = request.path_params
+    accept = wado.parse_accept(request.headers.get("accept"))
+    wanted = rendering.RenderRequest.parse(accept, request.query_params, thumbnail)
+    frame = rendering.parse_frame_list(p["frames"])[0] if "frames" in p else 1
+
+    def run() -> bytes:
+        records = _instances(ctx, token, p["study"], p.get("series"), p.get("instance"))
+        record = rendering.middle(records) if "instance" not in p else records[0]
+        return rendering.render(ctx.archive.root / str(record["path"]), frame, wanted)
+
+    data = await run_in_threadpool(run)
+    return Response(data, media_type=wanted.fmt.media_type, headers={"Cache-Control": "private, max-age=300"})
+
+
+async def frames(request: Request, ctx: WebContext, token: Token) -> Response:
+    p = request.path_params
+    numbers = rendering.parse_frame_list(p["frames"])
+    accept = wado.parse_accept(
+        request.headers.get("accept") or 'multipart/related; type="application/octet-stream"'
+    )
+
+    def run() -> list[wado.Part]:
+        record = _instances(ctx, token, p["study"], p["series"], p["instance"])[0]
+        return rendering.frame_parts(ctx.archive.root / str(record["path"]), numbers, accept)
+
+    parts = await run_in_threadpool(run)
+    body = wado.Multipart(parts[0].content_type.split(";")[0], parts)
+    request.state.audit.update(count=len(parts))
+    return Response(b"".join(body.chunks()), media_type=body.content_type)
+
+
+async def bulkdata(request: Request, ctx: WebContext, token: Token) -> Response:
+    p = request.path_params
+    tag_text = str(p["tag"])
+    if not re.fullmatch(r"[0-9A-Fa-f]{8}", tag_text):
+        raise WebError(400, "bulk data is named by its tag, 8 hex digits (e.g. 7FE00010)")
+
+    def run() -> bytes:
+        record = _instances(ctx, token, p["study"], p["series"], p["instance"])[0]
+        return rendering.bulk_value(ctx.archive.root / str(record["path"]), int(tag_text, 16))
+
+    data = await run_in_threadpool(run)
+    accept = wado.parse_accept(request.headers.get("accept"))
+    if any(r.media_type == "application/octet-stream" for r in accept) or "range" in request.headers:
+        return ranged(request, data, "application/octet-stream")  # a single part: Range applies
+    body = wado.Multipart("application/octet-stream", [wado.Part("application/octet-stream", data=data)])
+    return Response(b"".join(body.chunks()), media_type=body.content_type)
 
 
 # -- the page --------------------------------------------------------------------------------

@@ -38,3 +38,24 @@ def origin(request: Request) -> str:
     if server and not netloc.endswith("]") and ":" not in netloc.rsplit("]", 1)[-1] and server[1] != default:
         netloc = f"{netloc}:{server[1]}"
     return f"{request.url.scheme}://{netloc}"
+
+
+def ranged(request: Request, data: bytes, media_type: str) -> Response:
+    """`data` as one body, honouring a single `Range: bytes=...` (206, or 416 when unsatisfiable)."""
+    size = len(data)
+    header = request.headers.get("range", "")
+    headers = {"Accept-Ranges": "bytes"}
+    if not header.startswith("bytes=") or "," in header:
+        return Response(data, media_type=media_type, headers=headers)
+    first, _, last = header[6:].strip().partition("-")
+    try:
+        if first:
+            start, end = int(first), min(int(last) if last else size - 1, size - 1)
+        else:
+            start, end = max(0, size - int(last)), size - 1
+    except ValueError:
+        return Response(data, media_type=media_type, headers=headers)
+    if start > end or start >= size:
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return Response(data[start : end + 1], status_code=206, media_type=media_type, headers=headers)

@@ -221,3 +221,66 @@ def test_token_list_shows_no_secret_and_the_store_holds_only_hashes(web_node: We
     bad = invoke_cli("--archive", web_node.archive, "token", "create", "--expires", "yesterday")
     assert bad.returncode == 2 and "error:" in bad.stderr
     assert invoke_cli("--archive", web_node.archive, "token", "revoke", "tok-nope").returncode == 2
+
+
+def _instance_url(web_node: WebNode, series: str = "S1a") -> tuple[str, str]:
+    u = web_node.uids
+    sop = web_node.client().search_for_instances(u["S1"], u[series])[0]["00080018"]["Value"][0]
+    return f"{web_node.dicomweb}/studies/{u['S1']}/series/{u[series]}/instances/{sop}", sop
+
+
+def test_rendered_and_thumbnails_come_from_the_shared_renderer(web_node: WebNode) -> None:
+    import io
+
+    import pydicom
+    from PIL import Image
+
+    from pacsctl.render import Window, encode, render_frame
+
+    url, sop = _instance_url(web_node)
+    headers = _bearer(web_node.token())
+    png = httpx.get(url + "/rendered", params={"window": "40,400"}, headers={**headers, "Accept": "image/png"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    expected = render_frame(pydicom.dcmread(io.BytesIO(_stored(web_node, sop))), 0, Window(40, 400))
+    assert Image.open(io.BytesIO(png.content)).tobytes() == expected.tobytes()
+    other = httpx.get(url + "/frames/1/rendered", params={"window": "1000,100"},
+                      headers={**headers, "Accept": "image/png"})
+    assert other.content != png.content and other.content == encode(
+        render_frame(pydicom.dcmread(io.BytesIO(_stored(web_node, sop))), 0, Window(1000, 100)))
+    jpeg = httpx.get(url + "/rendered", params={"viewport": "32,32"}, headers=headers)
+    assert jpeg.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(jpeg.content)).size == (32, 32)
+    u = web_node.uids
+    for path in (f"/studies/{u['S1']}/thumbnail", f"/studies/{u['S1']}/series/{u['S1b']}/thumbnail"):
+        thumb = httpx.get(web_node.dicomweb + path, headers=headers)
+        assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size[0] <= 128
+    assert httpx.get(url + "/frames/2/rendered", headers=headers).status_code == 404
+    assert httpx.get(url + "/rendered", params={"window": "x"}, headers=headers).status_code == 400
+
+
+def test_frames_bulk_data_and_ranges(web_node: WebNode) -> None:
+    import pydicom
+
+    url, sop = _instance_url(web_node)
+    stored = pydicom.dcmread(web_node.archive / _relpath(sop))
+    client = web_node.client()
+    u = web_node.uids
+    frames = client.retrieve_instance_frames(u["S1"], u["S1a"], sop, frame_numbers=[1])
+    assert frames == [stored.PixelData]
+    bulk = client.retrieve_bulkdata(f"{url}/bulkdata/7FE00010")
+    assert bulk == [stored.PixelData]
+    headers = _bearer(web_node.token())
+    part = httpx.get(f"{url}/bulkdata/7FE00010", headers={**headers, "Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == stored.PixelData[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(stored.PixelData)}"
+    whole = _stored(web_node, sop)
+    single = httpx.get(url, headers={**headers, "Accept": "application/dicom", "Range": "bytes=-64"})
+    assert single.status_code == 206 and single.content == whole[-64:]
+    assert httpx.get(url + "/frames/9", headers=headers).status_code == 404
+    assert httpx.get(url + "/frames/0,x", headers=headers).status_code == 400
+    assert httpx.get(url + "/bulkdata/nothex!", headers=headers).status_code in (400, 404)
+
+
+def _relpath(sop: str) -> str:
+    from pacsctl.archive.archive import Archive
+
+    return Archive.object_relpath(sop)
