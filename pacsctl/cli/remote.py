@@ -119,6 +119,30 @@ def _filters(keys: list[str], level_name: LevelName) -> tuple[str, dict[str, str
     return level_name.query_level, parse_key_values(keys)
 
 
+@contextmanager
+def _failure_audited(
+    ctx: typer.Context, event: AuditEvent, selection: dict[str, str], **details: Any
+) -> Iterator[None]:
+    """A send, move or get that fails outright (unreachable, rejected, lost, stopped while
+    listing) writes its audit record too: status `failed` (or `interrupted`), the error's
+    one line (never patient data) and its typed failure."""
+    try:
+        yield
+    except PacsctlError as exc:
+        interrupted = isinstance(exc, OperationInterrupted)
+        failure = getattr(exc, "failure", None)
+        record_action(
+            resolve_archive_dir(state(ctx).archive),
+            event,
+            {"status": "interrupted" if interrupted else "failed"},
+            selection=selection,
+            error=str(exc),
+            failure=failure.value if failure is not None else None,
+            **details,
+        )
+        raise
+
+
 # -- echo --------------------------------------------------------------------------------------
 
 
@@ -268,7 +292,10 @@ def send_command(
                 items += sending.selection_files(archive, selection)
         if from_stdin and not items:
             raise UsageError("nothing to send: stdin named no file or record")
-        summary = _send_items(ctx, node, calling, items, associations, timeout, as_json)
+        with _failure_audited(
+            ctx, AuditEvent.SEND, filters, node=str(node), calling_aet=calling, called_aet=node.aet
+        ):
+            summary = _send_items(ctx, node, calling, items, associations, timeout, as_json)
     _finish_send(ctx, node, calling, summary, filters, as_json)
 
 
@@ -563,53 +590,63 @@ def move_command(
     query_level, filters = _selection(keys, level, everything, studies)
     node, calling, config = _setup(ctx, node_spec, aet)
     dest = config.nodes[to].aet if to in config.nodes else validate_ae_title(to)
-    with output.progress(f"moving from {node.aet}", total=None, enabled=not as_json) as bar:
+    with _failure_audited(
+        ctx,
+        AuditEvent.RETRIEVE,
+        filters,
+        service="move",
+        node=str(node),
+        destination=dest,
+        calling_aet=calling,
+        called_aet=node.aet,
+    ):
+        with output.progress(f"moving from {node.aet}", total=None, enabled=not as_json) as bar:
 
-        def on_progress(_: RetrieveSummary) -> None:
-            bar.advance(1)
+            def on_progress(_: RetrieveSummary) -> None:
+                bar.advance(1)
 
-        with stop_on_signals() as cancel:
-            if dest in (config.ae_title, calling):
-                with (
-                    state(ctx).open_archive(create=True) as archive,
-                    receiver_mod.receiving(archive, dest, node.aet, cancel) as (receiver, listening),
-                ):
-                    if not listening:
-                        _check_our_allow_list(archive.config, node, dest)
-                        output.warn(
-                            f"cannot listen on port {archive.config.port} (in use?): assuming a running "
-                            f"`pacsctl serve` receives for {dest}; arrivals are counted in the archive"
+            with stop_on_signals() as cancel:
+                if dest in (config.ae_title, calling):
+                    with (
+                        state(ctx).open_archive(create=True) as archive,
+                        receiver_mod.receiving(archive, dest, node.aet, cancel) as (receiver, listening),
+                    ):
+                        if not listening:
+                            _check_our_allow_list(archive.config, node, dest)
+                            output.warn(
+                                f"cannot listen on port {archive.config.port} (in use?): assuming a running "
+                                f"`pacsctl serve` receives for {dest}; arrivals are counted in the archive"
+                            )
+                        began = datetime.now(UTC)
+                        summary = retrieve.move(
+                            node,
+                            dest,
+                            query_level,
+                            filters,
+                            calling,
+                            receiver=receiver,
+                            on_progress=on_progress,
+                            settle=settle,
+                            timeout=timeout,
+                            listening=listening,
+                            cancel=cancel,
                         )
-                    began = datetime.now(UTC)
+                        summary.refused_by_us = (
+                            receiver_mod.rejects_of(receiver.rejects, node)
+                            if listening
+                            else receiver_mod.rejects_in_audit_log(archive, began, node)
+                        )
+                else:
                     summary = retrieve.move(
                         node,
                         dest,
                         query_level,
                         filters,
                         calling,
-                        receiver=receiver,
                         on_progress=on_progress,
-                        settle=settle,
                         timeout=timeout,
-                        listening=listening,
                         cancel=cancel,
                     )
-                    summary.refused_by_us = (
-                        receiver_mod.rejects_of(receiver.rejects, node)
-                        if listening
-                        else receiver_mod.rejects_in_audit_log(archive, began, node)
-                    )
-            else:
-                summary = retrieve.move(
-                    node,
-                    dest,
-                    query_level,
-                    filters,
-                    calling,
-                    on_progress=on_progress,
-                    timeout=timeout,
-                    cancel=cancel,
-                )
     record_action(
         resolve_archive_dir(state(ctx).archive),
         AuditEvent.RETRIEVE,
@@ -649,26 +686,35 @@ def get_command(
 
     query_level, filters = _selection(keys, level, everything, studies)
     node, calling, _ = _setup(ctx, node_spec, aet)
-    with output.progress(f"getting from {node.aet}", total=None, enabled=not as_json) as bar:
+    with _failure_audited(
+        ctx,
+        AuditEvent.RETRIEVE,
+        filters,
+        service="get",
+        node=str(node),
+        calling_aet=calling,
+        called_aet=node.aet,
+    ):
+        with output.progress(f"getting from {node.aet}", total=None, enabled=not as_json) as bar:
 
-        def on_progress(_: RetrieveSummary) -> None:
-            bar.advance(1)
+            def on_progress(_: RetrieveSummary) -> None:
+                bar.advance(1)
 
-        with state(ctx).open_archive(create=True) as archive, stop_on_signals() as cancel:
-            receiver = receiver_mod.ArchiveReceiver(archive)
-            try:
-                summary = retrieve.get(
-                    node,
-                    receiver,
-                    query_level,
-                    filters,
-                    calling,
-                    on_progress=on_progress,
-                    timeout=timeout,
-                    cancel=cancel,
-                )
-            finally:
-                receiver.close()
+            with state(ctx).open_archive(create=True) as archive, stop_on_signals() as cancel:
+                receiver = receiver_mod.ArchiveReceiver(archive)
+                try:
+                    summary = retrieve.get(
+                        node,
+                        receiver,
+                        query_level,
+                        filters,
+                        calling,
+                        on_progress=on_progress,
+                        timeout=timeout,
+                        cancel=cancel,
+                    )
+                finally:
+                    receiver.close()
     record_action(
         archive.root,
         AuditEvent.RETRIEVE,

@@ -35,6 +35,7 @@ from pacsctl.net.cancel import Cancellation
 from pacsctl.net.types import (
     STATUS_PENDING,
     STATUS_PROCESSING_FAILURE,
+    AuditHandler,
     NodeLike,
     QueryModel,
     RetrieveCounts,
@@ -315,6 +316,7 @@ def get(
     timeout: float = 30.0,
     storage_contexts: list[PresentationContext] | None = None,
     cancel: Cancellation | None = None,
+    audit: AuditHandler | None = None,
 ) -> RetrieveCounts:
     """C-GET the matches of `identifier` from `node`; each arriving instance is handed to
     `store_cb` (a `StoreRequest` as the SCP gets one), whose return value is the C-STORE status.
@@ -323,7 +325,7 @@ def get(
     127 most common storage classes) in `transfer_syntaxes` (default: uncompressed, so the
     peer decompresses when needed). `storage_contexts`, when given, replaces that set (e.g.
     one context per stored syntax, so the peer can send each instance as it holds it).
-    `cancel` as for `move`."""
+    `cancel` as for `move`; `audit` gets a record per sub-operation C-STORE (as an SCP's)."""
     uid = _GET[model]
     if storage_contexts is not None:
         storage = storage_contexts[: sending.MAX_REQUESTED_CONTEXTS - 1]
@@ -342,7 +344,7 @@ def get(
     counts = RetrieveCounts()
 
     def on_store(event: evt.Event) -> int:
-        req = _scp._Dispatcher(_scp.ScpHandlers(store=store_cb), _scp.ScpOptions())
+        req = _scp._Dispatcher(_scp.ScpHandlers(store=store_cb, audit=audit), _scp.ScpOptions())
         return req.on_store(event)
 
     with associate(

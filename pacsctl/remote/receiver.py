@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from pacsctl.archive.archive import AUDIT_LOG, CONFLICT_KEPT_REASON, Archive
-from pacsctl.archive.audit import AuditEvent, AuditQuery, select_records
+from pacsctl.archive.audit import AuditEvent, AuditLog, AuditQuery, select_records
 from pacsctl.archive.commit import STATUS_CONFLICT_KEPT, GroupCommitter
 from pacsctl.errors import NetworkError
 from pacsctl.net.cancel import Cancellation
@@ -28,7 +28,9 @@ LOG = logging.getLogger(__name__)
 
 class ArchiveReceiver:
     """Stores instances handed over by a C-GET or an incoming C-STORE into the archive and
-    counts them: received, new, already there, refused. Thread-safe (SCP threads call it)."""
+    counts them: received, new, already there, refused. Thread-safe (SCP threads call it).
+    The records of what it was handed (`note_audit`) go to the archive's audit log, as
+    `serve` writes them."""
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
@@ -44,9 +46,24 @@ class ArchiveReceiver:
         # the peer; the archive must record the peer as the sender, not us.
         self.source: AssocInfo | None = None
         self.rejects: list[dict[str, Any]] = []  # audit records of associations we rejected
+        self.audit_log = AuditLog(archive.root / AUDIT_LOG)
 
     def note_audit(self, record: dict[str, Any]) -> None:
-        """Audit callable of a temporary listener: keeps the associations it rejected."""
+        """Audit callable of a temporary listener or a C-GET: appends the record to the
+        archive's audit log (for a C-GET naming the peer as the sender, as for the store
+        itself) and keeps the associations the listener rejected."""
+        if self.source is not None and "calling_aet" in record:
+            src = self.source
+            record = {
+                **record,
+                "calling_aet": src.calling_aet,
+                "called_aet": src.called_aet,
+                "peer": f"{src.peer_host}:{src.peer_port}",
+            }
+        try:
+            self.audit_log.append(record)
+        except OSError as exc:  # the audit trail must not fail a transfer (serve's rule too)
+            LOG.warning("cannot write the audit log: %s", exc.strerror or exc)
         if record.get("event") == AuditEvent.REJECT:
             with self._lock:
                 self.rejects.append(record)
@@ -76,9 +93,13 @@ class ArchiveReceiver:
         return status
 
     def close(self) -> None:
-        """Fold the index journal and close the archive; safe to call twice."""
+        """Fold the index journal, close the archive and the audit log; safe to call twice."""
         with self._archive_lock:
             self.archive.close()
+        try:
+            self.audit_log.close()
+        except OSError as exc:
+            LOG.warning("cannot sync the audit log: %s", exc.strerror or exc)
 
 
 @contextmanager

@@ -443,6 +443,7 @@ def get(
             timeout=timeout,
             storage_contexts=get_contexts(listed.values()),
             cancel=cancel,
+            audit=receiver.note_audit,
         )
         summary.add(counts)
         if on_progress:

@@ -142,3 +142,54 @@ def test_move_and_get_take_study(peer_factory: Callable[..., Peer], ct_factory: 
     assert _summary(moved)["completed"] == 3 and target.instance_uids() == _uids(wanted)
     both = invoke_cli("move", source.spec, "--to", "TARGET", "--study", study, "-k", f"StudyInstanceUID={study}")
     assert both.returncode == 2
+
+
+# -- audit records of move/get into the archive, and of failed send/move/get -------------------
+
+
+def _audit(archive_dir: Path) -> list[dict[str, Any]]:
+    return _lines((archive_dir / "audit.log").read_text())
+
+
+def test_get_and_move_into_the_archive_write_audit_records_like_serve(
+        peer_factory: Callable[..., Peer], ct_factory: Any, archive_dir: Path) -> None:  # noqa: F811
+    from tests.helpers import free_port
+
+    files = ct_factory.series(2, patient_id="P1")
+    source = peer_factory(files, aet="SOURCE")
+    got = invoke_cli("get", source.spec, "-k", "PatientID=P1", "--json")
+    assert got.returncode == 0, got.stderr
+    stores = [r for r in _audit(archive_dir) if r["event"] == "store"]
+    assert {r["SOPInstanceUID"] for r in stores} == _uids(files)
+    assert all(r["status"] == "0x0000" and r["calling_aet"] == "SOURCE" for r in stores)
+    assert all("PatientID" not in r and "PatientName" not in r for r in _audit(archive_dir))
+
+    port = free_port()
+    for key, value in (("ae_title", "LOCAL"), ("port", str(port)), ("host", "127.0.0.1")):
+        assert invoke_cli("config", "set", key, value).returncode == 0
+    source.add_destination("local", "LOCAL", port)
+    (archive_dir / "audit.log").unlink()
+    moved = invoke_cli("move", source.spec, "--to", "LOCAL", "-k", "PatientID=P1", "--json")
+    assert moved.returncode == 0, moved.stderr
+    events = [(r["event"], r.get("calling_aet")) for r in _audit(archive_dir)]
+    assert ("associate", "SOURCE") in events and ("release", "SOURCE") in events
+    assert events.count(("store", "SOURCE")) == 2  # duplicates now: stored again as serve would say
+    assert events[-1] == ("retrieve", "LOCAL")
+
+
+def test_failed_send_move_and_get_are_audited(ct_factory: Any, archive_dir: Path) -> None:
+    from tests.helpers import free_port
+
+    assert invoke_cli("config", "set", "ae_title", "LOCAL").returncode == 0
+    nobody = f"NOBODY@127.0.0.1:{free_port()}"
+    assert invoke_cli("send", nobody, ct_factory(), "--timeout", "5").returncode == 4
+    assert invoke_cli("get", nobody, "--study", "1.2.3", "--timeout", "5").returncode == 4
+    assert invoke_cli("move", nobody, "--to", "X", "-k", "PatientID=P1", "--timeout", "5").returncode == 4
+    records = _audit(archive_dir)
+    assert [(r["event"], r.get("service"), r["status"], r["failure"]) for r in records] == [
+        ("send", None, "failed", "refused"),
+        ("retrieve", "get", "failed", "refused"),
+        ("retrieve", "move", "failed", "refused"),
+    ]
+    assert all("refused the connection" in r["error"] for r in records)
+    assert records[1]["uids"] == ["1.2.3"] and "P1" not in json.dumps(records[2])
