@@ -12,9 +12,11 @@ by a path that may hold a patient ID.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -26,11 +28,13 @@ from pacsctl.dicom.attributes import STUDY_FIELDS
 from pacsctl.errors import OperationInterrupted, PacsctlError, UsageError
 from pacsctl.export import dicomdir
 from pacsctl.export.layout import DEFAULT_LAYOUT, Layout
-from pacsctl.export.target import FolderTarget, Target, Written
+from pacsctl.export.target import FolderTarget, SizeMismatch, Target, Written
 from pacsctl.export.zipout import ZipTarget
+from pacsctl.storage.files import sha256_file
 from pacsctl.summary import SummaryRecord
 
 Progress = Callable[[int, int], None]  # (instances done, bytes written)
+COPY_THREADS = 4
 
 
 class ExportFormat(StrEnum):
@@ -47,6 +51,7 @@ class ExportOptions:
 
     format: ExportFormat = ExportFormat.FOLDER
     layout: str = DEFAULT_LAYOUT
+    converter: Converter | None = None  # set by the formats that do not copy the archived bytes
 
 
 @dataclass
@@ -156,7 +161,8 @@ def export(
         owners = {w.relpath: uid for w, uid in written}
         finished = target.finish([w for w, _ in written])
         for bad, reason in finished.bad:
-            report.problems.append(ExportProblem(owners.get(bad.relpath, ""), reason))
+            uid = owners.get(bad.relpath, "")
+            report.problems.append(ExportProblem(uid, _why_not_read_back(archive, records, uid, reason)))
             report.summary.files -= 1
             report.summary.bytes -= bad.size
         report.summary.files += 1
@@ -171,6 +177,26 @@ def export(
     return report
 
 
+@dataclass
+class _Outcome:
+    """What became of one instance: its files, or why it has none."""
+
+    written: list[Written] = field(default_factory=list)
+    problem: str = ""
+    skipped: bool = False
+    header: dicomdir.MediaHeader | None = None
+
+
+class ConvertError(Exception):
+    """An instance a converter cannot write in the export's format (the reason is the message)."""
+
+
+# A format that writes something else than the archived bytes: from the instance's bytes, its
+# record and its layout path, the files to write ([] when it has nothing to write: skipped).
+Converter = Callable[[bytes, Mapping[str, Any], str], list[tuple[str, bytes]]]
+BATCH = 64  # instances planned at once (their paths in order), then copied on the threads
+
+
 def _write_all(
     archive: Archive,
     target: Target,
@@ -181,42 +207,84 @@ def _write_all(
     progress: Progress | None,
     should_stop: Callable[[], bool] | None,
 ) -> list[tuple[Written, str]]:
-    """Every instance's files, each with the SOP Instance UID it came from ("" for DICOMDIR)."""
-    written: list[tuple[Written, str]] = []
-    media: list[tuple[Written, dicomdir.MediaHeader, str]] = []
-    summary = report.summary
-    for n, record in enumerate(records):
+    """Every instance's files, each with the SOP Instance UID it came from ("" for DICOMDIR).
+    Paths are given in order (deterministic names); the copies run on threads (reads, writes
+    and hashing release the GIL), one for a zip (a single stream)."""
+    media = options.format is ExportFormat.DICOMDIR
+    converter = options.converter
+
+    def one(item: tuple[int, dict[str, Any], str]) -> _Outcome:
+        n, record, relpath = item
         if should_stop is not None and should_stop():
             raise OperationInterrupted("export stopped: nothing was left at the destination")
-        uid = str(record["SOPInstanceUID"])
         source = archive.path_of(record["path"])
-        relpath = f"TMP/{n:08d}" if options.format is ExportFormat.DICOMDIR else layout.path_of(record)
         try:
-            out = target.copy_file(relpath, source)
-            if (out.size, out.sha256) != (int(record.get("size") or -1), str(record.get("sha256", ""))):
-                target.remove(out)
-                raise _ArchiveDamaged()
-        except _ArchiveDamaged:
-            report.problems.append(ExportProblem(uid, DAMAGED))
-            _tick(progress, 0)
-            continue
-        except FileNotFoundError:
-            report.problems.append(ExportProblem(uid, "the archived file is missing (run `pacsctl verify`)"))
-            _tick(progress, 0)
-            continue
-        except OSError as exc:
-            raise PacsctlError(f"cannot write the export: {os.strerror(exc.errno or 0)}") from exc
-        if options.format is ExportFormat.DICOMDIR:
-            header = dicomdir.MediaHeader(dicomdir.read_header(source), str(record["TransferSyntaxUID"]))
-            media.append((out, header, uid))
-        written.append((out, uid))
-        summary.files += 1
-        summary.bytes += out.size
-        _tick(progress, out.size)
-    if options.format is ExportFormat.DICOMDIR and media:
+            outcome = _convert(target, source, record, relpath, converter) if converter else None
+            if outcome is None:
+                outcome = _Outcome(
+                    [
+                        target.copy_verbatim(
+                            relpath, source, int(record.get("size") or -1), str(record.get("sha256", ""))
+                        )
+                    ]
+                )
+            if media and outcome.written:
+                outcome.header = dicomdir.MediaHeader(
+                    dicomdir.read_header(source), str(record["TransferSyntaxUID"])
+                )
+            return outcome
+        except (_ArchiveDamaged, SizeMismatch):
+            return _Outcome(problem=DAMAGED)
+        except FileNotFoundError as exc:
+            if exc.filename is not None and Path(exc.filename) == source:
+                return _Outcome(problem="the archived file is missing (run `pacsctl verify`)")
+            raise
+        except ConvertError as exc:
+            return _Outcome(problem=str(exc))
+
+    written: list[tuple[Written, str]] = []
+    headers: list[tuple[Written, dicomdir.MediaHeader, str]] = []
+    summary = report.summary
+    threads = 1 if isinstance(target, ZipTarget) else COPY_THREADS
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for start in range(0, len(records), BATCH):
+            batch = [
+                (n, r, f"TMP/{n:08d}" if media else layout.path_of(r))
+                for n, r in enumerate(records[start : start + BATCH], start)
+            ]
+            try:
+                outcomes = list(pool.map(one, batch))
+            except OSError as exc:
+                raise PacsctlError(f"cannot write the export: {os.strerror(exc.errno or 0)}") from exc
+            for (_, record, _), outcome in zip(batch, outcomes, strict=True):
+                uid = str(record["SOPInstanceUID"])
+                nbytes = sum(w.size for w in outcome.written)
+                if outcome.problem:
+                    report.problems.append(ExportProblem(uid, outcome.problem))
+                elif outcome.skipped:
+                    summary.skipped += 1
+                written += [(w, uid) for w in outcome.written]
+                if outcome.header is not None:
+                    headers.append((outcome.written[0], outcome.header, uid))
+                summary.files += len(outcome.written)
+                summary.bytes += nbytes
+                _tick(progress, nbytes)
+    if media and headers:
         assert isinstance(target, FolderTarget)
-        written = _place_on_media(target, media, report)
+        written = _place_on_media(target, headers, report)
     return written
+
+
+def _convert(
+    target: Target, source: Path, record: Mapping[str, Any], relpath: str, converter: Converter
+) -> _Outcome:
+    data = source.read_bytes()
+    if (len(data), hashlib.sha256(data).hexdigest()) != (record.get("size"), record.get("sha256")):
+        raise _ArchiveDamaged()
+    outputs = converter(data, record, relpath)
+    if not outputs:
+        return _Outcome(skipped=True)
+    return _Outcome([target.write_bytes(path, payload) for path, payload in outputs])
 
 
 def _place_on_media(
@@ -237,6 +305,19 @@ def _place_on_media(
     report.summary.files += 1
     report.summary.bytes += dicomdir_file.size
     return [*placed, (dicomdir_file, "")]
+
+
+def _why_not_read_back(archive: Archive, records: list[dict[str, Any]], uid: str, reason: str) -> str:
+    """A copied file checks against the ingest record only when it is read back: when it does
+    not, the archived file itself tells a damaged archive from a bad copy."""
+    record = next((r for r in records if r["SOPInstanceUID"] == uid), None)
+    if record is None:
+        return reason
+    try:
+        size, sha256 = sha256_file(archive.path_of(record["path"]))
+    except OSError:
+        return "the archived file cannot be read (run `pacsctl verify`)"
+    return DAMAGED if (size, sha256) != (record.get("size"), record.get("sha256")) else reason
 
 
 def _tick(progress: Progress | None, nbytes: int) -> None:
