@@ -14,7 +14,6 @@ set or per file):
 from __future__ import annotations
 
 import datetime as dt
-import io
 import re
 import warnings
 from collections.abc import Callable
@@ -24,12 +23,11 @@ from enum import StrEnum
 import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
-from pacsctl.anonymize import residual, safe_private
+from pacsctl.anonymize import encoding, residual, safe_private
 from pacsctl.anonymize.identity import Identity, MapEntry
 from pacsctl.anonymize.profile import BurnedIn, Decision, Options, OverrideAction, Policy, SiteProfile
 from pacsctl.anonymize.table import BASIC_PROFILE_CODE, TABLE_EDITION, Action, Option
@@ -131,10 +129,13 @@ class Anonymizer:
 
     # -- the public calls ------------------------------------------------------------------
 
-    def dataset(self, ds: Dataset) -> Outcome:
+    def dataset(self, ds: Dataset, has_pixels: bool | None = None) -> Outcome:
         """De-identify `ds` in place and scan what is left. WRITTEN when it may be shared;
-        REFUSED (burned-in text) or LEAK (the scan found the patient) when not."""
-        refused = self._burned_in(ds)
+        REFUSED (burned-in text) or LEAK (the scan found the patient) when not. `has_pixels`
+        tells about Pixel Data read separately (default: whether `ds` holds some)."""
+        if has_pixels is None:
+            has_pixels = any(tag in ds for tag in PIXEL_TAGS)
+        refused = self._burned_in(ds) if has_pixels else ""
         warning = ""
         if refused:
             if self.options.burned_in is BurnedIn.REFUSE:
@@ -156,45 +157,24 @@ class Anonymizer:
         outcome.mapping = self.identity.take_entries()
         return outcome
 
-    def encode(self, ds: Dataset, transfer_syntax: str | None = None) -> bytes:
-        """`ds` as a Part-10 file: a zero preamble and File Meta rebuilt from the data set
-        (its original transfer syntax unless `transfer_syntax`)."""
-        original = getattr(ds, "file_meta", None)
-        syntax = transfer_syntax or (original.get("TransferSyntaxUID") if original is not None else None)
-        if syntax is None:  # a data set without File Meta: the encoding it was read in
-            implicit, little = ds.original_encoding
-            syntax = (
-                pydicom.uid.ImplicitVRLittleEndian
-                if implicit
-                else (pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
-            )
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = pydicom.uid.UID(str(syntax))
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = "PACSCTL_ANON"
-        ds.file_meta = meta
-        ds.preamble = b"\x00" * 128
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue()
+    def encode(self, ds: Dataset, tail: bytes | memoryview = b"") -> bytes:
+        """`ds` as a Part-10 file in its original transfer syntax: a zero preamble, File Meta
+        rebuilt from the data set, and `tail` (raw Pixel Data it was read without) after it."""
+        return encoding.encode(ds, tail)
 
     def file_bytes(self, data: bytes) -> Outcome:
-        """De-identify the Part-10 file `data`; WRITTEN outcomes carry the new file's bytes.
-        pydicom's warnings are silenced: they quote values (a patient's name among them)."""
+        """De-identify the Part-10 file `data`; WRITTEN outcomes carry the new file's bytes
+        (Pixel Data copied as it was). pydicom's warnings are silenced: they quote values."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return self._file_bytes(data)
-
-    def _file_bytes(self, data: bytes) -> Outcome:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-            return Outcome(Status.SKIPPED, "not a DICOM instance (no SOP Class or Instance UID)")
-        outcome = self.dataset(ds)
-        if outcome.status is Status.WRITTEN:
-            outcome.data = self.encode(ds)
-        return outcome
+            header = encoding.read_header(data)
+            ds = header.dataset
+            if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+                return Outcome(Status.SKIPPED, "not a DICOM instance (no SOP Class or Instance UID)")
+            outcome = self.dataset(ds, has_pixels=header.has_pixels)
+            if outcome.status is Status.WRITTEN:
+                outcome.data = self.encode(ds, header.tail)
+            return outcome
 
     # -- the walk --------------------------------------------------------------------------
 
@@ -230,6 +210,10 @@ class Anonymizer:
                 else:
                     del ds[tag]
                     continue
+            elif action is Action.KEEP and not decision.override:
+                vr = element_vr(ds, number)
+                if vr != "SQ" and not (vr in ("DA", "DT") and patient.date_offset is not None):
+                    continue  # kept as read: a raw element is written back without decoding
             elem = ds[tag]
             if elem.VR == "SQ":
                 self._sequence(ds, elem, decision, patient)
@@ -297,9 +281,7 @@ class Anonymizer:
     # -- checks and markers ----------------------------------------------------------------
 
     def _burned_in(self, ds: Dataset) -> str:
-        """Why the image may show burned-in text, or "" (no pixels, or marked free of it)."""
-        if not any(tag in ds for tag in PIXEL_TAGS):
-            return ""
+        """Why the image may show burned-in text, or "" (marked free of it)."""
         burned = str(ds.get("BurnedInAnnotation", "") or "").upper()
         if burned == "YES":
             return "BurnedInAnnotation is YES (text in the pixels)"
@@ -418,13 +400,14 @@ def shift_date(value: str, vr: str, days: int) -> str:
 
 
 def element_vr(ds: Dataset, tag: int) -> str:
-    """The VR of `tag` in `ds` without converting a raw element (dictionary VR when implicit)."""
+    """The VR of `tag` in `ds` without converting a raw element: the dictionary's when the file
+    gave none (implicit VR) or UN (a sequence may hide behind UN)."""
     raw = ds.get_item(tag)
     vr = getattr(raw, "VR", None)
-    if vr:
+    if vr and vr != "UN":
         return str(vr)
     try:
-        return dictionary_VR(tag)
+        return str(dictionary_VR(tag))
     except KeyError:
         return "UN"
 

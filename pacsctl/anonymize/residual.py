@@ -12,9 +12,11 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"}
@@ -150,27 +152,51 @@ def scan(ds: Dataset, anchors: Anchors) -> list[Leak]:
 
 
 def _scan(ds: Dataset, anchors: Anchors, prefix: str) -> Iterator[Leak]:
-    for elem in ds:
-        if elem.VR == "SQ":
-            for index, item in enumerate(elem.value):
-                yield from _scan(item, anchors, f"{prefix}{_name(elem.tag)}[{index}].")
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        vr = _vr(tag, raw)
+        if vr == "SQ":
+            for index, item in enumerate(ds[tag].value):
+                yield from _scan(item, anchors, f"{prefix}{_name(tag)}[{index}].")
             continue
-        if elem.VR in NOT_SCANNED_VRS or elem.tag in CODE_IDENTIFIERS:
+        if vr in NOT_SCANNED_VRS or tag in CODE_IDENTIFIERS:
             continue
-        if elem.VR not in TEXT_VRS and not (elem.tag.is_private and elem.VR in ("UN", "OB")):
+        private_bytes = tag.is_private and vr in ("UN", "OB")
+        if vr not in TEXT_VRS and not private_bytes:
             continue
-        value = elem.value
-        if value is None or value == "":
+        text = _text(ds, tag, raw, private_bytes)
+        if not text:
             continue
-        if isinstance(value, bytes):  # a private or unknown element kept: its bytes as text
-            text = value.decode("latin-1")
-        elif isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-            text = "\\".join(str(v) for v in value)
-        else:
-            text = str(value)
-        kind = anchors.find(text, words=elem.tag != CODE_MEANING)
+        kind = anchors.find(text, words=tag != CODE_MEANING)
         if kind is not None:
-            yield Leak(prefix + _name(elem.tag), kind)
+            yield Leak(prefix + _name(tag), kind)
+
+
+def _vr(tag: BaseTag, raw: Any) -> str:
+    vr = getattr(raw, "VR", None)
+    if vr and vr != "UN":
+        return str(vr)
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+def _text(ds: Dataset, tag: BaseTag, raw: Any, private_bytes: bool) -> str:
+    """The element's value as text: ASCII raw bytes as they are (no decoding needed to search
+    them), anything else decoded by pydicom with the data set's character set."""
+    value = raw.value
+    if isinstance(value, bytes):
+        if private_bytes or value.isascii():
+            return value.decode("latin-1")
+        value = ds[tag].value
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
 
 
 def _name(tag: int) -> str:

@@ -117,3 +117,17 @@ def test_burned_in_text_is_refused_unless_allowed() -> None:
     assert Anonymizer(KEY).file_bytes(part10(first)).status is Status.WRITTEN
     del first.BurnedInAnnotation
     assert Anonymizer(KEY).file_bytes(part10(first)).status is Status.REFUSED
+
+
+def test_elements_after_pixel_data_are_read_and_handled() -> None:
+    """Pixel Data is copied raw only when nothing follows it: private elements after it (group
+    7FE1) still go."""
+    first, _ = linked_pair()
+    first.add_new(0x7FE10010, "LO", "ACME TRAILER")
+    first.add_new(0x7FE11001, "LO", PATIENT["PatientName"])
+    outcome = Anonymizer(KEY).file_bytes(part10(first))
+    assert outcome.status is Status.WRITTEN and outcome.data is not None
+    out = pydicom.dcmread(io.BytesIO(outcome.data))
+    assert (0x7FE1, 0x1001) not in out and (0x7FE1, 0x0010) not in out
+    assert out.PixelData == first.PixelData
+    assert b"Johanna" not in outcome.data
