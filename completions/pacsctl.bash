@@ -12,9 +12,9 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl anonymize') echo @file... ;;
         'opts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail --wide -w --json --help -h' ;;
         'vopts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail' ;;
-        'opts:pacsctl backup') echo '--json --jobs -j --help -h' ;;
-        'vopts:pacsctl backup') echo '--jobs -j' ;;
-        'args:pacsctl backup') echo @file ;;
+        'opts:pacsctl backup') echo '--json --jobs -j --endpoint-url --prune --help -h' ;;
+        'vopts:pacsctl backup') echo '--jobs -j --endpoint-url' ;;
+        'args:pacsctl backup') echo @text ;;
         'opts:pacsctl completion') echo '--help -h' ;;
         'args:pacsctl completion') echo =bash,zsh,fish ;;
         'cmds:pacsctl config') echo 'set show' ;;
@@ -71,8 +71,8 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl token list') echo '--json --help -h' ;;
         'opts:pacsctl token revoke') echo '--help -h' ;;
         'args:pacsctl token revoke') echo @text ;;
-        'opts:pacsctl verify') echo '--quick --sample --backup --repair-from --repair --json --report --jobs -j --help -h' ;;
-        'vopts:pacsctl verify') echo '--sample --backup --repair-from --report --jobs -j' ;;
+        'opts:pacsctl verify') echo '--quick --sample --backup --repair-from --repair --json --report --jobs -j --endpoint-url --help -h' ;;
+        'vopts:pacsctl verify') echo '--sample --backup --repair-from --report --jobs -j --endpoint-url' ;;
     esac
 }
 
@@ -94,6 +94,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl audit --limit') echo @text ;;
         'pacsctl audit --tail') echo @text ;;
         'pacsctl backup --jobs'|'pacsctl backup -j') echo @text ;;
+        'pacsctl backup --endpoint-url') echo @text ;;
         'pacsctl diff --key'|'pacsctl diff -k') echo @text ;;
         'pacsctl diff --level'|'pacsctl diff -l') echo 'study series instance' ;;
         'pacsctl diff --aet') echo @text ;;
@@ -180,10 +181,11 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl token create --note') echo @text ;;
         'pacsctl token create --web-url') echo @text ;;
         'pacsctl verify --sample') echo @text ;;
-        'pacsctl verify --backup') echo @file ;;
+        'pacsctl verify --backup') echo @text ;;
         'pacsctl verify --repair-from') echo @file ;;
         'pacsctl verify --report') echo @file ;;
         'pacsctl verify --jobs'|'pacsctl verify -j') echo @text ;;
+        'pacsctl verify --endpoint-url') echo @text ;;
     esac
 }
 

@@ -12,7 +12,7 @@ function __pacsctl_spec --description 'sub-commands (cmds) or value options (vop
         case 'vopts:pacsctl audit'
             printf '%s\n' '--since' '--event' '-e' '--calling' '--uid' '--limit' '--tail'
         case 'vopts:pacsctl backup'
-            printf '%s\n' '--jobs' '-j'
+            printf '%s\n' '--jobs' '-j' '--endpoint-url'
         case 'cmds:pacsctl config'
             printf '%s\n' 'set' 'show'
         case 'vopts:pacsctl diff'
@@ -48,7 +48,7 @@ function __pacsctl_spec --description 'sub-commands (cmds) or value options (vop
         case 'vopts:pacsctl token create'
             printf '%s\n' '--study' '--patient' '--expires' '--note' '--web-url'
         case 'vopts:pacsctl verify'
-            printf '%s\n' '--sample' '--backup' '--repair-from' '--report' '--jobs' '-j'
+            printf '%s\n' '--sample' '--backup' '--repair-from' '--report' '--jobs' '-j' '--endpoint-url'
     end
 end
 
@@ -178,9 +178,10 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'wide' -s 'w' -d 'Tab
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'json' -d 'NDJSON on stdout, one record per line, keyed by DICOM keywords.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'json' -d 'NDJSON: one record per problem, then a summary.'
-complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'jobs' -s 'j' -x -d 'Parallel copies (default: 2 per core, at least 4).'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'jobs' -s 'j' -x -d 'Parallel copies (default: 2 per core, at least 4; 10 uploads to s3://).'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'endpoint-url' -x -d 'S3 endpoint for s3:// URLs (Ceph, Swift, MinIO); default: AWS_ENDPOINT_URL, t...'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'prune' -d 's3:// only: delete backed-up objects the archive no longer has (nothing else...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl backup\'' -l 'help' -s 'h' -d 'Show this message and exit.'
-complete -c pacsctl -n '__pacsctl_arg \'pacsctl backup\' 0' -F
 complete -c pacsctl -n '__pacsctl_at \'pacsctl completion\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_arg \'pacsctl completion\' 0' -a 'bash zsh fish'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl config\'' -a 'set' -d 'Change a setting (`allow` takes AE titles separated by commas; an empty value...'
@@ -347,10 +348,11 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl token list\'' -l 'help' -s 'h' -d
 complete -c pacsctl -n '__pacsctl_at \'pacsctl token revoke\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'quick' -d 'Presence and sizes only: no hashing, no parsing.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'sample' -x -d 'Re-hash a random share (e.g.'
-complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'backup' -r -F -d 'Check the backup in DEST against its manifest and against the archive.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'backup' -x -d 'Check the backup in DEST (folder or s3://BUCKET/PREFIX) against its manifest...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'repair-from' -r -F -d 'Restore damaged or missing files from the backup in DEST (byte-identical copi...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'repair' -d 'With --backup: copy damaged backup copies again from the archive.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'json' -d 'NDJSON: one record per problem, then a summary.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'report' -r -F -d 'Also write the NDJSON report to FILE (for cron mail).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'jobs' -s 'j' -x -d 'Worker processes (default: one per core).'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'endpoint-url' -x -d 'S3 endpoint for s3:// URLs (Ceph, Swift, MinIO); default: AWS_ENDPOINT_URL, t...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl verify\'' -l 'help' -s 'h' -d 'Show this message and exit.'

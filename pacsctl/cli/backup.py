@@ -1,13 +1,15 @@
-"""`pacsctl backup DEST`: an incremental, verifiable replica of the archive."""
+"""`pacsctl backup DEST`: an incremental, verifiable replica of the archive (a folder or a bucket)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
-from pacsctl.cli.options import CopyJobs, DestArg, JsonReport
-from pacsctl.errors import EXIT_INTEGRITY
+from pacsctl.cli.options import NO_METAVAR, CopyJobs, DestArg, EndpointUrl, JsonReport
+from pacsctl.errors import EXIT_INTEGRITY, UsageError
 
 
 def backup(
@@ -15,14 +17,25 @@ def backup(
     dest: DestArg,
     as_json: JsonReport = False,
     jobs: CopyJobs = None,
+    endpoint_url: EndpointUrl = None,
+    prune: bool = typer.Option(
+        False,
+        "--prune",
+        metavar=NO_METAVAR,
+        help="s3:// only: delete backed-up objects the archive no longer has (nothing else ever deletes).",
+    ),
 ) -> None:
     """Copy what is new or changed to DEST, with a manifest to verify and restore from.
 
     A consistent snapshot of what the archive held when the backup started, safe while `serve`
     writes. Each copy is checked against the SHA-256 recorded at ingest and written atomically
-    and durably. Exit 0 when every file is backed up, 3 when some could not be.
+    and durably. DEST is a folder or s3://BUCKET/PREFIX (endpoint and credentials as for every
+    AWS tool: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
+    AWS_PROFILE); each object keeps its SHA-256 in its metadata. Resumable: run it again.
+    Exit 0 when every file is backed up, 3 when some could not be.
 
-    Examples: pacsctl backup /mnt/nas/pacs; pacsctl verify --backup /mnt/nas/pacs
+    Examples: pacsctl backup /mnt/nas/pacs; pacsctl backup s3://pacs-offsite/site-a --jobs 16;
+    pacsctl verify --backup s3://pacs-offsite/site-a --sample 0.05
 
     Restore when the archive is lost: pacsctl verify --backup /mnt/nas/pacs (1. the backup is
     intact); cp -a /mnt/nas/pacs /srv/pacs (2. copy it to where the archive will live);
@@ -32,13 +45,27 @@ def backup(
     """
     from pacsctl.cli.app import state
     from pacsctl.integrity.backup import backup as run_backup
+    from pacsctl.storage.objects import is_object_url
 
     opts = state(ctx)
-    with (
-        opts.open_archive(create=False) as archive,
-        output.LazyProgress("backup", opts.verbosity >= 0) as bar,
-    ):
-        report = run_backup(archive, dest, jobs=jobs, on_total=bar.start, progress=bar.advance)
+    to_bucket = is_object_url(dest)
+    if not to_bucket and (prune or endpoint_url):
+        raise UsageError(
+            "--prune and --endpoint-url go with an s3:// destination",
+            hint="a folder backup keeps every file it ever copied",
+        )
+    with opts.open_archive(create=False) as archive:
+        if to_bucket:
+            from pacsctl.integrity.offsite import backup_to_bucket, open_store
+
+            store = open_store(dest, endpoint_url, jobs)
+            with output.LazyProgress("backup", opts.verbosity >= 0) as bar:
+                report = backup_to_bucket(
+                    archive, store, jobs=jobs, prune=prune, on_total=bar.start, progress=bar.advance
+                )
+        else:
+            with output.LazyProgress("backup", opts.verbosity >= 0) as bar:
+                report = run_backup(archive, Path(dest), jobs=jobs, on_total=bar.start, progress=bar.advance)
     s = report.summary
     records = [f.as_dict() for f in report.findings] + [
         {"type": "summary", "command": "backup", "dest": str(dest), **s.as_dict()}
@@ -49,6 +76,18 @@ def backup(
     )
     if s.unindexed:
         text += f"; {s.unindexed} files not in the index, not backed up (run `pacsctl reindex`)"
+    if to_bucket:
+        from pacsctl.integrity.offsite import OffsiteSummary, describe_protection
+
+        assert isinstance(s, OffsiteSummary)
+        if s.adopted:
+            text += f"; {s.adopted} found uploaded by an interrupted run"
+        if s.pruned:
+            text += f"; {s.pruned} objects pruned"
+        if s.worm or s.object_lock or s.versioning == "Enabled":
+            text += f"; {describe_protection(s)}"
+        else:
+            output.warn(describe_protection(s))
     output.print_report(records, as_json, "backup: problems", text)
     record_action(archive.root, AuditEvent.BACKUP, s.as_dict(), dest=str(dest))
     if not report.ok:

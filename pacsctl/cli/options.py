@@ -123,7 +123,11 @@ Jobs = Annotated[
 CopyJobs = Annotated[
     Optional[int],
     typer.Option(
-        "--jobs", "-j", metavar="N", min=1, help="Parallel copies (default: 2 per core, at least 4)."
+        "--jobs",
+        "-j",
+        metavar="N",
+        min=1,
+        help="Parallel copies (default: 2 per core, at least 4; 10 uploads to s3://).",
     ),
 ]
 DryRun = Annotated[
@@ -161,8 +165,18 @@ PathsArg = Annotated[
     ),
 ]
 DestArg = Annotated[
-    Path,
+    str,
     typer.Argument(
-        metavar="DEST", help="Backup folder (a mounted NAS, a USB disk); created if new.", show_default=False
+        metavar="DEST",
+        help="Backup folder (a mounted NAS, a USB disk; created if new) or s3://BUCKET/PREFIX.",
+        show_default=False,
+    ),
+]
+EndpointUrl = Annotated[
+    Optional[str],
+    typer.Option(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3 endpoint for s3:// URLs (Ceph, Swift, MinIO); default: AWS_ENDPOINT_URL, the AWS config.",
     ),
 ]

@@ -12,7 +12,7 @@ import typer
 
 from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
-from pacsctl.cli.options import NO_METAVAR, Jobs, JsonReport
+from pacsctl.cli.options import NO_METAVAR, EndpointUrl, Jobs, JsonReport
 from pacsctl.errors import EXIT_INTEGRITY, PacsctlError, UsageError
 
 
@@ -48,11 +48,11 @@ def verify(
         metavar="FRACTION",
         help="Re-hash a random share (e.g. 0.05) and quick-check the rest.",
     ),
-    backup: Optional[Path] = typer.Option(
+    backup: Optional[str] = typer.Option(
         None,
         "--backup",
         metavar="DEST",
-        help="Check the backup in DEST against its manifest and against the archive.",
+        help="Check the backup in DEST (folder or s3://BUCKET/PREFIX) against its manifest and the archive.",
     ),
     repair_from: Optional[Path] = typer.Option(
         None,
@@ -71,6 +71,7 @@ def verify(
         None, "--report", metavar="FILE", help="Also write the NDJSON report to FILE (for cron mail)."
     ),
     jobs: Jobs = None,
+    endpoint_url: EndpointUrl = None,
 ) -> None:
     """Check that nothing is lost or damaged; exit 0 when clean, 3 when anything is wrong.
 
@@ -78,8 +79,12 @@ def verify(
     parsed, and the index compared with the files: missing, unknown, wrong size, hash mismatch,
     unreadable. Temp files of interrupted writes are removed (never acknowledged) and reported.
 
+    A bucket (s3://) is checked by its listing (missing, wrong size, unknown objects), then every
+    object (or a --sample) downloaded and re-hashed against the manifest, never by ETag.
+
     Examples: pacsctl verify --json --report /var/log/pacs-verify.ndjson;
-    pacsctl verify --backup /mnt/nas/pacs [--repair]; pacsctl verify --repair-from /mnt/nas/pacs
+    pacsctl verify --backup /mnt/nas/pacs [--repair]; pacsctl verify --repair-from /mnt/nas/pacs;
+    pacsctl verify --backup s3://pacs-offsite/site-a --sample 0.05
     """
     from pacsctl.cli.app import state
     from pacsctl.integrity import verify as verifier
@@ -107,8 +112,9 @@ def verify(
         if backup is not None:
             archive = _open_if_present(opts)
             try:
-                result = verifier.verify_backup(
-                    backup.expanduser(),
+                result = _verify_backup(
+                    backup,
+                    endpoint_url,
                     archive,
                     mode=mode,
                     sample=sample,
@@ -141,6 +147,22 @@ def verify(
         record_action(archive.root, AuditEvent.REPAIR, s.as_dict(), source=str(repair_from))
     if not s.ok:
         raise typer.Exit(EXIT_INTEGRITY)
+
+
+def _verify_backup(dest: str, endpoint_url: str | None, archive, **kwargs: Any):
+    """Check a folder backup or a bucket backup (s3://), the same findings either way."""
+    from pacsctl.storage.objects import is_object_url
+
+    if not is_object_url(dest):
+        if endpoint_url:
+            raise UsageError("--endpoint-url goes with an s3:// backup")
+        from pacsctl.integrity.verify import verify_backup
+
+        return verify_backup(Path(dest).expanduser(), archive, **kwargs)
+    from pacsctl.integrity.offsite import open_store
+    from pacsctl.integrity.offsite_check import verify_bucket
+
+    return verify_bucket(open_store(dest, endpoint_url, kwargs.get("jobs")), archive, **kwargs)
 
 
 _TITLES = {

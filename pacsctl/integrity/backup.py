@@ -119,7 +119,7 @@ def _backup(
     report = BackupReport()
     with locked_backup(dest):
         report.findings += clean_leftovers(dest / TMP, dest, F.BACKUP)
-        snapshot = recorded_files(archive.index.iter_instances())
+        snapshot = snapshot_files(archive)
         previous = read_manifest(dest) or Manifest()
         run = _Run(archive, dest, previous.entries, report, progress)
         todo = run.plan(sorted(snapshot.values(), key=lambda e: e.path))
@@ -146,6 +146,19 @@ def _backup(
     report.summary.unindexed = len(unindexed)
     report.summary.instances = len(run.entries)
     return report
+
+
+def snapshot_files(archive: Archive) -> dict[str, Expected]:
+    """What a backup takes: every indexed file by path, with its study and series UIDs (so that
+    the manifest can restore one study). The instance records are the snapshot; the study and
+    series of each come from the study records (instance records do not repeat them)."""
+    snapshot = recorded_files(archive.index.iter_instances())
+    for rec in archive.index.instances():
+        expected = snapshot.get(str(rec.get("path") or ""))
+        if expected is not None:
+            expected.study_uid = str(rec.get("StudyInstanceUID") or "")
+            expected.series_uid = str(rec.get("SeriesInstanceUID") or "")
+    return snapshot
 
 
 def recopy(archive: Archive, dest: Path, wanted: list[Expected], threads: int = 4) -> dict[str, str]:

@@ -42,6 +42,8 @@ class Expected:
     size: int
     sha256: str
     sop_instance_uid: str = ""
+    study_uid: str = ""  # in backup manifests, so part of a backup can be restored by study
+    series_uid: str = ""
 
 
 @dataclass
@@ -237,6 +239,8 @@ def recorded_files(records: Iterable[dict]) -> dict[str, Expected]:
                 int(rec.get("size") or 0),
                 str(rec.get("sha256") or ""),
                 str(rec.get("SOPInstanceUID") or ""),
+                str(rec.get("StudyInstanceUID") or ""),
+                str(rec.get("SeriesInstanceUID") or ""),
             )
     return out
 

@@ -3,13 +3,15 @@
 `DEST/backup-manifest.ndjson`, one JSON object per line::
 
     {"format": "pacsctl-backup-manifest", "version": 1, "created": "...", "instances": N}
-    {"SOPInstanceUID": "1.2.3", "path": "objects/ab/cd/1.2.3.dcm", "size": 1234, "sha256": "..."}
+    {"SOPInstanceUID": "1.2.3", "path": "objects/ab/cd/1.2.3.dcm", "size": 1234, "sha256": "...",
+     "StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.2.1"}
     ...
     {"end": true, "instances": N}
 
 It is replaced atomically and durably, and only after every file it lists is durable, so it
 never lists a file that is not there in full. The closing line tells a complete manifest from
-one damaged later (cut short by a failing disk). Plain NDJSON: `grep`, `jq` and
+one damaged later (cut short by a failing disk). The same bytes serve an object-store backup
+(`integrity/offsite`), where the manifest is one object. Plain NDJSON: `grep`, `jq` and
 `sha256sum`-style checks work on it without pacsctl.
 """
 
@@ -59,6 +61,11 @@ def read_manifest(dest: Path) -> Manifest | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    return parse_manifest(data)
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """A manifest from its bytes; what cannot be read is listed in `damage`."""
     manifest = Manifest()
     ended = header = False
     for number, line in enumerate(data.splitlines(), 1):
@@ -82,6 +89,8 @@ def read_manifest(dest: Path) -> Manifest | None:
                 int(record["size"]),
                 str(record["sha256"]),
                 str(record.get("SOPInstanceUID", "")),
+                str(record.get("StudyInstanceUID", "")),
+                str(record.get("SeriesInstanceUID", "")),
             )
         except (ValueError, KeyError, TypeError):
             manifest.damage.append(f"line {number} unreadable")
@@ -97,15 +106,32 @@ def read_manifest(dest: Path) -> Manifest | None:
 def write_manifest(dest: Path, tmp_dir: Path, entries: Iterable[Expected]) -> int:
     """Replace the manifest of `dest` atomically and durably; return the number of entries."""
     ordered = sorted(entries, key=lambda e: e.path)
+    files.write_atomic(tmp_dir, manifest_path(dest), encode_manifest(ordered))
+    return len(ordered)
+
+
+def encode_manifest(entries: Iterable[Expected]) -> bytes:
+    """The manifest's bytes: header, one line per entry in path order, closing line."""
+    ordered = sorted(entries, key=lambda e: e.path)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     lines = [json.dumps({"format": FORMAT, "version": VERSION, "created": now, "instances": len(ordered)})]
-    lines.extend(
-        json.dumps({"SOPInstanceUID": e.sop_instance_uid, "path": e.path, "size": e.size, "sha256": e.sha256})
-        for e in ordered
-    )
+    lines.extend(json.dumps(_entry_record(e)) for e in ordered)
     lines.append(json.dumps({"end": True, "instances": len(ordered)}))
-    files.write_atomic(tmp_dir, manifest_path(dest), ("\n".join(lines) + "\n").encode("utf-8"))
-    return len(ordered)
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _entry_record(entry: Expected) -> dict[str, str | int]:
+    record: dict[str, str | int] = {
+        "SOPInstanceUID": entry.sop_instance_uid,
+        "path": entry.path,
+        "size": entry.size,
+        "sha256": entry.sha256,
+    }
+    if entry.study_uid:
+        record["StudyInstanceUID"] = entry.study_uid
+    if entry.series_uid:
+        record["SeriesInstanceUID"] = entry.series_uid
+    return record
 
 
 @contextmanager
