@@ -4,7 +4,7 @@
 
 _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
     case "$1:$2" in
-        cmds:pacsctl) echo 'anonymize audit backup completion config diff echo export get import ls migrate move nodes quarantine query reindex send serve token verify' ;;
+        cmds:pacsctl) echo 'anonymize audit backup completion config diff echo export get import ls migrate move nodes quarantine query reindex route send serve token verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
         'opts:pacsctl anonymize') echo '--out -o --key --key-file --keep-dates --shift-dates --keep-uids --keep-device --keep-institution --keep-patient-characteristics --clean-descriptors --keep-safe-private --clean-structured-content --clean-graphics --burned-in --profile --patient-map --map-out --json --dry-run -n --jobs -j --help -h' ;;
@@ -34,7 +34,7 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl get') echo '--level -l --study --key -k --all --aet --timeout --json --help -h' ;;
         'vopts:pacsctl get') echo '--level -l --study --key -k --aet --timeout' ;;
         'args:pacsctl get') echo @node ;;
-        'opts:pacsctl import') echo '--json --jobs -j --dry-run -n --on-conflict --help -h' ;;
+        'opts:pacsctl import') echo '--json --jobs -j --dry-run -n --on-conflict --no-route --help -h' ;;
         'vopts:pacsctl import') echo '--jobs -j --on-conflict' ;;
         'args:pacsctl import') echo @file... ;;
         'opts:pacsctl ls') echo '--level -l --key -k --sort --limit --columns --wide -w --json --csv --help -h' ;;
@@ -59,6 +59,20 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl query') echo @node ;;
         'opts:pacsctl reindex') echo '--json --jobs -j --help -h' ;;
         'vopts:pacsctl reindex') echo '--jobs -j' ;;
+        'cmds:pacsctl route') echo 'add list remove retry run status' ;;
+        'opts:pacsctl route') echo '--help -h' ;;
+        'opts:pacsctl route add') echo '--to --key -k --delay --max-attempts --max-backoff --replace --help -h' ;;
+        'vopts:pacsctl route add') echo '--to --key -k --delay --max-attempts --max-backoff' ;;
+        'args:pacsctl route add') echo @text ;;
+        'opts:pacsctl route list') echo '--json --help -h' ;;
+        'opts:pacsctl route remove') echo '--force --help -h' ;;
+        'args:pacsctl route remove') echo @text ;;
+        'opts:pacsctl route retry') echo '--help -h' ;;
+        'args:pacsctl route retry') echo @text ;;
+        'opts:pacsctl route run') echo '--once --json --help -h' ;;
+        'args:pacsctl route run') echo @text... ;;
+        'opts:pacsctl route status') echo '--json --help -h' ;;
+        'args:pacsctl route status') echo @text ;;
         'opts:pacsctl send') echo '--study --key -k --all --associations -j --aet --timeout --json --help -h' ;;
         'vopts:pacsctl send') echo '--study --key -k --associations -j --aet --timeout' ;;
         'args:pacsctl send') echo '@node @file...' ;;
@@ -152,6 +166,11 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl query --limit') echo @text ;;
         'pacsctl query --columns') echo @text ;;
         'pacsctl reindex --jobs'|'pacsctl reindex -j') echo @text ;;
+        'pacsctl route add --to') echo @text ;;
+        'pacsctl route add --key'|'pacsctl route add -k') echo @text ;;
+        'pacsctl route add --delay') echo @text ;;
+        'pacsctl route add --max-attempts') echo @text ;;
+        'pacsctl route add --max-backoff') echo @text ;;
         'pacsctl send --study') echo @text ;;
         'pacsctl send --key'|'pacsctl send -k') echo @text ;;
         'pacsctl send --associations'|'pacsctl send -j') echo @text ;;

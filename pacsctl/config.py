@@ -56,6 +56,19 @@ class Node:
 
 
 @dataclass
+class Route:
+    """A forward on arrival (`pacsctl route add`): every newly stored instance that matches goes
+    to `to` (a node name or AET@host:port, `s3://BUCKET/PREFIX`, or a DICOMweb base URL)."""
+
+    name: str
+    to: str
+    match: dict[str, str] = field(default_factory=dict)  # -k KEY=VALUE, DICOM matching
+    delay: float = 0.0  # seconds a series must have been quiet before it goes
+    max_attempts: int = 10  # refusals of one instance before it is a dead letter
+    max_backoff: float = 60.0  # longest wait between tries while the destination is down
+
+
+@dataclass
 class Config:
     """What `pacsctl.toml` holds. Unknown keys in the file are an error, not silently ignored."""
 
@@ -70,6 +83,7 @@ class Config:
     network_timeout: float = 60.0  # idle association; also the longest one PDU may take
     max_instance_size: int = DEFAULT_MAX_INSTANCE_SIZE  # bytes; larger import input is skipped
     nodes: dict[str, Node] = field(default_factory=dict)
+    routes: dict[str, Route] = field(default_factory=dict)
 
 
 class SettingKey(StrEnum):
@@ -151,7 +165,8 @@ def load_config(path: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: invalid TOML: {exc}", hint="fix or remove the file") from exc
     nodes_raw = raw.pop("nodes", {})
-    known = {f.name for f in fields(Config)} - {"nodes"}
+    routes_raw = raw.pop("routes", {})
+    known = {f.name for f in fields(Config)} - {"nodes", "routes"}
     unknown = set(raw) - known
     if unknown:
         raise UsageError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
@@ -163,6 +178,11 @@ def load_config(path: Path) -> Config:
             config.nodes[name] = Node(name=name, **node)
         except TypeError as exc:
             raise UsageError(f"{path}: node {name!r}: {exc}") from exc
+    for name, route in routes_raw.items():
+        try:
+            config.routes[name] = Route(name=name, **route)
+        except TypeError as exc:
+            raise UsageError(f"{path}: route {name!r}: {exc}") from exc
     return config
 
 
@@ -173,6 +193,8 @@ def _toml_value(value: object) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 
@@ -185,6 +207,12 @@ def dump_config(config: Config) -> str:
         lines.append(f"[nodes.{_toml_value(name)}]")
         for key, value in asdict(node).items():
             if key != "name" and value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+    for name, route in sorted(config.routes.items()):
+        lines.append("")
+        lines.append(f"[routes.{_toml_value(name)}]")
+        for key, value in asdict(route).items():
+            if key != "name":
                 lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 

@@ -309,3 +309,17 @@ def bash_complete(script: Path, line: str, cwd: Path) -> list[str]:
     proc = subprocess.run(["bash", "-c", BASH_DRIVER, "driver", str(script), line], cwd=cwd,
                           capture_output=True, text=True, check=True)
     return [w for w in proc.stdout.splitlines() if w]
+
+
+def serve_workers(pid: int) -> list[int]:
+    """The worker processes of the `pacsctl serve` with this pid: its children, except the
+    routes' forwarder (a child of its own interpreter, `pacsctl.routing.process`)."""
+    out = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"pacsctl.routing.process" not in cmdline:
+            out.append(int(child))
+    return out

@@ -28,6 +28,7 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pacsctl.archive.outbox import OutboxWriter
 from pacsctl.config import (
     CONFIG_NAME,
     ON_CONFLICT_POLICIES,
@@ -146,6 +147,9 @@ class IngestBatch:
     named: bool = False
     records: list[dict] = field(default_factory=list)
     dirs: set[str] = field(default_factory=set)
+    # outbox intents per position in `staged`: (route, intent id); None until queued
+    queued: dict[int, list[tuple[str, str]]] | None = None
+    outbox: set[Path] = field(default_factory=set)  # outbox journals this batch wrote to
 
     def outcome(self) -> list[IngestResult]:
         """The results, in input order."""
@@ -160,6 +164,8 @@ class Archive:
         self.config = config
         self.tmp_dir = root / TMP
         self._index: Index | None = None
+        self.route = True  # queue what is stored for the routes (`import --no-route`: False)
+        self._outbox: OutboxWriter | None = None
         # dry runs: SOP Instance UID -> (SHA-256, data set identity) of what would be archived
         self._planned: dict[str, tuple[str, DataSetIdentity | None]] = {}
 
@@ -212,7 +218,10 @@ class Archive:
         self.close()
 
     def close(self) -> None:
-        """Fold this process's journal into the index (also done by the next writer if we die)."""
+        """Fold this process's journal into the index (also done by the next writer if we die)
+        and seal its outbox journals."""
+        if self._outbox is not None:
+            self._outbox.close()
         if self._index is not None:
             self._index.close()
 
@@ -303,6 +312,9 @@ class Archive:
                     paths.append(self.index.journal_path)
             else:
                 paths.extend(stage.temp_path for _, _, stage in batch.staged)
+                if batch.queued is None:
+                    self._queue_intents(batch)  # durable with the data: before any name exists
+            paths.extend(batch.outbox)
         try:
             files.barrier(self.root, files=paths, dirs=dirs)
         except OSError as exc:
@@ -323,16 +335,60 @@ class Archive:
                 batch.dirs.add(os.path.dirname(os.path.join(self.root, result.path)))
         batch.named = True
         try:
+            self._queue_outcomes(batch)
             self.index.add(batch.records, durable=False)
         except OSError as exc:
             raise _storage_error(exc) from None
 
-    @staticmethod
-    def discard(batch: IngestBatch) -> None:
+    # -- the routes' outboxes (`archive.outbox`) --------------------------------------------
+
+    @property
+    def outbox(self) -> OutboxWriter:
+        """This process's outbox journals."""
+        if self._outbox is None:
+            self._outbox = OutboxWriter(self.root)
+        return self._outbox
+
+    def _queue_intents(self, batch: IngestBatch) -> None:
+        batch.queued = {}
+        if not (self.route and self.config.routes and batch.staged):
+            return
+        records = [
+            {
+                **inst.fields(),
+                "path": self.object_relpath(inst.sop_instance_uid),
+                "size": stage.size,
+                "sha256": stage.sha256,
+            }
+            for _, inst, stage in batch.staged
+        ]
+        try:
+            batch.queued, written = self.outbox.intents(self.config.routes, records)
+        except OSError as exc:
+            raise _storage_error(exc) from None
+        batch.outbox |= written
+
+    def _queue_outcomes(self, batch: IngestBatch, failed: bool = False) -> None:
+        """Say of each queued intent whether its instance was stored (it goes) or not."""
+        if not batch.queued:
+            return
+        settled: list[tuple[str, str, bool]] = []
+        for pos, pairs in batch.queued.items():
+            result = None if failed else batch.results[batch.staged[pos][0]]
+            stored = result is not None and result.status == STORED
+            settled.extend((route, entry_id, stored) for route, entry_id in pairs)
+        batch.queued = {}
+        batch.outbox |= self.outbox.outcomes(settled)
+
+    def discard(self, batch: IngestBatch) -> None:
         """Remove the temp files of a batch that will not be named (its ingest failed)."""
         if not batch.named:
             for _, _, stage in batch.staged:
                 stage.temp_path.unlink(missing_ok=True)
+            try:  # best effort: an intent left open is dropped once its file proves absent
+                self._queue_outcomes(batch, failed=True)
+            except OSError:
+                pass
 
     def _policy(self, on_conflict: str | None) -> OnConflict:
         policy = on_conflict or self.config.on_conflict

@@ -185,6 +185,7 @@ COMMAND_MODULES = (
     "token",
     "export",
     "anonymize",
+    "route",
 )
 
 

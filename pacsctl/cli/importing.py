@@ -7,7 +7,7 @@ import typer
 from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
 from pacsctl.cli.app import state
-from pacsctl.cli.options import DryRun, Jobs, JsonSummary, OnConflictOpt, PathsArg
+from pacsctl.cli.options import NO_METAVAR, DryRun, Jobs, JsonSummary, OnConflictOpt, PathsArg
 from pacsctl.errors import EXIT_INTEGRITY, EXIT_INTERRUPTED
 
 
@@ -23,6 +23,9 @@ def import_command(
     jobs: Jobs = None,
     dry_run: DryRun = False,
     on_conflict: OnConflictOpt = None,
+    no_route: bool = typer.Option(
+        False, "--no-route", metavar=NO_METAVAR, help="Queue nothing for the routes (`pacsctl route`)."
+    ),
 ) -> None:
     """Import DICOM files into the archive: folders, single files, zip files and CD/DVD media.
 
@@ -30,7 +33,8 @@ def import_command(
     accounted for: files = imported + duplicates + quarantined + skipped. Re-running is safe:
     what is already archived counts as a duplicate. Exit 0; 3 when anything was quarantined, could
     not be read (a damaged zip, a permission error) or a DICOMDIR referenced a file missing from
-    the media; 2 when a path given does not exist.
+    the media; 2 when a path given does not exist. What is imported is queued for the routes
+    (unless --no-route): the running `serve` forwards it, else `pacsctl route run --once`.
 
     Example: pacsctl import /media/cdrom/DICOMDIR ~/Downloads/study.zip /data/incoming --json
     """
@@ -75,6 +79,7 @@ def import_command(
                 on_conflict=on_conflict,
                 dry_run=dry_run,
                 on_result=on_result,
+                route=not no_route,
             )
         except ImportInterrupted as stopped:  # Ctrl-C/SIGTERM: say what was done, then exit 130
             summary = stopped.summary
@@ -97,7 +102,22 @@ def import_command(
     output.summary(record, as_json, text)
     if not dry_run:
         record_action(archive.root, AuditEvent.IMPORT, record)
+        if summary.imported and archive.config.routes and not no_route and not as_json:
+            _say_who_forwards(archive.root, sorted(archive.config.routes))
     if summary.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     if summary.incomplete:
         raise typer.Exit(EXIT_INTEGRITY)
+
+
+def _say_who_forwards(root, routes: list[str]) -> None:  # noqa: ANN001 - a Path
+    """Queued for routes: say whether the running node delivers them or a `route run` must."""
+    from pacsctl.node.pidfile import running_node_pid
+
+    names = ", ".join(routes)
+    if running_node_pid(root) is not None:
+        output.stderr.print(f"queued for route(s) {names}: the running serve forwards them", highlight=False)
+    else:
+        output.warn(
+            f"queued for route(s) {names}: no serve is running; deliver with `pacsctl route run --once`"
+        )

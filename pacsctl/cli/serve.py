@@ -144,9 +144,11 @@ def serve_command(
     Every received instance is durable and indexed before it is acknowledged; unreadable ones go
     to quarantine. C-MOVE destinations are the nodes known to `pacsctl nodes`, by AE title.
     Every association, store, find, move and get is written to the audit log (`pacsctl audit`).
-    SIGTERM or Ctrl-C stops accepting, lets transfers in flight finish, and exits 0 (a second
-    one aborts them). SIGHUP reloads the allow-list, time-outs, on_conflict and nodes from the
-    config (`kill -HUP $(cat ARCHIVE/serve.pid)`); settings given here stay as given.
+    Instances matching a route (`pacsctl route`) are queued as they are stored and forwarded by
+    a forwarder process that runs with the node. SIGTERM or Ctrl-C stops accepting, lets
+    transfers in flight finish, and exits 0 (a second one aborts them). SIGHUP reloads the
+    allow-list, time-outs, on_conflict, nodes and routes from the config
+    (`kill -HUP $(cat ARCHIVE/serve.pid)`); settings given here stay as given.
 
     With --web-port, DICOMweb (QIDO-RS, WADO-RS, STOW-RS at /dicom-web) and a viewer page at /
     are served from the same archive by a process of their own; every request needs a token
@@ -224,7 +226,15 @@ def serve_command(
         "network_timeout": network_timeout,
     }
     fixed = frozenset(k for k, v in given.items() if v is not None)  # SIGHUP keeps these
-    code = run_node(root, options, workers=workers, ready=ready, fixed=fixed, sidecar=web)
+    from pacsctl.routing.process import start_forwarder, stop_forwarder
+
+    # The routes' forwarder, its own process (never competing with the stores for a GIL);
+    # started before run_node blocks the stop signals, which a child would inherit.
+    forwarder = start_forwarder(root)
+    try:
+        code = run_node(root, options, workers=workers, ready=ready, fixed=fixed, sidecar=web)
+    finally:
+        stop_forwarder(forwarder)
     output.stderr.print("stopped", highlight=False)
     raise typer.Exit(code)
 

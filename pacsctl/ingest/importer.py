@@ -92,13 +92,16 @@ def import_sources(
     on_conflict: str | None = None,
     dry_run: bool = False,
     on_result: Callable[[IngestResult], None] = lambda r: None,
+    route: bool = True,
 ) -> ImportSummary:
     """Import `sources` into `archive`, calling `on_result` for every input as it is done.
 
     With `jobs > 1`, batches run in that many worker processes. The index is folded before
     returning, also when interrupted: the first Ctrl-C/SIGTERM stops new batches, running ones
     commit (or are cut off after STOP_GRACE seconds), then ImportInterrupted carries the summary.
+    With `route`, what is stored is queued for the archive's routes.
     """
+    archive.route = route
     summary = ImportSummary(dry_run=dry_run)
     started = time.monotonic()
 
@@ -124,7 +127,7 @@ def import_sources(
                     for result in ingest_batch(archive, batch, on_conflict, dry_run):
                         record(result)
         else:
-            _run_pool(archive.root, batches, jobs, on_conflict, dry_run, record)
+            _run_pool(archive.root, batches, jobs, on_conflict, dry_run, record, route)
     except BaseException as exc:
         if not dry_run:  # fold what was committed, but never hide the error that stopped us
             try:
@@ -208,9 +211,10 @@ STOP_GRACE = 1.5
 _worker_archive: Archive | None = None
 
 
-def _init_worker(root: str) -> None:
+def _init_worker(root: str, route: bool = True) -> None:
     global _worker_archive
     _worker_archive = Archive.open(root)
+    _worker_archive.route = route
 
 
 def _worker_batch(task: tuple[list[Source], str | None, bool]) -> list[IngestResult]:
@@ -226,6 +230,7 @@ def _run_pool(
     on_conflict: str | None,
     dry_run: bool,
     record: Callable[[IngestResult], None],
+    route: bool = True,
 ) -> None:
     """Keep `2 * jobs` batches in flight; on Ctrl-C/SIGTERM, let running batches commit, then stop."""
     results = map_unordered(
@@ -233,7 +238,7 @@ def _run_pool(
         ((batch, on_conflict, dry_run) for batch in batches),
         jobs,
         initializer=_init_worker,
-        initargs=(str(root),),
+        initargs=(str(root), route),
         grace=STOP_GRACE,
         in_flight=2 * jobs,
         died_hint="what was committed is safe; run the same import again to complete it",

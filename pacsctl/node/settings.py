@@ -1,7 +1,8 @@
 """What a running node takes from the archive's settings when it receives SIGHUP.
 
 Taken at once (new associations; the ones open keep what they negotiated): the allow-list, the
-ACSE/DIMSE/network time-outs and `on_conflict`; the known nodes are read at every C-MOVE anyway.
+ACSE/DIMSE/network time-outs, `on_conflict` and the routes (what stores queue for forwarding);
+the known nodes are read at every C-MOVE anyway.
 A setting given on `serve`'s command line stays as given. The AE title, host, port and
 max_associations, and TLS and the number of workers (command line only), need a restart.
 """

@@ -12,6 +12,7 @@ from pynetdicom.sop_class import Verification
 from pacsctl.net.balance import PATIENCE, SharedLoad
 from pacsctl.net.scp import start_scp
 from pacsctl.net.types import ScpHandlers, ScpOptions
+from tests.helpers import serve_workers
 
 
 def test_a_busier_worker_leaves_the_connection_to_a_less_busy_one() -> None:
@@ -56,8 +57,7 @@ def test_the_counts_are_shared_with_forked_workers() -> None:
 
 def _connections_per_worker(server_pid: int, port: int) -> list[int]:
     """Established connections on `port` held by each worker process of `server_pid`."""
-    workers = [int(p) for p in Path(f"/proc/{server_pid}/task/{server_pid}/children")
-               .read_text().split()]
+    workers = serve_workers(server_pid)
     inodes: dict[str, int] = {}
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()

@@ -17,7 +17,7 @@ import pytest
 from benchmarks.peers import wait_for_port
 from pacsctl.config import Node
 from pacsctl.net import scu
-from tests.helpers import cli_env, free_port
+from tests.helpers import cli_env, free_port, serve_workers
 
 
 _STARTED: list[subprocess.Popen] = []
@@ -53,8 +53,7 @@ class GroupServe:
         wait_for_port(self.port, 60, self.proc)
 
     def workers(self) -> list[int]:
-        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        return [int(p) for p in path.read_text().split()]
+        return serve_workers(self.proc.pid)
 
     def ctrl_c(self) -> None:
         os.killpg(self.proc.pid, signal.SIGINT)

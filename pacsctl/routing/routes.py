@@ -1,0 +1,149 @@
+"""Routes as a library: add, remove, list, status and retry (what `pacsctl route` runs).
+
+Routes are kept in the archive's `pacsctl.toml` (`[routes.NAME]`), beside the known nodes. A
+running `serve` is told with SIGHUP, so its workers queue for a new route from the next store
+on (its forwarder follows the config by itself).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pacsctl.archive.archive import Archive
+from pacsctl.archive.outbox import route_dir, validate_route_name
+from pacsctl.config import Route, parse_node_spec
+from pacsctl.dicom.matching import compile_filters
+from pacsctl.errors import UsageError
+from pacsctl.node.pidfile import running_node_pid
+from pacsctl.routing.forwarder import read_status
+from pacsctl.routing.queue import RouteQueue
+
+
+def parse_destination(to: str, archive: Archive) -> str:
+    """`to` checked: a known node or AET@host:port, an `s3://BUCKET[/PREFIX]` URL or an
+    http(s) DICOMweb base URL. UsageError otherwise."""
+    if to.startswith(("http://", "https://")):
+        from pacsctl.routing.stow import StowClient
+
+        try:
+            StowClient(to)
+        except ValueError:
+            raise UsageError(
+                f"invalid DICOMweb URL {to!r}", hint="e.g. https://pacs.example/dicom-web"
+            ) from None
+        return to.rstrip("/")
+    if to.startswith("s3://"):
+        if not to[5:].split("/", 1)[0]:
+            raise UsageError(f"no bucket in {to!r}", hint="write s3://BUCKET/PREFIX")
+        return to
+    parse_node_spec(to, archive.config)  # raises UsageError for an unknown node
+    return to
+
+
+def add_route(
+    archive: Archive,
+    name: str,
+    to: str,
+    match: Mapping[str, str] | None = None,
+    delay: float = 0.0,
+    max_attempts: int = 10,
+    max_backoff: float = 60.0,
+    replace: bool = False,
+) -> Route:
+    """Add (or with `replace`, change) a route; returns it."""
+    validate_route_name(name)
+    if name in archive.config.routes and not replace:
+        raise UsageError(f"route {name!r} exists", hint="use --replace to change it")
+    if delay < 0 or max_attempts < 1 or max_backoff <= 0:
+        raise UsageError("--delay must be 0 or more, --max-attempts and --max-backoff more than 0")
+    match = dict(match or {})
+    compile_filters(match)  # an unusable filter is refused now, not at the first store
+    route = Route(
+        name, parse_destination(to, archive), match, float(delay), int(max_attempts), float(max_backoff)
+    )
+    archive.config.routes[name] = route
+    archive.save_config()
+    tell_node(archive.root)
+    return route
+
+
+def remove_route(archive: Archive, name: str, force: bool = False) -> int:
+    """Remove a route and its outbox; returns how many undelivered entries went with it.
+    Refuses while entries are undelivered, unless `force`."""
+    if name not in archive.config.routes:
+        raise UsageError(f"no route named {name!r}", hint="see `pacsctl route list`")
+    queue = RouteQueue(archive.root, name)
+    queue.refresh()
+    counts = queue.counts()
+    left = counts["pending"] + counts["waiting"] + counts["dead"]
+    if left and not force:
+        raise UsageError(
+            f"route {name!r} has {left} undelivered instance(s)",
+            hint="deliver them first (`pacsctl route status`), or --force to drop them",
+        )
+    del archive.config.routes[name]
+    archive.save_config()
+    tell_node(archive.root)
+    shutil.rmtree(route_dir(archive.root, name), ignore_errors=True)
+    return left
+
+
+def tell_node(root: Path) -> None:
+    """SIGHUP the `serve` running over this archive, if one is (it re-reads the routes)."""
+    pid = running_node_pid(root)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except OSError:
+            pass
+
+
+def list_routes(archive: Archive) -> list[dict[str, Any]]:
+    """Every route's settings."""
+    return [asdict(r) for _, r in sorted(archive.config.routes.items())]
+
+
+def route_status(
+    archive: Archive, name: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per route its counts and its destination's state; and the dead letters (UIDs only)."""
+    if name is not None and name not in archive.config.routes:
+        raise UsageError(f"no route named {name!r}", hint="see `pacsctl route list`")
+    rows: list[dict[str, Any]] = []
+    dead: list[dict[str, Any]] = []
+    now = time.time()
+    for route_name, route in sorted(archive.config.routes.items()):
+        if name is not None and route_name != name:
+            continue
+        queue = RouteQueue(archive.root, route_name)
+        queue.refresh()
+        counts = queue.counts()
+        oldest = queue.oldest_pending()
+        state = read_status(archive.root, route_name)
+        rows.append(
+            {
+                "type": "route",
+                "name": route_name,
+                "to": route.to,
+                **counts,
+                "oldest_pending_s": round(now - oldest, 1) if oldest else None,
+                "down": state.get("down", ""),
+                "next_try_s": round(max(0.0, state["next_try"] - now), 1) if "next_try" in state else None,
+            }
+        )
+        dead.extend({"type": "dead", "route": route_name, **e.record()} for e in queue.dead())
+    return rows, dead
+
+
+def retry_route(archive: Archive, name: str) -> int:
+    """Queue a route's dead letters again; returns how many."""
+    if name not in archive.config.routes:
+        raise UsageError(f"no route named {name!r}", hint="see `pacsctl route list`")
+    return RouteQueue(archive.root, name).retry_dead()
