@@ -6,27 +6,25 @@ while instances keep arriving, up to `settle` seconds without progress."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from pacsctl.migrate.listing import StudyContents, list_study
+from pacsctl.migrate.listing import StudyContents
 from pacsctl.net.cancel import Cancellation
-from pacsctl.net.types import NodeLike
 
 
 def held_at(
-    dest: NodeLike,
+    list_dest: Callable[[str], StudyContents],
     expected: StudyContents,
-    calling_aet: str,
     settle: float = 5.0,
     poll: float = 0.5,
-    timeout: float = 30.0,
     cancel: Cancellation | None = None,
 ) -> StudyContents:
-    """What DEST holds of the study once it holds all of `expected`, or once `settle` seconds
-    passed without a new instance (then some are missing: `expected.missing_from(result)`).
-    `settle` 0 asks once."""
+    """What DEST holds of the study (`list_dest(study_uid)` asks it) once it holds all of
+    `expected`, or once `settle` seconds passed without a new instance (then some are missing:
+    `expected.missing_from(result)`). `settle` 0 asks once."""
     last_count, last_change = -1, time.monotonic()
     while True:
-        held = list_study(dest, expected.study_uid, calling_aet, timeout=timeout, cancel=cancel)
+        held = list_dest(expected.study_uid)
         missing = len(expected.missing_from(held))
         now = time.monotonic()
         if missing == 0 or settle <= 0 or (cancel is not None and cancel.requested):

@@ -143,12 +143,13 @@ class Ledger:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, entry: StudyEntry) -> None:
-        """Record one study's new state durably (returns once it is on disk)."""
-        self.put_many([entry])
+    def put(self, entry: StudyEntry, durable: bool = True) -> None:
+        """Record one study's new state durably (returns once it is on disk); `durable` False
+        leaves the fsync to the next durable write (a crash may lose this line, only this)."""
+        self.put_many([entry], durable)
 
-    def put_many(self, entries: Iterable[StudyEntry]) -> None:
-        """Record new states with one fsync for all of them."""
+    def put_many(self, entries: Iterable[StudyEntry], durable: bool = True) -> None:
+        """Record new states with one fsync for all of them (none if not `durable`)."""
         batch = list(entries)
         if not batch:
             return
@@ -162,7 +163,8 @@ class Ledger:
                 view = memoryview(payload)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)  # also makes earlier non-durable lines durable
             finally:
                 os.close(fd)
             if new_file:

@@ -3,7 +3,8 @@
 A relational IMAGE-level query with only the StudyInstanceUID answers in one round trip where
 the node allows it (Orthanc does); a strictly hierarchical node (DCMTK dcmqrscp) answers that
 with a failure or nothing, and is then asked level by level (SERIES, then IMAGE per series)
-on the same association.
+on the same association. Once a node has answered a relational query with instances, its
+empty answers are taken as they are (`Relational`): a study it does not hold costs one query.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
+from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
@@ -20,6 +22,26 @@ from pacsctl.net.cancel import Cancellation
 from pacsctl.net.types import STATUS_CANCEL, STATUS_SUCCESS, NodeLike
 
 _PENDING = (0xFF00, 0xFF01)
+
+
+class Relational:
+    """Which nodes have shown that they answer relational IMAGE-level queries (per process)."""
+
+    def __init__(self) -> None:
+        self._known: set[tuple[str, str, int]] = set()
+
+    @staticmethod
+    def _key(node: NodeLike) -> tuple[str, str, int]:
+        return (node.aet, node.host, int(node.port))
+
+    def proven(self, node: NodeLike) -> bool:
+        return self._key(node) in self._known
+
+    def prove(self, node: NodeLike) -> None:
+        self._known.add(self._key(node))
+
+
+RELATIONAL = Relational()
 
 
 @dataclass(frozen=True)
@@ -41,6 +63,9 @@ class StudyContents:
         return out
 
 
+FIND_CONTEXT = StudyRootQueryRetrieveInformationModelFind
+
+
 def list_study(
     node: NodeLike,
     study_uid: str,
@@ -48,41 +73,53 @@ def list_study(
     timeout: float = 30.0,
     cancel: Cancellation | None = None,
 ) -> StudyContents:
-    """Every instance `node` answers for `study_uid`. Raises NetworkError (its `failure` typed)."""
+    """Every instance `node` answers for `study_uid`, on an association of its own. Raises
+    NetworkError (its `failure` typed)."""
     context = build_context(StudyRootQueryRetrieveInformationModelFind)
     with scu.associate(node, [context], calling_aet, timeout=timeout, cancel=cancel) as assoc:
+        return list_study_on(assoc, node, study_uid, cancel)
 
-        def find(identifier: Dataset) -> list[Dataset] | None:
-            """The answers, or None when the node answered a failure status."""
-            answers: list[Dataset] = []
-            final: int | None = None
-            for status, ds in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
-                if cancel is not None and cancel.requested:
-                    raise OperationInterrupted("listing interrupted")
-                code = getattr(status, "Status", None)
-                if code in _PENDING:
-                    if ds is not None:
-                        answers.append(ds)
-                    continue
-                final = code
-            if final is None:
-                raise NetworkError(
-                    f"C-FIND on {node.aet}: no final response (timeout or abort)",
-                    failure=NetworkFailure.LOST,
-                )
-            return answers if final in (STATUS_SUCCESS, STATUS_CANCEL) else None
 
-        found = _uids(find(_identifier("IMAGE", study_uid, "", "")))
-        if found:
-            return StudyContents(study_uid, found)
-        series_answers = find(_identifier("SERIES", study_uid, ""))
-        instances: dict[str, str] = {}
-        for ds in series_answers or []:
-            series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
-            if series_uid:
-                answers = find(_identifier("IMAGE", study_uid, series_uid, ""))
-                instances.update({uid: series_uid for uid in _uids(answers)})
-        return StudyContents(study_uid, instances)
+def list_study_on(
+    assoc: Association, node: NodeLike, study_uid: str, cancel: Cancellation | None = None
+) -> StudyContents:
+    """`list_study` over an association the caller holds (with the Study Root Find context)."""
+    answers = _find(assoc, node, _identifier("IMAGE", study_uid, "", ""), cancel)
+    found = _uids(answers)
+    if found:
+        RELATIONAL.prove(node)
+        return StudyContents(study_uid, found)
+    if answers is not None and RELATIONAL.proven(node):
+        return StudyContents(study_uid, {})
+    instances: dict[str, str] = {}
+    for ds in _find(assoc, node, _identifier("SERIES", study_uid, ""), cancel) or []:
+        series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+        if series_uid:
+            images = _find(assoc, node, _identifier("IMAGE", study_uid, series_uid, ""), cancel)
+            instances.update({uid: series_uid for uid in _uids(images)})
+    return StudyContents(study_uid, instances)
+
+
+def _find(
+    assoc: Association, node: NodeLike, identifier: Dataset, cancel: Cancellation | None
+) -> list[Dataset] | None:
+    """The answers of one C-FIND, or None when the node answered a failure status."""
+    answers: list[Dataset] = []
+    final: int | None = None
+    for status, ds in assoc.send_c_find(identifier, FIND_CONTEXT):
+        if cancel is not None and cancel.requested:
+            raise OperationInterrupted("listing interrupted")
+        code = getattr(status, "Status", None)
+        if code in _PENDING:
+            if ds is not None:
+                answers.append(ds)
+            continue
+        final = code
+    if final is None:
+        raise NetworkError(
+            f"C-FIND on {node.aet}: no final response (timeout or abort)", failure=NetworkFailure.LOST
+        )
+    return answers if final in (STATUS_SUCCESS, STATUS_CANCEL) else None
 
 
 def _identifier(level: str, study_uid: str, series_uid: str, sop_uid: str | None = None) -> Dataset:

@@ -18,13 +18,17 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
+
 from pacsctl.archive.archive import Archive
 from pacsctl.errors import NetworkError, OperationInterrupted
 from pacsctl.migrate import retry
 from pacsctl.migrate.check import held_at
 from pacsctl.migrate.inventory import DEFAULT_CAP, Inventory, SourceStudy, inventory
 from pacsctl.migrate.ledger import Ledger, StudyEntry, StudyState, now
-from pacsctl.migrate.listing import list_study
+from pacsctl.migrate.listing import FIND_CONTEXT, StudyContents, list_study_on
+from pacsctl.migrate.sessions import Session
 from pacsctl.migrate.transfer import move_study, via_archive
 from pacsctl.migrate.window import Window
 from pacsctl.net import scu
@@ -173,6 +177,41 @@ class _StudyMover:
     ) -> None:
         self.source, self.dest, self.ledger, self.options, self.cancel = source, dest, ledger, options, cancel
         self.receiver = receiver  # --via-archive
+        self._local = threading.local()  # each worker thread's sessions to SOURCE and DEST
+        self._lock = threading.Lock()
+        self._sessions: list[Session] = []
+
+    def _session(self, dest: bool) -> Session:
+        name = "dest" if dest else "source"
+        session: Session | None = getattr(self._local, name, None)
+        if session is None:
+            contexts = [build_context(FIND_CONTEXT)]
+            if not dest:
+                contexts.append(build_context(StudyRootQueryRetrieveInformationModelMove))
+            node = self.dest if dest else self.source
+            session = Session(node, contexts, self.options.calling_aet, self.options.timeout, self.cancel)
+            setattr(self._local, name, session)
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def _list(self, uid: str, dest: bool = False) -> StudyContents:
+        """The study at SOURCE (or DEST) over this thread's session; a session that broke
+        while idle (a peer's idle time-out) is reopened once before a failure counts."""
+        session = self._session(dest)
+        for last in (False, True):
+            try:
+                return list_study_on(session.assoc(), session.node, uid, self.cancel)
+            except NetworkError:
+                session.discard()
+                if last:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Release every session."""
+        for session in self._sessions:
+            session.close()
 
     @property
     def stopping(self) -> bool:
@@ -212,15 +251,8 @@ class _StudyMover:
     ) -> tuple[int, tuple[str, retry.Kind] | None]:
         """C-MOVE what DEST lacks; the source's final status, and the reason and kind when it
         is a failure."""
-        opts = self.options
         moved = move_study(
-            self.source,
-            self.dest.aet,
-            uid,
-            opts.calling_aet,
-            only=None if whole else missing,
-            timeout=opts.timeout,
-            cancel=self.cancel,
+            self._session(dest=False), self.dest.aet, uid, None if whole else missing, self.cancel
         )
         if moved.interrupted:
             raise OperationInterrupted("interrupted")
@@ -264,16 +296,18 @@ class _StudyMover:
         """One try; the new entry (written unless it failed) and None when done, else the
         failure's kind."""
         opts, uid = self.options, entry.StudyInstanceUID
-        expected = list_study(self.source, uid, opts.calling_aet, opts.timeout, self.cancel)
+        expected = self._list(uid)
         if not expected.instances:
             return entry.changed(reason="the source lists no instances for the study"), retry.Kind.PERMANENT
-        held = list_study(self.dest, uid, opts.calling_aet, opts.timeout, self.cancel)
+        held = self._list(uid, dest=True)
         missing = expected.missing_from(held)
         entry = entry.changed(source_instances=len(expected.instances))
         status_text = ""
         if missing:
             entry = entry.changed(attempts=entry.attempts + 1)
-            self.ledger.put(entry)  # counted before anything is sent
+            # Counted before anything is sent; made durable with the outcome's fsync (a crash
+            # in between may undercount one attempt, never lose a study's state).
+            self.ledger.put(entry, durable=False)
             if self.receiver is not None:
                 failed = self._via_archive(uid, missing)
                 if failed is not None:
@@ -284,7 +318,7 @@ class _StudyMover:
                     return entry.changed(reason=failed[0]), failed[1]
                 status_text = f" after the source answered 0x{status:04X}"
             held = held_at(
-                self.dest, expected, opts.calling_aet, opts.settle, timeout=opts.timeout, cancel=self.cancel
+                lambda study: self._list(study, dest=True), expected, opts.settle, cancel=self.cancel
             )
             missing = expected.missing_from(held)
         present = len(expected.instances) - len(missing)
@@ -357,6 +391,7 @@ def migrate(
                 for future in [pool.submit(one, e) for e in todo]:
                     future.result()
             finally:
+                mover.close()
                 if receiver is not None:
                     receiver.close()
     summary.interrupted = cancel is not None and cancel.requested

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from pacsctl.archive.archive import Archive
+from pacsctl.errors import NetworkError
+from pacsctl.migrate.sessions import Session
 from pacsctl.net import scu
 from pacsctl.net.cancel import Cancellation
 from pacsctl.net.types import AssocInfo, NodeLike, StoreResult
@@ -26,21 +28,25 @@ _UIDS_PER_MOVE = 1000  # keeps one identifier well under any peer's PDU and pars
 
 
 def move_study(
-    source: NodeLike,
+    source: Session,
     dest_aet: str,
     study_uid: str,
-    calling_aet: str,
     only: Mapping[str, str] | None = None,
-    timeout: float = 30.0,
     cancel: Cancellation | None = None,
 ) -> RetrieveSummary:
     """C-MOVE `study_uid` (or, with `only`, just those SOP Instance UID -> Series Instance UID)
-    from `source` to `dest_aet`; the peer's counts summed, its worst final status kept."""
+    over the `source` session (Study Root Move context) to `dest_aet`; the peer's counts
+    summed, its worst final status kept. Raises NetworkError (the session discarded)."""
     summary = RetrieveSummary()
     for identifier in _identifiers(study_uid, only):
         if cancel is not None and cancel.requested:
             break
-        summary.add(scu.move(source, dest_aet, identifier, "S", calling_aet, timeout=timeout, cancel=cancel))
+        try:
+            counts = scu.move_on(source.assoc(), source.node, dest_aet, identifier, "S", cancel=cancel)
+        except NetworkError:
+            source.discard()
+            raise
+        summary.add(counts)
         summary.matched += 1
     summary.interrupted = cancel is not None and cancel.requested
     return summary

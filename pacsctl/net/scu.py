@@ -293,14 +293,29 @@ def move(
     Once `cancel` is requested the peer gets a C-CANCEL (and the association is aborted after
     the grace period); the counts so far are returned, the caller knows it was cancelled."""
     uid = _MOVE[model]
-    counts = RetrieveCounts()
     with associate(
         node, [build_context(uid)], calling_aet, timeout=timeout, cancel=cancel, on_cancel=_c_cancel(uid)
     ) as assoc:
-        for status, ds in assoc.send_c_move(identifier, destination_aet, uid, msg_id=_RETRIEVE_MSG_ID):
-            _update_counts(counts, status, ds)
-            if progress and counts.status == STATUS_PENDING:
-                progress(counts)
+        return move_on(assoc, node, destination_aet, identifier, model, progress, cancel)
+
+
+def move_on(
+    assoc: Association,
+    node: NodeLike,
+    destination_aet: str,
+    identifier: Dataset,
+    model: QueryModel = "S",
+    progress: Callable[[RetrieveCounts], None] | None = None,
+    cancel: Cancellation | None = None,
+) -> RetrieveCounts:
+    """`move` over an association the caller holds (with the model's Move context), so that
+    one association can carry many C-FINDs and C-MOVEs (each set-up costs ~25 ms here)."""
+    counts = RetrieveCounts()
+    uid = _MOVE[model]
+    for status, ds in assoc.send_c_move(identifier, destination_aet, uid, msg_id=_RETRIEVE_MSG_ID):
+        _update_counts(counts, status, ds)
+        if progress and counts.status == STATUS_PENDING:
+            progress(counts)
     return _final(counts, node, "C-MOVE", cancel)
 
 
@@ -407,4 +422,4 @@ def _hex(status: int | None) -> str:
     return "none" if status is None else f"0x{status:04X}"
 
 
-__all__ = ["echo", "store", "find", "move", "get", "associate", "STATUS_PROCESSING_FAILURE"]
+__all__ = ["echo", "store", "find", "move", "move_on", "get", "associate", "STATUS_PROCESSING_FAILURE"]
