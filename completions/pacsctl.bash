@@ -7,8 +7,8 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         cmds:pacsctl) echo 'anonymize audit backup completion config diff echo export get import ls migrate move nodes quarantine query reindex route send serve token verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
-        'opts:pacsctl anonymize') echo '--out -o --key --key-file --keep-dates --shift-dates --keep-uids --keep-device --keep-institution --keep-patient-characteristics --clean-descriptors --keep-safe-private --clean-structured-content --clean-graphics --burned-in --profile --patient-map --map-out --json --dry-run -n --jobs -j --help -h' ;;
-        'vopts:pacsctl anonymize') echo '--out -o --key --key-file --burned-in --profile --patient-map --map-out --jobs -j' ;;
+        'opts:pacsctl anonymize') echo '--out -o --study --filter -k --into-archive --key --key-file --keep-dates --shift-dates --keep-uids --keep-device --keep-institution --keep-patient-characteristics --clean-descriptors --keep-safe-private --clean-structured-content --clean-graphics --burned-in --profile --patient-map --map-out --json --dry-run -n --jobs -j --help -h' ;;
+        'vopts:pacsctl anonymize') echo '--out -o --study --filter -k --key --key-file --burned-in --profile --patient-map --map-out --jobs -j' ;;
         'args:pacsctl anonymize') echo @file... ;;
         'opts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail --wide -w --json --help -h' ;;
         'vopts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail' ;;
@@ -94,6 +94,8 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
     case "$1 $2" in
         'pacsctl --archive'|'pacsctl -a') echo @file ;;
         'pacsctl anonymize --out'|'pacsctl anonymize -o') echo @file ;;
+        'pacsctl anonymize --study') echo @text ;;
+        'pacsctl anonymize --filter'|'pacsctl anonymize -k') echo @text ;;
         'pacsctl anonymize --key') echo @text ;;
         'pacsctl anonymize --key-file') echo @file ;;
         'pacsctl anonymize --burned-in') echo 'refuse warn allow' ;;

@@ -20,6 +20,8 @@ from typing import Protocol, runtime_checkable
 from pacsctl.anonymize.deidentify import Anonymizer, Outcome, Status
 from pacsctl.anonymize.identity import MapEntry
 from pacsctl.anonymize.profile import Options, SiteProfile
+from pacsctl.archive.archive import Archive
+from pacsctl.archive.search import instances_matching
 from pacsctl.errors import UsageError
 from pacsctl.parallel import chunk_size, chunked, map_unordered
 from pacsctl.storage import files
@@ -79,6 +81,7 @@ class FileResult:
     warning: str = ""
     size: int = 0
     mapping: list[MapEntry] = field(default_factory=list)
+    data: bytes | None = field(default=None, repr=False)  # only on its way into the archive
 
     def as_record(self) -> dict[str, object]:
         """The `--json` record (never a patient value: reasons name attributes only)."""
@@ -138,27 +141,81 @@ def check_output_folder(out_dir: Path, inputs: Iterable[str]) -> None:
             )
 
 
+def archive_inputs(archive: Archive, filters: dict[str, str]) -> list[FileInput]:
+    """The archived files `filters` select (`pacsctl ls` matching: -k KEY=VALUE, --study);
+    a usage error naming the keys (never the values, which may be a patient's) when none."""
+    records = [r for r in instances_matching(archive.index, filters) if r.get("path")]
+    if not records:
+        raise UsageError(
+            f"no archived instance matches the selection ({', '.join(sorted(filters)) or 'all'})",
+            hint="see `pacsctl ls` for what the archive holds; nothing was written",
+        )
+    records.sort(
+        key=lambda r: (
+            str(r.get("StudyInstanceUID")),
+            str(r.get("SeriesInstanceUID")),
+            str(r.get("SOPInstanceUID")),
+        )
+    )
+    return [FileInput(str(archive.path_of(str(r["path"])))) for r in records]
+
+
 # -- the worker side ------------------------------------------------------------------------
 
 _worker: dict[str, object] = {}
 
 
-def _init(settings: Settings, out_dir: str | None, dry_run: bool) -> None:
-    _worker.update(anonymizer=settings.anonymizer(), out=out_dir, dry_run=dry_run)
+def _init(settings: Settings, out_dir: str | None, dry_run: bool, archive_root: str | None = None) -> None:
+    archive = None
+    if archive_root is not None:  # a worker's own handle (its own journal), as import's workers
+        from pacsctl.archive.archive import Archive
+
+        archive = Archive.open(archive_root)
+    _worker.update(anonymizer=settings.anonymizer(), out=out_dir, dry_run=dry_run, archive=archive)
 
 
 def _run_chunk(chunk: Sequence[object]) -> list[FileResult]:
     anonymizer = _worker["anonymizer"]
     assert isinstance(anonymizer, Anonymizer)
     out = _worker["out"]
-    return [
-        anonymize_one(item, anonymizer, Path(out) if isinstance(out, str) else None, bool(_worker["dry_run"]))
-        for item in chunk
-    ]
+    archive = _worker.get("archive")
+    dry_run = bool(_worker["dry_run"])
+    if archive is None:
+        return [
+            anonymize_one(item, anonymizer, Path(out) if isinstance(out, str) else None, dry_run)
+            for item in chunk
+        ]
+    # Into the archive: the chunk's outputs go through the archive's ingest in one group commit.
+    results = [anonymize_one(item, anonymizer, None, dry_run, keep_data=True) for item in chunk]
+    pending = [r for r in results if r.status is Status.WRITTEN and r.data is not None]
+    if pending and not dry_run:
+        assert isinstance(archive, Archive)
+        stored = archive.ingest([(r.data, r.source) for r in pending if r.data is not None])
+        for result, ingested in zip(pending, stored, strict=True):
+            _settle(result, ingested)
+    for result in results:
+        result.data = None
+    return results
 
 
-def anonymize_one(item: object, anonymizer: Anonymizer, out_dir: Path | None, dry_run: bool) -> FileResult:
-    """Anonymize one input into `out_dir` (None: nothing written, as a dry run)."""
+def _settle(result: FileResult, ingested: object) -> None:
+    """A FileResult from what the archive's ingest did with the anonymized copy."""
+    status = str(getattr(ingested, "status", ""))
+    if status in ("stored", "duplicate"):  # a duplicate: the same anonymized copy, stored before
+        result.output = str(getattr(ingested, "path", "")) or None
+    else:
+        result.status = Status.FAILED
+        result.output = None
+        result.reason = (
+            f"the archive did not store the anonymized copy: {getattr(ingested, 'reason', status)}"
+        )
+
+
+def anonymize_one(
+    item: object, anonymizer: Anonymizer, out_dir: Path | None, dry_run: bool, keep_data: bool = False
+) -> FileResult:
+    """Anonymize one input into `out_dir` (None: nothing written, as a dry run); with
+    `keep_data` the result carries the new file's bytes (for the archive's ingest)."""
     origin = str(getattr(item, "origin", item))
     if not isinstance(item, Input):  # a problem met while walking the inputs
         unreadable = bool(getattr(item, "unreadable", False) or getattr(item, "missing", False))
@@ -199,6 +256,9 @@ def anonymize_one(item: object, anonymizer: Anonymizer, out_dir: Path | None, dr
         size=len(data),
         mapping=outcome.mapping,
     )
+    if keep_data:
+        result.data = outcome.data
+        return result
     if outcome.status is Status.WRITTEN and outcome.data is not None:
         target = output_path(out_dir or Path("."), outcome)
         result.output = str(target)
@@ -252,11 +312,13 @@ def anonymize_inputs(
     jobs: int = 1,
     dry_run: bool = False,
     random_key: bool = False,
+    into: Archive | None = None,
     on_result: Callable[[FileResult], None] = lambda r: None,
     on_start: Callable[[int], None] = lambda total: None,
 ) -> tuple[RunSummary, list[MapEntry]]:
-    """Anonymize every input into `out_dir`, calling `on_result` per input as it ends; return
-    the summary and the mapping entries (empty unless `settings.record_map`)."""
+    """Anonymize every input into `out_dir`, or with `into` through that archive's ingest (as
+    new studies), calling `on_result` per input as it ends; return the summary and the mapping
+    entries (empty unless `settings.record_map`)."""
     started = time.monotonic()
     summary = RunSummary(random_key=random_key, dry_run=dry_run)
     mapping: list[MapEntry] = []
@@ -269,6 +331,8 @@ def anonymize_inputs(
         files.remove_dead_writers_temps(out_dir / TMP_DIR)
     on_start(len(items))
     _init(settings, str(out_dir) if out_dir is not None else None, dry_run)
+    _worker["archive"] = into  # in this process (jobs 1): the caller's handle
+    root = str(into.root) if into is not None else None
     size = chunk_size(len(items), jobs, largest=16)
     try:
         for results in map_unordered(
@@ -276,7 +340,7 @@ def anonymize_inputs(
             chunked(list(items), size),
             jobs,
             initializer=_init,
-            initargs=(settings, str(out_dir) if out_dir is not None else None, dry_run),
+            initargs=(settings, str(out_dir) if out_dir is not None else None, dry_run, root),
             died_hint="run the same command again: what was written is complete",
         ):
             for result in results:
@@ -286,6 +350,9 @@ def anonymize_inputs(
                     written.append(result.output)
                 on_result(result)
     finally:
+        _worker.clear()
+        if into is not None and not dry_run:
+            into.index.flush()  # fold the workers' journals
         if writing:
             assert out_dir is not None
             files.barrier(out_dir, written, {os.path.dirname(p) for p in written})

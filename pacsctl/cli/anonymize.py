@@ -38,6 +38,27 @@ def anonymize_command(
             "--out", "-o", metavar="DIR", help="Write the anonymized files here (never over the inputs)."
         ),
     ] = None,
+    studies: Annotated[
+        list[str],
+        typer.Option("--study", metavar="UID", help="Anonymize this archived study (repeatable)."),
+    ] = [],
+    filters: Annotated[
+        list[str],
+        typer.Option(
+            "-k",
+            "--filter",
+            metavar="KEY=VALUE",
+            help="Anonymize the archived instances this selects (`pacsctl ls` matching; repeatable).",
+        ),
+    ] = [],
+    into_archive: Annotated[
+        bool,
+        typer.Option(
+            "--into-archive",
+            metavar=NO_METAVAR,
+            help="Store the anonymized copies in the archive as new studies.",
+        ),
+    ] = False,
     key: Annotated[
         Optional[str],
         typer.Option(
@@ -135,20 +156,38 @@ def anonymize_command(
     inputs are only read; each output is written atomically. Exit 0; 3 when a file was refused
     (burned-in text), leaked or failed.
 
+    PATHs are files, folders and zips; --study and -k read from the archive instead. --into-archive
+    stores the copies in the archive (through import's steps) instead of --out.
+
     Example: pacsctl anonymize /data/study --out /data/anon --key-file ~/.anon-key --shift-dates --json
     """
     from pacsctl.anonymize.identity import random_key, read_key_file, read_patient_map, write_map
     from pacsctl.anonymize.profile import Options, SiteProfile
-    from pacsctl.anonymize.run import Settings, anonymize_inputs, check_output_folder
+    from pacsctl.anonymize.run import Settings, anonymize_inputs, archive_inputs, check_output_folder
+    from pacsctl.dicom.matching import parse_key_values
     from pacsctl.ingest.importer import collect_sources
     from pacsctl.parallel import default_jobs
 
-    if not paths:
+    selection = parse_key_values(filters)
+    if studies:
+        if "StudyInstanceUID" in selection:
+            raise UsageError("give the study either with --study or with -k StudyInstanceUID, not both")
+        selection["StudyInstanceUID"] = "\\".join(studies)
+    if paths and selection:
+        raise UsageError("give PATHs or an archive selection (--study, -k), not both")
+    if not paths and not selection:
         raise UsageError(
-            "nothing to anonymize", hint="give files, folders or zips (see pacsctl anonymize --help)"
+            "nothing to anonymize", hint="give files, folders or zips, or --study UID / -k KEY=VALUE"
         )
-    if out is None and not dry_run:
-        raise UsageError("no output folder", hint="give --out DIR (or --dry-run to see what would happen)")
+    if out is not None and into_archive:
+        raise UsageError("give --out DIR or --into-archive, not both")
+    if out is None and not into_archive and not dry_run:
+        raise UsageError("no output", hint="give --out DIR or --into-archive (or --dry-run)")
+    if into_archive and keep_uids:
+        raise UsageError(
+            "--keep-uids with --into-archive would store the copies under their originals' UIDs",
+            hint="write them to --out DIR instead",
+        )
     if key is not None and key_file is not None:
         raise UsageError("--key and --key-file exclude each other", hint="give the secret one way")
     options = Options(
@@ -174,10 +213,20 @@ def anonymize_command(
         patient_map=read_patient_map(patient_map) if patient_map else {},
         record_map=map_out is not None,
     )
+    opts = state(ctx)
     if out is not None:
-        check_output_folder(out, [str(p) for p in paths])
-    sources = collect_sources([str(p) for p in paths])
-    verbose = state(ctx).verbosity > 0
+        check_output_folder(out, [str(p) for p in paths or []])
+    archive = None
+    if selection or into_archive:
+        if into_archive and dry_run and not selection:
+            archive = opts.open_archive_for_dry_run()
+        else:
+            archive = opts.open_archive(create=into_archive and not selection and not dry_run)
+    if archive is not None and selection:
+        sources: list = archive_inputs(archive, selection)
+    else:
+        sources = collect_sources([str(p) for p in paths or []])
+    verbose = opts.verbosity > 0
 
     with output.progress("anonymizing", total=len(sources), enabled=not as_json) as bar:
 
@@ -190,15 +239,20 @@ def anonymize_command(
             elif result.warning or (verbose and result.status.value == "skipped"):
                 output.warn(f"{result.status.value}: {result.source}: {result.reason or result.warning}")
 
-        summary, mapping = anonymize_inputs(
-            sources,
-            out,
-            settings,
-            jobs=jobs or default_jobs(),
-            dry_run=dry_run,
-            random_key=secret is None,
-            on_result=on_result,
-        )
+        try:
+            summary, mapping = anonymize_inputs(
+                sources,
+                out,
+                settings,
+                jobs=jobs or default_jobs(),
+                dry_run=dry_run,
+                random_key=secret is None,
+                into=archive if into_archive else None,
+                on_result=on_result,
+            )
+        finally:
+            if archive is not None:
+                archive.close()
     if map_out is not None and not dry_run:
         summary.mapped = write_map(map_out, mapping)
     record = {"type": "summary", **summary.as_dict()}
