@@ -4,7 +4,7 @@
 
 _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
     case "$1:$2" in
-        cmds:pacsctl) echo 'anonymize audit backup completion config diff echo export get import ls migrate move nodes quarantine query reindex route send serve token verify' ;;
+        cmds:pacsctl) echo 'anonymize audit backup completion config diff dump echo export get import ls migrate move nodes quarantine query reindex route send serve show token verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
         'opts:pacsctl anonymize') echo '--out -o --study --filter -k --into-archive --key --key-file --keep-dates --shift-dates --keep-uids --keep-device --keep-institution --keep-patient-characteristics --clean-descriptors --keep-safe-private --clean-structured-content --clean-graphics --burned-in --profile --patient-map --map-out --json --dry-run -n --jobs -j --help -h' ;;
@@ -25,6 +25,9 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl diff') echo '--key -k --level -l --aet --timeout --json --csv --help -h' ;;
         'vopts:pacsctl diff') echo '--key -k --level -l --aet --timeout' ;;
         'args:pacsctl diff') echo '@text @text' ;;
+        'opts:pacsctl dump') echo '--json --width --help -h' ;;
+        'vopts:pacsctl dump') echo --width ;;
+        'args:pacsctl dump') echo @text ;;
         'opts:pacsctl echo') echo '--count -c --aet --timeout --json --help -h' ;;
         'vopts:pacsctl echo') echo '--count -c --aet --timeout' ;;
         'args:pacsctl echo') echo @node ;;
@@ -78,6 +81,9 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl send') echo '@node @file...' ;;
         'opts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w --web-port --web-host --web-tls-cert --web-tls-key --web-cors --web-max-body --help -h' ;;
         'vopts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w --web-port --web-host --web-tls-cert --web-tls-key --web-cors --web-max-body' ;;
+        'opts:pacsctl show') echo '--patient --json --help -h' ;;
+        'vopts:pacsctl show') echo --patient ;;
+        'args:pacsctl show') echo @text ;;
         'cmds:pacsctl token') echo 'create list revoke' ;;
         'opts:pacsctl token') echo '--help -h' ;;
         'opts:pacsctl token create') echo '--study --patient --expires --write --note --web-url --json --help -h' ;;
@@ -115,6 +121,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl diff --level'|'pacsctl diff -l') echo 'study series instance' ;;
         'pacsctl diff --aet') echo @text ;;
         'pacsctl diff --timeout') echo @text ;;
+        'pacsctl dump --width') echo @text ;;
         'pacsctl echo --count'|'pacsctl echo -c') echo @text ;;
         'pacsctl echo --aet') echo @text ;;
         'pacsctl echo --timeout') echo @text ;;
@@ -196,6 +203,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl serve --web-tls-key') echo @file ;;
         'pacsctl serve --web-cors') echo @text ;;
         'pacsctl serve --web-max-body') echo @text ;;
+        'pacsctl show --patient') echo @text ;;
         'pacsctl token create --study') echo @text ;;
         'pacsctl token create --patient') echo @text ;;
         'pacsctl token create --expires') echo @text ;;

@@ -184,6 +184,7 @@ COMMAND_MODULES = (
     "migrate",
     "token",
     "export",
+    "inspect",
     "anonymize",
     "route",
 )
