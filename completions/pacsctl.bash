@@ -76,8 +76,8 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl route run') echo @text... ;;
         'opts:pacsctl route status') echo '--json --help -h' ;;
         'args:pacsctl route status') echo @text ;;
-        'opts:pacsctl send') echo '--study --key -k --all --associations -j --aet --timeout --json --help -h' ;;
-        'vopts:pacsctl send') echo '--study --key -k --associations -j --aet --timeout' ;;
+        'opts:pacsctl send') echo '--study --key -k --all --associations -j --decompress --aet --timeout --json --help -h' ;;
+        'vopts:pacsctl send') echo '--study --key -k --associations -j --decompress --aet --timeout' ;;
         'args:pacsctl send') echo '@node @file...' ;;
         'opts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w --web-port --web-host --web-tls-cert --web-tls-key --web-cors --web-max-body --help -h' ;;
         'vopts:pacsctl serve') echo '--aet --host --port -p --allow --max-associations --acse-timeout --dimse-timeout --network-timeout --tls-cert --tls-key --tls-ca --workers -w --web-port --web-host --web-tls-cert --web-tls-key --web-cors --web-max-body' ;;
@@ -183,6 +183,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl send --study') echo @text ;;
         'pacsctl send --key'|'pacsctl send -k') echo @text ;;
         'pacsctl send --associations'|'pacsctl send -j') echo @text ;;
+        'pacsctl send --decompress') echo 'never lossless lossy' ;;
         'pacsctl send --aet') echo @text ;;
         'pacsctl send --timeout') echo @text ;;
         'pacsctl serve --aet') echo @text ;;

@@ -41,6 +41,15 @@ class LevelName(StrEnum):
         return level_from_name(self.value)
 
 
+class DecompressPolicy(StrEnum):
+    """`send --decompress`: the values of `net.sending.Decompress` (not imported here: it
+    loads pydicom, which `--help` must not pay for)."""
+
+    NEVER = "never"
+    LOSSLESS = "lossless"
+    LOSSY = "lossy"
+
+
 # Output formats.
 JsonRecords = Annotated[
     bool,
@@ -95,6 +104,17 @@ Studies = Annotated[
 All = Annotated[
     bool,
     typer.Option("--all", metavar=NO_METAVAR, help="Allow an empty selection (everything the node holds)."),
+]
+
+DecompressOpt = Annotated[
+    DecompressPolicy,
+    typer.Option(
+        "--decompress",
+        metavar=choices(DecompressPolicy),
+        case_sensitive=False,
+        help="When the node takes a compressed file only uncompressed: decompress never, only "
+        "lossless-compressed ones (lossy images fail instead of arriving as if original), or any.",
+    ),
 ]
 
 # Talking to nodes.

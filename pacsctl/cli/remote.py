@@ -27,6 +27,8 @@ from pacsctl.cli.options import (
     Aet,
     All,
     Csv,
+    DecompressOpt,
+    DecompressPolicy,
     JsonRecords,
     JsonSummary,
     Keys,
@@ -247,18 +249,20 @@ def send_command(
         max=16,
         help="Associations in parallel (1 for peers that allow only one).",
     ),
+    decompress: DecompressOpt = DecompressPolicy.LOSSLESS,
     aet: Aet = None,
     timeout: Timeout = 30.0,
     as_json: JsonSummary = False,
 ) -> None:
     """Send DICOM files, or instances from the archive, to a node (C-STORE).
 
-    Each file goes in its stored transfer syntax when the node accepts it, else decompressed,
-    over two associations at once by default (-j). Zip files are read as `import` reads them;
-    non-DICOM files met in folders and zips are skipped. `-` reads one path per line, or the
-    NDJSON records of `pacsctl ls --json` (each sent by its SOPInstanceUID, series or study
-    UID from the archive, or its path). Exit 3 when any file failed, 4 when the node cannot
-    be reached.
+    Each file goes in its stored transfer syntax when the node accepts it, else decompressed
+    when --decompress allows (by default only lossless-compressed files: a lossy image fails
+    rather than arrive looking like an original), over two associations at once (-j). Zip
+    files are read as `import` reads them; non-DICOM files met in folders and zips are
+    skipped. `-` reads one path per line, or the NDJSON records of `pacsctl ls --json` (each
+    sent by its SOPInstanceUID, series or study UID from the archive, or its path). Exit 3
+    when any file failed, 4 when the node cannot be reached.
 
     Example: pacsctl send PACS /data/study1 --json; pacsctl ls --json -k PatientID=123 | pacsctl send PACS -
     """
@@ -295,7 +299,7 @@ def send_command(
         with _failure_audited(
             ctx, AuditEvent.SEND, filters, node=str(node), calling_aet=calling, called_aet=node.aet
         ):
-            summary = _send_items(ctx, node, calling, items, associations, timeout, as_json)
+            summary = _send_items(ctx, node, calling, items, associations, timeout, as_json, decompress)
     _finish_send(ctx, node, calling, summary, filters, as_json)
 
 
@@ -307,8 +311,10 @@ def _send_items(
     associations: int,
     timeout: float,
     as_json: bool,
+    decompress: DecompressPolicy = DecompressPolicy.LOSSLESS,
 ) -> SendSummary:
     """Send `items` with a progress bar and one report per file that failed or was skipped."""
+    from pacsctl.net.sending import Decompress
     from pacsctl.remote import send as sending
 
     verbose = state(ctx).verbosity > 0
@@ -344,6 +350,7 @@ def _send_items(
                 timeout=timeout,
                 associations=associations,
                 cancel=cancel,
+                decompress=Decompress(decompress.value),
             )
     return summary
 

@@ -543,7 +543,9 @@ def _dataset_for(assoc: Association | None, info: sending.FileInfo | None, tally
     (a non-Dataset yield would leave its remaining count off by one)."""
     if info is not None and assoc is not None:
         try:
-            payload, _ = sending.load_for_peer(info, sending.accepted_syntaxes(assoc, info.sop_class_uid))
+            # The retrieving peer asked for the instance; decompressed if that is all it takes.
+            accepted = sending.accepted_syntaxes(assoc, info.sop_class_uid)
+            payload, _ = sending.load_for_peer(info, accepted, sending.Decompress.LOSSY)
             if not isinstance(payload, Dataset):
                 payload = pydicom.dcmread(payload)
             return payload

@@ -153,11 +153,13 @@ def store(
     progress: Callable[[StoreResult], None] | None = None,
     timeout: float = 30.0,
     cancel: Cancellation | None = None,
+    decompress: sending.Decompress = sending.Decompress.LOSSLESS,
 ) -> list[StoreResult]:
     """C-STORE files to `node` over one association; return one result per file.
 
     Each file goes in its stored transfer syntax when the peer accepts it (sent from disk in
-    chunks), else decompressed to uncompressed. Unreadable files fail on their own. Once
+    chunks), else decompressed to uncompressed where `decompress` allows (a lossy image is
+    not, by default: that file fails on its own). Unreadable files fail on their own. Once
     `cancel` is requested no further file is sent (`StoreFailure.INTERRUPTED`); the one in
     flight gets the grace period to be answered."""
     results: list[StoreResult] = []
@@ -199,7 +201,13 @@ def store(
                     )
                 )
             else:
-                report(_store_result(info, sending.send_file(assoc, info, msg_id=(n % 65535) + 1), cancel))
+                report(
+                    _store_result(
+                        info,
+                        sending.send_file(assoc, info, msg_id=(n % 65535) + 1, decompress=decompress),
+                        cancel,
+                    )
+                )
     return results
 
 

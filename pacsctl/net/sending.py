@@ -11,7 +11,7 @@ import logging
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +133,48 @@ class Encoding(Enum):
 
 
 class NotSendable(ValueError):
-    """The peer accepted no syntax this file can be sent in."""
+    """The peer accepted no syntax this file can be sent in (or the policy forbids the one)."""
 
 
-def choose_encoding(info: FileInfo, accepted: set[str]) -> tuple[Encoding, str]:
+class Decompress(StrEnum):
+    """When a compressed file may be decompressed for a peer that does not accept its syntax
+    (dcmsend's --decompress-never/-lossless/-lossy): a lossy image decompressed would reach
+    the peer looking like an original."""
+
+    NEVER = "never"
+    LOSSLESS = "lossless"  # only what compression kept whole: nothing is lost or disguised
+    LOSSY = "lossy"  # anything, lossy images included
+
+
+# Compressed syntaxes that keep every pixel (PS3.5 Annex A); every other compressed one is
+# lossy or may be (JPEG 2000 and HTJ2K "lossless or lossy" count as lossy).
+LOSSLESS_COMPRESSED = frozenset(
+    {
+        "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
+        "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+        "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 (Lossless Only)
+        "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 Multi-component (Lossless Only)
+        "1.2.840.10008.1.2.4.201",  # HTJ2K (Lossless Only)
+        "1.2.840.10008.1.2.4.202",  # HTJ2K with RPCL Options (Lossless Only)
+        "1.2.840.10008.1.2.5",  # RLE Lossless
+    }
+)
+
+
+def may_decompress(transfer_syntax_uid: str, policy: Decompress) -> bool:
+    """Whether `policy` allows decompressing data stored in this (compressed) syntax."""
+    if policy is Decompress.LOSSY:
+        return True
+    return policy is Decompress.LOSSLESS and transfer_syntax_uid in LOSSLESS_COMPRESSED
+
+
+def choose_encoding(
+    info: FileInfo, accepted: set[str], decompress: Decompress = Decompress.LOSSLESS
+) -> tuple[Encoding, str]:
     """How to send `info` given the syntaxes the peer accepted, and in which syntax.
-    Raises NotSendable when it accepted neither the stored syntax nor an uncompressed one."""
+    Raises NotSendable when it accepted neither the stored syntax nor an uncompressed one, or
+    only an uncompressed one that `decompress` does not allow for this file."""
     ts = info.transfer_syntax_uid
     if ts in accepted:
         if info.has_meta and not _odd_deflated(info):
@@ -147,16 +183,27 @@ def choose_encoding(info: FileInfo, accepted: set[str]) -> tuple[Encoding, str]:
     target = next((t for t in UNCOMPRESSED if t in accepted), None)
     if target is None:
         raise NotSendable(f"peer accepted neither {UID(ts).name} nor an uncompressed syntax")
+    if UID(ts).is_compressed and not may_decompress(ts, decompress):
+        kind = "lossy-compressed" if ts not in LOSSLESS_COMPRESSED else "compressed"
+        allow = "lossless or lossy" if decompress is Decompress.NEVER else "lossy"
+        raise NotSendable(
+            f"peer accepts only uncompressed for this SOP class and the image is {kind} "
+            f"({UID(ts).name}); not decompressed under --decompress {decompress.value} "
+            f"(--decompress {allow} would send it decompressed)"
+        )
     return Encoding.UNCOMPRESSED, target
 
 
-def load_for_peer(info: FileInfo, accepted: set[str]) -> tuple[str | Path | Dataset, str]:
+def load_for_peer(
+    info: FileInfo, accepted: set[str], decompress: Decompress = Decompress.LOSSLESS
+) -> tuple[str | Path | Dataset, str]:
     """What to hand `send_c_store` for this file given the syntaxes the peer accepted.
 
     Returns (path or dataset, transfer syntax used): the path (sent as stored, in chunks), or
     a decoded data set (`choose_encoding`). Raises NotSendable (a ValueError) when nothing
-    usable was accepted; decoding and decompression errors propagate."""
-    encoding, target = choose_encoding(info, accepted)
+    usable was accepted or `decompress` forbids it; decoding and decompression errors
+    propagate."""
+    encoding, target = choose_encoding(info, accepted, decompress)
     if encoding is Encoding.AS_STORED:
         return info.path, target
     ds = pydicom.dcmread(info.path, force=True)
@@ -202,10 +249,11 @@ def send_file(
     msg_id: int = 1,
     originator_aet: str | None = None,
     originator_id: int | None = None,
+    decompress: Decompress = Decompress.LOSSLESS,
 ) -> FileSent:
-    """Send one file over an established association."""
+    """Send one file over an established association (`decompress`: `choose_encoding`)."""
     try:
-        payload, used_ts = load_for_peer(info, accepted_syntaxes(assoc, info.sop_class_uid))
+        payload, used_ts = load_for_peer(info, accepted_syntaxes(assoc, info.sop_class_uid), decompress)
     except Exception as exc:  # unreadable file, no context, codec missing: this file fails
         return FileSent(None, None, StoreFailure.NOT_SENDABLE, str(exc))
     try:

@@ -266,6 +266,7 @@ def send(
     timeout: float = 30.0,
     associations: int = 1,
     cancel: Cancellation | None = None,
+    decompress: sending.Decompress = sending.Decompress.LOSSLESS,
 ) -> SendSummary:
     """C-STORE the sendable `items` to `node` over up to `associations` associations at once;
     account for every item (`on_outcome` is called under a lock, one outcome at a time).
@@ -277,9 +278,13 @@ def send(
     no association can be opened at all (nothing was sent).
 
     Once `cancel` is requested no new file starts; what is in flight is answered or aborted
-    within the grace period, and every file not sent counts as `not_sent`."""
+    within the grace period, and every file not sent counts as `not_sent`.
+
+    A compressed file the peer takes only uncompressed is decompressed where `decompress`
+    allows (default: lossless compression only), else it fails with the reason."""
     cancel = cancel or Cancellation()
     sender = _Sender(node, calling_aet, {i.path: i.size for i in items}, on_outcome, timeout, cancel)
+    sender.decompress = decompress
     sender.names = {i.path: i.origin for i in items if i.origin}
     start = time.perf_counter()
     for item in items:
@@ -342,6 +347,7 @@ class _Sender:
         self.on_outcome, self.timeout, self.cancel = on_outcome, timeout, cancel
         self.summary = SendSummary()
         self.names: dict[str, str] = {}  # path sent -> how reports name it (zip members' copies)
+        self.decompress = sending.Decompress.LOSSLESS
         self._lock = threading.Lock()
 
     def account(self, outcome: SendOutcome) -> None:
@@ -391,6 +397,7 @@ class _Sender:
             progress=progress,
             timeout=self.timeout,
             cancel=self.cancel,
+            decompress=self.decompress,
         )
 
     def send(self, paths: list[str]) -> None:
