@@ -210,14 +210,16 @@ class OrthancPeer:
         cfg.update(self.extra_config)
         return cfg
 
-    def start(self, attempts: int = 3) -> OrthancPeer:
-        """Start Orthanc and wait until REST /system answers; retries on a port race."""
+    def start(self, attempts: int = 3, keep_ports: bool = False) -> OrthancPeer:
+        """Start Orthanc and wait until REST /system answers; retries on a port race.
+        `keep_ports`: again on the ports of the last start (a peer that was down comes back)."""
         if not Path(self.binary).exists():
             raise PeerError(f"Orthanc not found at {self.binary}")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         last_error: Exception | None = None
         for _ in range(attempts):
-            self.dicom_port, self.http_port = free_port(), free_port()
+            if not (keep_ports and self.dicom_port and self.http_port):
+                self.dicom_port, self.http_port = free_port(), free_port()
             cfg_path = self.work_dir / "config.json"
             cfg_path.write_text(json.dumps(self.config(), indent=2))
             with open(self.log_path, "ab") as log:

@@ -40,9 +40,9 @@ def parse_destination(to: str, archive: Archive) -> str:
             ) from None
         return to.rstrip("/")
     if to.startswith("s3://"):
-        if not to[5:].split("/", 1)[0]:
-            raise UsageError(f"no bucket in {to!r}", hint="write s3://BUCKET/PREFIX")
-        return to
+        from pacsctl.storage.objects import ObjectURL
+
+        return str(ObjectURL.parse(to))  # UsageError without a bucket
     parse_node_spec(to, archive.config)  # raises UsageError for an unknown node
     return to
 
