@@ -4,12 +4,15 @@
 
 _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
     case "$1:$2" in
-        cmds:pacsctl) echo 'anonymize audit backup completion config diff dump echo export get import ls migrate move nodes quarantine query reindex route send serve show token verify' ;;
+        cmds:pacsctl) echo 'anonymize attach audit backup completion config diff dump echo export get import ls migrate move nodes quarantine query reindex route send serve show token verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
         'opts:pacsctl anonymize') echo '--out -o --study --filter -k --into-archive --key --key-file --keep-dates --shift-dates --keep-uids --keep-device --keep-institution --keep-patient-characteristics --clean-descriptors --keep-safe-private --clean-structured-content --clean-graphics --burned-in --profile --patient-map --map-out --json --dry-run -n --jobs -j --help -h' ;;
         'vopts:pacsctl anonymize') echo '--out -o --study --filter -k --key --key-file --burned-in --profile --patient-map --map-out --jobs -j' ;;
         'args:pacsctl anonymize') echo @file... ;;
+        'opts:pacsctl attach') echo '--study --title --json --help -h' ;;
+        'vopts:pacsctl attach') echo '--study --title' ;;
+        'args:pacsctl attach') echo @file ;;
         'opts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail --wide -w --json --help -h' ;;
         'vopts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail' ;;
         'opts:pacsctl backup') echo '--json --jobs -j --endpoint-url --prune --help -h' ;;
@@ -109,6 +112,8 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl anonymize --patient-map') echo @file ;;
         'pacsctl anonymize --map-out') echo @file ;;
         'pacsctl anonymize --jobs'|'pacsctl anonymize -j') echo @text ;;
+        'pacsctl attach --study') echo @text ;;
+        'pacsctl attach --title') echo @text ;;
         'pacsctl audit --since') echo @text ;;
         'pacsctl audit --event'|'pacsctl audit -e') echo 'associate reject release abort refuse store find move get import send retrieve backup repair export web' ;;
         'pacsctl audit --calling') echo @text ;;
@@ -128,7 +133,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl export --study') echo @text ;;
         'pacsctl export --patient') echo @text ;;
         'pacsctl export --key'|'pacsctl export -k') echo @text ;;
-        'pacsctl export --format'|'pacsctl export -f') echo 'folder zip dicomdir' ;;
+        'pacsctl export --format'|'pacsctl export -f') echo 'folder zip dicomdir native' ;;
         'pacsctl export --layout') echo @text ;;
         'pacsctl get --level'|'pacsctl get -l') echo 'patient study series instance image' ;;
         'pacsctl get --study') echo @text ;;

@@ -4,11 +4,13 @@
 function __pacsctl_spec --description 'sub-commands (cmds) or value options (vopts) of a path'
     switch "$argv[1]:$argv[2]"
         case 'cmds:pacsctl'
-            printf '%s\n' 'anonymize' 'audit' 'backup' 'completion' 'config' 'diff' 'dump' 'echo' 'export' 'get' 'import' 'ls' 'migrate' 'move' 'nodes' 'quarantine' 'query' 'reindex' 'route' 'send' 'serve' 'show' 'token' 'verify'
+            printf '%s\n' 'anonymize' 'attach' 'audit' 'backup' 'completion' 'config' 'diff' 'dump' 'echo' 'export' 'get' 'import' 'ls' 'migrate' 'move' 'nodes' 'quarantine' 'query' 'reindex' 'route' 'send' 'serve' 'show' 'token' 'verify'
         case 'vopts:pacsctl'
             printf '%s\n' '--archive' '-a'
         case 'vopts:pacsctl anonymize'
             printf '%s\n' '--out' '-o' '--study' '--filter' '-k' '--key' '--key-file' '--burned-in' '--profile' '--patient-map' '--map-out' '--jobs' '-j'
+        case 'vopts:pacsctl attach'
+            printf '%s\n' '--study' '--title'
         case 'vopts:pacsctl audit'
             printf '%s\n' '--since' '--event' '-e' '--calling' '--uid' '--limit' '--tail'
         case 'vopts:pacsctl backup'
@@ -128,6 +130,7 @@ end
 
 complete -c pacsctl -f
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'anonymize' -d 'De-identify DICOM files into a new folder (PS3.15 Annex E, Basic Profile and...'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'attach' -d 'File a PDF (or CDA) report with a study, as Encapsulated PDF (CDA) Storage.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'audit' -d 'Show who associated, stored, queried and retrieved what: the audit trail `pac...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'backup' -d 'Copy what is new or changed to DEST, with a manifest to verify and restore from.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl\'' -a 'completion' -d 'Print the shell completion script for pacsctl.'
@@ -182,6 +185,11 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl anonymize\'' -l 'dry-run' -s 'n' 
 complete -c pacsctl -n '__pacsctl_at \'pacsctl anonymize\'' -l 'jobs' -s 'j' -x -d 'Worker processes (default: one per core).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl anonymize\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_arg \'pacsctl anonymize\' 0+' -F
+complete -c pacsctl -n '__pacsctl_at \'pacsctl attach\'' -l 'study' -x -d 'The archived study it belongs to.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl attach\'' -l 'title' -x -d 'Document title (default: the file name).'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl attach\'' -l 'json' -d 'NDJSON: one record per item that failed or was left out, then a summary.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl attach\'' -l 'help' -s 'h' -d 'Show this message and exit.'
+complete -c pacsctl -n '__pacsctl_arg \'pacsctl attach\' 0' -F
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'since' -x -d 'Only records from this time on: ISO time (UTC unless zoned) or an age such as...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'event' -s 'e' -x -a 'associate reject release abort refuse store find move get import send retrieve backup repair export web' -d 'Only this event: associate, reject, release, abort, refuse, store, find, move...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'calling' -x -d 'Only records of this calling AE title.'
@@ -225,7 +233,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'study' -x -d 'Expor
 complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'patient' -x -d 'Every study of this patient.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'key' -s 'k' -x -d 'Filter on a DICOM keyword with DICOM matching: wildcards * ?, ranges 20240101...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'all' -d 'Export the whole archive.'
-complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'format' -s 'f' -x -a 'folder zip dicomdir' -d 'What to write.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'format' -s 'f' -x -a 'folder zip dicomdir native' -d 'What to write.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'layout' -x -d 'Folder and file names (folder and zip formats).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'json' -d 'NDJSON: one record per item that failed or was left out, then a summary.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'help' -s 'h' -d 'Show this message and exit.'

@@ -185,6 +185,7 @@ COMMAND_MODULES = (
     "token",
     "export",
     "inspect",
+    "attach",
     "anonymize",
     "route",
 )

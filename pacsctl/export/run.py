@@ -12,6 +12,7 @@ by a path that may hold a patient ID.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pacsctl.archive.archive import Archive
 from pacsctl.archive.search import instances_matching
@@ -43,6 +44,7 @@ class ExportFormat(StrEnum):
     FOLDER = "folder"  # the archived files under the layout's names
     ZIP = "zip"  # the same tree in one zip file
     DICOMDIR = "dicomdir"  # DICOM media: 8-character file IDs and a DICOMDIR
+    NATIVE = "native"  # a folder, encapsulated documents (PDF, CDA...) as their own files
 
 
 @dataclass
@@ -143,6 +145,10 @@ def export(
     UsageError when nothing matches or DEST exists, OperationInterrupted when `should_stop`
     says so (nothing is left at DEST then)."""
     options = options or ExportOptions()
+    if options.format is ExportFormat.NATIVE and options.converter is None:
+        from pacsctl.export.native import NativeDocuments
+
+        options = dataclasses.replace(options, converter=NativeDocuments())
     started = time.monotonic()
     layout = Layout(options.layout)  # a bad template fails before anything is written
     records = select(archive, filters)
@@ -191,9 +197,19 @@ class ConvertError(Exception):
     """An instance a converter cannot write in the export's format (the reason is the message)."""
 
 
-# A format that writes something else than the archived bytes: from the instance's bytes, its
-# record and its layout path, the files to write ([] when it has nothing to write: skipped).
-Converter = Callable[[bytes, Mapping[str, Any], str], list[tuple[str, bytes]]]
+class Converter(Protocol):
+    """A format that writes something else than the archived bytes for some instances."""
+
+    def applies(self, record: Mapping[str, Any]) -> bool:
+        """Whether this instance is converted (else its archived bytes are copied)."""
+        ...
+
+    def convert(self, data: bytes, record: Mapping[str, Any], relpath: str) -> list[tuple[str, bytes]]:
+        """From the instance's (checked) bytes, its record and its layout path, the files to
+        write; [] when there is nothing to write in this format (skipped). Raises ConvertError."""
+        ...
+
+
 BATCH = 64  # instances planned at once (their paths in order), then copied on the threads
 
 
@@ -219,7 +235,8 @@ def _write_all(
             raise OperationInterrupted("export stopped: nothing was left at the destination")
         source = archive.path_of(record["path"])
         try:
-            outcome = _convert(target, source, record, relpath, converter) if converter else None
+            applies = converter is not None and converter.applies(record)
+            outcome = _convert(target, source, record, relpath, converter) if applies else None
             if outcome is None:
                 outcome = _Outcome(
                     [
@@ -276,12 +293,13 @@ def _write_all(
 
 
 def _convert(
-    target: Target, source: Path, record: Mapping[str, Any], relpath: str, converter: Converter
+    target: Target, source: Path, record: Mapping[str, Any], relpath: str, converter: Converter | None
 ) -> _Outcome:
+    assert converter is not None
     data = source.read_bytes()
     if (len(data), hashlib.sha256(data).hexdigest()) != (record.get("size"), record.get("sha256")):
         raise _ArchiveDamaged()
-    outputs = converter(data, record, relpath)
+    outputs = converter.convert(data, record, relpath)
     if not outputs:
         return _Outcome(skipped=True)
     return _Outcome([target.write_bytes(path, payload) for path, payload in outputs])
