@@ -280,7 +280,7 @@ def output_path(out_dir: Path, outcome: Outcome) -> Path:
 def _write(out_dir: Path, target: Path, data: bytes, result: FileResult) -> None:
     """Temp file, then a hard link into place (never over another file)."""
     tmp = out_dir / TMP_DIR
-    staged = files.stage(tmp, [data], fsync=False)
+    staged = files.stage(tmp, [data], fsync=False, digest=False)  # one sync at the end of the run
     try:
         if files.publish(staged, target, replace=False):
             return

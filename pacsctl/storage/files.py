@@ -189,14 +189,17 @@ class StagedFile:
     sha256: str
 
 
-def stage(tmp_dir: Path, chunks: Iterable[bytes | memoryview | mmap.mmap], fsync: bool = True) -> StagedFile:
-    """Write `chunks` to a new private temp file, hashing on the way.
+def stage(
+    tmp_dir: Path, chunks: Iterable[bytes | memoryview | mmap.mmap], fsync: bool = True, digest: bool = True
+) -> StagedFile:
+    """Write `chunks` to a new private temp file, hashing on the way (`digest=False`: not
+    hashed, `sha256` empty, for writers that record no hash).
 
     With `fsync=False` the caller must pass the file to `make_durable` before publishing it.
     Raises OSError (ENOSPC when the disk is full); the temp file is removed on any failure.
     """
     path = temp_name(tmp_dir)
-    digest = hashlib.sha256()
+    hasher = hashlib.sha256() if digest else None
     size = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
@@ -205,7 +208,8 @@ def stage(tmp_dir: Path, chunks: Iterable[bytes | memoryview | mmap.mmap], fsync
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            digest.update(chunk)
+            if hasher is not None:
+                hasher.update(chunk)
             size += len(chunk)
         if fsync:
             os.fsync(fd)
@@ -214,7 +218,7 @@ def stage(tmp_dir: Path, chunks: Iterable[bytes | memoryview | mmap.mmap], fsync
         path.unlink(missing_ok=True)
         raise
     os.close(fd)
-    return StagedFile(path, size, digest.hexdigest())
+    return StagedFile(path, size, hasher.hexdigest() if hasher is not None else "")
 
 
 def make_durable(paths: Iterable[Path]) -> None:
