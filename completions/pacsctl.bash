@@ -45,8 +45,8 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl import') echo @file... ;;
         'opts:pacsctl ls') echo '--level -l --key -k --sort --limit --columns --wide -w --json --csv --help -h' ;;
         'vopts:pacsctl ls') echo '--level -l --key -k --sort --limit --columns' ;;
-        'opts:pacsctl migrate') echo '--key -k --since --parallel --window --limit --via-archive --dry-run -n --retry-failed --report --status --phi --find-cap --attempts --backoff --settle --aet --timeout --json --help -h' ;;
-        'vopts:pacsctl migrate') echo '--key -k --since --parallel --window --limit --report --find-cap --attempts --backoff --settle --aet --timeout' ;;
+        'opts:pacsctl migrate') echo '--key -k --since --parallel --window --limit --via-archive --commit --commit-port --commit-wait --dry-run -n --retry-failed --report --status --phi --find-cap --attempts --backoff --settle --aet --timeout --json --help -h' ;;
+        'vopts:pacsctl migrate') echo '--key -k --since --parallel --window --limit --commit-port --commit-wait --report --find-cap --attempts --backoff --settle --aet --timeout' ;;
         'args:pacsctl migrate') echo '@text @text' ;;
         'opts:pacsctl move') echo '--to --level -l --study --key -k --all --settle --aet --timeout --json --help -h' ;;
         'vopts:pacsctl move') echo '--to --level -l --study --key -k --settle --aet --timeout' ;;
@@ -152,6 +152,8 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl migrate --parallel') echo @text ;;
         'pacsctl migrate --window') echo @text ;;
         'pacsctl migrate --limit') echo @text ;;
+        'pacsctl migrate --commit-port') echo @text ;;
+        'pacsctl migrate --commit-wait') echo @text ;;
         'pacsctl migrate --report') echo @file ;;
         'pacsctl migrate --find-cap') echo @text ;;
         'pacsctl migrate --attempts') echo @text ;;

@@ -103,6 +103,23 @@ def migrate_command(
         metavar=NO_METAVAR,
         help="C-GET each study into the archive (hashed on arrival), then C-STORE it to DEST.",
     ),
+    commit: bool = typer.Option(
+        False,
+        "--commit",
+        metavar=NO_METAVAR,
+        help="Also have DEST commit each study (Storage Commitment) before it counts as done.",
+    ),
+    commit_port: Optional[int] = typer.Option(
+        None,
+        "--commit-port",
+        metavar="PORT",
+        min=1,
+        max=65535,
+        help="Where DEST sends commitment reports (default: the archive's port; DEST must know us there).",
+    ),
+    commit_wait: float = typer.Option(
+        60.0, "--commit-wait", metavar="SECONDS", min=0.1, help="How long to wait for a commitment report."
+    ),
     dry_run: DryRun = False,
     retry_failed: bool = typer.Option(
         False, "--retry-failed", metavar=NO_METAVAR, help="Reopen the studies that failed before."
@@ -141,7 +158,8 @@ def migrate_command(
     Inventories SOURCE (study-level C-FIND, in date slices when it caps answers), then moves
     study by study by C-MOVE (SOURCE must know DEST's AE title), or with --via-archive by C-GET
     into the archive and C-STORE to DEST. A study is done only when
-    DEST answers an IMAGE-level C-FIND with every SOP Instance UID SOURCE listed. The state of
+    DEST answers an IMAGE-level C-FIND with every SOP Instance UID SOURCE listed (and, with
+    --commit, has committed them all by Storage Commitment). The state of
     every study lives in the archive's ledger for the pair: a re-run continues where the last
     stopped, never sends a done study again, and sends only what DEST lacks. Transient
     failures are retried with backoff; a permanent one fails the study and the run goes on.
@@ -154,7 +172,7 @@ def migrate_command(
     from pacsctl.migrate.run import MigrateOptions, migrate
     from pacsctl.migrate.window import Window
 
-    (source, dest), calling, _ = _nodes(ctx, [source_spec, dest_spec], aet)
+    (source, dest), calling, config = _nodes(ctx, [source_spec, dest_spec], aet)
     root = resolve_archive_dir(state(ctx).archive)
     if status_only:
         ledger = Ledger.open(root, source.aet, dest.aet, create=False)
@@ -176,6 +194,10 @@ def migrate_command(
         settle=settle,
         timeout=timeout,
         via_archive=via_archive,
+        commit=commit,
+        commit_host=config.host,
+        commit_port=commit_port or config.port,
+        commit_wait=commit_wait,
     )
     if dry_run:
         ledger = Ledger.open(root, source.aet, dest.aet, create=False)

@@ -55,6 +55,7 @@ class StudyEntry:
     first_seen: str = ""
     updated: str = ""
     done_at: str | None = None
+    committed: bool | None = None  # --commit: DEST's Storage Commitment report covered every instance
 
     def as_record(self, phi: bool = False) -> dict[str, Any]:
         """The per-study JSON record of `migrate --json` and `--status --json`."""

@@ -9,7 +9,7 @@ empty answers are taken as they are (`Relational`): a study it does not hold cos
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
@@ -50,6 +50,7 @@ class StudyContents:
 
     study_uid: str
     instances: dict[str, str]
+    classes: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> SOP Class UID, where given
 
     def missing_from(self, other: StudyContents) -> dict[str, str]:
         """Our instances that `other` does not hold (UIDs compared, not counts)."""
@@ -84,20 +85,19 @@ def list_study_on(
     assoc: Association, node: NodeLike, study_uid: str, cancel: Cancellation | None = None
 ) -> StudyContents:
     """`list_study` over an association the caller holds (with the Study Root Find context)."""
+    contents = StudyContents(study_uid, {})
     answers = _find(assoc, node, _identifier("IMAGE", study_uid, "", ""), cancel)
-    found = _uids(answers)
-    if found:
+    _add(contents, answers)
+    if contents.instances:
         RELATIONAL.prove(node)
-        return StudyContents(study_uid, found)
+        return contents
     if answers is not None and RELATIONAL.proven(node):
-        return StudyContents(study_uid, {})
-    instances: dict[str, str] = {}
+        return contents
     for ds in _find(assoc, node, _identifier("SERIES", study_uid, ""), cancel) or []:
         series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
         if series_uid:
-            images = _find(assoc, node, _identifier("IMAGE", study_uid, series_uid, ""), cancel)
-            instances.update({uid: series_uid for uid in _uids(images)})
-    return StudyContents(study_uid, instances)
+            _add(contents, _find(assoc, node, _identifier("IMAGE", study_uid, series_uid, ""), cancel))
+    return contents
 
 
 def _find(
@@ -129,14 +129,16 @@ def _identifier(level: str, study_uid: str, series_uid: str, sop_uid: str | None
     ds.SeriesInstanceUID = series_uid
     if sop_uid is not None:
         ds.SOPInstanceUID = sop_uid
+        ds.SOPClassUID = ""
     return ds
 
 
-def _uids(answers: list[Dataset] | None) -> dict[str, str]:
-    found: dict[str, str] = {}
+def _add(contents: StudyContents, answers: list[Dataset] | None) -> None:
     for ds in answers or []:
         uid = str(ds.get("SOPInstanceUID", "") or "").strip()
         series = str(ds.get("SeriesInstanceUID", "") or "").strip()
         if uid and series:  # a relational answer without its series cannot be moved by series
-            found[uid] = series
-    return found
+            contents.instances[uid] = series
+            sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+            if sop_class:
+                contents.classes[uid] = sop_class

@@ -25,6 +25,7 @@ from pacsctl.archive.archive import Archive
 from pacsctl.errors import NetworkError, OperationInterrupted
 from pacsctl.migrate import retry
 from pacsctl.migrate.check import held_at
+from pacsctl.migrate.commitment import commit_study
 from pacsctl.migrate.inventory import DEFAULT_CAP, Inventory, SourceStudy, inventory
 from pacsctl.migrate.ledger import Ledger, StudyEntry, StudyState, now
 from pacsctl.migrate.listing import FIND_CONTEXT, StudyContents, list_study_on
@@ -33,6 +34,7 @@ from pacsctl.migrate.transfer import move_study, via_archive
 from pacsctl.migrate.window import Window
 from pacsctl.net import scu
 from pacsctl.net.cancel import Cancellation
+from pacsctl.net.commitment import CommitmentListener
 from pacsctl.net.types import NodeLike
 from pacsctl.remote.receiver import ArchiveReceiver
 
@@ -56,6 +58,10 @@ class MigrateOptions:
     settle: float = 5.0  # seconds DEST may go without a new instance before the check ends
     timeout: float = 30.0
     via_archive: bool = False  # C-GET into the archive, then C-STORE to DEST (needs `archive`)
+    commit: bool = False  # Storage Commitment by DEST before a study is done
+    commit_host: str = "0.0.0.0"  # where DEST sends its N-EVENT-REPORTs (it must know us there)
+    commit_port: int = 0
+    commit_wait: float = 60.0  # seconds to wait for a report
 
 
 @dataclass
@@ -174,9 +180,11 @@ class _StudyMover:
         options: MigrateOptions,
         cancel: Cancellation | None,
         receiver: ArchiveReceiver | None = None,
+        commitments: CommitmentListener | None = None,
     ) -> None:
         self.source, self.dest, self.ledger, self.options, self.cancel = source, dest, ledger, options, cancel
         self.receiver = receiver  # --via-archive
+        self.commitments = commitments  # --commit
         self._local = threading.local()  # each worker thread's sessions to SOURCE and DEST
         self._lock = threading.Lock()
         self._sessions: list[Session] = []
@@ -322,6 +330,13 @@ class _StudyMover:
             )
             missing = expected.missing_from(held)
         present = len(expected.instances) - len(missing)
+        if not missing and self.commitments is not None:
+            refused = commit_study(
+                self.commitments, self.dest, expected, opts.calling_aet, opts.commit_wait, opts.timeout
+            )
+            if refused is not None:
+                return entry.changed(dest_instances=present, reason=refused[0], committed=False), refused[1]
+            entry = entry.changed(committed=True)
         if not missing:
             done = entry.changed(status=StudyState.DONE, reason=None, dest_instances=present, done_at=now())
             self.ledger.put(done)
@@ -371,7 +386,12 @@ def migrate(
         if options.via_archive and archive is None:
             raise ValueError("via_archive needs the archive")
         receiver = ArchiveReceiver(archive) if options.via_archive and archive is not None else None
-        mover = _StudyMover(source, dest, ledger, options, cancel, receiver)
+        commitments = (
+            CommitmentListener(options.calling_aet, options.commit_host, options.commit_port)
+            if options.commit
+            else None
+        )
+        mover = _StudyMover(source, dest, ledger, options, cancel, receiver, commitments)
         lock = threading.Lock()
 
         def one(entry: StudyEntry) -> None:
@@ -392,6 +412,8 @@ def migrate(
                     future.result()
             finally:
                 mover.close()
+                if commitments is not None:
+                    commitments.close()
                 if receiver is not None:
                     receiver.close()
     summary.interrupted = cancel is not None and cancel.requested

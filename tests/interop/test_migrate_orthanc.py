@@ -277,3 +277,24 @@ def test_diff_between_two_orthancs_and_the_archive(orthanc_pair: OrthancPair, ct
     assert against_archive.returncode == 3
     [missing] = _records(against_archive.stdout)[:-1]
     assert (missing["difference"], missing["StudyInstanceUID"]) == ("only in B", short)
+
+
+def test_commit_waits_for_dests_storage_commitment_report(orthanc_pair: OrthancPair, ct_factory: Any,
+                                                          archive_dir: Path) -> None:
+    pair = orthanc_pair
+    _upload_study(pair, ct_factory, "MIG-COMMIT", series=2, per_series=2)
+    port = free_port()
+    assert run_cli("config", "set", "port", str(port)).returncode == 0
+    # DEST does not know us yet: it cannot send its report, and the study is not done.
+    unknown = _migrate(pair, "-k", "PatientID=MIG-COMMIT", "--commit", "--commit-wait", "2", "--attempts", "1")
+    assert unknown.returncode == 3, unknown.stdout + unknown.stderr
+    [record, _] = _records(unknown.stdout)
+    assert record["status"] == "failed" and record["committed"] in (None, False), record
+    assert "Storage Commitment" in record["reason"], record
+
+    pair.dest.add_modality("pacsctl", "PACSCTL", "127.0.0.1", port)
+    proc = _migrate(pair, "-k", "PatientID=MIG-COMMIT", "--commit", "--retry-failed")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [record, summary] = _records(proc.stdout)
+    assert record["status"] == "done" and record["committed"] is True and record["dest_instances"] == 4
+    assert summary["moved"] == 1
