@@ -4,7 +4,7 @@
 
 _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
     case "$1:$2" in
-        cmds:pacsctl) echo 'anonymize attach audit backup completion config diff dump echo export get import ls migrate move nodes quarantine query reindex route send serve show token verify' ;;
+        cmds:pacsctl) echo 'anonymize attach audit backup completion config diff dump echo export get import ls migrate move nodes quarantine query reindex restore route send serve show token verify' ;;
         opts:pacsctl) echo '--archive -a --verbose -v --quiet -q --debug --version --help -h' ;;
         vopts:pacsctl) echo '--archive -a' ;;
         'opts:pacsctl anonymize') echo '--out -o --study --filter -k --into-archive --key --key-file --keep-dates --shift-dates --keep-uids --keep-device --keep-institution --keep-patient-characteristics --clean-descriptors --keep-safe-private --clean-structured-content --clean-graphics --burned-in --profile --patient-map --map-out --json --dry-run -n --jobs -j --help -h' ;;
@@ -65,6 +65,9 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl query') echo @node ;;
         'opts:pacsctl reindex') echo '--json --jobs -j --help -h' ;;
         'vopts:pacsctl reindex') echo '--jobs -j' ;;
+        'opts:pacsctl restore') echo '--study --key -k --json --jobs -j --endpoint-url --help -h' ;;
+        'vopts:pacsctl restore') echo '--study --key -k --jobs -j --endpoint-url' ;;
+        'args:pacsctl restore') echo @text ;;
         'cmds:pacsctl route') echo 'add list remove retry run status' ;;
         'opts:pacsctl route') echo '--help -h' ;;
         'opts:pacsctl route add') echo '--to --key -k --delay --max-attempts --max-backoff --replace --help -h' ;;
@@ -115,7 +118,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl attach --study') echo @text ;;
         'pacsctl attach --title') echo @text ;;
         'pacsctl audit --since') echo @text ;;
-        'pacsctl audit --event'|'pacsctl audit -e') echo 'associate reject release abort refuse store find move get import send retrieve backup repair export web' ;;
+        'pacsctl audit --event'|'pacsctl audit -e') echo 'associate reject release abort refuse store find move get import send retrieve backup repair restore export web' ;;
         'pacsctl audit --calling') echo @text ;;
         'pacsctl audit --uid') echo @text ;;
         'pacsctl audit --limit') echo @text ;;
@@ -182,6 +185,10 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl query --limit') echo @text ;;
         'pacsctl query --columns') echo @text ;;
         'pacsctl reindex --jobs'|'pacsctl reindex -j') echo @text ;;
+        'pacsctl restore --study') echo @text ;;
+        'pacsctl restore --key'|'pacsctl restore -k') echo @text ;;
+        'pacsctl restore --jobs'|'pacsctl restore -j') echo @text ;;
+        'pacsctl restore --endpoint-url') echo @text ;;
         'pacsctl route add --to') echo @text ;;
         'pacsctl route add --key'|'pacsctl route add -k') echo @text ;;
         'pacsctl route add --delay') echo @text ;;

@@ -50,6 +50,7 @@ class AuditEvent(StrEnum):
     RETRIEVE = "retrieve"  # `pacsctl move` / `pacsctl get`
     BACKUP = "backup"
     REPAIR = "repair"  # `pacsctl verify --repair-from`
+    RESTORE = "restore"  # `pacsctl restore` (whole or part)
     EXPORT = "export"
     # Written by `serve --web-port`, one per DICOMweb request (token id, peer, path, status).
     WEB = "web"

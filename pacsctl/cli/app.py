@@ -175,6 +175,7 @@ COMMAND_MODULES = (
     "remote",
     "backup",
     "verify",
+    "restore",
     "reindex",
     "audit",
     "quarantine",

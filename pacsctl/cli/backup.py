@@ -37,11 +37,7 @@ def backup(
     Examples: pacsctl backup /mnt/nas/pacs; pacsctl backup s3://pacs-offsite/site-a --jobs 16;
     pacsctl verify --backup s3://pacs-offsite/site-a --sample 0.05
 
-    Restore when the archive is lost: pacsctl verify --backup /mnt/nas/pacs (1. the backup is
-    intact); cp -a /mnt/nas/pacs /srv/pacs (2. copy it to where the archive will live);
-    pacsctl --archive /srv/pacs reindex (3. rebuild the index, each file checked against the
-    manifest); rm /srv/pacs/backup-manifest.ndjson /srv/pacs/backup.lock (4. it is an archive now,
-    not a backup).
+    Restore when the archive is lost: see `pacsctl restore --help`.
     """
     from pacsctl.cli.app import state
     from pacsctl.integrity.backup import backup as run_backup

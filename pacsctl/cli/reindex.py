@@ -16,9 +16,9 @@ def reindex(
 ) -> None:
     """Rebuild the index from objects/: every file read, hashed and parsed again.
 
-    Restore from a backup: copy it first (cp -a /mnt/nas/pacs /srv/pacs), then
-    pacsctl --archive /srv/pacs reindex: the copy's manifest is checked, files that differ from it
-    are reported and left out of the index (see `pacsctl backup --help` for the whole restore).
+    A folder holding a backup manifest (a copied backup) is checked against it too: files that
+    differ from it are reported and left out of the index. To rebuild an archive from a backup,
+    use `pacsctl restore`.
     Exit 0 when every file was indexed, 3 when some could not be.
 
     Example: pacsctl --archive /srv/pacs reindex --jobs 2
