@@ -16,9 +16,10 @@ import struct
 from dataclasses import dataclass
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 IMPLEMENTATION_VERSION = "PACSCTL_ANON"
@@ -131,9 +132,41 @@ def encode(ds: Dataset, tail: bytes | memoryview = b"") -> bytes:
     out = DicomBytesIO()
     out.write(PREAMBLE + b"DICM" + file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), syntax))
     out.is_implicit_VR, out.is_little_endian = uid.is_implicit_VR, uid.is_little_endian
-    write_dataset(out, ds)
-    out.write(tail)
-    return out.getvalue()
+    if ds.original_encoding == (uid.is_implicit_VR, uid.is_little_endian) and (
+        ds.original_character_set == ds._character_set
+    ):
+        _write_top_level(out, ds)
+    else:
+        write_dataset(out, ds)
+    return b"".join((out.getvalue(), tail))
+
+
+def _write_top_level(out: DicomBytesIO, ds: Dataset) -> None:
+    """`write_dataset` for a data set written in the encoding it was read in: elements still
+    raw (kept as read) are copied with a header packed here, the others written by pydicom."""
+    encodings = ds.get("SpecificCharacterSet", "iso8859")
+    order = "<" if out.is_little_endian else ">"
+    implicit = out.is_implicit_VR
+    for tag in sorted(ds.keys()):
+        if tag.element == 0 and tag.group > 6:  # retired group lengths are never written
+            continue
+        raw = ds.get_item(tag)
+        if (
+            isinstance(raw, RawDataElement)
+            and raw.length != _UNDEFINED
+            and not raw.is_buffered
+            and (implicit or raw.VR)
+        ):
+            value = raw.value or b""
+            if implicit:
+                out.write(struct.pack(order + "HHL", tag.group, tag.element, len(value)))
+            elif raw.VR.encode() in _LONG_VRS:
+                out.write(struct.pack(order + "HH2s2xL", tag.group, tag.element, raw.VR.encode(), len(value)))
+            else:
+                out.write(struct.pack(order + "HH2sH", tag.group, tag.element, raw.VR.encode(), len(value)))
+            out.write(value)
+        else:
+            write_data_element(out, ds[tag], encodings)
 
 
 def _encode_with_pydicom(ds: Dataset, syntax: str) -> bytes:

@@ -131,3 +131,22 @@ def test_elements_after_pixel_data_are_read_and_handled() -> None:
     assert (0x7FE1, 0x1001) not in out and (0x7FE1, 0x0010) not in out
     assert out.PixelData == first.PixelData
     assert b"Johanna" not in outcome.data
+
+
+@pytest.mark.parametrize("name", REAL_FILES)
+def test_fast_writer_writes_what_pydicom_writes(name: str) -> None:
+    """encoding.encode copies raw elements itself: the data set bytes must be pydicom's."""
+    import struct
+
+    from pacsctl.anonymize import encoding
+
+    def body(data: bytes) -> bytes:
+        (meta_length,) = struct.unpack_from("<L", data, 140)
+        return data[144 + meta_length :]
+
+    data = real_file(name).read_bytes()
+    outcome = Anonymizer(KEY).file_bytes(data)
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    Anonymizer(KEY).dataset(ds)
+    reference = encoding._encode_with_pydicom(ds, encoding.transfer_syntax_of(ds))
+    assert body(outcome.data or b"") == body(reference)
