@@ -189,3 +189,38 @@ def test_verify_cli_on_a_bucket_exit_3_with_named_problems(archive: Archive, s3_
     fixed = invoke_cli("verify", "--backup", s3_url, "--repair")
     assert fixed.returncode == 3 and "repaired" in fixed.stdout + fixed.stderr
     assert invoke_cli("verify", "--backup", s3_url).returncode == 0
+
+
+def test_a_backup_killed_mid_way_resumes_without_sending_again(
+    archive_dir: Path, ct_factory: Any, s3_url: str
+) -> None:
+    """kill -9 while uploading (before any manifest checkpoint): the next run adopts what the
+    killed one uploaded (HEAD shows the SHA-256), uploads the rest, and the backup verifies."""
+    total = 120
+    arch = make_archive(archive_dir, ct_factory.series(total, patient_id="P9"))
+    arch.close()
+    store = ObjectStore(s3_url)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pacsctl", "backup", s3_url, "--jobs", "1"],
+        env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    uploaded = 0
+    while time.monotonic() < deadline and child.poll() is None:
+        uploaded = sum(o.relpath.startswith("objects/") for o in store.iter_objects())
+        if uploaded >= 10:
+            break
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    assert child.returncode == -signal.SIGKILL, "the backup ended before it could be killed"
+    at_kill = sum(o.relpath.startswith("objects/") for o in store.iter_objects())
+    assert 10 <= at_kill < total
+    assert store.head(MANIFEST_NAME) is None  # killed before its first checkpoint
+
+    again = invoke_cli("backup", s3_url, "--json")
+    assert again.returncode == 0, again.stderr
+    s = json.loads(again.stdout.splitlines()[-1])
+    assert s["adopted"] == at_kill and s["copied"] == total - at_kill and s["instances"] == total
+    check = invoke_cli("verify", "--backup", s3_url)
+    assert check.returncode == 0, check.stdout + check.stderr
