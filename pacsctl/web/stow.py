@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from pacsctl.storage import files
 from pacsctl.web.errors import WebError
 from pacsctl.web.multipart import MalformedMultipart, MultipartParser, boundary_of
 from pacsctl.web.responses import DICOM_JSON, origin
+
+LOG = logging.getLogger(__name__)
 
 # PS3.18 / PS3.4 failure reasons
 PROCESSING_FAILURE = 0x0110
@@ -169,6 +172,15 @@ def _ingest(ctx: Any, receiver: _Receiver, study: str | None, origin: str) -> li
             batch, size = [], 0
     if batch:
         outcomes.extend(_ingest_batch(ctx, batch, study, origin))
+    if any(o.failure is None for o in outcomes):
+        # Fold what this request journaled: every read of the index applies the unfolded
+        # journal lines, and a web process reads far more often than it stores (measured:
+        # 1000 unfolded lines made /metadata of 10 studies 0.9 s instead of 0.15 s).
+        try:
+            with ctx.lock:
+                ctx.archive.index.flush()
+        except OSError as exc:  # stored and durable already; the next fold retries
+            LOG.warning("could not fold the index journal: %s", exc.strerror or exc)
     return outcomes
 
 
