@@ -288,6 +288,17 @@ class OrthancPeer:
         """Store one DICOM file through REST (no DICOM networking involved)."""
         return self.rest("/instances", "POST", Path(path).read_bytes())
 
+    def restart(self) -> OrthancPeer:
+        """SIGKILL Orthanc (as a crash would) and start it again on the same ports and storage."""
+        _stop(self.proc, graceful=False)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([self.binary, str(self.work_dir / "config.json")], stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=self.work_dir, env=dcmtk_env(),
+                                         start_new_session=True)
+        self._wait_ready()
+        wait_for_port(self.dicom_port, 10, self.proc)
+        return self
+
     def stop(self, graceful: bool = False) -> None:
         """Stop Orthanc and remove its temp folder if we made it.
 

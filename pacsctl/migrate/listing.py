@@ -25,7 +25,8 @@ _PENDING = (0xFF00, 0xFF01)
 
 
 class Relational:
-    """Which nodes have shown that they answer relational IMAGE-level queries (per process)."""
+    """Which nodes have shown that they answer relational IMAGE-level queries (kept for one
+    migration run: a node behind the same address may be another one later)."""
 
     def __init__(self) -> None:
         self._known: set[tuple[str, str, int]] = set()
@@ -39,9 +40,6 @@ class Relational:
 
     def prove(self, node: NodeLike) -> None:
         self._known.add(self._key(node))
-
-
-RELATIONAL = Relational()
 
 
 @dataclass(frozen=True)
@@ -82,16 +80,22 @@ def list_study(
 
 
 def list_study_on(
-    assoc: Association, node: NodeLike, study_uid: str, cancel: Cancellation | None = None
+    assoc: Association,
+    node: NodeLike,
+    study_uid: str,
+    cancel: Cancellation | None = None,
+    relational: Relational | None = None,
 ) -> StudyContents:
-    """`list_study` over an association the caller holds (with the Study Root Find context)."""
+    """`list_study` over an association the caller holds (with the Study Root Find context);
+    `relational` remembers the nodes whose empty relational answers can be believed."""
     contents = StudyContents(study_uid, {})
     answers = _find(assoc, node, _identifier("IMAGE", study_uid, "", ""), cancel)
     _add(contents, answers)
     if contents.instances:
-        RELATIONAL.prove(node)
+        if relational is not None:
+            relational.prove(node)
         return contents
-    if answers is not None and RELATIONAL.proven(node):
+    if answers is not None and relational is not None and relational.proven(node):
         return contents
     for ds in _find(assoc, node, _identifier("SERIES", study_uid, ""), cancel) or []:
         series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()

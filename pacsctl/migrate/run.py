@@ -28,7 +28,7 @@ from pacsctl.migrate.check import held_at
 from pacsctl.migrate.commitment import commit_study
 from pacsctl.migrate.inventory import DEFAULT_CAP, Inventory, SourceStudy, inventory
 from pacsctl.migrate.ledger import Ledger, StudyEntry, StudyState, now
-from pacsctl.migrate.listing import FIND_CONTEXT, StudyContents, list_study_on
+from pacsctl.migrate.listing import FIND_CONTEXT, Relational, StudyContents, list_study_on
 from pacsctl.migrate.sessions import Session
 from pacsctl.migrate.transfer import move_study, via_archive
 from pacsctl.migrate.window import Window
@@ -188,6 +188,7 @@ class _StudyMover:
         self._local = threading.local()  # each worker thread's sessions to SOURCE and DEST
         self._lock = threading.Lock()
         self._sessions: list[Session] = []
+        self._relational = Relational()
 
     def _session(self, dest: bool) -> Session:
         name = "dest" if dest else "source"
@@ -209,7 +210,7 @@ class _StudyMover:
         session = self._session(dest)
         for last in (False, True):
             try:
-                return list_study_on(session.assoc(), session.node, uid, self.cancel)
+                return list_study_on(session.assoc(), session.node, uid, self.cancel, self._relational)
             except NetworkError:
                 session.discard()
                 if last:
@@ -270,6 +271,21 @@ class _StudyMover:
             return status, (f"the source refused the C-MOVE (status 0x{status:04X})", kind)
         return status, None
 
+    def _permanent_or_broken(
+        self, uid: str, expected: StudyContents, missing_before: int, reason: str
+    ) -> tuple[str, retry.Kind]:
+        """A failure status can mean "never" (an unknown destination) or "broke on the way"
+        (Orthanc answers 0xC000 for both): when DEST cannot be asked, or holds more of the
+        study than before the C-MOVE, the source could deliver and the failure is transient."""
+        try:
+            held = self._list(uid, dest=True)
+        except NetworkError:
+            return f"{reason}; {self.dest.aet} cannot be reached after it", retry.Kind.TRANSIENT
+        arrived = missing_before - len(expected.missing_from(held))
+        if arrived > 0:
+            return f"{reason} after {arrived} instances arrived", retry.Kind.TRANSIENT
+        return reason, retry.Kind.PERMANENT
+
     def _via_archive(self, uid: str, missing: dict[str, str]) -> tuple[str, retry.Kind] | None:
         """C-GET into the archive, C-STORE to DEST; the reason and kind when a hop failed."""
         assert self.receiver is not None
@@ -322,6 +338,8 @@ class _StudyMover:
                     return entry.changed(reason=failed[0]), failed[1]
             else:
                 status, failed = self._move(uid, missing, len(missing) == len(expected.instances))
+                if failed is not None and failed[1] is retry.Kind.PERMANENT:
+                    failed = self._permanent_or_broken(uid, expected, len(missing), failed[0])
                 if failed is not None:
                     return entry.changed(reason=failed[0]), failed[1]
                 status_text = f" after the source answered 0x{status:04X}"

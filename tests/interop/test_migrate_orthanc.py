@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -298,3 +299,95 @@ def test_commit_waits_for_dests_storage_commitment_report(orthanc_pair: OrthancP
     [record, summary] = _records(proc.stdout)
     assert record["status"] == "done" and record["committed"] is True and record["dest_instances"] == 4
     assert summary["moved"] == 1
+
+
+@pytest.fixture
+def dcmqrscp_source(tmp_path: Path, orthanc_pair: OrthancPair) -> Iterator[Any]:
+    """DCMTK dcmqrscp (AE QR): strictly hierarchical, no counts in its answers, and knows the
+    pair's DEST Orthanc as a C-MOVE destination."""
+    from benchmarks.peers import PeerError, wait_for_port
+    from tests.helpers import dcmtk, dcmtk_env
+
+    binary = dcmtk("dcmqrscp")
+    db = tmp_path / "qrdb"
+    db.mkdir()
+    port = free_port()
+    config = tmp_path / "dcmqrscp.cfg"
+    config.write_text(
+        f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
+        f"HostTable BEGIN\ndest = (DEST, 127.0.0.1, {orthanc_pair.dest.dicom_port})\nHostTable END\n"
+        "VendorTable BEGIN\nVendorTable END\n"
+        f"AETable BEGIN\nQR {db} RW (200, 1024mb) ANY\nAETable END\n")
+    proc = subprocess.Popen([binary, "-c", str(config)], env=dcmtk_env(), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, 15, proc)
+    except PeerError as exc:
+        proc.kill()
+        pytest.fail(str(exc))
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_migrate_from_a_hierarchical_dcmqrscp_moves_only_what_dest_lacks(
+        dcmqrscp_source: int, orthanc_pair: OrthancPair, ct_factory: Any, archive_dir: Path) -> None:
+    from pydicom.uid import generate_uid
+
+    from tests.helpers import run_dcmtk
+
+    pair, port = orthanc_pair, dcmqrscp_source
+    study = generate_uid()
+    files = [*ct_factory.series(2, study_uid=study, patient_id="MIG-QR"),
+             *ct_factory.series(2, study_uid=study, patient_id="MIG-QR")]
+    other = ct_factory.series(1, patient_id="MIG-QR")
+    run_dcmtk("storescu", "-aec", "QR", "127.0.0.1", str(port), *map(str, files + other))
+    uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files + other]
+    pair.dest.upload(files[0])  # DEST holds one instance of the study already
+    before = Counter(pair.stores())
+    source = f"QR@127.0.0.1:{port}"
+    proc = run_cli("migrate", source, pair.spec(pair.dest), "-k", "PatientID=MIG-QR", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    *records, summary = _records(proc.stdout)
+    assert summary["moved"] == 2 and summary["instances"] == 5
+    assert {r["StudyInstanceUID"]: r["source_instances"] for r in records}[study] == 4
+    sent = Counter(pair.stores()) - before
+    assert sent == Counter(uids[1:]), sent  # the one DEST held was not sent again
+    same = run_cli("diff", source, pair.spec(pair.dest), "-k", "PatientID=MIG-QR", "--level", "instance")
+    assert same.returncode == 0, same.stdout + same.stderr
+
+
+def test_dest_killed_mid_study_and_restarted_the_study_completes(tmp_path: Path, ct_factory: Any,
+                                                                 archive_dir: Path) -> None:
+    # DEST takes 50 ms over each instance, so the study is still arriving when it is killed.
+    pair = start_orthanc_pair(tmp_path / "crash", store_delay=0.05)
+    try:
+        study, uids = _upload_study(pair, ct_factory, "MIG-CRASH", series=2, per_series=20)
+        args = [sys.executable, "-m", "pacsctl", "migrate", pair.spec(pair.source), pair.spec(pair.dest),
+                "--json", "--backoff", "0.5", "--attempts", "8", "--settle", "1", "--timeout", "5"]
+        child = subprocess.Popen(args, env=cli_env(None), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 30
+            while len(pair.stores()) < 10 and time.monotonic() < deadline and child.poll() is None:
+                time.sleep(0.02)
+            assert child.poll() is None and len(pair.stores()) < 40, "the study arrived before the kill"
+            pair.dest.restart()  # kill -9, then up again on the same port
+            out, err = child.communicate(timeout=90)
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait(10)
+        assert child.returncode == 0, out + err
+        [record, _] = _records(out)
+        assert record["status"] == "done" and record["dest_instances"] == 40 and record["attempts"] >= 2, record
+        assert set(uids) <= pair.dest.instance_uids()
+    finally:
+        pair.source.stop()
+        pair.dest.stop()
