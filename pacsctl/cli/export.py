@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -12,9 +13,31 @@ from pacsctl.cli import output
 from pacsctl.cli.interrupt import stop_on_signals
 from pacsctl.cli.options import NO_METAVAR, JsonSummary, Keys, choices
 from pacsctl.errors import EXIT_INTEGRITY, UsageError
-from pacsctl.export.layout import DEFAULT_LAYOUT
-from pacsctl.export.run import ExportFormat
+from pacsctl.export.formats import DEFAULT_LAYOUT, ExportFormat, Syntax
 
+
+class FrameChoice(StrEnum):
+    """Which frames png/jpeg export renders."""
+
+    FIRST = "first"
+    ALL = "all"
+
+
+Frames = Annotated[
+    FrameChoice,
+    typer.Option(
+        "--frames", metavar=choices(FrameChoice), case_sensitive=False, help="png/jpeg: frames to render."
+    ),
+]
+Transcode = Annotated[
+    Optional[Syntax],
+    typer.Option(
+        "--transcode",
+        metavar=choices(Syntax),
+        case_sensitive=False,
+        help="Write the instances in this transfer syntax (lossless: pixel values kept).",
+    ),
+]
 Format = Annotated[
     ExportFormat,
     typer.Option(
@@ -38,6 +61,29 @@ def export(
     layout: str = typer.Option(
         DEFAULT_LAYOUT, "--layout", metavar="TEMPLATE", help="Folder and file names (folder and zip formats)."
     ),
+    window: Optional[str] = typer.Option(
+        None, "--window", metavar="C,W", help="png/jpeg: window center,width (default: the file's)."
+    ),
+    size: Optional[int] = typer.Option(
+        None, "--size", metavar="N", min=1, help="png/jpeg: fit images in N x N pixels (thumbnails)."
+    ),
+    frames: Frames = FrameChoice.FIRST,
+    sheet: bool = typer.Option(
+        False, "--sheet", metavar=NO_METAVAR, help="png/jpeg: a contact sheet per series."
+    ),
+    transcode: Transcode = None,
+    anonymize: bool = typer.Option(
+        False, "--anonymize", metavar=NO_METAVAR, help="Pass every file through the anonymizer (PS3.15)."
+    ),
+    key: Optional[str] = typer.Option(
+        None,
+        "--key",
+        metavar="SECRET",
+        help="--anonymize: the secret for UIDs and pseudonyms (see anonymize).",
+    ),
+    key_file: Optional[Path] = typer.Option(
+        None, "--key-file", metavar="FILE", help="--anonymize: read the secret from FILE."
+    ),
     as_json: JsonSummary = False,
 ) -> None:
     """Export studies to a folder, DICOM media (DICOMDIR) or a zip file.
@@ -50,12 +96,17 @@ def export(
     name is made safe for Windows, macOS and Linux file systems. Exit 3 when some instance could
     not be exported.
 
+    png/jpeg render each image (--window C,W, --size N, --frames all, --sheet); --transcode
+    writes another transfer syntax (lossless); --anonymize --key-file K de-identifies every file
+    (and names them from the de-identified values).
+
     Example: pacsctl export /media/usb/ct --study 1.2.840.113619.2.1 --format dicomdir
     """
     from pacsctl.cli.app import state
     from pacsctl.dicom.matching import parse_key_values
     from pacsctl.export.run import ExportOptions
     from pacsctl.export.run import export as run_export
+    from pacsctl.render import Window
 
     filters = parse_key_values(keys)
     if studies:
@@ -69,7 +120,18 @@ def export(
     if not filters and not everything:
         raise UsageError("nothing selected", hint="give --study UID, --patient ID, -k KEY=VALUE or --all")
     opts = state(ctx)
-    options = ExportOptions(format=fmt, layout=layout)
+    options = ExportOptions(
+        format=fmt,
+        layout=layout,
+        transcode=transcode.value if transcode else None,
+        window=Window.parse(window) if window else None,
+        size=size,
+        all_frames=frames is FrameChoice.ALL,
+        sheet=sheet,
+        anonymizer=_anonymizer(key, key_file) if anonymize else None,
+    )
+    if (key or key_file) and not anonymize:
+        raise UsageError("--key and --key-file go with --anonymize")
     with (
         opts.open_archive(create=False) as archive,
         output.LazyProgress("export", opts.verbosity >= 0 and not as_json) as bar,
@@ -96,6 +158,22 @@ def export(
     record_action(archive.root, AuditEvent.EXPORT, s.as_dict(), selection=filters, dest=s.dest)
     if not report.ok:
         raise typer.Exit(EXIT_INTEGRITY)
+
+
+def _anonymizer(key: str | None, key_file: Path | None) -> Any:
+    """The anonymizer for --anonymize: keyed (the same key, the same UIDs and pseudonyms as
+    `pacsctl anonymize`), Basic Profile options."""
+    from pacsctl.anonymize.deidentify import Anonymizer
+    from pacsctl.anonymize.identity import read_key_file
+
+    if key is not None and key_file is not None:
+        raise UsageError("--key and --key-file exclude each other", hint="give the secret one way")
+    secret = read_key_file(key_file) if key_file else (key.encode("utf-8") if key else b"")
+    if not secret:
+        raise UsageError(
+            "--anonymize needs --key or --key-file", hint="the key makes the same UIDs on every run"
+        )
+    return Anonymizer(secret)
 
 
 def register(app: typer.Typer) -> None:

@@ -23,10 +23,8 @@ from typing import Any
 
 from pacsctl.dicom.attributes import INSTANCE_FIELDS, PATIENT_FIELDS, SERIES_FIELDS, STUDY_FIELDS
 from pacsctl.errors import UsageError
+from pacsctl.export.formats import DEFAULT_LAYOUT
 
-DEFAULT_LAYOUT = (
-    "{PatientID}/{StudyDate}_{AccessionNumber}/{SeriesNumber:03}_{SeriesDescription}/{InstanceNumber:05}.dcm"
-)
 COMPONENT_BUDGET = 64  # UTF-8 bytes; ext4/XFS allow 255, but long names help no one on a CD or in a zip
 PATH_BUDGET = 200  # characters of the relative path
 MISSING = "unknown"  # a component whose fields are all empty

@@ -21,6 +21,8 @@ def with_suffix(relpath: str, suffix: str) -> str:
 class NativeDocuments:
     """The converter of the native format (see the module docstring)."""
 
+    names_files = False
+
     def applies(self, record: Mapping[str, Any]) -> bool:
         """Encapsulated document instances only."""
         return str(record.get("SOPClassUID", "")) in DOCUMENT_CLASSES

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,23 +27,17 @@ from pacsctl.archive.search import instances_matching
 from pacsctl.dicom.attributes import STUDY_FIELDS
 from pacsctl.errors import OperationInterrupted, PacsctlError, UsageError
 from pacsctl.export import dicomdir
-from pacsctl.export.layout import DEFAULT_LAYOUT, Layout
+from pacsctl.export.formats import DEFAULT_LAYOUT, ExportFormat
+from pacsctl.export.layout import Layout
 from pacsctl.export.target import FolderTarget, SizeMismatch, Target, Written
 from pacsctl.export.zipout import ZipTarget
 from pacsctl.storage.files import sha256_file
 from pacsctl.summary import SummaryRecord
 
+__all__ = ["ExportFormat", "ExportOptions", "ExportReport", "export", "select"]
+
 Progress = Callable[[int, int], None]  # (instances done, bytes written)
 COPY_THREADS = 4
-
-
-class ExportFormat(StrEnum):
-    """What an export writes."""
-
-    FOLDER = "folder"  # the archived files under the layout's names
-    ZIP = "zip"  # the same tree in one zip file
-    DICOMDIR = "dicomdir"  # DICOM media: 8-character file IDs and a DICOMDIR
-    NATIVE = "native"  # a folder, encapsulated documents (PDF, CDA...) as their own files
 
 
 @dataclass
@@ -53,7 +46,13 @@ class ExportOptions:
 
     format: ExportFormat = ExportFormat.FOLDER
     layout: str = DEFAULT_LAYOUT
-    converter: Converter | None = None  # set by the formats that do not copy the archived bytes
+    converter: Converter | None = None  # given by a library caller, else built from the options
+    transcode: str | None = None  # a transcode.Syntax value
+    window: Any = None  # render.Window for png/jpeg
+    size: int | None = None
+    all_frames: bool = False
+    sheet: bool = False
+    anonymizer: Any = None  # an anonymize.deidentify.Anonymizer
 
 
 @dataclass
@@ -145,10 +144,8 @@ def export(
     UsageError when nothing matches or DEST exists, OperationInterrupted when `should_stop`
     says so (nothing is left at DEST then)."""
     options = options or ExportOptions()
-    if options.format is ExportFormat.NATIVE and options.converter is None:
-        from pacsctl.export.native import NativeDocuments
-
-        options = dataclasses.replace(options, converter=NativeDocuments())
+    if options.converter is None:
+        options = dataclasses.replace(options, converter=_converter(options))
     started = time.monotonic()
     layout = Layout(options.layout)  # a bad template fails before anything is written
     records = select(archive, filters)
@@ -198,7 +195,11 @@ class ConvertError(Exception):
 
 
 class Converter(Protocol):
-    """A format that writes something else than the archived bytes for some instances."""
+    """A format that writes something else than the archived bytes for some instances.
+    `names_files`: the converter names the files itself (from what it wrote: anonymized
+    values), so it runs in record order on one thread and is given no layout path."""
+
+    names_files: bool
 
     def applies(self, record: Mapping[str, Any]) -> bool:
         """Whether this instance is converted (else its archived bytes are copied)."""
@@ -245,10 +246,10 @@ def _write_all(
                         )
                     ]
                 )
-            if media and outcome.written:
-                outcome.header = dicomdir.MediaHeader(
-                    dicomdir.read_header(source), str(record["TransferSyntaxUID"])
-                )
+            if media and outcome.written:  # the file as exported: transcoded or anonymized too
+                assert isinstance(target, FolderTarget)
+                header = dicomdir.read_header(target.root / outcome.written[0].relpath)
+                outcome.header = dicomdir.MediaHeader(header, str(header.file_meta.TransferSyntaxUID))
             return outcome
         except (_ArchiveDamaged, SizeMismatch):
             return _Outcome(problem=DAMAGED)
@@ -262,11 +263,13 @@ def _write_all(
     written: list[tuple[Written, str]] = []
     headers: list[tuple[Written, dicomdir.MediaHeader, str]] = []
     summary = report.summary
-    threads = 1 if isinstance(target, ZipTarget) else COPY_THREADS
+    names_files = converter is not None and converter.names_files
+    one_thread = isinstance(target, ZipTarget) or names_files
+    threads = 1 if one_thread else COPY_THREADS
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for start in range(0, len(records), BATCH):
             batch = [
-                (n, r, f"TMP/{n:08d}" if media else layout.path_of(r))
+                (n, r, f"TMP/{n:08d}" if media else "" if names_files else layout.path_of(r))
                 for n, r in enumerate(records[start : start + BATCH], start)
             ]
             try:
@@ -286,6 +289,12 @@ def _write_all(
                 summary.files += len(outcome.written)
                 summary.bytes += nbytes
                 _tick(progress, nbytes)
+    extra = getattr(converter, "extra_files", None)
+    for relpath, payload in extra() if extra is not None else []:
+        out = target.write_bytes(relpath, payload)
+        written.append((out, ""))
+        summary.files += 1
+        summary.bytes += out.size
     if media and headers:
         assert isinstance(target, FolderTarget)
         written = _place_on_media(target, headers, report)
@@ -323,6 +332,43 @@ def _place_on_media(
     report.summary.files += 1
     report.summary.bytes += dicomdir_file.size
     return [*placed, (dicomdir_file, "")]
+
+
+def _converter(options: ExportOptions) -> Converter | None:
+    """The converter the options ask for (None: the archived bytes are copied)."""
+    fmt = options.format
+    if fmt in (ExportFormat.PNG, ExportFormat.JPEG):
+        if options.transcode or options.anonymizer is not None:
+            raise UsageError("--transcode and --anonymize apply to DICOM formats, not to rendered images")
+        from pacsctl.export.images import Renders
+        from pacsctl.render import ImageFormat
+
+        return Renders(
+            ImageFormat(fmt.value), options.window, options.size, options.all_frames, options.sheet
+        )
+    if options.window is not None or options.size is not None or options.all_frames or options.sheet:
+        raise UsageError("--window, --size, --frames and --sheet apply to --format png or jpeg")
+    transcoder = None
+    if options.transcode:
+        from pacsctl.export.formats import Syntax
+        from pacsctl.export.transcode import Transcoder
+
+        transcoder = Transcoder(Syntax(options.transcode))
+    if options.anonymizer is not None:
+        from pacsctl.export.anonymizing import Anonymized
+
+        return Anonymized(
+            options.anonymizer, Layout(options.layout), transcoder, fmt is ExportFormat.DICOMDIR
+        )
+    if transcoder is not None:
+        if fmt is ExportFormat.NATIVE:
+            raise UsageError("--transcode applies to the folder, zip and dicomdir formats")
+        return transcoder
+    if fmt is ExportFormat.NATIVE:
+        from pacsctl.export.native import NativeDocuments
+
+        return NativeDocuments()
+    return None
 
 
 def _why_not_read_back(archive: Archive, records: list[dict[str, Any]], uid: str, reason: str) -> str:

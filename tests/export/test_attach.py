@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 from pydicom import dcmread
 
 from pacsctl.archive.archive import Archive
-from pacsctl.export.run import ExportFormat, ExportOptions, export
+from pacsctl.export.formats import ExportFormat
+from pacsctl.export.run import ExportOptions, export
 from pacsctl.ingest.documents import ENCAPSULATED_PDF, attach
 from tests.helpers import invoke_cli, require_tool, run_dcmtk
 

@@ -16,7 +16,8 @@ from pydicom.fileset import FileSet
 from pacsctl.archive.archive import Archive
 from pacsctl.errors import OperationInterrupted, UsageError
 from pacsctl.export.dicomdir import valid_file_id
-from pacsctl.export.run import ExportFormat, ExportOptions, export
+from pacsctl.export.formats import ExportFormat
+from pacsctl.export.run import ExportOptions, export
 from pacsctl.export.target import MANIFEST_NAME
 from pacsctl.storage.files import sha256_file
 from tests.helpers import REPO_ROOT, invoke_cli, run_dcmtk
