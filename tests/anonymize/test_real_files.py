@@ -112,6 +112,8 @@ def test_burned_in_text_is_refused_unless_allowed() -> None:
     assert refused.status is Status.REFUSED and refused.data is None
     warned = Anonymizer(KEY, Options(burned_in=BurnedIn.WARN)).file_bytes(data)
     assert warned.status is Status.WRITTEN and warned.warning
+    allowed = Anonymizer(KEY, Options(burned_in=BurnedIn.ALLOW)).file_bytes(data)
+    assert allowed.status is Status.WRITTEN and not allowed.warning
     first.BurnedInAnnotation = "NO"
     first.Modality = "US"
     assert Anonymizer(KEY).file_bytes(part10(first)).status is Status.WRITTEN
