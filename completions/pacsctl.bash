@@ -34,8 +34,8 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl echo') echo '--count -c --aet --timeout --json --help -h' ;;
         'vopts:pacsctl echo') echo '--count -c --aet --timeout' ;;
         'args:pacsctl echo') echo @node ;;
-        'opts:pacsctl export') echo '--study --patient --key -k --all --format -f --layout --window --size --frames --sheet --transcode --anonymize --key --key-file --json --help -h' ;;
-        'vopts:pacsctl export') echo '--study --patient --key -k --format -f --layout --window --size --frames --transcode --key --key-file' ;;
+        'opts:pacsctl export') echo '--study --patient --key -k --all --format -f --layout --window --size --frames --sheet --transcode --anonymize --key --key-file --media-size --iso --json --help -h' ;;
+        'vopts:pacsctl export') echo '--study --patient --key -k --format -f --layout --window --size --frames --transcode --key --key-file --media-size --iso' ;;
         'args:pacsctl export') echo @file ;;
         'opts:pacsctl get') echo '--level -l --study --key -k --all --aet --timeout --json --help -h' ;;
         'vopts:pacsctl get') echo '--level -l --study --key -k --aet --timeout' ;;
@@ -144,6 +144,8 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl export --transcode') echo 'explicit-le rle jpeg2000-lossless jpeg-ls-lossless' ;;
         'pacsctl export --key') echo @text ;;
         'pacsctl export --key-file') echo @file ;;
+        'pacsctl export --media-size') echo @text ;;
+        'pacsctl export --iso') echo @file ;;
         'pacsctl get --level'|'pacsctl get -l') echo 'patient study series instance image' ;;
         'pacsctl get --study') echo @text ;;
         'pacsctl get --key'|'pacsctl get -k') echo @text ;;

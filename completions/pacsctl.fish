@@ -24,7 +24,7 @@ function __pacsctl_spec --description 'sub-commands (cmds) or value options (vop
         case 'vopts:pacsctl echo'
             printf '%s\n' '--count' '-c' '--aet' '--timeout'
         case 'vopts:pacsctl export'
-            printf '%s\n' '--study' '--patient' '--key' '-k' '--format' '-f' '--layout' '--window' '--size' '--frames' '--transcode' '--key' '--key-file'
+            printf '%s\n' '--study' '--patient' '--key' '-k' '--format' '-f' '--layout' '--window' '--size' '--frames' '--transcode' '--key' '--key-file' '--media-size' '--iso'
         case 'vopts:pacsctl get'
             printf '%s\n' '--level' '-l' '--study' '--key' '-k' '--aet' '--timeout'
         case 'vopts:pacsctl import'
@@ -246,6 +246,8 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'transcode' -x -a 'e
 complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'anonymize' -d 'Pass every file through the anonymizer (PS3.15).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'key' -x -d '--anonymize: the secret for UIDs and pseudonyms (see anonymize).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'key-file' -r -F -d '--anonymize: read the secret from FILE.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'media-size' -x -d 'dicomdir: split over volumes of SIZE (700M, 4.7G, 25G).'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'iso' -r -F -d 'dicomdir: also write an ISO 9660 image (one per volume).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'json' -d 'NDJSON: one record per item that failed or was left out, then a summary.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl export\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_arg \'pacsctl export\' 0' -F

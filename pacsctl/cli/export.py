@@ -84,6 +84,12 @@ def export(
     key_file: Optional[Path] = typer.Option(
         None, "--key-file", metavar="FILE", help="--anonymize: read the secret from FILE."
     ),
+    media_size: Optional[str] = typer.Option(
+        None, "--media-size", metavar="SIZE", help="dicomdir: split over volumes of SIZE (700M, 4.7G, 25G)."
+    ),
+    iso: Optional[Path] = typer.Option(
+        None, "--iso", metavar="FILE.iso", help="dicomdir: also write an ISO 9660 image (one per volume)."
+    ),
     as_json: JsonSummary = False,
 ) -> None:
     """Export studies to a folder, DICOM media (DICOMDIR) or a zip file.
@@ -98,12 +104,14 @@ def export(
 
     png/jpeg render each image (--window C,W, --size N, --frames all, --sheet); --transcode
     writes another transfer syntax (lossless); --anonymize --key-file K de-identifies every file
-    (and names them from the de-identified values).
+    (and names them from the de-identified values). dicomdir: --media-size 700M splits the export
+    over DISK001/, DISK002/... each a complete media set; --iso FILE.iso writes the image to burn.
 
     Example: pacsctl export /media/usb/ct --study 1.2.840.113619.2.1 --format dicomdir
     """
     from pacsctl.cli.app import state
     from pacsctl.dicom.matching import parse_key_values
+    from pacsctl.export.media import parse_size
     from pacsctl.export.run import ExportOptions
     from pacsctl.export.run import export as run_export
     from pacsctl.render import Window
@@ -129,6 +137,8 @@ def export(
         all_frames=frames is FrameChoice.ALL,
         sheet=sheet,
         anonymizer=_anonymizer(key, key_file) if anonymize else None,
+        media_size=parse_size(media_size) if media_size else None,
+        iso=iso,
     )
     if (key or key_file) and not anonymize:
         raise UsageError("--key and --key-file go with --anonymize")
@@ -154,6 +164,10 @@ def export(
         f"exported {s.exported} instances to {s.dest} ({s.format}): {s.files} files, "
         f"{s.bytes / 1e6:.1f} MB, {s.errors} errors, {s.skipped} skipped; {s.elapsed:.1f} s"
     )
+    if s.volumes > 1:
+        text += f"; {s.volumes} volumes"
+    if s.iso:
+        text += f"; ISO: {', '.join(s.iso)}"
     output.print_report(records, as_json, "export: not exported", text)
     record_action(archive.root, AuditEvent.EXPORT, s.as_dict(), selection=filters, dest=s.dest)
     if not report.ok:

@@ -27,9 +27,10 @@ from pacsctl.archive.search import instances_matching
 from pacsctl.dicom.attributes import STUDY_FIELDS
 from pacsctl.errors import OperationInterrupted, PacsctlError, UsageError
 from pacsctl.export import dicomdir
+from pacsctl.export import media as media_module
 from pacsctl.export.formats import DEFAULT_LAYOUT, ExportFormat
 from pacsctl.export.layout import Layout
-from pacsctl.export.target import FolderTarget, SizeMismatch, Target, Written
+from pacsctl.export.target import MANIFEST_NAME, FolderTarget, SizeMismatch, Target, Written, manifest_text
 from pacsctl.export.zipout import ZipTarget
 from pacsctl.storage.files import sha256_file
 from pacsctl.summary import SummaryRecord
@@ -53,6 +54,8 @@ class ExportOptions:
     all_frames: bool = False
     sheet: bool = False
     anonymizer: Any = None  # an anonymize.deidentify.Anonymizer
+    media_size: int | None = None  # dicomdir: split over volumes of at most this many bytes
+    iso: Path | None = None  # dicomdir: also an ISO 9660 image (one per volume)
 
 
 @dataclass
@@ -78,6 +81,8 @@ class ExportSummary(SummaryRecord):
     errors: int = 0
     files: int = 0
     bytes: int = 0
+    volumes: int = 0
+    iso: list[str] = field(default_factory=list)
     elapsed: float = 0.0
 
 
@@ -155,12 +160,32 @@ def export(
             hint="see `pacsctl ls` for what the archive holds; nothing was written",
         )
     dest = Path(os.path.abspath(dest))
+    media = options.format is ExportFormat.DICOMDIR
+    if (options.media_size or options.iso) and not media:
+        raise UsageError("--media-size and --iso apply to --format dicomdir")
+    volumes = media_module.split(records, options.media_size) if options.media_size else [records]
+    prefixes = (
+        [f"{media_module.volume_name(n)}/" for n in range(1, len(volumes) + 1)]
+        if options.media_size
+        else [""]
+    )
+    isos = media_module.iso_names(Path(os.path.abspath(options.iso)), len(volumes)) if options.iso else []
+    if isos:
+        media_module.check_iso_targets(isos)
     if on_total is not None:
         on_total(len(records))
     target: Target = ZipTarget(dest) if options.format is ExportFormat.ZIP else FolderTarget(dest)
-    report = ExportReport(ExportSummary(dest=str(dest), format=options.format.value))
+    report = ExportReport(ExportSummary(dest=str(dest), format=options.format.value, volumes=len(volumes)))
     try:
-        written = _write_all(archive, target, records, layout, options, report, progress, should_stop)
+        written: list[tuple[Written, str]] = []
+        for prefix, volume in zip(prefixes, volumes, strict=True):
+            part = _write_all(archive, target, volume, layout, options, report, progress, should_stop, prefix)
+            if prefix:  # each volume a complete media set: its own manifest, relative to it
+                listed = [Written(w.relpath[len(prefix) :], w.size, w.sha256) for w, _ in part]
+                part.append((target.write_bytes(prefix + MANIFEST_NAME, manifest_text(listed)), ""))
+                report.summary.files += 1
+                report.summary.bytes += part[-1][0].size
+            written += part
         owners = {w.relpath: uid for w, uid in written}
         finished = target.finish([w for w, _ in written])
         for bad, reason in finished.bad:
@@ -172,6 +197,15 @@ def export(
         report.summary.bytes += finished.manifest.size
     except BaseException:
         target.abort()
+        raise
+    try:
+        for prefix, iso in zip(prefixes, isos, strict=False):
+            media_module.write_iso(
+                dest / prefix if prefix else dest, iso, f"PACSCTL_{prefix.rstrip('/') or 'DISK'}"
+            )
+            report.summary.iso.append(str(iso))
+    except BaseException:
+        media_module.remove_isos(isos)  # the folder export stands; the images are all or none
         raise
     summary = report.summary
     summary.errors = len(report.problems)
@@ -223,6 +257,7 @@ def _write_all(
     report: ExportReport,
     progress: Progress | None,
     should_stop: Callable[[], bool] | None,
+    prefix: str = "",
 ) -> list[tuple[Written, str]]:
     """Every instance's files, each with the SOP Instance UID it came from ("" for DICOMDIR).
     Paths are given in order (deterministic names); the copies run on threads (reads, writes
@@ -269,7 +304,7 @@ def _write_all(
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for start in range(0, len(records), BATCH):
             batch = [
-                (n, r, f"TMP/{n:08d}" if media else "" if names_files else layout.path_of(r))
+                (n, r, f"{prefix}TMP/{n:08d}" if media else "" if names_files else layout.path_of(r))
                 for n, r in enumerate(records[start : start + BATCH], start)
             ]
             try:
@@ -297,7 +332,7 @@ def _write_all(
         summary.bytes += out.size
     if media and headers:
         assert isinstance(target, FolderTarget)
-        written = _place_on_media(target, headers, report)
+        written = _place_on_media(target, headers, report, prefix)
     return written
 
 
@@ -315,7 +350,10 @@ def _convert(
 
 
 def _place_on_media(
-    target: FolderTarget, media: list[tuple[Written, dicomdir.MediaHeader, str]], report: ExportReport
+    target: FolderTarget,
+    media: list[tuple[Written, dicomdir.MediaHeader, str]],
+    report: ExportReport,
+    prefix: str = "",
 ) -> list[tuple[Written, str]]:
     """Give the staged files the File-set's IDs and add the DICOMDIR."""
     try:
@@ -324,11 +362,11 @@ def _place_on_media(
         raise PacsctlError(f"cannot write the DICOMDIR: {exc}") from None
     placed = []
     for out, _, uid in media:
-        file_id = ids[uid]
+        file_id = prefix + ids[uid]
         target.rename(out.relpath, file_id)
         placed.append((Written(file_id, out.size, out.sha256), uid))
-    target.remove_dir("TMP")
-    dicomdir_file = target.write_bytes("DICOMDIR", data)
+    target.remove_dir(prefix + "TMP")
+    dicomdir_file = target.write_bytes(prefix + "DICOMDIR", data)
     report.summary.files += 1
     report.summary.bytes += dicomdir_file.size
     return [*placed, (dicomdir_file, "")]
