@@ -29,6 +29,7 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext, build_context
 
 import pacsctl.net.setup  # noqa: F401  (pynetdicom settings: chunked send, no identifier logs)
+from pacsctl.net.fastpath import sendstore
 from pacsctl.net.types import StoreFailure
 
 LOG = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class FileInfo:
     sop_instance_uid: str
     transfer_syntax_uid: str
     has_meta: bool = True
+    data_offset: int | None = None  # where the data set starts, when the File Meta was scanned
 
 
 def set_nodelay(event: evt.Event) -> None:
@@ -67,6 +69,12 @@ def file_info(path: str | Path) -> FileInfo:
     """Read the identity of a DICOM file cheaply (File Meta, or the data set head when the
     file has no meta). Raises pydicom's InvalidDicomError / OSError for unreadable files."""
     path = Path(path)
+    if sendstore.enabled():
+        raw = sendstore.file_meta(path)
+        if raw is not None:
+            return FileInfo(
+                path, raw.sop_class_uid, raw.sop_instance_uid, raw.transfer_syntax_uid, True, raw.data_offset
+            )
     try:
         meta, _ = split_dataset(path)
         return FileInfo(
@@ -251,7 +259,14 @@ def send_file(
     originator_id: int | None = None,
     decompress: Decompress = Decompress.LOSSLESS,
 ) -> FileSent:
-    """Send one file over an established association (`decompress`: `choose_encoding`)."""
+    """Send one file over an established association (`decompress`: `choose_encoding`).
+
+    A file sent as stored goes through the send fast path (`fastpath.sendstore`) when it can:
+    plain TCP, File Meta scanned; else through pynetdicom's `send_c_store`."""
+    if info.data_offset is not None and sendstore.can_send(assoc):
+        fast = _send_fast(assoc, info, msg_id, originator_aet, originator_id, decompress)
+        if fast is not None:
+            return fast
     try:
         payload, used_ts = load_for_peer(info, accepted_syntaxes(assoc, info.sop_class_uid), decompress)
     except Exception as exc:  # unreadable file, no context, codec missing: this file fails
@@ -267,6 +282,59 @@ def send_file(
     if status is None:
         return FileSent(None, used_ts, StoreFailure.NO_RESPONSE, "no response (timeout or association lost)")
     return FileSent(int(status), used_ts)
+
+
+def _send_fast(
+    assoc: Association,
+    info: FileInfo,
+    msg_id: int,
+    originator_aet: str | None,
+    originator_id: int | None,
+    decompress: Decompress,
+) -> FileSent | None:
+    """`send_file` for a file the peer takes as stored, on the fast path; None when the file
+    does not go as stored (pynetdicom's path decodes it then)."""
+    accepted = accepted_syntaxes(assoc, info.sop_class_uid)
+    try:
+        encoding, ts = choose_encoding(info, accepted, decompress)
+    except NotSendable as exc:
+        return FileSent(None, None, StoreFailure.NOT_SENDABLE, str(exc))
+    context_id = _context_id(assoc, info.sop_class_uid, ts) if encoding is Encoding.AS_STORED else None
+    if context_id is None or info.data_offset is None:
+        return None
+    try:
+        status = sendstore.send_stored(
+            assoc,
+            info.path,
+            info.data_offset,
+            context_id,
+            info.sop_class_uid,
+            info.sop_instance_uid,
+            msg_id,
+            originator_aet,
+            originator_id,
+        )
+    except sendstore.WriteFailed as exc:
+        return FileSent(None, ts, StoreFailure.NOT_SENT, f"association lost while sending ({exc})")
+    except OSError as exc:
+        return FileSent(None, None, StoreFailure.NOT_SENDABLE, f"unreadable: {exc.strerror or exc}")
+    if status is None:
+        return FileSent(None, ts, StoreFailure.NO_RESPONSE, "no response (timeout or association lost)")
+    return FileSent(status, ts)
+
+
+def _context_id(assoc: Association, sop_class_uid: str, ts: str) -> int | None:
+    """The accepted context (us as SCU) for this SOP class in this transfer syntax."""
+    for cx in assoc.accepted_contexts:
+        if (
+            cx.abstract_syntax == sop_class_uid
+            and cx.as_scu
+            and cx.transfer_syntax
+            and cx.transfer_syntax[0] == ts
+            and cx.context_id is not None
+        ):
+            return int(cx.context_id)
+    return None
 
 
 # Syntaxes a C-GET offers each SOP class one context apiece (after uncompressed), so the peer
