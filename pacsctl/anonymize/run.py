@@ -259,10 +259,10 @@ def anonymize_one(
     if keep_data:
         result.data = outcome.data
         return result
-    if outcome.status is Status.WRITTEN and outcome.data is not None:
-        target = output_path(out_dir or Path("."), outcome)
+    if outcome.status is Status.WRITTEN and outcome.data is not None and out_dir is not None:
+        target = output_path(out_dir, outcome)
         result.output = str(target)
-        if out_dir is not None and not dry_run:
+        if not dry_run:
             _write(out_dir, target, outcome.data, result)
     return result
 
@@ -332,7 +332,7 @@ def anonymize_inputs(
     on_start(len(items))
     _init(settings, str(out_dir) if out_dir is not None else None, dry_run)
     _worker["archive"] = into  # in this process (jobs 1): the caller's handle
-    root = str(into.root) if into is not None else None
+    root = str(into.root) if into is not None and not dry_run else None  # a dry run opens nothing
     size = chunk_size(len(items), jobs, largest=16)
     try:
         for results in map_unordered(

@@ -62,3 +62,21 @@ def test_into_archive_stores_new_studies_and_ls_shows_them(tmp_path: Path) -> No
     assert len(_records(invoke_cli("--archive", archive, "ls", "--json").stdout)) == 3
     clash = invoke_cli("--archive", archive, "anonymize", "--study", study, "--into-archive", "--keep-uids")
     assert clash.returncode == 2
+
+
+def test_into_archive_dry_run_creates_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    first, second = linked_pair()
+    (folder / "a.dcm").write_bytes(part10(first))
+    (folder / "b.dcm").write_bytes(part10(second))
+    archive = tmp_path / "new-archive"
+    result = invoke_cli("--archive", archive, "anonymize", folder, "--into-archive", "--dry-run", "--jobs", "2",
+                        "--json")
+    assert result.returncode == 0, result.stderr
+    *files, summary = _records(result.stdout)
+    assert summary["written"] == 2 and all(r["output"] is None for r in files)
+    assert not archive.exists()
+    stored = invoke_cli("--archive", archive, "anonymize", folder, "--into-archive", "--jobs", "2", "--json")
+    assert stored.returncode == 0 and _records(stored.stdout)[-1]["written"] == 2
+    assert len(_records(invoke_cli("--archive", archive, "ls", "--json").stdout)) == 1
