@@ -37,7 +37,7 @@ APT_PACKAGES = "memcached swift-proxy swift-account swift-container swift-object
 
 _PROXY_PIPELINE = (
     "catch_errors gatekeeper healthcheck proxy-logging cache listing_formats s3api tempauth copy slo dlo "
-    "proxy-logging proxy-server"
+    "versioned_writes symlink proxy-logging proxy-server"
 )
 
 
@@ -222,6 +222,9 @@ class SwiftS3:
             filters.setdefault(name.replace("_logging", "-logging"), f"use = egg:swift#{name}")
         for name in ("copy", "slo", "dlo"):
             filters[name] = f"use = egg:swift#{name}"
+        # S3 bucket versioning (PutBucketVersioning), so that its detection can be tested.
+        filters["versioned_writes"] = "use = egg:swift#versioned_writes\nallow_object_versioning = true"
+        filters["symlink"] = "use = egg:swift#symlink"
         proxy = common(self.port, "proxy") + f"[pipeline:main]\npipeline = {_PROXY_PIPELINE}\n"
         proxy += (
             "[app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\nallow_account_management = true\n"

@@ -23,7 +23,7 @@ from pacsctl.integrity.offsite_check import verify_bucket
 from pacsctl.integrity.reindex import reindex
 from pacsctl.integrity.verify import QUICK
 from pacsctl.storage.objects import ObjectStore, ObjectStoreError, ObjectStoreFailure
-from tests.helpers import REPO_ROOT, cli_env, invoke_cli
+from tests.helpers import cli_env, free_port, invoke_cli
 from tests.integrity.test_verify import make_archive, stored
 
 pytestmark = pytest.mark.interop
@@ -224,3 +224,24 @@ def test_a_backup_killed_mid_way_resumes_without_sending_again(
     assert s["adopted"] == at_kill and s["copied"] == total - at_kill and s["instances"] == total
     check = invoke_cli("verify", "--backup", s3_url)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_versioned_bucket_is_detected_and_reported(archive: Archive, s3_url: str, s3_store: Any) -> None:
+    archive.close()
+    bucket = s3_url.removeprefix("s3://").split("/")[0]
+    s3_store.client().put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    result = invoke_cli("backup", s3_url, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert (summary["versioning"], summary["object_lock"], summary["worm"]) == ("Enabled", False, False)
+    assert "neither versioning nor Object Lock" not in result.stderr
+    text = invoke_cli("backup", s3_url)
+    assert "keeps old versions" in text.stdout + text.stderr
+
+
+def test_an_unreachable_store_is_exit_4_in_one_line(archive: Archive, s3_url: str) -> None:
+    archive.close()
+    result = invoke_cli("backup", s3_url, "--endpoint-url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 4
+    assert result.stderr.startswith("error: ") and "cannot reach the store" in result.stderr
+    assert "Traceback" not in result.stderr
