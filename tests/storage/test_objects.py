@@ -123,3 +123,32 @@ def test_protection_reports_versioning_and_object_lock(s3_url: str) -> None:
     assert protection.versioning in ("", "Enabled", "Suspended")
     assert not protection.worm  # Swift's S3 API has no object lock
     assert "object lock" in protection.describe()
+
+
+def test_a_profile_from_the_aws_config_files_gives_endpoint_and_keys(
+    s3_url: str, s3_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    config, credentials = tmp_path / "config", tmp_path / "credentials"
+    config.write_text(f"[profile offsite]\nregion = us-east-1\nendpoint_url = {s3_store.endpoint}\n")
+    credentials.write_text("[offsite]\naws_access_key_id = test:tester\naws_secret_access_key = testing\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "offsite")
+    store = ObjectStore(s3_url)
+    assert store._client.meta.config.s3["addressing_style"] == "path"  # a custom endpoint
+    store.check_access()
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    with pytest.raises(ObjectStoreError) as caught:
+        ObjectStore(s3_url)
+    assert caught.value.failure is ObjectStoreFailure.AUTH
+
+
+def test_debug_logging_never_shows_the_credentials(s3_url: str, tmp_path: Path) -> None:
+    from tests.helpers import run_cli
+
+    result = run_cli("-vv", "--archive", tmp_path / "none", "verify", "--backup", s3_url)
+    assert result.returncode in (1, 2)  # no manifest: not a backup
+    assert "error: " in result.stderr
+    assert "test:tester" not in result.stderr and "Credential=" not in result.stderr
