@@ -172,7 +172,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl migrate --settle') echo @text ;;
         'pacsctl migrate --aet') echo @text ;;
         'pacsctl migrate --timeout') echo @text ;;
-        'pacsctl move --to') echo @text ;;
+        'pacsctl move --to') echo @node ;;
         'pacsctl move --level'|'pacsctl move -l') echo 'patient study series instance image' ;;
         'pacsctl move --study') echo @text ;;
         'pacsctl move --key'|'pacsctl move -k') echo @text ;;

@@ -298,7 +298,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl migrate\'' -l 'aet' -x -d 'Callin
 complete -c pacsctl -n '__pacsctl_at \'pacsctl migrate\'' -l 'timeout' -x -d 'Seconds to wait for the peer to connect or answer.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl migrate\'' -l 'json' -d 'NDJSON on stdout, one record per line, keyed by DICOM keywords.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl migrate\'' -l 'help' -s 'h' -d 'Show this message and exit.'
-complete -c pacsctl -n '__pacsctl_at \'pacsctl move\'' -l 'to' -x -d 'Destination AE title (or a node name); the peer must know it.'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl move\'' -l 'to' -x -d 'Destination: a node name (`pacsctl nodes list`) or an AE title; the peer must...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl move\'' -l 'level' -s 'l' -x -a 'patient study series instance image' -d 'Retrieve whole patients, studies, series or instances.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl move\'' -l 'study' -x -d 'This study (its Study Instance UID; repeatable).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl move\'' -l 'key' -s 'k' -x -d 'Filter on a DICOM keyword with DICOM matching: wildcards * ?, ranges 20240101...'

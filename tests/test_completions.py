@@ -231,6 +231,7 @@ NODE_LINES = [
     "pacsctl -a {a} query o",
     "pacsctl -a {a} nodes remove ",
     "pacsctl --archive {a} echo --count 2 ",
+    "pacsctl -a {a} move orthanc --to ",  # the destination too (issue 11)
 ]
 
 

@@ -33,6 +33,7 @@ class _TypelessHelp:
         for param in params:
             if param.param_type_name == "argument":
                 param.display_type_rich = _no_type  # typer shows no metavar-less argument type otherwise
+                param._usage_display_name = _usage_name.__get__(param)  # NODE, not typer's {NODE}
             elif (
                 getattr(param, "is_flag", False) or getattr(param, "count", False)
             ) and param.metavar is None:
@@ -42,6 +43,14 @@ class _TypelessHelp:
 
 def _no_type(ctx: typer.Context) -> None:
     return None
+
+
+def _usage_name(param: Any) -> str:
+    """An argument on the usage line as POSIX writes it: NODE when required, [PATH] when not,
+    ... when repeatable (typer braces required ones, as if they were choices: {NODE})."""
+    name = str(param.display_name_raw)
+    name = name if param.required else f"[{name}]"
+    return name + ("..." if param.nargs != 1 else "")
 
 
 class PacsctlCommand(_TypelessHelp, TyperCommand):

@@ -314,8 +314,13 @@ def _send_items(
     decompress: DecompressPolicy = DecompressPolicy.LOSSLESS,
 ) -> SendSummary:
     """Send `items` with a progress bar and one report per file that failed or was skipped."""
+    from pacsctl.net import fastpath
     from pacsctl.net.sending import Decompress
     from pacsctl.remote import send as sending
+
+    # This process only sends: its pynetdicom threads wait for events instead of polling
+    # every millisecond (`fastpath.tuning`), as a serving node's do.
+    fastpath.install(fastpath.enabled_by_default())
 
     verbose = state(ctx).verbosity > 0
 
@@ -564,7 +569,10 @@ def move_command(
     ctx: typer.Context,
     node_spec: NodeArg,
     to: str = typer.Option(
-        ..., "--to", metavar="AET", help="Destination AE title (or a node name); the peer must know it."
+        ...,
+        "--to",
+        metavar="NODE",  # completes node names; an AE title is taken as well
+        help="Destination: a node name (`pacsctl nodes list`) or an AE title; the peer must know it.",
     ),
     level: RetrieveLevel = LevelName.STUDY,
     studies: Studies = [],

@@ -68,6 +68,17 @@ def test_argument_names_are_upper_case_metavars() -> None:
     assert [n for n in names if not n.rsplit(" ", 1)[1].isupper()] == []
 
 
+def test_usage_lines_name_arguments_plainly() -> None:
+    """NODE, [PATH]..., not typer's {NODE} (which reads like a set of choices)."""
+    from tests.helpers import invoke_cli
+
+    for args, usage in ((["move", "--help"], "pacsctl move [OPTIONS] NODE"),
+                        (["send", "--help"], "pacsctl send [OPTIONS] NODE [PATH]..."),
+                        (["nodes", "remove", "--help"], "pacsctl nodes remove [OPTIONS] NODE")):
+        text = invoke_cli(*args).stdout
+        assert f"Usage: {usage}" in text and "{" not in text.split("\n", 3)[1], text[:300]
+
+
 def test_a_mistyped_option_is_one_line_with_a_did_you_mean(tmp_path: Path) -> None:
     proc = run_cli("--archive", tmp_path / "a", "ls", "--jsn")
     assert proc.returncode == 2
