@@ -12,6 +12,7 @@ when none was stored, never 200 for a request that stored nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from pacsctl.storage import files
 from pacsctl.web.errors import WebError
 from pacsctl.web.multipart import MalformedMultipart, MultipartParser, boundary_of
 from pacsctl.web.responses import DICOM_JSON, origin
+from pacsctl.web.tokens import Token
 
 LOG = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ LOG = logging.getLogger(__name__)
 PROCESSING_FAILURE = 0x0110
 DUPLICATE_CONFLICT = 0x0111  # a different instance with this SOP Instance UID is archived
 OUT_OF_RESOURCES = 0xA700
-NOT_OF_THIS_STUDY = 0xA900  # data set does not match: the path's study is another
+NOT_OF_THIS_STUDY = 0xA900  # data set does not match: another study than the path's or the token's
 CANNOT_UNDERSTAND = 0xC000
 _BATCH_BYTES = 256 << 20  # at most this much of the request in memory while it is checked
 
@@ -95,7 +97,7 @@ class _Receiver:
             part.path.unlink(missing_ok=True)
 
 
-async def store_request(request: Request, ctx: Any, token: Any) -> Response:
+async def store_request(request: Request, ctx: Any, token: Token) -> Response:
     """The STOW-RS endpoint (`ctx`: the app's WebContext; `token` may write)."""
     study = request.path_params.get("study")
     content_type = request.headers.get("content-type", "")
@@ -117,9 +119,8 @@ async def store_request(request: Request, ctx: Any, token: Any) -> Response:
     receiver = _Receiver(ctx.archive.tmp_dir)
     try:
         await _receive(request, receiver, boundary, limit, ctx.options.request_timeout)
-        outcomes = await anyio.to_thread.run_sync(
-            _ingest, ctx, receiver, study, _origin_of_part(request, token)
-        )
+        ingest = functools.partial(_ingest, ctx, receiver, study, token, _origin_of_part(request, token))
+        outcomes = await anyio.to_thread.run_sync(ingest)
     except BaseException:
         receiver.discard()
         raise
@@ -148,12 +149,12 @@ async def _receive(request: Request, receiver: _Receiver, boundary: str, limit: 
             part.close()
 
 
-def _origin_of_part(request: Request, token: Any) -> str:
+def _origin_of_part(request: Request, token: Token) -> str:
     peer = request.client.host if request.client else "?"
     return f"dicomweb://{token.id}@{peer}"
 
 
-def _ingest(ctx: Any, receiver: _Receiver, study: str | None, origin: str) -> list[_Outcome]:
+def _ingest(ctx: Any, receiver: _Receiver, study: str | None, token: Token, origin: str) -> list[_Outcome]:
     """Every received part through the archive's ingest, in batches of bounded size."""
     outcomes: list[_Outcome] = []
     batch: list[_TempPart] = []
@@ -168,10 +169,10 @@ def _ingest(ctx: Any, receiver: _Receiver, study: str | None, origin: str) -> li
         batch.append(part)
         size += part.size
         if size >= _BATCH_BYTES or i == len(pending) - 1:
-            outcomes.extend(_ingest_batch(ctx, batch, study, origin))
+            outcomes.extend(_ingest_batch(ctx, batch, study, token, origin))
             batch, size = [], 0
     if batch:
-        outcomes.extend(_ingest_batch(ctx, batch, study, origin))
+        outcomes.extend(_ingest_batch(ctx, batch, study, token, origin))
     if any(o.failure is None for o in outcomes):
         # Fold what this request journaled: every read of the index applies the unfolded
         # journal lines, and a web process reads far more often than it stores (measured:
@@ -184,7 +185,9 @@ def _ingest(ctx: Any, receiver: _Receiver, study: str | None, origin: str) -> li
     return outcomes
 
 
-def _ingest_batch(ctx: Any, parts: list[_TempPart], study: str | None, origin: str) -> list[_Outcome]:
+def _ingest_batch(
+    ctx: Any, parts: list[_TempPart], study: str | None, token: Token, origin: str
+) -> list[_Outcome]:
     archive = ctx.archive
     items = [
         (part.path.read_bytes(), origin, files.StagedFile(part.path, part.size, part.digest.hexdigest()))
@@ -202,8 +205,7 @@ def _ingest_batch(ctx: Any, parts: list[_TempPart], study: str | None, origin: s
             if result.status == SKIPPED:
                 parts[i].path.unlink(missing_ok=True)
             outcomes[i] = _Outcome("", result.sop_instance_uid, CANNOT_UNDERSTAND, result.reason)
-    if study is not None:
-        _refuse_other_studies(batch, study, outcomes)
+    _refuse_out_of_scope(batch, study, token, outcomes)
     for i, inst, _stage in batch.staged:
         outcomes[i] = _Outcome(inst.sop_class_uid, inst.sop_instance_uid)
     if batch.staged:
@@ -229,18 +231,25 @@ def _ingest_batch(ctx: Any, parts: list[_TempPart], study: str | None, origin: s
     return [o for o in outcomes if o is not None]
 
 
-def _refuse_other_studies(batch: IngestBatch, study: str, outcomes: list[_Outcome | None]) -> None:
-    """POST /studies/{study}: an instance of another study is not stored (PS3.18 10.5.1)."""
+def _refuse_out_of_scope(
+    batch: IngestBatch, study: str | None, token: Token, outcomes: list[_Outcome | None]
+) -> None:
+    """Not stored: with POST /studies/{study}, an instance of another study (PS3.18 10.5.1);
+    with a scoped token, an instance outside its studies or patient."""
     kept = []
     for entry in batch.staged:
         i, inst, stage = entry
-        if str(inst.fields().get("StudyInstanceUID", "")) == study:
+        fields = inst.fields()
+        its_study = str(fields.get("StudyInstanceUID", ""))
+        if study is not None and its_study != study:
+            reason = "instance of another study"
+        elif not token.allows_study(its_study, fields.get("PatientID")):
+            reason = "outside the token's scope"
+        else:
             kept.append(entry)
             continue
         stage.temp_path.unlink(missing_ok=True)
-        outcomes[i] = _Outcome(
-            inst.sop_class_uid, inst.sop_instance_uid, NOT_OF_THIS_STUDY, "instance of another study"
-        )
+        outcomes[i] = _Outcome(inst.sop_class_uid, inst.sop_instance_uid, NOT_OF_THIS_STUDY, reason)
     batch.staged = kept
 
 

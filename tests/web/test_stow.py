@@ -94,10 +94,21 @@ def test_stow_stores_every_part_durably_and_answers_per_instance(stow_node: WebN
     assert _tmp_files(stow_node) == []
 
 
-def test_a_read_only_token_cannot_store(stow_node: WebNode, tmp_path: Path) -> None:
+def test_a_read_only_token_cannot_store_and_a_scoped_one_only_into_its_scope(
+    stow_node: WebNode, tmp_path: Path
+) -> None:
     body = _multipart([_cts(tmp_path, 1)[0].read_bytes()])
     answer = _post(stow_node, body, token=stow_node.token())
     assert answer.status_code == 403 and answer.json()["error"]
+    s2 = stow_node.uids["S2"]
+    scoped = stow_node.token("--write", "--study", s2)
+    inside, outside = _cts(tmp_path, 1, study=s2, patient_id="PB")[0], _cts(tmp_path, 1)[0]
+    answer = _post(stow_node, _multipart([inside.read_bytes(), outside.read_bytes()]), token=scoped)
+    assert answer.status_code == 202
+    result = pydicom.Dataset.from_json(answer.json())
+    assert [i.ReferencedSOPInstanceUID for i in result.ReferencedSOPSequence] == [pydicom.dcmread(inside).SOPInstanceUID]
+    assert [i.FailureReason for i in result.FailedSOPSequence] == [0xA900]
+    assert not _archived(stow_node, pydicom.dcmread(outside).SOPInstanceUID)
 
 
 def test_parts_that_are_not_dicom_fail_alone_and_a_request_storing_nothing_is_never_200(
