@@ -90,15 +90,7 @@ class SwiftS3:
         for sub in ("srv/d1", "run", "log"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self._write_config(ports)
-        for ring in ("account", "container", "object"):
-            builder = self.dir / f"{ring}.builder"
-            builder.unlink(missing_ok=True)
-            (self.dir / f"{ring}.ring.gz").unlink(missing_ok=True)
-            self._run("swift-ring-builder", str(builder), "create", "6", "1", "1")
-            self._run("swift-ring-builder", str(builder), "add", f"r1z1-127.0.0.1:{ports[ring]}/d1", "1")
-            subprocess.run(
-                ["swift-ring-builder", str(builder), "rebalance"], capture_output=True, check=False
-            )  # exits 1 with a warning for a one-device ring
+        self._build_rings(ports)
         user = _user()
         self._spawn(
             "memcached",
@@ -149,6 +141,25 @@ class SwiftS3:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+    def _build_rings(self, ports: dict[str, int]) -> None:
+        """The three one-device rings, built in one run of Swift's own Python (what
+        `swift-ring-builder create 6 1 1; add; rebalance` does, without nine process starts)."""
+        script = (
+            "import sys\n"
+            "from swift.common.ring import RingBuilder\n"
+            "for arg in sys.argv[1:]:\n"
+            "    path, port = arg.rsplit(':', 1)\n"
+            "    b = RingBuilder(6, 1, 1)\n"
+            "    b.add_dev({'id': 0, 'region': 1, 'zone': 1, 'ip': '127.0.0.1', 'port': int(port),\n"
+            "               'device': 'd1', 'weight': 1})\n"
+            "    b.rebalance()\n"
+            "    b.get_ring().save(path + '.ring.gz')\n"
+            "    b.save(path + '.builder')\n"
+        )
+        python = _swift_python()
+        args = [f"{self.dir / ring}:{ports[ring]}" for ring in ("account", "container", "object")]
+        self._run(python, "-c", script, *args)
 
     def _run(self, *argv: str) -> None:
         result = subprocess.run(list(argv), capture_output=True, check=False)
@@ -231,6 +242,14 @@ class SwiftS3:
         )
         proxy += "".join(f"[filter:{name}]\n{body}\n" for name, body in filters.items())
         (self.dir / "proxy-server.conf").write_text(proxy)
+
+
+def _swift_python() -> str:
+    """The interpreter Swift's programs run with (Debian's python3, not the test virtualenv)."""
+    program = shutil.which("swift-ring-builder") or "/usr/bin/swift-ring-builder"
+    with open(program, encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    return first[2:].strip().split()[0] if first.startswith("#!") else "/usr/bin/python3"
 
 
 def _user() -> str:

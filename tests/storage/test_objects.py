@@ -146,9 +146,9 @@ def test_a_profile_from_the_aws_config_files_gives_endpoint_and_keys(
 
 
 def test_debug_logging_never_shows_the_credentials(s3_url: str, tmp_path: Path) -> None:
-    from tests.helpers import run_cli
+    from tests.helpers import invoke_cli
 
-    result = run_cli("-vv", "--archive", tmp_path / "none", "verify", "--backup", s3_url)
+    result = invoke_cli("-vv", "--archive", tmp_path / "none", "verify", "--backup", s3_url)
     assert result.returncode in (1, 2)  # no manifest: not a backup
     assert "error: " in result.stderr
     assert "test:tester" not in result.stderr and "Credential=" not in result.stderr
