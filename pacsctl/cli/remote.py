@@ -413,7 +413,7 @@ def query_command(
     Patient level uses Patient Root, the others Study Root. `-k Keyword` without a value asks
     for that attribute too and shows it (findscu's convention). At study level
     `-k Modality=CT` is asked as ModalitiesInStudy. `--limit N` stops the C-FIND after N
-    matches (C-CANCEL).
+    matches (C-CANCEL); with --sort every match is fetched, sorted, then cut to N.
 
     Example: pacsctl query ORTHANC -k PatientName='DOE*' -k StudyDate=20240101- -k AccessionNumber --json
     """
@@ -431,15 +431,18 @@ def query_command(
     if note:
         output.note(note)
     node, calling, _ = _setup(ctx, node_spec, aet)
-    # Asked for one more than shown, so that `emit_level` can say when the node held more.
-    asked = None if limit is None else limit + 1
+    # Without --sort the C-FIND stops after the matches shown (one more, to tell whether the
+    # node holds more); with it every match is needed first, as for `ls`.
+    early = limit is not None and not view.sort
+    asked = limit + 1 if early and limit is not None else None
     records = list(
         find.query(node, query_level, filters, calling, timeout=timeout, extra_keys=extra, limit=asked)
     )
-    if limit is not None and len(records) > limit:
-        del records[limit:]
-        output.warn(f"showing the first {limit} matches the node answered; it holds more (--limit)")
-    view = replace(view, limit=None)
+    if early and limit is not None:
+        if len(records) > limit:
+            del records[limit:]
+            output.warn(f"showing the first {limit} matches the node answered; it holds more (--limit)")
+        view = replace(view, limit=None)
     if extra and not view.columns:  # the keys asked for are shown, after the level's own
         shown = [*COLUMNS[query_level], *(k for k in extra if k not in COLUMNS[query_level])]
         view = replace(view, columns=tuple(shown))

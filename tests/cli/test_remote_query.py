@@ -105,6 +105,11 @@ def test_limit_cancels_the_find_and_releases(recording: tuple[RecordingFind, Run
     while time.monotonic() < deadline and not any(r["event"] in ("release", "abort") for r in peer.audit):
         time.sleep(0.05)
     assert [r["event"] for r in peer.audit if r["event"] in ("release", "abort")] == ["release"]
+    peer.delay = 0.0
+    sorted_ = invoke_cli("query", f"FINDSCP@127.0.0.1:{scp.port}", "--limit", "2", "--sort=-PatientID",
+                         "--json")
+    assert [r["PatientID"] for r in _lines(sorted_.stdout)] == ["P99", "P98"]  # sorted, then cut
+    assert peer.answered[-1] == MATCHES  # with --sort every match was fetched
 
 
 def test_study_level_modality_is_asked_as_modalities_in_study(
