@@ -434,6 +434,12 @@ def _where(url: ObjectURL, relpath: str) -> str:
 def _error_for(what: str, url: ObjectURL, relpath: str, code: str) -> ObjectStoreError:
     """The typed error for an S3 error code (the message names the URL, never a credential)."""
     where = _where(url, relpath)
+    if code in _AUTH_CODES and what == "delete":  # keys that may write may still not delete
+        return ObjectStoreError(
+            f"delete {where}: the store refused it ({code})",
+            ObjectStoreFailure.AUTH,
+            hint="an Object Lock retention or the bucket's policy forbids deleting",
+        )
     if code in _AUTH_CODES:
         return ObjectStoreError(
             f"{what} {where}: the store refused the credentials ({code})",
