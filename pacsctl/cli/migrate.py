@@ -213,7 +213,14 @@ def migrate_command(
         def on_plan(count: int) -> None:
             bar.bar.update(bar.task, total=count)
 
+        proven = [0]
+
         def on_study(entry: StudyEntry) -> None:
+            if entry.status.value == "done":
+                proven[0] += entry.dest_instances or 0
+            bar.bar.update(
+                bar.task, description=f"migrating {source.aet} -> {dest.aet} ({proven[0]} instances proven)"
+            )
             bar.advance(1)
 
         with stop_on_signals() as cancel:
