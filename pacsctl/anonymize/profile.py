@@ -11,9 +11,8 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
-
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from pacsctl.anonymize.table import Action, Option, Row, Table, load_table
 from pacsctl.errors import UsageError
@@ -76,6 +75,8 @@ class Override:
     def label(self) -> str:
         """`keep StudyDescription`: how DeidentificationMethod lists it (never the value, which
         may be anything the site chose)."""
+        from pydicom.datadict import keyword_for_tag
+
         return f"{self.action.value} {keyword_for_tag(self.tag) or _tag_text(self.tag)}"
 
 
@@ -142,6 +143,8 @@ _TAG = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
 
 def parse_tag(text: str, source: str = "the profile") -> int:
     """A keyword (`StudyDescription`) or a tag (`(0008,1030)`, `00081030`) as an int."""
+    from pydicom.datadict import tag_for_keyword
+
     tag = tag_for_keyword(text)
     if tag is not None:
         return int(tag)
@@ -182,7 +185,14 @@ UNLISTED_INSTANCE_UIDS = frozenset(
         "SegmentationTemplateUID",
     }
 )
-_UNLISTED_UID_TAGS = frozenset(int(tag_for_keyword(k) or 0) for k in UNLISTED_INSTANCE_UIDS)
+
+
+@cache
+def _unlisted_uid_tags() -> frozenset[int]:
+    # pydicom loads only when a run needs it: the CLI imports this module (BurnedIn) at start-up.
+    from pydicom.datadict import tag_for_keyword
+
+    return frozenset(int(tag_for_keyword(k) or 0) for k in UNLISTED_INSTANCE_UIDS)
 
 
 @dataclass(frozen=True)
@@ -226,7 +236,7 @@ class Policy:
             }[override.action]
             return Decision(action, override.value, row, override=True)
         if row is None:
-            if tag in _UNLISTED_UID_TAGS:
+            if tag in _unlisted_uid_tags():
                 return Decision(Action.KEEP if self.options.keep_uids else Action.UID)
             return _KEEP
         return Decision(self.row_action(row), None, row)
