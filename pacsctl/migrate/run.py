@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pynetdicom.presentation import build_context
@@ -189,6 +189,10 @@ class _StudyMover:
         self._lock = threading.Lock()
         self._sessions: list[Session] = []
         self._relational = Relational()
+        # The next study's listings at both ends, taken while the current one moves: the
+        # C-FINDs of the proof then cost (almost) no time on the critical path.
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="migrate-list")
+        self._listed: dict[str, Future[tuple[StudyContents, StudyContents]]] = {}
 
     def _session(self, dest: bool) -> Session:
         name = "dest" if dest else "source"
@@ -217,8 +221,24 @@ class _StudyMover:
                     raise
         raise AssertionError("unreachable")
 
+    def list_ahead(self, uid: str) -> None:
+        """Start listing `uid` at SOURCE and DEST in the background (its first attempt uses it)."""
+        with self._lock:
+            if uid not in self._listed:
+                self._listed[uid] = self._ahead.submit(lambda: (self._list(uid), self._list(uid, dest=True)))
+
+    def _listings(self, uid: str) -> tuple[StudyContents, StudyContents | None]:
+        """The study at SOURCE and, unless SOURCE lists nothing, at DEST: listed ahead or now."""
+        with self._lock:
+            ahead = self._listed.pop(uid, None)
+        if ahead is not None:
+            return ahead.result()
+        expected = self._list(uid)
+        return expected, self._list(uid, dest=True) if expected.instances else None
+
     def close(self) -> None:
-        """Release every session."""
+        """Stop listing ahead; release every session."""
+        self._ahead.shutdown(wait=True, cancel_futures=True)
         for session in self._sessions:
             session.close()
 
@@ -320,10 +340,10 @@ class _StudyMover:
         """One try; the new entry (written unless it failed) and None when done, else the
         failure's kind."""
         opts, uid = self.options, entry.StudyInstanceUID
-        expected = self._list(uid)
-        if not expected.instances:
+        expected, listed = self._listings(uid)
+        if not expected.instances or listed is None:
             return entry.changed(reason="the source lists no instances for the study"), retry.Kind.PERMANENT
-        held = self._list(uid, dest=True)
+        held = listed
         missing = expected.missing_from(held)
         entry = entry.changed(source_instances=len(expected.instances))
         status_text = ""
@@ -411,10 +431,15 @@ def migrate(
         )
         mover = _StudyMover(source, dest, ledger, options, cancel, receiver, commitments)
         lock = threading.Lock()
+        upcoming = iter(todo[max(1, options.parallel) :])  # the first ones start at once
 
         def one(entry: StudyEntry) -> None:
             if cancel is not None and cancel.requested:
                 return
+            with lock:
+                following = next(upcoming, None)
+            if following is not None:
+                mover.list_ahead(following.StudyInstanceUID)
             ended = mover.migrate(entry)
             with lock:
                 final[ended.StudyInstanceUID] = ended
