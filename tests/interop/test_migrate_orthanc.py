@@ -402,3 +402,34 @@ def test_dest_killed_mid_study_and_restarted_the_study_completes(tmp_path: Path,
     finally:
         pair.source.stop()
         pair.dest.stop()
+
+
+def test_outside_the_window_nothing_moves_until_stopped(orthanc_pair: OrthancPair, ct_factory: Any,
+                                                       tmp_path: Path) -> None:
+    """The library call: a window that is closed now sleeps (cancellable) and sends nothing."""
+    import datetime as dt
+    import threading
+
+    from pacsctl.config import Node
+    from pacsctl.migrate.ledger import Ledger
+    from pacsctl.migrate.run import MigrateOptions, migrate
+    from pacsctl.migrate.window import Window
+    from pacsctl.net.cancel import Cancellation
+
+    pair = orthanc_pair
+    _study, uids = _upload_study(pair, ct_factory, "MIG-WINDOW", per_series=2)
+    later = dt.datetime.now() + dt.timedelta(hours=2)
+    closed = Window(later.time().replace(second=0, microsecond=0),
+                    (later + dt.timedelta(hours=1)).time().replace(second=0, microsecond=0))
+    (tmp_path / "tmp").mkdir()
+    ledger = Ledger.open(tmp_path, "SOURCE", "DEST")
+    source = Node("source", "SOURCE", "127.0.0.1", pair.source.dicom_port)
+    dest = Node("dest", "DEST", "127.0.0.1", pair.dest.dicom_port)
+    cancel = Cancellation()
+    threading.Timer(1.0, cancel.cancel).start()
+    started = time.monotonic()
+    summary, [entry] = migrate(source, dest, ledger,
+                               MigrateOptions(filters={"PatientID": "MIG-WINDOW"}, window=closed), cancel)
+    assert 0.9 <= time.monotonic() - started < 20
+    assert summary.interrupted and summary.pending == 1 and entry.attempts == 0
+    assert not set(uids) & set(pair.stores())
