@@ -14,16 +14,9 @@ from enum import StrEnum
 from functools import cache
 from pathlib import Path
 
+from pacsctl.anonymize.choices import BurnedIn
 from pacsctl.anonymize.table import Action, Option, Row, Table, load_table
 from pacsctl.errors import UsageError
-
-
-class BurnedIn(StrEnum):
-    """What to do with images that may show burned-in text (`--burned-in`)."""
-
-    REFUSE = "refuse"
-    WARN = "warn"
-    ALLOW = "allow"
 
 
 @dataclass(frozen=True)

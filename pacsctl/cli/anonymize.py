@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from pacsctl.anonymize.profile import BurnedIn
+from pacsctl.anonymize.choices import BurnedIn
 from pacsctl.cli import output
 from pacsctl.cli.app import state
 from pacsctl.cli.options import NO_METAVAR, DryRun, Jobs, choices
@@ -265,5 +266,28 @@ def anonymize_command(
     if summary.random_key:
         text += "; a random key was used: a later run gives other UIDs (use --key-file to link runs)"
     output.summary(record, as_json, text)
+    if archive is not None and not dry_run:  # studies taken from the archive, or stored into it
+        from pacsctl.archive.audit import AuditEvent, record_action
+
+        record_action(
+            archive.root,
+            AuditEvent.ANONYMIZE,
+            summary.as_dict(),
+            selection=selection,
+            argv=without_secret(sys.argv[1:]),
+            dest="archive" if into_archive else str(out),
+        )
     if summary.incomplete:
         raise typer.Exit(EXIT_INTEGRITY)
+
+
+def without_secret(argv: list[str]) -> list[str]:
+    """The command line for the audit log without the key (`--key SECRET`, `--key=SECRET`)."""
+    masked: list[str] = []
+    for position, token in enumerate(argv):
+        if token.startswith("--key="):
+            token = "--key=…"
+        elif position and argv[position - 1] == "--key":
+            token = "…"
+        masked.append(token)
+    return masked

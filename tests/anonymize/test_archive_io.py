@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 
 from tests.anonymize.helpers import PATIENT, linked_pair, part10, real_file
-from tests.helpers import invoke_cli
+from tests.helpers import invoke_cli, run_cli
 
 
 def _records(stdout: str) -> list[dict]:
@@ -80,3 +80,14 @@ def test_into_archive_dry_run_creates_nothing(tmp_path: Path) -> None:
     stored = invoke_cli("--archive", archive, "anonymize", folder, "--into-archive", "--jobs", "2", "--json")
     assert stored.returncode == 0 and _records(stored.stdout)[-1]["written"] == 2
     assert len(_records(invoke_cli("--archive", archive, "ls", "--json").stdout)) == 1
+
+
+def test_taking_a_study_out_is_audited_without_the_key(tmp_path: Path) -> None:
+    archive, study, other = _archive_with_studies(tmp_path)
+    result = run_cli("--archive", archive, "anonymize", "--study", study, "--out", tmp_path / "out",
+                     "--key", "topsecret", "--json")
+    assert result.returncode == 0, result.stderr
+    log = invoke_cli("--archive", archive, "audit", "--event", "anonymize", "--json")
+    (entry,) = [r for r in _records(log.stdout) if r.get("event") == "anonymize"]
+    assert study in entry["uids"] and entry["written"] == 2 and "--key …" in entry["command"]
+    assert not [p for p in archive.rglob("*") if p.is_file() and b"topsecret" in p.read_bytes()]
