@@ -34,8 +34,8 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl echo') echo '--count -c --aet --timeout --json --help -h' ;;
         'vopts:pacsctl echo') echo '--count -c --aet --timeout' ;;
         'args:pacsctl echo') echo @node ;;
-        'opts:pacsctl export') echo '--study --patient --key -k --all --format -f --layout --window --size --frames --sheet --transcode --anonymize --key --key-file --media-size --iso --json --help -h' ;;
-        'vopts:pacsctl export') echo '--study --patient --key -k --format -f --layout --window --size --frames --transcode --key --key-file --media-size --iso' ;;
+        'opts:pacsctl export') echo '--study --patient --filter -k --all --format -f --layout --window --size --frames --sheet --transcode --anonymize --key --key-file --media-size --iso --json --help -h' ;;
+        'vopts:pacsctl export') echo '--study --patient --filter -k --format -f --layout --window --size --frames --transcode --key --key-file --media-size --iso' ;;
         'args:pacsctl export') echo @file ;;
         'opts:pacsctl get') echo '--level -l --study --key -k --all --aet --timeout --json --help -h' ;;
         'vopts:pacsctl get') echo '--level -l --study --key -k --aet --timeout' ;;
@@ -135,7 +135,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl echo --timeout') echo @text ;;
         'pacsctl export --study') echo @text ;;
         'pacsctl export --patient') echo @text ;;
-        'pacsctl export --key'|'pacsctl export -k') echo @text ;;
+        'pacsctl export --filter'|'pacsctl export -k') echo @text ;;
         'pacsctl export --format'|'pacsctl export -f') echo 'folder zip dicomdir native png jpeg' ;;
         'pacsctl export --layout') echo @text ;;
         'pacsctl export --window') echo @text ;;

@@ -11,7 +11,7 @@ import typer
 from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
 from pacsctl.cli.interrupt import stop_on_signals
-from pacsctl.cli.options import NO_METAVAR, JsonSummary, Keys, choices
+from pacsctl.cli.options import NO_METAVAR, JsonSummary, choices
 from pacsctl.errors import EXIT_INTEGRITY, UsageError
 from pacsctl.export.formats import DEFAULT_LAYOUT, ExportFormat, Syntax
 
@@ -55,7 +55,13 @@ def export(
     patient: Optional[str] = typer.Option(
         None, "--patient", metavar="ID", help="Every study of this patient."
     ),
-    keys: Keys = [],
+    keys: list[str] = typer.Option(
+        [],
+        "-k",
+        "--filter",
+        metavar="KEY=VALUE",
+        help="Export the archived instances this selects (`pacsctl ls` matching; repeatable).",
+    ),
     everything: bool = typer.Option(False, "--all", metavar=NO_METAVAR, help="Export the whole archive."),
     fmt: Format = ExportFormat.FOLDER,
     layout: str = typer.Option(

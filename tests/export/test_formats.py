@@ -112,6 +112,13 @@ def test_anonymized_export_names_and_contents_hold_no_patient_value(archive: Arc
             assert ds.PatientID != "P1" and "P1" not in path.relative_to(dest).as_posix()
             assert ds.SOPInstanceUID not in originals and ds.PatientIdentityRemoved == "YES"
     assert runs[0] == runs[1] and len(runs[0]) == 4  # the same key: the same names
+    # --key gives the secret (as `pacsctl anonymize` takes it); -k still selects
+    result = invoke_cli(
+        "--archive", str(archive.root), "export", str(tmp_path / "c"), "-k", "PatientID=P1",
+        "--anonymize", "--key", "a long secret for the test",
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.relative_to(tmp_path / "c").as_posix() for p in (tmp_path / "c").rglob("*.dcm")) == runs[0]
 
 
 def test_anonymize_needs_a_key(archive: Archive, tmp_path: Path) -> None:
