@@ -147,9 +147,7 @@ class FolderTarget:
         fd = self._open(relpath)
         try:
             with open(source, "rb", buffering=0) as src:
-                copied = 0
-                while n := os.copy_file_range(src.fileno(), fd, CHUNK << 4):
-                    copied += n
+                copied = _kernel_copy(src.fileno(), fd)
         except BaseException:
             os.close(fd)
             (self.root / relpath).unlink(missing_ok=True)
@@ -229,6 +227,30 @@ class FolderTarget:
     def abort(self) -> None:
         """Remove the incomplete folder (an error or Ctrl-C: nothing is left behind)."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# copy_file_range refuses some pairs of file systems (EXDEV before Linux 5.19: an archive on
+# ext4, a USB stick on vfat) and some file systems altogether: then the bytes go through here.
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM})
+
+
+def _kernel_copy(src: int, dst: int) -> int:
+    """Copy `src` to `dst` (both at offset 0) in the kernel when it can, else by reads and
+    writes; the bytes copied."""
+    copied = 0
+    try:
+        while n := os.copy_file_range(src, dst, CHUNK << 4):
+            copied += n
+        return copied
+    except OSError as exc:
+        if exc.errno not in _NO_KERNEL_COPY or copied:
+            raise
+    while chunk := os.read(src, CHUNK):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+        copied += len(chunk)
+    return copied
 
 
 def _read_back_problem(path: Path, written: Written) -> str:

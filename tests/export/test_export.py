@@ -174,3 +174,20 @@ def test_cli_needs_a_selection_and_prints_a_summary(archive: Archive, tmp_path: 
     assert "exported 2 instances" in result.stderr and "zip" in result.stderr
     audit = invoke_cli("--archive", root, "audit", "--event", "export", "--json")
     assert study in audit.stdout
+
+
+def test_file_systems_without_kernel_copies_get_plain_copies(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """copy_file_range answers EXDEV between file systems on older kernels (ext4 -> a vfat USB
+    stick): the export copies the bytes itself, with the same checks."""
+    import errno
+
+    def refuse(*args: object) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    dest = tmp_path / "usb"
+    report = export(archive, dest, {})
+    assert report.ok and report.summary.exported == 11
+    assert _reimported(tmp_path, dest) == _hashes(archive)
