@@ -118,7 +118,7 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl attach --study') echo @text ;;
         'pacsctl attach --title') echo @text ;;
         'pacsctl audit --since') echo @text ;;
-        'pacsctl audit --event'|'pacsctl audit -e') echo 'associate reject release abort refuse store find move get import send retrieve backup repair restore export anonymize web' ;;
+        'pacsctl audit --event'|'pacsctl audit -e') echo 'associate reject release abort refuse store find move get import send retrieve backup repair restore export verify anonymize web' ;;
         'pacsctl audit --calling') echo @text ;;
         'pacsctl audit --uid') echo @text ;;
         'pacsctl audit --limit') echo @text ;;

@@ -194,7 +194,7 @@ complete -c pacsctl -n '__pacsctl_at \'pacsctl attach\'' -l 'json' -d 'NDJSON: o
 complete -c pacsctl -n '__pacsctl_at \'pacsctl attach\'' -l 'help' -s 'h' -d 'Show this message and exit.'
 complete -c pacsctl -n '__pacsctl_arg \'pacsctl attach\' 0' -F
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'since' -x -d 'Only records from this time on: ISO time (UTC unless zoned) or an age such as...'
-complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'event' -s 'e' -x -a 'associate reject release abort refuse store find move get import send retrieve backup repair restore export anonymize web' -d 'Only this event: associate, reject, release, abort, refuse, store, find, move...'
+complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'event' -s 'e' -x -a 'associate reject release abort refuse store find move get import send retrieve backup repair restore export verify anonymize web' -d 'Only this event: associate, reject, release, abort, refuse, store, find, move...'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'calling' -x -d 'Only records of this calling AE title.'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'uid' -x -d 'Only records naming this UID (study, series, instance).'
 complete -c pacsctl -n '__pacsctl_at \'pacsctl audit\'' -l 'limit' -x -d 'At most the first N matching records.'

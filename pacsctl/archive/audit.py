@@ -52,6 +52,7 @@ class AuditEvent(StrEnum):
     REPAIR = "repair"  # `pacsctl verify --repair-from`
     RESTORE = "restore"  # `pacsctl restore` (whole or part)
     EXPORT = "export"
+    VERIFY = "verify"  # `pacsctl verify` of the archive (not of a backup): what `show` reports
     ANONYMIZE = "anonymize"  # `pacsctl anonymize` reading from or storing into the archive
     # Written by `serve --web-port`, one per DICOMweb request (token id, peer, path, status).
     WEB = "web"

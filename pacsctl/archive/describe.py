@@ -1,10 +1,11 @@
 """What the archive and its audit log know about a study (`pacsctl show`): patient, dates,
 series with their counts and sizes, where the files are, when they arrived and from whom, and
-the last backup (and whether it came after the study's last arrival).
+the last backup and the last verify of the archive (and whether each came after the study's
+last arrival).
 
 The study's instance records come from the index; arrival times are the files' modification
 times (the moment the archive published them); senders are the audit log's `store` records
-naming the study's instances. The audit log records no verify runs, so none is shown.
+naming the study's instances.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class StudyView:
     last_arrival: str = ""
     senders: dict[str, int] = field(default_factory=dict)  # calling AE title -> instances stored
     last_backup: dict[str, Any] | None = None  # time, dest, covers (after the last arrival)
+    last_verify: dict[str, Any] | None = None  # time, mode, status, covers
     sop_instance_uids: list[str] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -136,6 +138,7 @@ def _add_audit(archive: Archive, views: Iterable[StudyView]) -> None:
     owner = {sop_uid: n for n, view in enumerate(views) for sop_uid in view.sop_instance_uids}
     senders: list[Counter[str]] = [Counter() for _ in views]
     last_backup: dict[str, Any] | None = None
+    last_verify: dict[str, Any] | None = None
     for record in read_audit(archive.root / AUDIT_LOG):
         event = record.get("event")
         if event == AuditEvent.STORE and str(record.get("status", "")) in ("0x0000", "0", "0xB000"):
@@ -144,9 +147,19 @@ def _add_audit(archive: Archive, views: Iterable[StudyView]) -> None:
                 senders[n][str(record.get("calling_aet", "")).strip() or "?"] += 1
         elif event == AuditEvent.BACKUP:
             last_backup = record
+        elif event == AuditEvent.VERIFY:
+            last_verify = record
     for view, counted in zip(views, senders, strict=True):
         view.senders = dict(counted.most_common())
     for view in views:
+        if last_verify is not None:
+            when = str(last_verify.get("time", ""))
+            view.last_verify = {
+                "time": when,
+                "mode": last_verify.get("mode", ""),
+                "status": last_verify.get("status", ""),
+                "covers": bool(view.last_arrival) and _parse(when) >= _parse(view.last_arrival),
+            }
         if last_backup is not None:
             when = str(last_backup.get("time", ""))
             view.last_backup = {

@@ -29,11 +29,12 @@ def show(
     ),
     as_json: JsonRecords = False,
 ) -> None:
-    """What the archive knows about a study: patient, dates, series, files, arrival, backup.
+    """What the archive knows about a study: patient, dates, series, files, arrival, checks.
 
     A series or instance UID shows the study it belongs to. Arrival is when the archive stored
     the files; the senders are the AE titles of the `store` records in the audit log (imported
-    files have none); the last backup says whether it ran after the study's last arrival.
+    files have none); the last backup and the last verify of the archive say whether they ran
+    after the study's last arrival.
 
     Example: pacsctl show 1.2.840.113619.2.1; pacsctl show --patient P1 --json
     """
@@ -91,8 +92,15 @@ def _study_lines(view: StudyView) -> list[tuple[str, str]]:
         ("arrived", f"{view.first_arrival or '-'} .. {view.last_arrival or '-'}"),
         ("sent by", senders or "none recorded (imported, or before the audit log)"),
         ("last backup", backed_up),
-        ("last verify", "not recorded (the audit log has no verify runs)"),
+        ("last verify", _verified(view.last_verify)),
     ]
+
+
+def _verified(verify: dict | None) -> str:
+    if verify is None:
+        return "none recorded"
+    covers = "after the last arrival" if verify["covers"] else "BEFORE the last arrival: not in it"
+    return f"{verify['time']} ({verify['mode']}, {verify['status']}; {covers})"
 
 
 def dump(

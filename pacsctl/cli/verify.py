@@ -145,6 +145,8 @@ def verify(
     output.print_report(records, as_json, _TITLES[s.status], _summary_text(s))
     if repair_from is not None:
         record_action(archive.root, AuditEvent.REPAIR, s.as_dict(), source=str(repair_from))
+    elif backup is None:
+        record_action(archive.root, AuditEvent.VERIFY, s.as_dict(), mode=str(mode), sample=sample)
     if not s.ok:
         raise typer.Exit(EXIT_INTEGRITY)
 

@@ -48,7 +48,7 @@ def test_show_text_and_patient_and_unknown_uid(archive: Archive) -> None:
     assert nobody.returncode == 2 and "SECRET-ID" not in nobody.stderr  # an ID is patient data
 
 
-def test_show_names_the_sender_from_the_audit_log_and_the_last_backup(
+def test_show_names_the_sender_and_the_last_backup_and_verify_from_the_audit_log(
     archive_dir: Path, tmp_path: Path, ct_factory, serve_factory
 ) -> None:
     server = serve_factory(archive_dir)
@@ -66,8 +66,13 @@ def test_show_names_the_sender_from_the_audit_log_and_the_last_backup(
     assert invoke_cli("--archive", str(archive_dir), "backup", str(tmp_path / "nas")).returncode == 0
     after = json.loads(invoke_cli("--archive", str(archive_dir), "show", study, "--json").stdout)
     assert after["last_backup"]["covers"] is True and after["last_backup"]["dest"] == str(tmp_path / "nas")
+    assert after["last_verify"] is None
+    assert invoke_cli("--archive", str(archive_dir), "verify").returncode == 0
+    verified = json.loads(invoke_cli("--archive", str(archive_dir), "show", study, "--json").stdout)
+    assert verified["last_verify"]["covers"] is True and verified["last_verify"]["mode"] == "full"
+    assert verified["last_verify"]["status"] == "ok"
     text = invoke_cli("--archive", str(archive_dir), "show", study).stdout
-    assert "MODALITY1 (1)" in text and "after the last arrival" in text
+    assert "MODALITY1 (1)" in text and text.count("after the last arrival") == 2
 
 
 def test_dump_text_is_dcmdump_like(archive: Archive) -> None:

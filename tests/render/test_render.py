@@ -160,3 +160,29 @@ def test_errors_name_the_problem() -> None:
     with pytest.raises(RenderError, match="positive"):
         Window(40, 0)
     assert Window.parse("40, 400") == Window(40, 400)
+
+
+def test_enhanced_objects_take_rescale_and_window_from_the_functional_groups() -> None:
+    """Enhanced multi-frame objects keep Modality LUT and VOI per frame (PS3.3 C.7.6.16): the
+    frame's own groups, then the shared ones, override the top level."""
+    plain = _testfile("CT_small.dcm")
+    plain.RescaleSlope, plain.RescaleIntercept = 1, -1024
+    plain.WindowCenter, plain.WindowWidth = 40, 400
+    expected = np.asarray(render_frame(plain))
+
+    enhanced = _testfile("CT_small.dcm")
+    for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        if keyword in enhanced:
+            delattr(enhanced, keyword)
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, -1024, "HU"
+    voi = Dataset()
+    voi.WindowCenter, voi.WindowWidth = 40, 400
+    shared = Dataset()
+    shared.PixelValueTransformationSequence = [transform]
+    frame = Dataset()
+    frame.FrameVOILUTSequence = [voi]
+    enhanced.SharedFunctionalGroupsSequence = [shared]
+    enhanced.PerFrameFunctionalGroupsSequence = [frame]
+    assert np.array_equal(np.asarray(render_frame(enhanced)), expected)
+    assert not np.array_equal(np.asarray(render_frame(_testfile("CT_small.dcm"))), expected)
