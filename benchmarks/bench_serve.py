@@ -1,6 +1,7 @@
 """Receive speed of `pacsctl serve` against DCMTK storescp and Orthanc, same corpus, same run.
 
     python benchmarks/bench_serve.py [--count 1000] [--corpus DIR] [--workers N] [--assoc 1 4]
+                                     [--route]
 
 DCMTK `storescu` (TCP_NODELAY=1) sends the corpus (CT 512x512x16 bit, see corpus.py) to:
 - `pacsctl serve` (durable: fsync before each answer, group commit; indexed),
@@ -10,6 +11,11 @@ each fresh and empty, with 1 and with 4 associations at once, in interleaved rou
 best wall seconds of each, instances per second, the median, and the ratios pacsctl/storescp
 and pacsctl/Orthanc of the bests and of the medians (lower is better). The machine is noisy:
 only ratios measured in the same run mean anything.
+
+With --route, every round also times `pacsctl serve` with a route active (`pacsctl route add`
+to a DCMTK storescp, every instance matching): the stores queue their forwards and serve's
+forwarder delivers them while the corpus arrives. Printed as "pacsctl+route", with how long
+after the last acknowledgement the last forward arrived ("drain").
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.corpus import corpus_files, write_corpus  # noqa: E402
-from benchmarks.peers import peer_baselines, time_storescu  # noqa: E402
+from benchmarks.peers import StoreSCPPeer, peer_baselines, time_storescu  # noqa: E402
 
 
 def start_serve(archive: Path, workers: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -73,18 +79,43 @@ def count_instances(archive: Path) -> int:
                and "SOPInstanceUID" in json.loads(line))
 
 
-def time_pacsctl(files: list[Path], associations: int, workers: int, work: Path) -> float:
+def add_route(archive: Path, dest: str) -> None:
+    """`pacsctl route add fwd --to DEST` (creates the archive)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, "-m", "pacsctl", "--archive", str(archive), "route", "add",
+                    "fwd", "--to", dest], env=env, check=True, capture_output=True)
+
+
+def time_pacsctl(files: list[Path], associations: int, workers: int, work: Path,
+                 route: bool = False) -> tuple[float, float]:
+    """Seconds to receive `files`; with `route`, also the seconds from the last acknowledgement
+    until the forwarder had delivered the last of them (else 0)."""
     with tempfile.TemporaryDirectory(prefix="bench-serve-", dir=work) as tmp:
         archive = Path(tmp) / "archive"
+        peer = None
+        if route:
+            peer = StoreSCPPeer(Path(tmp) / "forwarded", aet="FORWARD").start()
+            add_route(archive, f"FORWARD@127.0.0.1:{peer.port}")
         proc, port = start_serve(archive, workers)
+        drain = 0.0
         try:
             secs = time_storescu(files, port, called_aet="PACSCTL", associations=associations)
+            if peer is not None:
+                done = time.perf_counter()
+                deadline = time.monotonic() + 600
+                while len(peer.files()) < len(files):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"forwarded {len(peer.files())} of {len(files)}")
+                    time.sleep(0.05)
+                drain = time.perf_counter() - done
         finally:
             stop_serve(proc)
+            if peer is not None:
+                peer.stop()
         held = count_instances(archive)
         if held != len(files):
             raise RuntimeError(f"pacsctl archive holds {held} of {len(files)} instances")
-        return secs
+        return secs, drain
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assoc", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--work", type=Path, default=None, help="temp folder for archives")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the best time counts")
+    parser.add_argument("--route", action="store_true",
+                        help="also time serve with a route to a DCMTK storescp active")
     parser.add_argument("--own-fs", metavar="SIZE", help="put every receiver's storage on a "
                         "loop-mounted ext4 image of SIZE (e.g. 3G; root), so other processes' "
                         "writes do not land in pacsctl's syncfs or the peers' fsyncs")
@@ -113,17 +146,30 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.assoc:
         times: dict[str, list[float]] = {}
         ours_name = f"pacsctl ({args.workers} workers)"
+        routed_name = "pacsctl+route"
+        drains: list[float] = []
+        work = args.work or Path(tempfile.gettempdir())
         for _ in range(args.repeat):  # interleaved rounds: each peer sees the same noise
-            secs = time_pacsctl(files, n, args.workers, args.work or Path(tempfile.gettempdir()))
+            secs, _ = time_pacsctl(files, n, args.workers, work)
             times.setdefault(ours_name, []).append(secs)
+            if args.route:
+                secs, drain = time_pacsctl(files, n, args.workers, work, route=True)
+                times.setdefault(routed_name, []).append(secs)
+                drains.append(drain)
             for name, t in peer_baselines(files, associations=n, work_dir=args.work).items():
                 times.setdefault(name, []).append(t)
         best = {name: min(ts) for name, ts in times.items()}
         median = {name: statistics.median(ts) for name, ts in times.items()}
         for name, secs in best.items():
             print(f"{n:>5} {name:<22} {secs:8.2f} {len(files) / secs:7.0f} {median[name]:8.2f}")
+        if drains:
+            print(f"{n:>5} {'route drain (median)':<22} {statistics.median(drains):8.2f}"
+                  "   s after the last acknowledgement until the last forward arrived")
+        if routed_name in best:
+            print(f"{n:>5} ratio route/no route      {best[routed_name] / best[ours_name]:8.2f} "
+                  f"{median[routed_name] / median[ours_name]:15.2f}")
         for name, secs in best.items():
-            if name != ours_name:
+            if name not in (ours_name, routed_name):
                 print(f"{n:>5} ratio pacsctl/{name:<10} {best[ours_name] / secs:8.2f} "
                       f"{median[ours_name] / median[name]:15.2f}")
     return 0

@@ -66,6 +66,9 @@ class Route:
     delay: float = 0.0  # seconds a series must have been quiet before it goes
     max_attempts: int = 10  # refusals of one instance before it is a dead letter
     max_backoff: float = 60.0  # longest wait between tries while the destination is down
+    anonymize: bool = False  # de-identified on the way out (PS3.15 Basic Profile, `anonymize`)
+    key: str = ""  # the anonymization secret (this file is private to the archive's owner) ...
+    key_file: str = ""  # ... or the file holding it
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -49,6 +50,22 @@ def add(
         help="Longest wait between tries while the destination is down or refusing.",
     ),
     replace: bool = typer.Option(False, "--replace", metavar=NO_METAVAR, help="Change an existing route."),
+    anonymize: bool = typer.Option(
+        False,
+        "--anonymize",
+        metavar=NO_METAVAR,
+        help="De-identify on the way out (as `pacsctl anonymize`, Basic Profile); needs --key or --key-file.",
+    ),
+    key: str = typer.Option(
+        "",
+        "--key",
+        metavar="SECRET",
+        help="Secret for the keyed UIDs and pseudonyms (kept in the archive's private config). "
+        "Prefer --key-file: a command line is visible to other users.",
+    ),
+    key_file: Optional[Path] = typer.Option(
+        None, "--key-file", metavar="FILE", help="Read the --anonymize secret from FILE at each start."
+    ),
 ) -> None:
     """Add a route: from now on, every instance stored (received by `serve`, or imported) that
     matches the -k filters is queued in the archive and forwarded to DEST.
@@ -64,7 +81,17 @@ def add(
 
     archive = state(ctx).open_archive(create=True)
     route = add_route(
-        archive, name, to, parse_key_values(keys), delay, max_attempts, max_backoff, replace=replace
+        archive,
+        name,
+        to,
+        parse_key_values(keys),
+        delay,
+        max_attempts,
+        max_backoff,
+        replace=replace,
+        anonymize=anonymize,
+        key=key,
+        key_file=key_file or "",
     )
     output.stderr.print(f"added route {route.name} -> {route.to}", highlight=False)
 
@@ -81,7 +108,10 @@ def list_routes(ctx: typer.Context, as_json: JsonRecords = False) -> None:
     if not as_json:
         for row in rows:  # the filters' keywords only: a value may hold a patient's name
             row["match"] = ", ".join(sorted(row["match"])) or "(everything)"
-    output.emit(rows, ["name", "to", "match", "delay", "max_attempts"], "json" if as_json else "table")
+            row["anonymize"] = "yes" if row["anonymize"] else "no"
+    output.emit(
+        rows, ["name", "to", "match", "delay", "max_attempts", "anonymize"], "json" if as_json else "table"
+    )
 
 
 @route_app.command("remove")

@@ -37,6 +37,7 @@ class Delivered:
 
     delivery: Delivery
     reason: str = ""
+    final: bool = False  # a refusal that no retry can change: a dead letter at once
 
 
 class DestinationDown(Exception):
@@ -135,10 +136,17 @@ DestinationFactory = Callable[[Path, Route, Config], Destination]
 def destination_for(root: Path, route: Route, config: Config) -> Destination:
     """The destination a route names (UsageError for a node that is not known)."""
     to = route.to
+    destination: Destination
     if to.startswith(("http://", "https://")):
-        return StowDestination(root, to)
-    if to.startswith("s3://"):
+        destination = StowDestination(root, to)
+    elif to.startswith("s3://"):
         from pacsctl.routing.bucket import BucketDestination
 
-        return BucketDestination(root, to)
-    return DicomDestination(root, to, config)
+        destination = BucketDestination(root, to)
+    else:
+        destination = DicomDestination(root, to, config)
+    if route.anonymize:
+        from pacsctl.routing.anonymized import AnonymizingDestination
+
+        return AnonymizingDestination(root, route, destination)
+    return destination

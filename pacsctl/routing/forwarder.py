@@ -123,7 +123,7 @@ class RouteForwarder:
             elif result.delivery is Delivery.REFUSED:
                 attempts = entry.attempts + 1
                 self.report.refused += 1
-                if attempts >= self.route.max_attempts:
+                if attempts >= self.route.max_attempts or result.final:
                     updates.append((entry, EntryState.DEAD, attempts, 0.0, result.reason))
                     self.report.dead += 1
                     LOG.error(

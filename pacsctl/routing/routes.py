@@ -56,8 +56,12 @@ def add_route(
     max_attempts: int = 10,
     max_backoff: float = 60.0,
     replace: bool = False,
+    anonymize: bool = False,
+    key: str = "",
+    key_file: str | Path = "",
 ) -> Route:
-    """Add (or with `replace`, change) a route; returns it."""
+    """Add (or with `replace`, change) a route; returns it. With `anonymize`, instances are
+    de-identified on the way out with `key` (or the secret in `key_file`)."""
     validate_route_name(name)
     if name in archive.config.routes and not replace:
         raise UsageError(f"route {name!r} exists", hint="use --replace to change it")
@@ -65,9 +69,19 @@ def add_route(
         raise UsageError("--delay must be 0 or more, --max-attempts and --max-backoff more than 0")
     match = dict(match or {})
     compile_filters(match)  # an unusable filter is refused now, not at the first store
+    if (key or key_file) and not anonymize:
+        raise UsageError("--key and --key-file go with --anonymize")
+    if key and key_file:
+        raise UsageError("--key and --key-file exclude each other", hint="give the secret one way")
+    key_file = str(Path(key_file).absolute()) if key_file else ""
     route = Route(
         name, parse_destination(to, archive), match, float(delay), int(max_attempts), float(max_backoff)
     )
+    route.anonymize, route.key, route.key_file = anonymize, key, key_file
+    if anonymize:
+        from pacsctl.routing.anonymized import route_key
+
+        route_key(route)  # no key, an unreadable or empty key file: refused now
     archive.config.routes[name] = route
     archive.save_config()
     tell_node(archive.root)
@@ -107,7 +121,10 @@ def tell_node(root: Path) -> None:
 
 def list_routes(archive: Archive) -> list[dict[str, Any]]:
     """Every route's settings."""
-    return [asdict(r) for _, r in sorted(archive.config.routes.items())]
+    rows = [asdict(r) for _, r in sorted(archive.config.routes.items())]
+    for row in rows:  # the secret stays in the (private) config file
+        row["key"] = "(set)" if row["key"] else ""
+    return rows
 
 
 def route_status(

@@ -23,6 +23,7 @@ class StoreSink:
     status: int = 0x0000  # answered to every C-STORE
     received: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    datasets: list = field(default_factory=list)  # what arrived, decoded
     server: ThreadedAssociationServer | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -35,6 +36,7 @@ class StoreSink:
         with self.lock:
             if self.status == 0x0000:
                 self.received.append(uid)
+                self.datasets.append(event.dataset)
             else:
                 self.refused.append(uid)
             return self.status
