@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ from pacsctl.storage.files import FILE_MODE, ensure_dir, fsync_dir
 
 OUTBOX = "outbox"
 QUEUE = "queue"
+ROTATE_AFTER = 4096  # intents per journal: a full one is sealed once its outcomes are written,
+# so a node that runs for months leaves journals the forwarder can compact, not one that grows
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # What an intent carries: enough to send the file and to wait for a quiet series; no patient data.
 ENTRY_KEYS = (
@@ -64,6 +67,14 @@ def route_dir(root: Path, name: str) -> Path:
     return root / OUTBOX / validate_route_name(name)
 
 
+@dataclass
+class _Journal:
+    fd: int
+    path: Path
+    intents: int = 0  # written into it
+    open: int = 0  # of those, still without an outcome
+
+
 class OutboxWriter:
     """This process's outbox journals, one per route. Thread-safe (stores of concurrent
     associations queue from their own threads)."""
@@ -71,7 +82,8 @@ class OutboxWriter:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock = threading.Lock()
-        self._journals: dict[str, tuple[int, Path]] = {}
+        self._current: dict[str, _Journal] = {}  # route -> the journal intents go to
+        self._retiring: dict[str, _Journal] = {}  # full journals waiting for outcomes, by stem
         self._serial = 0
         self._compiled: tuple[dict[str, Route], dict[str, RecordFilter]] = ({}, {})
 
@@ -79,7 +91,8 @@ class OutboxWriter:
         self, routes: Mapping[str, Route], records: Iterable[dict[str, Any]]
     ) -> tuple[dict[int, list[tuple[str, str]]], set[Path]]:
         """Queue an intent per record and matching route. Returns, per record position, its
-        (route, intent id) pairs, and the journals written (to make durable)."""
+        (route, entry key) pairs (the key: journal stem / intent id), and the journals written
+        (to make durable)."""
         records = list(records)
         filters = self._filters(routes)
         if not filters or not records:
@@ -90,34 +103,50 @@ class OutboxWriter:
         with self._lock:
             for name, flt in filters.items():
                 lines = []
+                journal = self._journal(name)
+                stem = journal.path.stem
                 for n, rec in enumerate(records):
                     if not flt.matches(rec):
                         continue
                     entry_id = self._next_id()
                     entry = {"id": entry_id, "t": now, **{k: rec.get(k, "") for k in ENTRY_KEYS}}
                     lines.append(entry)
-                    queued.setdefault(n, []).append((name, entry_id))
+                    queued.setdefault(n, []).append((name, f"{stem}/{entry_id}"))
                 if lines:
-                    written.add(self._append(name, lines))
+                    self._append(journal, lines)
+                    journal.intents += len(lines)
+                    journal.open += len(lines)
+                    written.add(journal.path)
         return queued, written
 
     def outcomes(self, settled: Iterable[tuple[str, str, bool]]) -> set[Path]:
-        """Record each intent's outcome: (route, id, stored). Returns the journals written."""
-        by_route: dict[str, list[dict[str, str]]] = {}
-        for name, entry_id, stored in settled:
-            by_route.setdefault(name, []).append({"ok" if stored else "cancel": entry_id})
+        """Record each intent's outcome, (route, entry key, stored), in the journal holding the
+        intent. Returns the journals written."""
+        by_journal: dict[str, list[dict[str, str]]] = {}
+        for _name, key, stored in settled:
+            stem, _, entry_id = key.rpartition("/")
+            by_journal.setdefault(stem, []).append({"ok" if stored else "cancel": entry_id})
         written: set[Path] = set()
         with self._lock:
-            for name, lines in by_route.items():
-                written.add(self._append(name, lines))
+            journals = {j.path.stem: j for j in [*self._current.values(), *self._retiring.values()]}
+            for stem, lines in by_journal.items():
+                journal = journals.get(stem)
+                if journal is None:  # sealed already (closed): the reader settles by the file
+                    continue
+                self._append(journal, lines)
+                written.add(journal.path)
+                journal.open -= len(lines)
+                if stem in self._retiring and journal.open <= 0:
+                    os.close(self._retiring.pop(stem).fd)  # full and settled: sealed
         return written
 
     def close(self) -> None:
         """Seal this process's journals (their locks go: readers may settle and delete them)."""
         with self._lock:
-            for fd, _ in self._journals.values():
-                os.close(fd)
-            self._journals.clear()
+            for journal in [*self._current.values(), *self._retiring.values()]:
+                os.close(journal.fd)
+            self._current.clear()
+            self._retiring.clear()
 
     def _filters(self, routes: Mapping[str, Route]) -> dict[str, RecordFilter]:
         """Compiled filters of `routes`, recompiled only when the routes changed (SIGHUP)."""
@@ -132,8 +161,9 @@ class OutboxWriter:
         self._serial += 1
         return f"{self._serial:x}"
 
-    def _append(self, name: str, lines: list[dict[str, Any]]) -> Path:
-        fd, path = self._journal(name)
+    @staticmethod
+    def _append(journal: _Journal, lines: list[dict[str, Any]]) -> None:
+        fd = journal.fd
         data = b"".join(json.dumps(line, separators=(",", ":")).encode() + b"\n" for line in lines)
         start = os.lseek(fd, 0, os.SEEK_END)
         try:
@@ -146,10 +176,16 @@ class OutboxWriter:
             except OSError:
                 pass
             raise
-        return path
 
-    def _journal(self, name: str) -> tuple[int, Path]:
-        if name not in self._journals:
+    def _journal(self, name: str) -> _Journal:
+        current = self._current.get(name)
+        if current is not None and current.intents >= ROTATE_AFTER:  # full: a fresh one
+            del self._current[name]
+            if current.open > 0:
+                self._retiring[current.path.stem] = current
+            else:
+                os.close(current.fd)
+        if name not in self._current:
             folder = ensure_dir(route_dir(self.root, name) / QUEUE)
             stem = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
             # Created and locked under a name readers ignore, then renamed (as index journals):
@@ -159,6 +195,6 @@ class OutboxWriter:
             fcntl.flock(fd, fcntl.LOCK_EX)
             path = folder / f"{stem}.ndjson"
             os.rename(fresh, path)
-            fsync_dir(folder)  # once per process and route: the journal's name is durable
-            self._journals[name] = (fd, path)
-        return self._journals[name]
+            fsync_dir(folder)  # once per journal: its name is durable
+            self._current[name] = _Journal(fd, path)
+        return self._current[name]

@@ -104,3 +104,20 @@ def test_an_intent_whose_writer_died_unnamed_is_dropped(archive_dir, ct_factory,
     assert list((route_dir(archive_dir, "dest") / QUEUE).glob("*.ndjson"))
     queue.compact()
     assert not list((route_dir(archive_dir, "dest") / QUEUE).glob("*.ndjson"))
+
+
+def test_a_long_running_writer_rotates_its_journal_so_delivered_ones_go(archive_dir, ct_factory, sink,
+                                                                        monkeypatch):
+    monkeypatch.setattr("pacsctl.archive.outbox.ROTATE_AFTER", 2)
+    queue_dir = route_dir(archive_dir, "dest") / QUEUE
+    with Archive.open(archive_dir) as archive:  # a writer that stays open, as serve's workers do
+        add_route(archive, "dest", sink.spec)
+        for path in ct_factory.series(5):
+            archive.ingest([(path.read_bytes(), str(path))])
+        assert len(list(queue_dir.glob("*.ndjson"))) == 3  # 2 + 2 + 1 intents
+        assert run_once(archive_dir)[0].delivered == 5  # (compacts at the end)
+        assert len(list(queue_dir.glob("*.ndjson"))) == 1  # the full, settled ones are gone
+    assert len(set(sink.received)) == 5
+    queue = RouteQueue(archive_dir, "dest")
+    queue.refresh()
+    assert queue.counts()["delivered"] == 5 and queue.counts()["pending"] == 0
