@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import types
 from pathlib import Path
 
 from pacsctl.archive.archive import Archive
@@ -79,12 +80,13 @@ def test_refused_instances_become_dead_letters_and_retry_delivers_them(archive_d
     assert len(set(sink.received)) == 2
 
 
-def test_delay_waits_for_a_quiet_series(archive_dir, ct_factory, sink):
+def test_delay_waits_for_a_quiet_series(archive_dir, ct_factory, sink, monkeypatch):
     with Archive.open(archive_dir) as archive:
-        add_route(archive, "dest", sink.spec, delay=2.0)
+        add_route(archive, "dest", sink.spec, delay=600)
     _import(archive_dir, *ct_factory.series(2))
     assert run_once(archive_dir)[0].delivered == 0  # the series arrived just now
-    time.sleep(2.2)
+    later = types.SimpleNamespace(time=lambda: time.time() + 601)  # ten minutes on
+    monkeypatch.setattr("pacsctl.routing.forwarder.time", later)
     assert run_once(archive_dir)[0].delivered == 2
 
 
