@@ -356,6 +356,8 @@ def anonymize_inputs(
         if writing:
             assert out_dir is not None
             files.barrier(out_dir, written, {os.path.dirname(p) for p in written})
+            # Again at the end: a killed run's workers may still have been dying at the start.
+            files.remove_dead_writers_temps(out_dir / TMP_DIR)
             try:
                 (out_dir / TMP_DIR).rmdir()
             except OSError:
