@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom import dimse_messages as _dimse_messages
 
-from pacsctl.net.fastpath import encoding
+from pacsctl.net.fastpath import encoding, storersp
 
 FILE_MODE = 0o600
 
@@ -289,9 +289,13 @@ def decode_store_command(raw: bytes, strict: bool = True) -> StoreCommand | None
 
 def _decode(bytestring: Any, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False) -> Any:
     if is_implicit_vr and is_little_endian and not deflated:
-        fast = decode_store_command(bytestring.getvalue())
+        raw = bytestring.getvalue()
+        fast = decode_store_command(raw)
         if fast is not None:
             return fast
+        answer = storersp.decode_store_response(raw)  # the sender's side: its responses
+        if answer is not None:
+            return answer
     command = _pydicom_decode(bytestring, is_implicit_vr, is_little_endian, deflated)
     if is_implicit_vr and is_little_endian and not deflated:  # a command set
         _blank_bad_store_uids(command)
