@@ -204,7 +204,13 @@ def store(
                 report(
                     _store_result(
                         info,
-                        sending.send_file(assoc, info, msg_id=(n % 65535) + 1, decompress=decompress),
+                        sending.send_file(
+                            assoc,
+                            info,
+                            msg_id=(n % 65535) + 1,
+                            decompress=decompress,
+                            next_info=infos[n + 1] if n + 1 < len(infos) else None,
+                        ),
                         cancel,
                     )
                 )

@@ -258,13 +258,19 @@ def send_file(
     originator_aet: str | None = None,
     originator_id: int | None = None,
     decompress: Decompress = Decompress.LOSSLESS,
+    next_info: FileInfo | None = None,
 ) -> FileSent:
     """Send one file over an established association (`decompress`: `choose_encoding`).
 
     A file sent as stored goes through the send fast path (`fastpath.sendstore`) when it can:
-    plain TCP, File Meta scanned; else through pynetdicom's `send_c_store`."""
+    plain TCP, File Meta scanned; else through pynetdicom's `send_c_store`. `next_info`, the
+    file to be sent next on this association, is read ahead on the fast path while the peer
+    answers this one."""
     if info.data_offset is not None and sendstore.can_send(assoc):
-        fast = _send_fast(assoc, info, msg_id, originator_aet, originator_id, decompress)
+        ahead = None
+        if next_info is not None and next_info.data_offset is not None:
+            ahead = (next_info.path, next_info.data_offset)
+        fast = _send_fast(assoc, info, msg_id, originator_aet, originator_id, decompress, ahead)
         if fast is not None:
             return fast
     try:
@@ -291,6 +297,7 @@ def _send_fast(
     originator_aet: str | None,
     originator_id: int | None,
     decompress: Decompress,
+    prefetch: tuple[Path, int] | None = None,
 ) -> FileSent | None:
     """`send_file` for a file the peer takes as stored, on the fast path; None when the file
     does not go as stored (pynetdicom's path decodes it then)."""
@@ -313,6 +320,7 @@ def _send_fast(
             msg_id,
             originator_aet,
             originator_id,
+            prefetch,
         )
     except sendstore.WriteFailed as exc:
         return FileSent(None, ts, StoreFailure.NOT_SENT, f"association lost while sending ({exc})")

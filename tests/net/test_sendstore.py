@@ -153,3 +153,28 @@ def test_file_meta_scan_agrees_with_pydicom() -> None:
         if raw is not None:
             assert (raw.sop_class_uid, raw.sop_instance_uid, raw.transfer_syntax_uid,
                     raw.data_offset) == expected, path.name
+
+
+def test_next_file_is_read_while_the_peer_answers(
+        receiver: tuple[Received, Node], stock_sends: list[str], ct_factory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file's bytes are read once: the first before it goes, every other one ahead, while
+    the peer stores the file before it; what arrives is still each file's own data set."""
+    got, node = receiver
+    files = ct_factory.series(4)
+    reads: list[tuple[str, bool]] = []  # (file, read while a response was awaited)
+    original = sendstore._read_data_set
+
+    def counting(path, offset):  # noqa: ANN001
+        import inspect
+
+        ahead = any(f.function == "_prefetch" for f in inspect.stack()[1:3])
+        reads.append((Path(path).name, ahead))
+        return original(path, offset)
+
+    monkeypatch.setattr(sendstore, "_read_data_set", counting)
+    results = scu.store(node, files, calling_aet="ME")
+    assert all(r.ok for r in results) and stock_sends == []
+    assert reads == [(files[0].name, False)] + [(f.name, True) for f in files[1:]]
+    for path in files:
+        assert got.datasets[sending.file_info(path).sop_instance_uid] == _data_set(path)

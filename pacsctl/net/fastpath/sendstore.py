@@ -201,14 +201,18 @@ def send_stored(
     message_id: int,
     originator_aet: str | None = None,
     originator_id: int | None = None,
+    prefetch: tuple[str | Path, int] | None = None,
 ) -> int | None:
     """C-STORE the data set of the file at `path` (from `data_offset`, bytes as stored) under
     the accepted presentation context `context_id`; return the peer's status, or None when
     no response came within the DIMSE timeout or the association went. Raises OSError when
-    the file cannot be read (nothing was sent), WriteFailed when the socket write failed."""
-    with open(path, "rb") as fh:
-        fh.seek(data_offset)
-        data = fh.read()
+    the file cannot be read (nothing was sent), WriteFailed when the socket write failed.
+
+    `prefetch` (the next file's path and data offset) is read while the peer stores this one
+    and answers (the thread would only wait then); the next call for it takes those bytes."""
+    data = _take_prefetched(assoc, path, data_offset)
+    if data is None:
+        data = _read_data_set(path, data_offset)
     command = c_store_rq(sop_class_uid, sop_instance_uid, message_id, originator_aet, originator_id)
     pdus = p_data_pdus(context_id, command, data, int(assoc.dimse.maximum_pdu_size or 0))
     sock = _plain_socket(assoc)
@@ -221,11 +225,41 @@ def send_stored(
             _send_buffers(sock, pdus)
         except OSError as exc:
             raise WriteFailed(str(exc.strerror or exc)) from None
+        if prefetch is not None:
+            _prefetch(assoc, *prefetch)
         _cx_id, rsp = assoc.dimse.get_msg(block=True)
     finally:
         checkpoint.set()
     status = getattr(rsp, "Status", None)
     return None if status is None else int(status)
+
+
+def _read_data_set(path: str | Path, data_offset: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(data_offset)
+        return fh.read()
+
+
+_PREFETCHED = "_pacsctl_prefetched"  # association attribute: (path, offset, bytes)
+
+
+def _prefetch(assoc: Any, path: str | Path, data_offset: int) -> None:
+    """Read the next file's data set ahead; a file that cannot be read now is left for its
+    own send to fail on (with its own error)."""
+    try:
+        setattr(assoc, _PREFETCHED, (str(path), data_offset, _read_data_set(path, data_offset)))
+    except OSError:
+        setattr(assoc, _PREFETCHED, None)
+
+
+def _take_prefetched(assoc: Any, path: str | Path, data_offset: int) -> bytes | None:
+    """The bytes `_prefetch` read for this file on this association, once; None otherwise."""
+    ahead = getattr(assoc, _PREFETCHED, None)
+    if ahead is None:
+        return None
+    setattr(assoc, _PREFETCHED, None)
+    ahead_path, ahead_offset, data = ahead
+    return data if (ahead_path, ahead_offset) == (str(path), data_offset) else None
 
 
 def usable() -> bool:
