@@ -26,6 +26,7 @@ def reindex(
     from pacsctl.cli.app import state
     from pacsctl.integrity.reindex import records_of
     from pacsctl.integrity.reindex import reindex as run_reindex
+    from pacsctl.web.metadata import rebuild as rebuild_web_metadata
 
     opts = state(ctx)
     with (
@@ -33,6 +34,8 @@ def reindex(
         output.LazyProgress("reindex", opts.verbosity >= 0) as bar,
     ):
         report = run_reindex(archive, jobs=jobs, on_total=bar.start, progress=bar.advance)
+        # the CLI composes: integrity/ knows nothing of the web side's derived caches
+        rebuild_web_metadata(archive)
     records = list(records_of(report))
     s = report.summary
     checked = (

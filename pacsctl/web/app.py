@@ -67,6 +67,7 @@ class WebContext:
     cache: metadata.MetadataCache = field(init=False)
     audit: AuditLog = field(init=False)
     lock: threading.Lock = field(default_factory=threading.Lock)  # the index, per process
+    warmer: metadata.Warmer | None = None  # fills metadata caches in the background (run_web)
 
     def __post_init__(self) -> None:
         self.tokens = TokenStore(self.archive.root, self.archive.tmp_dir)

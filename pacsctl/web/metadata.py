@@ -6,24 +6,38 @@ BulkDataURI, never pixel data inline) is built from the files once and kept in
 the index has it (SOP Instance UIDs and SHA-256s). A series that gains, loses or replaces an
 instance (a store, a conflict replaced, a `reindex`) has another KEY, so its next request
 rebuilds it; nothing has to invalidate the cache, and KEY is the ETag. The cache is derived
-data: removing the folder loses nothing.
+data: removing the folder loses nothing, so it is written atomically but not fsynced; instead
+each file starts with a line holding its body's length and SHA-256, and a file that does not
+match (torn by a crash, truncated, damaged) is rebuilt, never served.
+
+The caches are filled before anyone asks: `warm` (the web process at start, in a background
+thread, and after each STOW for the series it touched) and `rebuild` (`pacsctl reindex`, which
+also removes the files of series that changed or are gone, so disk use stays bounded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pacsctl.storage import files
+
+if TYPE_CHECKING:
+    from pacsctl.archive.archive import Archive
 
 CACHE_DIR = Path("cache") / "web-metadata"
 BULK_THRESHOLD = 1024  # binary values longer than this are referenced, not inlined
 # BulkDataURIs are cached relative to the server root and made absolute per request.
 BULK_PREFIX = b'"BulkDataURI":"/dicom-web/'
+MAGIC = b"pacsctl-web-metadata 1 "  # then the body's length and SHA-256, a newline, the body
 
 
 def series_key(instances: Sequence[Mapping[str, Any]]) -> str:
@@ -40,28 +54,42 @@ def combined_key(keys: Sequence[str]) -> str:
 
 
 class MetadataCache:
-    """Per-series metadata of one archive, built on first request and kept on disk."""
+    """Per-series metadata of one archive, kept on disk (built by `warm`, else on request)."""
 
     def __init__(self, root: Path, tmp_dir: Path) -> None:
         self.root = root
         self.dir = root / CACHE_DIR
         self.tmp_dir = tmp_dir
 
+    def path(self, series_uid: str, key: str) -> Path:
+        """Where the metadata of this version of the series is kept."""
+        folder = self.dir / hashlib.sha1(series_uid.encode()).hexdigest()[:2]
+        return folder / f"{files.safe_file_name(series_uid)}.{key}.json"
+
+    def cached(self, series_uid: str, instances: Sequence[Mapping[str, Any]]) -> bytes | None:
+        """The cached JSON of the series as the index has it now, if a sound file holds it."""
+        return read_checked(self.path(series_uid, series_key(instances)))
+
     def series_json(self, series_uid: str, instances: Sequence[Mapping[str, Any]]) -> tuple[bytes, str]:
         """A JSON array of the series' instance headers and its key; built when missing."""
         key = series_key(instances)
-        folder = self.dir / hashlib.sha1(series_uid.encode()).hexdigest()[:2]
-        path = folder / f"{files.safe_file_name(series_uid)}.{key}.json"
-        try:
-            return path.read_bytes(), key
-        except FileNotFoundError:
-            pass
-        data = self._build(instances)
-        files.ensure_dir(folder)
-        for stale in folder.glob(f"{files.safe_file_name(series_uid)}.*.json"):
-            stale.unlink(missing_ok=True)
-        files.write_atomic(self.tmp_dir, path, data)
+        path = self.path(series_uid, key)
+        data = read_checked(path)
+        if data is None:
+            data = self._build(instances)
+            self._store(series_uid, path, data)
         return data, key
+
+    def _store(self, series_uid: str, path: Path, data: bytes) -> None:
+        files.ensure_dir(path.parent, durable=False)
+        header = MAGIC + f"{len(data)} {hashlib.sha256(data).hexdigest()}\n".encode()
+        # not fsynced: derived data, checked on every read (see the module's docstring)
+        files.publish(
+            files.stage(self.tmp_dir, [header, data], fsync=False, digest=False), path, replace=True
+        )
+        for stale in path.parent.glob(f"{files.safe_file_name(series_uid)}.*.json"):
+            if stale != path:  # an older version of the series: never asked for again
+                stale.unlink(missing_ok=True)
 
     def _build(self, instances: Sequence[Mapping[str, Any]]) -> bytes:
         ordered = sorted(
@@ -69,6 +97,146 @@ class MetadataCache:
         )
         headers = [instance_header(self.root / str(r["path"]), r) for r in ordered]
         return json.dumps(headers, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    def cache_files(self) -> Iterator[Path]:
+        """Every file in the cache (for pruning)."""
+        if self.dir.is_dir():
+            yield from self.dir.glob("*/*.json")
+
+
+def read_checked(path: Path) -> bytes | None:
+    """The body of a cache file when its header line matches it; None when missing or unsound."""
+    try:
+        raw = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    end = raw.find(b"\n", 0, 128)
+    if not raw.startswith(MAGIC) or end < 0:
+        return None
+    try:
+        length_text, digest = raw[len(MAGIC) : end].decode("ascii").split(" ")
+        length = int(length_text)
+    except ValueError:
+        return None
+    body = raw[end + 1 :]
+    if len(body) != length or hashlib.sha256(body).hexdigest() != digest:
+        return None
+    return body
+
+
+@dataclass
+class WarmResult:
+    """What a warming pass did."""
+
+    series: int = 0  # series looked at
+    built: int = 0  # of them, built now (the others had a sound cache)
+    failed: int = 0  # could not be built (a file unreadable): built on request, or reported there
+    removed: int = 0  # stale cache files removed
+
+
+def _no_lock() -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def warm(
+    archive: Archive,
+    cache: MetadataCache,
+    series_uids: Sequence[str] | None = None,
+    lock: Callable[[], AbstractContextManager[Any]] = _no_lock,
+    should_stop: Callable[[], bool] = lambda: False,
+    prune: bool = False,
+) -> WarmResult:
+    """Build the cache of every series (or of `series_uids`) that lacks a sound one.
+
+    The index is read under `lock()` (the web process's), the files outside it, so requests
+    are never held up for longer than one index read. With `prune`, cache files of series that
+    changed or are gone are removed too.
+    """
+    result = WarmResult()
+    with lock():
+        listed = archive.index.series(series_uids=list(series_uids) if series_uids is not None else None)
+    wanted = {str(r["SeriesInstanceUID"]): str(r["StudyInstanceUID"]) for r in listed}
+    keep: set[Path] = set()
+    for series_uid, study_uid in wanted.items():
+        if should_stop():
+            return result
+        with lock():
+            instances = archive.index.instances(study_uids=[study_uid], series_uids=[series_uid])
+        if not instances:
+            continue
+        result.series += 1
+        keep.add(cache.path(series_uid, series_key(instances)))
+        if cache.cached(series_uid, instances) is not None:
+            continue
+        try:
+            cache.series_json(series_uid, instances)
+            result.built += 1
+        except Exception:  # noqa: BLE001 - a damaged file: the request path reports it
+            result.failed += 1
+    if prune and series_uids is None:
+        for path in cache.cache_files():
+            if path not in keep:
+                path.unlink(missing_ok=True)
+                result.removed += 1
+    return result
+
+
+def rebuild(archive: Archive) -> WarmResult:
+    """Every series' metadata cache as the index has it now, stale files removed (`reindex`)."""
+    return warm(archive, MetadataCache(archive.root, archive.tmp_dir), prune=True)
+
+
+class Warmer:
+    """A background thread of the web process that warms caches: all series at start, then the
+    series each STOW touched. Low priority; a request never waits for it (one for a series
+    being warmed builds it itself, and the atomic replace keeps either result)."""
+
+    def __init__(self, archive: Archive, cache: MetadataCache, lock: threading.Lock) -> None:
+        self.archive = archive
+        self.cache = cache
+        self.lock = lock
+        self._pending: list[str] | None = None  # None: everything (the start)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._guard = threading.Lock()  # _pending
+        self._wake.set()
+        self._thread = threading.Thread(target=self._run, name="pacsctl-web-warm", daemon=True)
+
+    def start(self) -> Warmer:
+        self._thread.start()
+        return self
+
+    def touched(self, series_uids: Sequence[str]) -> None:
+        """Warm these series soon (after a STOW)."""
+        with self._guard:
+            if self._pending is not None:
+                self._pending.extend(series_uids)
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # lower this thread only (Linux)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            with self._guard:
+                pending, self._pending = self._pending, []
+            try:
+                warm(
+                    self.archive,
+                    self.cache,
+                    sorted(set(pending)) if pending is not None else None,
+                    lock=lambda: self.lock,
+                    should_stop=self._stop.is_set,
+                    prune=pending is None,
+                )
+            except Exception:  # noqa: BLE001 - derived data: requests build what is missing
+                pass
 
 
 def _number(value: Any) -> float:

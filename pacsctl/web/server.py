@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pacsctl.archive.archive import Archive
 from pacsctl.web.app import WebContext, WebOptions, build_app
+from pacsctl.web.metadata import Warmer
 
 LOG = logging.getLogger(__name__)
 STOP_GRACE = 5.0  # seconds open requests get to finish when the node stops
@@ -43,6 +44,7 @@ def run_web(
     archive = Archive.open(root, create=False)
     archive.index.tolerate_damage()
     ctx = WebContext(archive, options)
+    ctx.warmer = Warmer(archive, ctx.cache, ctx.lock).start()  # metadata before the first request
     config = uvicorn.Config(
         build_app(ctx),
         log_level="warning",
@@ -64,6 +66,7 @@ def run_web(
     finally:
         server.should_exit = True
         thread.join(STOP_GRACE + 5)
+        ctx.warmer.stop()
         ctx.audit.close()
         with ctx.lock:
             archive.close()

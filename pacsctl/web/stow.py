@@ -157,6 +157,7 @@ def _origin_of_part(request: Request, token: Token) -> str:
 def _ingest(ctx: Any, receiver: _Receiver, study: str | None, token: Token, origin: str) -> list[_Outcome]:
     """Every received part through the archive's ingest, in batches of bounded size."""
     outcomes: list[_Outcome] = []
+    touched: set[str] = set()  # series stored into
     batch: list[_TempPart] = []
     size = 0
     pending = list(receiver.parts)
@@ -169,10 +170,10 @@ def _ingest(ctx: Any, receiver: _Receiver, study: str | None, token: Token, orig
         batch.append(part)
         size += part.size
         if size >= _BATCH_BYTES or i == len(pending) - 1:
-            outcomes.extend(_ingest_batch(ctx, batch, study, token, origin))
+            outcomes.extend(_ingest_batch(ctx, batch, study, token, origin, touched))
             batch, size = [], 0
     if batch:
-        outcomes.extend(_ingest_batch(ctx, batch, study, token, origin))
+        outcomes.extend(_ingest_batch(ctx, batch, study, token, origin, touched))
     if any(o.failure is None for o in outcomes):
         # Fold what this request journaled: every read of the index applies the unfolded
         # journal lines, and a web process reads far more often than it stores (measured:
@@ -182,11 +183,13 @@ def _ingest(ctx: Any, receiver: _Receiver, study: str | None, token: Token, orig
                 ctx.archive.index.flush()
         except OSError as exc:  # stored and durable already; the next fold retries
             LOG.warning("could not fold the index journal: %s", exc.strerror or exc)
+        if ctx.warmer is not None:  # their metadata before anyone asks for it
+            ctx.warmer.touched(sorted(touched))
     return outcomes
 
 
 def _ingest_batch(
-    ctx: Any, parts: list[_TempPart], study: str | None, token: Token, origin: str
+    ctx: Any, parts: list[_TempPart], study: str | None, token: Token, origin: str, touched: set[str]
 ) -> list[_Outcome]:
     archive = ctx.archive
     items = [
@@ -208,6 +211,7 @@ def _ingest_batch(
     _refuse_out_of_scope(batch, study, token, outcomes)
     for i, inst, _stage in batch.staged:
         outcomes[i] = _Outcome(inst.sop_class_uid, inst.sop_instance_uid)
+        touched.add(str(inst.fields().get("SeriesInstanceUID", "")))
     if batch.staged:
         try:
             _commit(ctx, batch)
