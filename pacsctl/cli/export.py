@@ -120,7 +120,6 @@ def export(
     from pacsctl.export.media import parse_size
     from pacsctl.export.run import ExportOptions
     from pacsctl.export.run import export as run_export
-    from pacsctl.render import Window
 
     filters = parse_key_values(keys)
     if studies:
@@ -138,7 +137,7 @@ def export(
         format=fmt,
         layout=layout,
         transcode=transcode.value if transcode else None,
-        window=Window.parse(window) if window else None,
+        window=_window(window) if window else None,
         size=size,
         all_frames=frames is FrameChoice.ALL,
         sheet=sheet,
@@ -178,6 +177,13 @@ def export(
     record_action(archive.root, AuditEvent.EXPORT, s.as_dict(), selection=filters, dest=s.dest)
     if not report.ok:
         raise typer.Exit(EXIT_INTEGRITY)
+
+
+def _window(text: str) -> Any:
+    """--window C,W as render.Window (imported here: render pulls in numpy, PIL and pydicom)."""
+    from pacsctl.render import Window
+
+    return Window.parse(text)
 
 
 def _anonymizer(key: str | None, key_file: Path | None) -> Any:

@@ -20,13 +20,12 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pacsctl.archive.archive import Archive
 from pacsctl.archive.search import instances_matching
 from pacsctl.dicom.attributes import STUDY_FIELDS
 from pacsctl.errors import OperationInterrupted, PacsctlError, UsageError
-from pacsctl.export import dicomdir
 from pacsctl.export import media as media_module
 from pacsctl.export.formats import DEFAULT_LAYOUT, ExportFormat
 from pacsctl.export.layout import Layout
@@ -34,6 +33,9 @@ from pacsctl.export.target import MANIFEST_NAME, FolderTarget, SizeMismatch, Tar
 from pacsctl.export.zipout import ZipTarget
 from pacsctl.storage.files import sha256_file
 from pacsctl.summary import SummaryRecord
+
+if TYPE_CHECKING:  # dicomdir pulls in pydicom (~0.6 s of start-up): only the dicomdir format needs it
+    from pacsctl.export import dicomdir
 
 __all__ = ["ExportFormat", "ExportOptions", "ExportReport", "export", "select"]
 
@@ -264,6 +266,8 @@ def _write_all(
     and hashing release the GIL), one for a zip (a single stream)."""
     media = options.format is ExportFormat.DICOMDIR
     converter = options.converter
+    if media:
+        from pacsctl.export import dicomdir
 
     def one(item: tuple[int, dict[str, Any], str]) -> _Outcome:
         n, record, relpath = item
@@ -356,6 +360,8 @@ def _place_on_media(
     prefix: str = "",
 ) -> list[tuple[Written, str]]:
     """Give the staged files the File-set's IDs and add the DICOMDIR."""
+    from pacsctl.export import dicomdir
+
     try:
         data, ids = dicomdir.build(header for _, header, _ in media)
     except ValueError as exc:
