@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -28,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pacsctl.dicom.rawheader import PLAIN_SYNTAXES
 from pacsctl.storage import files
+from pacsctl.web import fastjson
 
 if TYPE_CHECKING:
     from pacsctl.archive.archive import Archive
@@ -37,6 +41,8 @@ CACHE_DIR = Path("cache") / "web-metadata"
 BULK_THRESHOLD = 1024  # binary values longer than this are referenced, not inlined
 # BulkDataURIs are cached relative to the server root and made absolute per request.
 BULK_PREFIX = b'"BulkDataURI":"/dicom-web/'
+# explicit VR little endian, native or encapsulated (the walk stops before the pixel data)
+_FAST_SYNTAXES = PLAIN_SYNTAXES - {"1.2.840.10008.1.2"}
 MAGIC = b"pacsctl-web-metadata 1 "  # then the body's length and SHA-256, a newline, the body
 
 
@@ -248,13 +254,63 @@ def _number(value: Any) -> float:
 
 def instance_header(path: str | os.PathLike[str], record: Mapping[str, Any]) -> dict[str, Any]:
     """One instance's data set (no File Meta) in the JSON model, read up to its pixel data."""
-    import pydicom
-
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
     base = (
         f"/dicom-web/studies/{record['StudyInstanceUID']}/series/{record['SeriesInstanceUID']}"
         f"/instances/{record['SOPInstanceUID']}/bulkdata/"
     )
+    fast = _fast_header(path, base)
+    if fast is not None:
+        return fast
+    return pydicom_header(path, base)
+
+
+def _fast_header(path: str | os.PathLike[str], base: str) -> dict[str, Any] | None:
+    """The plain case without pydicom (see `fastjson`); None: take pydicom's path."""
+    with open(path, "rb") as fh:
+        try:
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)  # only the header is paged in
+        except ValueError:  # an empty file
+            return None
+    with data:
+        syntax, start = _meta_syntax(data)
+        if syntax not in _FAST_SYNTAXES:
+            return None
+        found = fastjson.json_header(data, start, BULK_THRESHOLD, lambda tag: f"{base}{tag:08X}")
+    if found is None:
+        return None
+    out, _pixels = found
+    if "00280010" in out:  # Rows: pixel data follows where the walk stopped (as pydicom's path)
+        bits = (out.get("00280100", {}).get("Value") or [16])[0] or 16
+        vr = "OB" if syntax != fastjson.EXPLICIT_LE_UID or bits <= 8 else "OW"
+        out["7FE00010"] = {"vr": vr, "BulkDataURI": f"{base}7FE00010"}
+    return out
+
+
+def _meta_syntax(data: mmap.mmap) -> tuple[str, int]:
+    """The Transfer Syntax UID of a Part-10 file and where its data set starts ("" if not one)."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return "", 0
+    pos, syntax = 132, ""
+    while pos + 8 <= len(data):
+        group, element, vr, length = struct.unpack_from("<HH2sH", data, pos)
+        if group != 0x0002:
+            break
+        if vr in (b"OB", b"UN", b"SQ", b"UT", b"UC", b"UR", b"OW"):
+            length = struct.unpack_from("<I", data, pos + 8)[0]
+            pos += 12
+        else:
+            pos += 8
+        if element == 0x0010:
+            syntax = bytes(data[pos : pos + length]).decode("ascii", "replace").rstrip("\x00 ")
+        pos += length
+    return syntax, pos
+
+
+def pydicom_header(path: str | os.PathLike[str], base: str) -> dict[str, Any]:
+    """One instance's header as pydicom reads it (every case the fast path leaves)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
 
     def bulk(elem: Any) -> str:
         return f"{base}{int(elem.tag):08X}"
