@@ -30,7 +30,7 @@ class Transcoder:
         if syntax is not Syntax.EXPLICIT_LE and not get_encoder(UID(syntax.uid)).is_available:
             raise UsageError(
                 f"no installed encoder writes {syntax.value}",
-                hint="explicit-le, rle and jpeg2000-lossless are written with the installed codecs",
+                hint="install the encoders: pylibjpeg-rle, pylibjpeg-openjpeg, pyjpegls",
             )
 
     def applies(self, record: Mapping[str, Any]) -> bool:

@@ -71,7 +71,7 @@ def test_compressed_files_transcode_to_explicit_le_with_identical_pixel_values(n
     assert out.SOPInstanceUID == original.SOPInstanceUID and out.PatientName == original.PatientName
 
 
-@pytest.mark.parametrize("syntax", [Syntax.RLE, Syntax.JPEG2000_LOSSLESS])
+@pytest.mark.parametrize("syntax", [Syntax.RLE, Syntax.JPEG2000_LOSSLESS, Syntax.JPEG_LS_LOSSLESS])
 def test_lossless_compression_round_trips(syntax: Syntax) -> None:
     original = dcmread(TESTDATA_DIR / "MR_small.dcm")
     out = dcmread(io.BytesIO(transcode((TESTDATA_DIR / "MR_small.dcm").read_bytes(), syntax)))
