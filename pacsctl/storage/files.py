@@ -165,7 +165,17 @@ def temp_owner_alive(path: Path) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed writer whose parent died too waits for init to reap it, and signal 0 still finds
+    it: its state in /proc says it is dead (Linux; elsewhere it counts as running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] in (["Z"], ["X"])
 
 
 def remove_dead_writers_temps(tmp_dir: Path) -> int:
