@@ -95,6 +95,7 @@ class RouteQueue:
         self._log_offset = 0
         self._log_inode: int | None = None
         self._states: dict[str, dict[str, Any]] = {}  # log lines for entries not read yet
+        self.last_queued = 0.0  # when the newest intent read so far was queued
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -148,6 +149,7 @@ class RouteQueue:
                 )
                 self.entries[key] = entry
                 journal.keys.append(key)
+                self.last_queued = max(self.last_queued, entry.queued_at)
                 state = self._states.pop(key, None)
                 if state is not None:
                     _apply(entry, state)

@@ -4,12 +4,15 @@ only when confirmed, held while the destination is down, dead letters and retry.
 from __future__ import annotations
 
 import json
+import os
 import time
 import types
 from pathlib import Path
 
 from pacsctl.archive.archive import Archive
 from pacsctl.archive.outbox import QUEUE, route_dir
+from pacsctl.config import CONFIG_NAME, load_config
+from pacsctl.routing import forwarder
 from pacsctl.routing.forwarder import run_once
 from pacsctl.routing.queue import RouteQueue
 from pacsctl.routing.routes import add_route, route_status
@@ -123,3 +126,60 @@ def test_a_long_running_writer_rotates_its_journal_so_delivered_ones_go(archive_
     queue = RouteQueue(archive_dir, "dest")
     queue.refresh()
     assert queue.counts()["delivered"] == 5 and queue.counts()["pending"] == 0
+
+
+def test_forwarding_yields_to_stores_that_keep_arriving(archive_dir, ct_factory, sink, monkeypatch):
+    """While intents keep arriving only those that waited MAX_LAG go; the rest in the quiet."""
+    clock = types.SimpleNamespace(now=1_000_000.0)
+    fake = types.SimpleNamespace(time=lambda: clock.now)
+    monkeypatch.setattr("pacsctl.archive.outbox.time", fake)  # the intents' queue times
+    monkeypatch.setattr("pacsctl.routing.forwarder.time", fake)
+    with Archive.open(archive_dir) as archive:
+        add_route(archive, "dest", sink.spec)
+        for path in ct_factory.series(2, patient_id="EARLY"):
+            archive.ingest([(path.read_bytes(), str(path))])
+        clock.now += forwarder.MAX_LAG + 5  # a stream of stores goes on since then
+        for path in ct_factory.series(3, patient_id="LATE"):
+            archive.ingest([(path.read_bytes(), str(path))])
+    config = load_config(archive_dir / CONFIG_NAME)
+    fwd = forwarder.RouteForwarder(archive_dir, config.routes["dest"], config)
+
+    clock.now += 0.1  # the last store was just now: the node is receiving
+    fwd.step()
+    assert len(sink.received) == 2  # only what waited MAX_LAG
+    assert fwd.step() == forwarder.GATHER and len(sink.received) == 2  # the young ones wait
+    clock.now += forwarder.ARRIVALS_QUIET  # the stores stopped
+    fwd.step()
+    assert len(sink.received) == 5 and len(set(sink.received)) == 5
+
+
+def test_route_run_once_does_not_wait_for_quiet(archive_dir, ct_factory, sink):
+    """`route run --once` (cron) is a try now: it delivers what just arrived."""
+    with Archive.open(archive_dir) as archive:
+        add_route(archive, "dest", sink.spec)
+        for path in ct_factory.series(2):
+            archive.ingest([(path.read_bytes(), str(path))])
+        assert run_once(archive_dir)[0].delivered == 2
+
+
+def test_the_forwarder_takes_only_idle_cpu(archive_dir, serve_factory, sink):
+    """serve's forwarder process runs under SCHED_IDLE: it never takes a core from the node."""
+    with Archive.open(archive_dir) as archive:
+        add_route(archive, "dest", sink.spec)
+    server = serve_factory(archive_dir)
+    pids = []
+    deadline = time.monotonic() + 10
+    while not pids and time.monotonic() < deadline:
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"pacsctl.routing.process" in argv and str(archive_dir).encode() in argv:
+                pids.append(int(proc.name))
+        time.sleep(0.1)
+    assert pids, "no forwarder process found"
+    while os.sched_getscheduler(pids[0]) != os.SCHED_IDLE and time.monotonic() < deadline:
+        time.sleep(0.05)  # it sets its policy as it starts
+    assert os.sched_getscheduler(pids[0]) == os.SCHED_IDLE
+    assert server.stop() == 0
