@@ -241,6 +241,18 @@ class Archive:
         """Absolute path of an archive-relative path from the index."""
         return self.root / relpath
 
+    def instance_record(self, sop_instance_uid: str) -> dict | None:
+        """The index record of an archived instance (None: not held). An instance UID names no
+        index shard, so it is found through its file (named by the UID, `object_relpath`) and
+        the study that file names: one file and one study shard, not a walk over every record."""
+        from pacsctl.dicom.rawheader import study_uid_of_file
+
+        study_uid = study_uid_of_file(self.path_of(self.object_relpath(sop_instance_uid)))
+        if not study_uid:
+            return None
+        records = self.index.instances(study_uids=[study_uid])
+        return next((r for r in records if r.get("SOPInstanceUID") == sop_instance_uid), None)
+
     # -- writing -----------------------------------------------------------------------------
 
     def ingest(

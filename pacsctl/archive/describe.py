@@ -86,12 +86,12 @@ def _study_of(archive: Archive, uid: str) -> str:
     index = archive.index
     if index.studies(study_uids=[uid]):
         return uid
+    instance = archive.instance_record(uid)
+    if instance is not None:
+        return str(instance["StudyInstanceUID"])
     for series in index.series():
         if series.get("SeriesInstanceUID") == uid:
             return str(series["StudyInstanceUID"])
-    for inst in index.instances():  # a walk over every record: an instance UID names no shard
-        if inst.get("SOPInstanceUID") == uid:
-            return str(inst["StudyInstanceUID"])
     raise UsageError(f"the archive holds no study, series or instance {uid}", hint="see `pacsctl ls`")
 
 

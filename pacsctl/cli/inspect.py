@@ -132,15 +132,13 @@ def dump(
     path = Path(target)
     if not path.is_file():
         with state(ctx).open_archive(create=False) as archive:
-            records = [
-                r for r in archive.index.instances() if r.get("SOPInstanceUID") == target and r.get("path")
-            ]
-            if not records:
+            record = archive.instance_record(target)
+            if record is None or not record.get("path"):
                 raise UsageError(
                     f"no file {target} and no archived instance with that UID",
                     hint="see `pacsctl ls --level instance`",
                 )
-            path = archive.path_of(records[0]["path"])
+            path = archive.path_of(record["path"])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

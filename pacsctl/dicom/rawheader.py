@@ -15,6 +15,7 @@ readable, with these values", and a test compares it with pydicom's path on many
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -162,6 +163,26 @@ def scan(data: DicomBytes) -> Scanned | None:
         return None  # pydicom's path names what is missing
     fields["SOPClassUID"] = sop_class
     return Scanned(sop_class, sop_instance, syntax, fields)
+
+
+def study_uid_of_file(path: str | os.PathLike[str]) -> str:
+    """The Study Instance UID a DICOM file names ("" when it is missing or unreadable). A plain
+    file is scanned through a memory map (pixel data is skipped by its length, not read); other
+    transfer syntaxes go through pydicom, stopping before the pixel data."""
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            found = scan(data)
+            if found is not None:
+                return str(found.fields.get("StudyInstanceUID") or "")
+    except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
+        return ""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+    except Exception:  # noqa: BLE001 - whatever pydicom raises, the file names no study
+        return ""
+    return str(ds.get("StudyInstanceUID", "") or "")
 
 
 def _walk_meta(data: DicomBytes, pos: int, out: dict[int, bytes]) -> int:

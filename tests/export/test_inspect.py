@@ -126,3 +126,28 @@ def test_dump_json_matches_dcm2json_on_the_values(archive: Archive) -> None:
     for tag in ("00100010", "00080018", "00200013", "00280030", "00080060", "00280100"):
         assert ours[tag]["vr"] == theirs[tag]["vr"]
         assert values(ours[tag]) == values(theirs[tag])
+
+
+def test_an_instance_uid_is_found_without_a_walk_over_every_record(archive: Archive, monkeypatch) -> None:
+    """`show` and `dump` by instance UID read the instance's own file and its study's records,
+    never every instance record of the archive (slow at millions)."""
+    from pacsctl.storage.index import Index
+
+    real = Index.instances
+
+    def scoped(self, patient_ids=None, study_uids=None, series_uids=None):
+        assert patient_ids or study_uids or series_uids, "a walk over every instance record"
+        return real(self, patient_ids, study_uids, series_uids)
+
+    every = archive.index.instances()
+    monkeypatch.setattr(Index, "instances", scoped)
+    compressed = [r for r in every if r.get("TransferSyntaxUID", "").startswith("1.2.840.10008.1.2.4")]
+    for record in [every[0], *compressed[:1]]:  # a plain file (scanned) and a compressed one (pydicom)
+        assert archive.instance_record(record["SOPInstanceUID"]) == record
+        shown = invoke_cli("--archive", _root(archive), "show", record["SOPInstanceUID"], "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["StudyInstanceUID"] == record["StudyInstanceUID"]
+        dumped = invoke_cli("--archive", _root(archive), "dump", record["SOPInstanceUID"])
+        assert dumped.returncode == 0 and record["SOPInstanceUID"] in dumped.stdout, dumped.stderr
+    assert compressed, "the archive fixture holds a compressed instance"
+    assert archive.instance_record("1.2.3.4.5.6.7") is None
