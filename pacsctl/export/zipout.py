@@ -11,8 +11,9 @@ import hashlib
 import os
 import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 from pacsctl.export.target import (
     CHUNK,
@@ -36,12 +37,15 @@ class ZipTarget:
     def __init__(self, dest: Path) -> None:
         check_dest(dest)
         self.dest = dest
-        self.path = partial_path(dest)
+        self._stamp = time.localtime()[:6]
+        self._removed: set[str] = set()
+        self._open()
+
+    def _open(self) -> None:
+        self.path = partial_path(self.dest)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, files.FILE_MODE)
         self._file = os.fdopen(fd, "wb")
         self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self._stamp = time.localtime()[:6]
-        self._removed: set[str] = set()
 
     def _info(self, relpath: str, size: int) -> zipfile.ZipInfo:
         info = zipfile.ZipInfo(relpath, date_time=self._stamp)
@@ -83,24 +87,49 @@ class ZipTarget:
         return Written(relpath, written, digest.hexdigest())
 
     def remove(self, written: Written) -> None:
-        """A zip cannot drop a member in place: it is left out of the manifest and reported."""
+        """Take a member out (its source turned out damaged): `finish` writes the zip again
+        without it (a zip cannot drop a member in place)."""
         self._removed.add(written.relpath)
 
     def finish(self, written: list[Written]) -> Finished:
         """Write the manifest, close and flush the zip, read every member back (CRC and hash),
-        and rename the file into place. Members that did not read back stay listed (a zip
-        cannot drop them) and are reported."""
+        and rename the file into place. When members were removed or did not read back, the
+        zip is written again without them (their bytes must not ship under DEST's name), and
+        read back again."""
         good = [w for w in written if w.relpath not in self._removed]
+        manifest = self._close(good)
+        bad = self._read_back(good)
+        if bad or self._removed:
+            failed = {w.relpath for w, _ in bad}
+            good = [w for w in good if w.relpath not in failed]
+            manifest = self._rewrite(good)
+            bad += self._read_back(good)
+        os.rename(self.path, self.dest)
+        files.fsync_dir(self.dest.parent)
+        return Finished(manifest, bad)
+
+    def _close(self, good: list[Written]) -> Written:
+        """Add the manifest of `good`, close the zip and make it durable, its cached pages
+        dropped (the read-back then reads the device)."""
         manifest = self.write_bytes(MANIFEST_NAME, manifest_text(good))
         self._zip.close()
         self._file.flush()
         os.fsync(self._file.fileno())
         os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         self._file.close()
-        bad = self._read_back(good)
-        os.rename(self.path, self.dest)
-        files.fsync_dir(self.dest.parent)
-        return Finished(manifest, bad)
+        return manifest
+
+    def _rewrite(self, good: list[Written]) -> Written:
+        """A fresh zip beside DEST holding only the members `good`, copied from the first one
+        (each member's CRC checked as it is read), with their manifest; the first is removed."""
+        first = self.path
+        self._open()
+        with zipfile.ZipFile(first) as old:
+            for w in good:
+                with old.open(w.relpath) as member:
+                    self._write(w.relpath, w.size, _chunks(member))
+        first.unlink()
+        return self._close(good)
 
     def _read_back(self, good: list[Written]) -> list[tuple[Written, str]]:
         bad = []
@@ -126,3 +155,8 @@ class ZipTarget:
         except (OSError, ValueError):
             pass
         self.path.unlink(missing_ok=True)
+
+
+def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
+    while chunk := stream.read(CHUNK):
+        yield chunk
