@@ -70,8 +70,8 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl restore') echo @text ;;
         'cmds:pacsctl route') echo 'add list remove retry run status' ;;
         'opts:pacsctl route') echo '--help -h' ;;
-        'opts:pacsctl route add') echo '--to --key -k --delay --max-attempts --max-backoff --replace --anonymize --key --key-file --help -h' ;;
-        'vopts:pacsctl route add') echo '--to --key -k --delay --max-attempts --max-backoff --key --key-file' ;;
+        'opts:pacsctl route add') echo '--to --key -k --delay --max-attempts --max-backoff --replace --anonymize --key --key-file --token-file --user --password-file --help -h' ;;
+        'vopts:pacsctl route add') echo '--to --key -k --delay --max-attempts --max-backoff --key --key-file --token-file --user --password-file' ;;
         'args:pacsctl route add') echo @text ;;
         'opts:pacsctl route list') echo '--json --help -h' ;;
         'opts:pacsctl route remove') echo '--force --help -h' ;;
@@ -204,6 +204,9 @@ _pacsctl_value() {  # completion words for the value of option $2 of command pat
         'pacsctl route add --max-backoff') echo @text ;;
         'pacsctl route add --key') echo @text ;;
         'pacsctl route add --key-file') echo @file ;;
+        'pacsctl route add --token-file') echo @file ;;
+        'pacsctl route add --user') echo @text ;;
+        'pacsctl route add --password-file') echo @file ;;
         'pacsctl send --study') echo @text ;;
         'pacsctl send --key'|'pacsctl send -k') echo @text ;;
         'pacsctl send --associations'|'pacsctl send -j') echo @text ;;

@@ -69,6 +69,10 @@ class Route:
     anonymize: bool = False  # de-identified on the way out (PS3.15 Basic Profile, `anonymize`)
     key: str = ""  # the anonymization secret (this file is private to the archive's owner) ...
     key_file: str = ""  # ... or the file holding it
+    # DICOMweb credentials, as files read at each request (this file keeps only their paths)
+    token_file: str = ""  # Authorization: Bearer <its first line>
+    user: str = ""  # with password_file: HTTP basic
+    password_file: str = ""
 
 
 @dataclass

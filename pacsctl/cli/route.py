@@ -66,6 +66,21 @@ def add(
     key_file: Optional[Path] = typer.Option(
         None, "--key-file", metavar="FILE", help="Read the --anonymize secret from FILE at each start."
     ),
+    token_file: Optional[Path] = typer.Option(
+        None,
+        "--token-file",
+        metavar="FILE",
+        help="DICOMweb: send `Authorization: Bearer` with FILE's first line (read at every request).",
+    ),
+    user: str = typer.Option(
+        "", "--user", metavar="NAME", help="DICOMweb: HTTP basic as NAME (with --password-file)."
+    ),
+    password_file: Optional[Path] = typer.Option(
+        None,
+        "--password-file",
+        metavar="FILE",
+        help="DICOMweb: the --user's password, FILE's first line (read at every request).",
+    ),
 ) -> None:
     """Add a route: from now on, every instance stored (received by `serve`, or imported) that
     matches the -k filters is queued in the archive and forwarded to DEST.
@@ -74,7 +89,11 @@ def add(
     bucket's PUT done. A destination that is down holds its queue and is tried again with back-off;
     an instance refused --max-attempts times becomes a dead letter (`route status`, `route retry`).
 
-    Example: pacsctl route add cloud --to https://pacs.example/dicom-web -k Modality=CT --delay 60
+    A DICOMweb destination that wants credentials gets them from a file, read at every request
+    (rotate it in place): --token-file (bearer) or --user with --password-file (basic). The
+    config keeps only the file's path; a refused or unreadable secret holds the queue.
+
+    Example: pacsctl route add cloud --to https://pacs.example/dicom-web --token-file ~/.token -k Modality=CT
     """
     from pacsctl.dicom.matching import parse_key_values
     from pacsctl.routing.routes import add_route
@@ -92,6 +111,9 @@ def add(
         anonymize=anonymize,
         key=key,
         key_file=key_file or "",
+        token_file=token_file or "",
+        user=user,
+        password_file=password_file or "",
     )
     output.stderr.print(f"added route {route.name} -> {route.to}", highlight=False)
 
@@ -110,7 +132,9 @@ def list_routes(ctx: typer.Context, as_json: JsonRecords = False) -> None:
             row["match"] = ", ".join(sorted(row["match"])) or "(everything)"
             row["anonymize"] = "yes" if row["anonymize"] else "no"
     output.emit(
-        rows, ["name", "to", "match", "delay", "max_attempts", "anonymize"], "json" if as_json else "table"
+        rows,
+        ["name", "to", "match", "delay", "max_attempts", "anonymize", "auth"],
+        "json" if as_json else "table",
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pacsctl.routing.destinations import Delivered, Delivery, DestinationDown
+from pacsctl.routing.destinations import Delivered, Delivery, DestinationDown, DownCause
 from pacsctl.routing.queue import Entry
 from pacsctl.storage.files import safe_file_name
 from pacsctl.storage.objects import ObjectStore, ObjectStoreError, ObjectStoreFailure
@@ -61,5 +61,6 @@ class BucketDestination:
                 else:
                     out[entry.key] = result
         if down is not None and not any(r.delivery is Delivery.DELIVERED for r in out.values()):
-            raise DestinationDown(str(down))
+            cause = DownCause.AUTH if down.failure is ObjectStoreFailure.AUTH else DownCause.UNREACHABLE
+            raise DestinationDown(str(down), cause)
         return out

@@ -18,7 +18,7 @@ from typing import Protocol
 from pacsctl.config import Config, Route, parse_node_spec
 from pacsctl.errors import NetworkError
 from pacsctl.routing.queue import Entry
-from pacsctl.routing.stow import StowClient, StowError, StowFailure
+from pacsctl.routing.stow import AuthKind, HttpAuth, StowClient, StowError, StowFailure
 
 STOW_BATCH_BYTES = 32 << 20  # one STOW request's body is built in memory
 
@@ -40,8 +40,29 @@ class Delivered:
     final: bool = False  # a refusal that no retry can change: a dead letter at once
 
 
+class DownCause(Enum):
+    """Why a destination is down (kept in the route's status for `route status`)."""
+
+    UNREACHABLE = "unreachable"  # no connection, no answer, a bucket or node that is not there
+    SERVER = "server"  # it answered, but cannot take anything now (5xx, busy)
+    AUTH = "auth"  # it refuses our credentials (HTTP 401/403)
+    SECRET = "secret"  # our credentials' file cannot be read: nothing was sent
+
+
 class DestinationDown(Exception):
     """The destination cannot be reached (or cannot take anything now): back off, retry."""
+
+    def __init__(self, message: str, cause: DownCause = DownCause.UNREACHABLE) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+_DOWN_CAUSE = {
+    StowFailure.UNREACHABLE: DownCause.UNREACHABLE,
+    StowFailure.SERVER: DownCause.SERVER,
+    StowFailure.AUTH: DownCause.AUTH,
+    StowFailure.SECRET: DownCause.SECRET,
+}
 
 
 class Destination(Protocol):
@@ -94,9 +115,11 @@ class DicomDestination:
 class StowDestination:
     """STOW-RS to a DICOMweb service (`https://host/.../dicom-web`)."""
 
-    def __init__(self, root: Path, base_url: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self, root: Path, base_url: str, timeout: float = 60.0, auth: HttpAuth | None = None
+    ) -> None:
         self.root = root
-        self.client = StowClient(base_url, timeout=timeout)
+        self.client = StowClient(base_url, timeout=timeout, auth=auth)
         self.where = self.client.where
 
     def deliver(self, entries: list[Entry]) -> dict[str, Delivered]:
@@ -120,7 +143,7 @@ class StowDestination:
         except StowError as exc:
             if exc.failure is StowFailure.REFUSED:
                 return out | {e.key: Delivered(Delivery.REFUSED, str(exc)) for e, _ in batch}
-            raise DestinationDown(str(exc)) from None
+            raise DestinationDown(str(exc), _DOWN_CAUSE[exc.failure]) from None
         for entry, _ in batch:
             if entry.sop_instance_uid in answer.stored:
                 out[entry.key] = Delivered(Delivery.DELIVERED)
@@ -133,12 +156,21 @@ class StowDestination:
 DestinationFactory = Callable[[Path, Route, Config], Destination]
 
 
+def route_auth(route: Route) -> HttpAuth | None:
+    """The route's DICOMweb credentials (None without)."""
+    if route.token_file:
+        return HttpAuth(AuthKind.BEARER, Path(route.token_file))
+    if route.password_file:
+        return HttpAuth(AuthKind.BASIC, Path(route.password_file), route.user)
+    return None
+
+
 def destination_for(root: Path, route: Route, config: Config) -> Destination:
     """The destination a route names (UsageError for a node that is not known)."""
     to = route.to
     destination: Destination
     if to.startswith(("http://", "https://")):
-        destination = StowDestination(root, to)
+        destination = StowDestination(root, to, auth=route_auth(route))
     elif to.startswith("s3://"):
         from pacsctl.routing.bucket import BucketDestination
 

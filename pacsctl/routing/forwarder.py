@@ -24,7 +24,13 @@ from typing import Any
 
 from pacsctl.config import CONFIG_NAME, Config, Route, load_config
 from pacsctl.errors import PacsctlError
-from pacsctl.routing.destinations import Delivery, Destination, DestinationDown, destination_for
+from pacsctl.routing.destinations import (
+    Delivery,
+    Destination,
+    DestinationDown,
+    DownCause,
+    destination_for,
+)
 from pacsctl.routing.queue import EntryState, RouteQueue
 from pacsctl.storage import files
 
@@ -60,13 +66,15 @@ class RouteReport:
     dead: int = 0  # became dead letters in this run
     pending: int = 0  # left to deliver
     down: str = ""  # why the destination could not be reached, if it could not
+    down_cause: DownCause | None = None
     busy: bool = False  # another forwarder (serve's) holds the route
 
     def as_dict(self) -> dict[str, Any]:
         """The run's JSON record of this route."""
         return {"type": "route", "name": self.route, "delivered": self.delivered,
                 "refused": self.refused, "dead": self.dead, "pending": self.pending,
-                "down": self.down, "busy": self.busy}  # fmt: skip
+                "down": self.down, "down_cause": self.down_cause.value if self.down_cause else None,
+                "busy": self.busy}  # fmt: skip
 
 
 @dataclass
@@ -84,10 +92,12 @@ class RouteForwarder:
     tried: set[str] = field(default_factory=set)
     _destination: Destination | None = None
     _compacted_at: float = 0.0
+    _stale_status: bool = False  # a "down" left by an earlier forwarder (`route run --once`)
 
     def __post_init__(self) -> None:
         self.queue = RouteQueue(self.root, self.route.name)
         self.report = RouteReport(self.route.name)
+        self._stale_status = bool(read_status(self.root, self.route.name))
 
     def step(self, ignore_backoff: bool = False) -> float:
         """Deliver one batch of what is due; returns how long to wait before the next step
@@ -118,13 +128,19 @@ class RouteForwarder:
             if self._destination is None:
                 self._destination = self.factory(self.root, self.route, self.config)
             results = self._destination.deliver(due)
-        except (DestinationDown, PacsctlError, OSError) as exc:
-            self._down(str(exc), now)
+        except DestinationDown as exc:
+            self._down(str(exc), now, exc.cause)
+            return 0.0 if ignore_backoff else min(self.down_until - now, POLL)
+        except (PacsctlError, OSError) as exc:
+            self._down(str(exc), now, DownCause.UNREACHABLE)
             return 0.0 if ignore_backoff else min(self.down_until - now, POLL)
         if self.down_count:
             LOG.warning("route %s: %s reachable again", self.route.name, self._where())
             self.down_count, self.down_until = 0, 0.0
             self._write_status(None)
+        elif self._stale_status:
+            self._write_status(None)
+        self._stale_status = False
         self._settle(due, results, now)
         return 0.0 if len(due) == BATCH or ignore_backoff else GATHER
 
@@ -156,16 +172,22 @@ class RouteForwarder:
                 )
         self.queue.record(updates)
 
-    def _down(self, reason: str, now: float) -> None:
+    def _down(self, reason: str, now: float, cause: DownCause) -> None:
         self.down_count += 1
         self._destination = None  # built afresh: a node's address may have changed
         wait = min(FIRST_BACKOFF * 2 ** (self.down_count - 1), self.route.max_backoff)
         self.down_until = now + wait
-        self.report.down = reason
-        if self.down_count == 1:
+        changed = cause is not self.report.down_cause  # e.g. reachable now, but refusing our token
+        self.report.down, self.report.down_cause = reason, cause
+        if self.down_count == 1 or changed:
             LOG.warning("route %s: cannot deliver: %s; trying again with back-off", self.route.name, reason)
         self._write_status(
-            {"down": reason, "failures": self.down_count, "next_try": round(self.down_until, 3)}
+            {
+                "down": reason,
+                "cause": cause.value,
+                "failures": self.down_count,
+                "next_try": round(self.down_until, 3),
+            }  # fmt: skip
         )
 
     def _where(self) -> str:

@@ -30,6 +30,8 @@ def parse_destination(to: str, archive: Archive) -> str:
     """`to` checked: a known node or AET@host:port, an `s3://BUCKET[/PREFIX]` URL or an
     http(s) DICOMweb base URL. UsageError otherwise."""
     if to.startswith(("http://", "https://")):
+        from urllib.parse import urlsplit
+
         from pacsctl.routing.stow import StowClient
 
         try:
@@ -38,6 +40,10 @@ def parse_destination(to: str, archive: Archive) -> str:
             raise UsageError(
                 f"invalid DICOMweb URL {to!r}", hint="e.g. https://pacs.example/dicom-web"
             ) from None
+        if "@" in urlsplit(to).netloc:  # the URL is shown by `route list`: no secret in it
+            raise UsageError(
+                "a DICOMweb URL with credentials in it", hint="give them as --user and --password-file"
+            )
         return to.rstrip("/")
     if to.startswith("s3://"):
         from pacsctl.storage.objects import ObjectURL
@@ -59,9 +65,14 @@ def add_route(
     anonymize: bool = False,
     key: str = "",
     key_file: str | Path = "",
+    token_file: str | Path = "",
+    user: str = "",
+    password_file: str | Path = "",
 ) -> Route:
     """Add (or with `replace`, change) a route; returns it. With `anonymize`, instances are
-    de-identified on the way out with `key` (or the secret in `key_file`)."""
+    de-identified on the way out with `key` (or the secret in `key_file`). A DICOMweb route
+    authenticates with the bearer token in `token_file`, or as `user` with the password in
+    `password_file` (HTTP basic); the files are read at every request."""
     validate_route_name(name)
     if name in archive.config.routes and not replace:
         raise UsageError(f"route {name!r} exists", hint="use --replace to change it")
@@ -78,6 +89,7 @@ def add_route(
         name, parse_destination(to, archive), match, float(delay), int(max_attempts), float(max_backoff)
     )
     route.anonymize, route.key, route.key_file = anonymize, key, key_file
+    _set_auth(route, str(token_file or ""), user, str(password_file or ""))
     if anonymize:
         from pacsctl.routing.anonymized import route_key
 
@@ -86,6 +98,40 @@ def add_route(
     archive.save_config()
     tell_node(archive.root)
     return route
+
+
+def _set_auth(route: Route, token_file: str, user: str, password_file: str) -> None:
+    """The route's DICOMweb credentials, checked (UsageError), their files' paths absolute."""
+    if not (token_file or user or password_file):
+        return
+    if not route.to.startswith(("http://", "https://")):
+        raise UsageError("--token-file, --user and --password-file go with a DICOMweb --to URL")
+    if token_file and (user or password_file):
+        raise UsageError("--token-file excludes --user/--password-file", hint="bearer or basic, not both")
+    if bool(user) != bool(password_file):
+        raise UsageError("--user and --password-file go together (HTTP basic)")
+    if ":" in user:
+        raise UsageError("a user name for HTTP basic cannot hold ':'")
+    from pacsctl.routing.destinations import route_auth
+    from pacsctl.routing.stow import StowError
+
+    route.token_file = str(Path(token_file).absolute()) if token_file else ""
+    route.user = user
+    route.password_file = str(Path(password_file).absolute()) if password_file else ""
+    auth = route_auth(route)
+    try:
+        if auth is not None:
+            auth.header()  # a file that cannot be read now is refused now (later: the route is down)
+    except StowError as exc:
+        raise UsageError(str(exc), hint="the route reads it at every delivery; keep it private") from None
+
+
+def auth_of(route: Route) -> str:
+    """How a route authenticates, for people: "bearer", "basic" or ""."""
+    from pacsctl.routing.destinations import route_auth
+
+    auth = route_auth(route)
+    return auth.kind.value if auth is not None else ""
 
 
 def remove_route(archive: Archive, name: str, force: bool = False) -> int:
@@ -121,9 +167,12 @@ def tell_node(root: Path) -> None:
 
 def list_routes(archive: Archive) -> list[dict[str, Any]]:
     """Every route's settings."""
-    rows = [asdict(r) for _, r in sorted(archive.config.routes.items())]
-    for row in rows:  # the secret stays in the (private) config file
-        row["key"] = "(set)" if row["key"] else ""
+    rows = []
+    for _, route in sorted(archive.config.routes.items()):
+        row = asdict(route)
+        rows.append(row)
+        row["key"] = "(set)" if row["key"] else ""  # the secret stays in the (private) config file
+        row["auth"] = auth_of(route)  # the credentials' files are named, never read here
     return rows
 
 
@@ -151,7 +200,9 @@ def route_status(
                 "to": route.to,
                 **counts,
                 "oldest_pending_s": round(now - oldest, 1) if oldest else None,
+                "auth": auth_of(route),
                 "down": state.get("down", ""),
+                "down_cause": state.get("cause"),
                 "next_try_s": round(max(0.0, state["next_try"] - now), 1) if "next_try" in state else None,
             }
         )

@@ -4,17 +4,21 @@ the answer which of them the server stored.
 A 200 alone proves nothing (servers answer 200 and store nothing): an instance counts as stored
 only when its SOP Instance UID is in the response's Referenced SOP Sequence (0008,1199).
 Standard library only (http.client): one request per batch, the body built in memory (batches
-are bounded by the caller).
+are bounded by the caller). A route's credentials (`HttpAuth`) name a file, read at every request
+(a rotated token needs no `route add` again); the secret goes into the Authorization header only,
+never into a message.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import ssl
 import uuid
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
+from pathlib import Path
 from urllib.parse import urlsplit
 
 REFERENCED_SOP_SEQUENCE = "00081199"
@@ -27,7 +31,9 @@ class StowFailure(Enum):
     """Why a whole request failed (decided from the socket and the HTTP status)."""
 
     UNREACHABLE = "unreachable"  # no connection, TLS failure, no answer
-    SERVER = "server"  # 5xx, 401/403 (not the instances' fault: try again later)
+    SERVER = "server"  # 5xx, 407, 429 (not the instances' fault: try again later)
+    AUTH = "auth"  # 401/403: the server refuses our credentials (or their absence)
+    SECRET = "secret"  # the credentials' file cannot be read: nothing was sent
     REFUSED = "refused"  # another 4xx: the server refuses these instances
 
 
@@ -47,10 +53,60 @@ class StowAnswer:
     failed: dict[str, str]  # SOP Instance UID -> reason (the Failure Reason, as hex)
 
 
+class AuthKind(StrEnum):
+    """How a request authenticates."""
+
+    BEARER = "bearer"  # Authorization: Bearer <the file's first line>
+    BASIC = "basic"  # Authorization: Basic base64(user:<the file's first line>)
+
+
+@dataclass(frozen=True)
+class HttpAuth:
+    """A destination's credentials: the kind, and the file holding the secret (its path only)."""
+
+    kind: AuthKind
+    secret_file: Path
+    user: str = ""  # BASIC only
+
+    def header(self) -> str:
+        """The Authorization header's value, the secret read now. Raises StowError (SECRET)."""
+        secret = read_secret_line(self.secret_file)
+        if self.kind is AuthKind.BEARER:
+            return f"Bearer {secret}"
+        return "Basic " + base64.b64encode(f"{self.user}:{secret}".encode()).decode("ascii")
+
+
+def read_secret_line(path: Path) -> str:
+    """The first line of a secret file, without its line end (StowError SECRET when the file
+    cannot be read or that line is empty; the message names the file, never its content)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(64 * 1024)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise StowError(f"cannot read the secret file {path}: {why}", StowFailure.SECRET) from None
+    try:
+        secret = first.decode("utf-8").strip("\r\n")
+    except UnicodeDecodeError:
+        raise StowError(f"the secret file {path} is not UTF-8 text", StowFailure.SECRET) from None
+    if not secret.strip():
+        raise StowError(f"the secret file {path} has an empty first line", StowFailure.SECRET)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in secret):
+        # http.client would refuse the header with the value in its message
+        raise StowError(f"the secret file {path} holds control characters", StowFailure.SECRET)
+    return secret
+
+
 class StowClient:
     """POSTs Part-10 files to one DICOMweb service (`http(s)://host[:port]/path/to/dicom-web`)."""
 
-    def __init__(self, base_url: str, timeout: float = 60.0, context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 60.0,
+        context: ssl.SSLContext | None = None,
+        auth: HttpAuth | None = None,
+    ) -> None:
         parts = urlsplit(base_url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url}")
@@ -58,10 +114,12 @@ class StowClient:
         self.path = (parts.path or "") + "/studies"
         self.timeout = timeout
         self.context = context
+        self.auth = auth
         self.where = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
     def store(self, instances: list[bytes]) -> StowAnswer:
         """Send `instances` (Part-10 bytes) in one request. Raises StowError."""
+        authorization = self.auth.header() if self.auth is not None else None
         boundary = uuid.uuid4().hex
         body = b"".join(
             b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
@@ -73,6 +131,8 @@ class StowClient:
             "Accept": "application/dicom+json",
             "Content-Length": str(len(body)),
         }
+        if authorization is not None:
+            headers["Authorization"] = authorization
         conn = self._connection()
         try:
             conn.request("POST", self.path, body=body, headers=headers)
@@ -85,7 +145,9 @@ class StowClient:
             ) from None
         finally:
             conn.close()
-        if rsp.status >= 500 or rsp.status in (401, 403, 407, 429):
+        if rsp.status in (401, 403):
+            raise StowError(f"{self.where}: authentication refused (HTTP {rsp.status})", StowFailure.AUTH)
+        if rsp.status >= 500 or rsp.status in (407, 429):
             raise StowError(f"{self.where}: HTTP {rsp.status} {rsp.reason}", StowFailure.SERVER)
         if rsp.status >= 400 and rsp.status != 409:  # 409: some failed, the body says which
             raise StowError(f"{self.where}: HTTP {rsp.status} {rsp.reason}", StowFailure.REFUSED)
