@@ -261,6 +261,13 @@ class OrthancPeer:
             body = data if isinstance(data, bytes) else json.dumps(data).encode()
         req = urllib.request.Request(f"http://{LOOPBACK}:{self.http_port}{path}", data=body,
                                      method=method)
+        users = self.extra_config.get("RegisteredUsers") or {}
+        if self.extra_config.get("AuthenticationEnabled") and users:  # as its first user
+            import base64
+
+            user, password = next(iter(users.items()))
+            req.add_header("Authorization",
+                           "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
             if "json" in resp.headers.get("Content-Type", ""):

@@ -3,6 +3,7 @@ when the instances arrive and comes up later: all arrive, each delivered once.""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,3 +77,43 @@ def test_orthanc_down_at_first_gets_everything_once_it_is_up(
     by_series = {s["MainDicomTags"]["SeriesNumber"]: len(s["Instances"])
                  for s in orthanc.rest("/series?expand")}
     assert by_series == {"1": 12, "2": 8}  # each series came by its own route
+
+
+def test_route_to_orthanc_dicomweb_with_basic_auth(archive_dir: Path, ct_factory, orthanc_factory, tmp_path):
+    """Orthanc with `AuthenticationEnabled` and a registered user: a wrong password holds the
+    queue (HTTP 401, nothing sent, no dead letters, the password nowhere in the output); the
+    right one, written into the same file, delivers each instance once."""
+    orthanc = orthanc_factory(config={"Plugins": [DICOMWEB_PLUGIN],
+                                      "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+                                      "AuthenticationEnabled": True,
+                                      "RegisteredUsers": {"alice": "right-pa55word"}})
+    password = tmp_path / "password"
+    password.write_text("wrong-pa55word\n")
+    password.chmod(0o600)
+    files = ct_factory.series(5)
+    with Archive.open(archive_dir) as archive:
+        add_route(archive, "orthanc", f"http://127.0.0.1:{orthanc.http_port}/dicom-web",
+                  user="alice", password_file=password)
+    assert invoke_cli("--archive", archive_dir, "import", *files, "--jobs", "1").returncode == 0
+
+    held = invoke_cli("--archive", archive_dir, "-v", "route", "run", "--once", "--json")
+    assert held.returncode == 4, held.stderr
+    assert "authentication refused (HTTP 401)" in held.stderr
+    status = invoke_cli("--archive", archive_dir, "route", "status", "--json")
+    listed = invoke_cli("--archive", archive_dir, "route", "list", "--json")
+    row = [json.loads(line) for line in status.stdout.splitlines()][0]
+    assert (row["pending"], row["dead"], row["down_cause"]) == (5, 0, "auth")
+    assert [json.loads(line)["auth"] for line in listed.stdout.splitlines()] == ["basic"]
+    for text in (held.stdout, held.stderr, status.stdout, listed.stdout):
+        assert "pa55word" not in text
+    assert orthanc.instance_count() == 0
+
+    password.write_text("right-pa55word\n")  # fixed in place: no `route add` again
+    [report] = run_once(archive_dir)
+    assert (report.delivered, report.pending, report.dead, report.down) == (5, 0, 0, "")
+    assert orthanc.instance_count() == 5
+    new_instances = [c for c in orthanc.rest("/changes?limit=1000")["Changes"]
+                     if c["ChangeType"] == "NewInstance"]
+    assert len(new_instances) == 5
+    with Archive.open(archive_dir) as archive:
+        assert route_status(archive)[0][0]["delivered"] == 5

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pacsctl.archive.archive import Archive
+from pacsctl.config import Config, parse_node_spec
+from pacsctl.remote.send import SendItem, send
 from pacsctl.routing.destinations import DownCause
 from pacsctl.routing.forwarder import run_once
 from pacsctl.routing.queue import RouteQueue
@@ -181,3 +184,37 @@ def test_credentials_are_checked_when_the_route_is_added(archive_dir: Path, tmp_
     assert "basic" in listed.stdout and "pa55" not in listed.stdout
     config = (archive_dir / "pacsctl.toml").read_text()
     assert str(password) in config and "pa55" not in config
+
+
+def _wait_for(condition, timeout: float = 60.0) -> None:  # noqa: ANN001 - a callable
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_serves_forwarder_holds_on_a_refused_token_never_logs_it_and_takes_the_rotated_one(
+    web_dest: WebNode, archive_dir: Path, ct_factory, serve_factory, tmp_path: Path
+) -> None:
+    wrong = "wrong-" + os.urandom(12).hex()
+    token_file = _write_secret(tmp_path / "token", wrong)
+    with Archive.open(archive_dir) as archive:
+        add_route(archive, "web", web_dest.dicomweb, max_backoff=1.0, token_file=token_file)
+    server = serve_factory(archive_dir)
+    files = ct_factory.series(3)
+    node = parse_node_spec(f"{server.aet}@127.0.0.1:{server.port}", Config())
+    assert send(node, [SendItem(str(p), p.stat().st_size) for p in files], "MODALITY").sent == 3
+
+    _wait_for(lambda: _status(archive_dir)["down_cause"] == "auth")
+    row = _status(archive_dir)
+    assert (row["pending"], row["dead"]) == (3, 0)
+    assert "authentication refused (HTTP 401)" in row["down"]
+
+    secret, token_id = _token(web_dest)
+    _write_secret(token_file, secret)  # rotated in place, serve not told
+    _wait_for(lambda: _status(archive_dir)["delivered"] == 3)
+    assert server.stop() == 0
+    assert _stored_by(web_dest, token_id) == 3
+    log = server.stderr()
+    assert "authentication refused (HTTP 401)" in log  # the forwarder did log the refusal ...
+    assert wrong not in log and secret not in log  # ... and neither token
