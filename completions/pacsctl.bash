@@ -15,7 +15,7 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'args:pacsctl attach') echo @file ;;
         'opts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail --wide -w --json --help -h' ;;
         'vopts:pacsctl audit') echo '--since --event -e --calling --uid --limit --tail' ;;
-        'opts:pacsctl backup') echo '--json --jobs -j --endpoint-url --prune --help -h' ;;
+        'opts:pacsctl backup') echo '--json --jobs -j --endpoint-url --prune --wait --break-lock --help -h' ;;
         'vopts:pacsctl backup') echo '--jobs -j --endpoint-url' ;;
         'args:pacsctl backup') echo @text ;;
         'opts:pacsctl completion') echo '--help -h' ;;
@@ -97,7 +97,7 @@ _pacsctl_spec() {  # $1: cmds|opts|vopts|args, $2: command path
         'opts:pacsctl token list') echo '--json --help -h' ;;
         'opts:pacsctl token revoke') echo '--help -h' ;;
         'args:pacsctl token revoke') echo @text ;;
-        'opts:pacsctl verify') echo '--quick --sample --backup --repair-from --repair --json --report --jobs -j --endpoint-url --help -h' ;;
+        'opts:pacsctl verify') echo '--quick --sample --backup --repair-from --repair --json --report --jobs -j --endpoint-url --wait --help -h' ;;
         'vopts:pacsctl verify') echo '--sample --backup --repair-from --report --jobs -j --endpoint-url' ;;
     esac
 }

@@ -192,6 +192,14 @@ DestArg = Annotated[
         show_default=False,
     ),
 ]
+WaitForLock = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        metavar=NO_METAVAR,
+        help="If another backup, restore or repair holds DEST, wait for it instead of exit 1 (cron).",
+    ),
+]
 EndpointUrl = Annotated[
     Optional[str],
     typer.Option(

@@ -12,7 +12,7 @@ import typer
 
 from pacsctl.archive.audit import AuditEvent, record_action
 from pacsctl.cli import output
-from pacsctl.cli.options import NO_METAVAR, EndpointUrl, Jobs, JsonReport
+from pacsctl.cli.options import NO_METAVAR, EndpointUrl, Jobs, JsonReport, WaitForLock
 from pacsctl.errors import EXIT_INTEGRITY, PacsctlError, UsageError
 
 
@@ -72,6 +72,7 @@ def verify(
     ),
     jobs: Jobs = None,
     endpoint_url: EndpointUrl = None,
+    wait: WaitForLock = False,
 ) -> None:
     """Check that nothing is lost or damaged; exit 0 when clean, 3 when anything is wrong.
 
@@ -102,6 +103,8 @@ def verify(
         raise UsageError(
             "--repair goes with --backup DEST", hint="to repair the archive from a backup: --repair-from DEST"
         )
+    if wait and backup is None:
+        raise UsageError("--wait goes with --backup DEST", hint="it waits for a backup of DEST to finish")
     if sample == 0:
         raise UsageError("--sample must be more than 0")
     if report is not None and not report.expanduser().absolute().parent.is_dir():
@@ -120,6 +123,7 @@ def verify(
                     sample=sample,
                     jobs=jobs,
                     repair=repair,
+                    wait=wait,
                     on_total=bar.start,
                     progress=bar.advance,
                 )

@@ -40,6 +40,7 @@ from pacsctl.integrity.findings import Finding
 from pacsctl.integrity.manifest import MANIFEST_NAME, Manifest, locked_backup, read_manifest, write_manifest
 from pacsctl.integrity.verify import unindexed_files
 from pacsctl.storage import files
+from pacsctl.storage.locks import LockHolder
 from pacsctl.summary import SummaryRecord
 
 CHECKPOINT_SECONDS = 60.0  # the manifest is rewritten this often, so an interrupted run keeps its work
@@ -98,12 +99,18 @@ def backup(
     jobs: int | None = None,
     on_total: Callable[[int], None] = lambda total: None,
     progress: Progress = lambda files, nbytes: None,
+    wait: bool = False,
+    on_wait: Callable[[LockHolder | None], None] = lambda holder: None,
 ) -> BackupReport:
-    """Bring the backup in `dest` up to date with what the archive held when this started."""
+    """Bring the backup in `dest` up to date with what the archive held when this started.
+
+    One run at a time per folder: while another backup or `verify --backup` holds it, a
+    LockBusy (exit 1) naming that run, or with `wait` a wait for it (`on_wait` told once)."""
     started = time.monotonic()
     dest = _prepare_dest(archive.root, Path(dest))
     try:
-        report = _backup(archive, dest, jobs, on_total, progress)
+        with locked_backup(dest, "backup", wait=wait, on_wait=on_wait):
+            report = _backup(archive, dest, jobs, on_total, progress)
     except OSError as exc:  # DEST failed as a whole (disk full, I/O error, gone): one clear line
         raise PacsctlError(
             f"backup to {dest} failed: {_os_reason(exc)}",
@@ -116,28 +123,28 @@ def backup(
 def _backup(
     archive: Archive, dest: Path, jobs: int | None, on_total: Callable[[int], None], progress: Progress
 ) -> BackupReport:
+    """The run, under the folder's lock (taken by the caller)."""
     report = BackupReport()
-    with locked_backup(dest):
-        report.findings += clean_leftovers(dest / TMP, dest, F.BACKUP)
-        snapshot = snapshot_files(archive)
-        previous = read_manifest(dest) or Manifest()
-        run = _Run(archive, dest, previous.entries, report, progress)
-        todo = run.plan(sorted(snapshot.values(), key=lambda e: e.path))
-        on_total(len(snapshot))
-        progress(report.summary.skipped, 0)
-        try:
-            run.copy_all(todo, jobs or max(4, 2 * (os.cpu_count() or 1)))
-        except _DiskFull as full:
-            run.fail_rest(full.remaining, "the backup disk is full")
-        except BaseException:  # Ctrl-C, an I/O error: keep and list what was copied
-            with contextlib.suppress(OSError):
-                run.commit()
-            _remove_own_temps(dest / TMP)
-            raise
-        run.commit()
+    report.findings += clean_leftovers(dest / TMP, dest, F.BACKUP)
+    snapshot = snapshot_files(archive)
+    previous = read_manifest(dest) or Manifest()
+    run = _Run(archive, dest, previous.entries, report, progress)
+    todo = run.plan(sorted(snapshot.values(), key=lambda e: e.path))
+    on_total(len(snapshot))
+    progress(report.summary.skipped, 0)
+    try:
+        run.copy_all(todo, jobs or max(4, 2 * (os.cpu_count() or 1)))
+    except _DiskFull as full:
+        run.fail_rest(full.remaining, "the backup disk is full")
+    except BaseException:  # Ctrl-C, an I/O error: keep and list what was copied
+        with contextlib.suppress(OSError):
+            run.commit()
         _remove_own_temps(dest / TMP)
-        _copy_config(archive.root, dest)
-        report.summary.other_files = _mirror_others(archive.root, dest)
+        raise
+    run.commit()
+    _remove_own_temps(dest / TMP)
+    _copy_config(archive.root, dest)
+    report.summary.other_files = _mirror_others(archive.root, dest)
     # What the index does not know is not backed up: say so (a lost index must not pass silently).
     unindexed = unindexed_files(archive, snapshot.keys())
     for finding in unindexed:

@@ -18,18 +18,15 @@ one damaged later (cut short by a failing disk). The same bytes serve an object-
 from __future__ import annotations
 
 import datetime as dt
-import errno
-import fcntl
 import json
-import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pacsctl.errors import PacsctlError
 from pacsctl.integrity.filecheck import Expected
-from pacsctl.storage import files
+from pacsctl.storage import files, locks
+from pacsctl.storage.locks import LockHolder
 
 MANIFEST_NAME = "backup-manifest.ndjson"
 LOCK_NAME = "backup.lock"
@@ -134,27 +131,20 @@ def _entry_record(entry: Expected) -> dict[str, str | int]:
     return record
 
 
-@contextmanager
-def locked_backup(dest: Path) -> Iterator[None]:
-    """Hold the backup folder's lock: one backup (or backup check) at a time per folder."""
-    try:
-        fd = os.open(dest / LOCK_NAME, os.O_RDWR | os.O_CREAT, files.FILE_MODE)
-    except OSError as exc:
-        # A backup on read-only media can be checked, not written: nobody else writes it either.
-        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PacsctlError(
-                f"{dest} is in use by another backup or verify", hint="wait for it to finish"
-            ) from None
-        except OSError as exc:  # some network file systems have no locks: go on without
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-        yield
-    finally:
-        os.close(fd)
+def locked_backup(
+    dest: Path,
+    what: str = "backup",
+    *,
+    wait: bool = False,
+    on_wait: Callable[[LockHolder | None], None] = lambda holder: None,
+) -> AbstractContextManager[None]:
+    """Hold the backup folder's lock as `what`: one backup (or verify, repair) at a time per
+    folder. Busy: LockBusy (exit 1) naming the holder's pid and start, or with `wait` a wait."""
+    return locks.exclusive(
+        dest / LOCK_NAME,
+        what,
+        resource=str(dest),
+        wait=wait,
+        on_wait=on_wait,
+        hint="wait for it to finish, or run with --wait",
+    )

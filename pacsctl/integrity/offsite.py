@@ -36,6 +36,7 @@ from pacsctl.integrity.filecheck import Expected
 from pacsctl.integrity.findings import Finding
 from pacsctl.integrity.manifest import MANIFEST_NAME, Manifest, encode_manifest, parse_manifest
 from pacsctl.integrity.verify import unindexed_files
+from pacsctl.storage.lease import LEASE_NAME, Lease
 from pacsctl.storage.objects import (
     ObjectInfo,
     ObjectStore,
@@ -85,8 +86,25 @@ def backup_to_bucket(
     prune: bool = False,
     on_total: Callable[[int], None] = lambda total: None,
     progress: Progress = lambda files, nbytes: None,
+    lease: Lease | None = None,
 ) -> BackupReport:
-    """Bring the backup in the bucket up to date with what the archive held when this started."""
+    """Bring the backup in the bucket up to date with what the archive held when this started.
+
+    One run at a time per prefix: under `lease` (by default a Lease as "backup", refused with
+    LockBusy while another run's is live), renewed while it runs, released at the end."""
+    with lease or Lease(store, "backup") as held:
+        return _backup_to_bucket(archive, store, jobs, prune, on_total, progress, held)
+
+
+def _backup_to_bucket(
+    archive: Archive,
+    store: ObjectStore,
+    jobs: int | None,
+    prune: bool,
+    on_total: Callable[[int], None],
+    progress: Progress,
+    lease: Lease,
+) -> BackupReport:
     started = time.monotonic()
     summary = OffsiteSummary()
     report = BackupReport(summary=summary)
@@ -102,7 +120,7 @@ def backup_to_bucket(
     if previous is None:
         _check_is_backup(store, listing)
         previous = Manifest()
-    run = _Upload(archive, store, previous.entries, report, progress)
+    run = _Upload(archive, store, previous.entries, report, progress, lease)
     todo = run.plan(sorted(snapshot.values(), key=lambda e: e.path), listing, jobs or DEFAULT_UPLOADS)
     on_total(len(snapshot))
     progress(summary.skipped + summary.adopted, 0)
@@ -129,13 +147,13 @@ def backup_to_bucket(
 
 
 def upload_again(
-    archive: Archive, store: ObjectStore, wanted: list[Expected], jobs: int = 8
+    archive: Archive, store: ObjectStore, wanted: list[Expected], jobs: int = 8, lease: Lease | None = None
 ) -> dict[str, str]:
     """Upload `wanted` files from the archive again over damaged or missing objects, and list them
-    in the manifest. Returns why, for each file that could not be uploaded."""
+    in the manifest (under the caller's `lease`). Returns why, for each file that could not be uploaded."""
     previous = read_bucket_manifest(store) or Manifest()
     report = BackupReport(summary=OffsiteSummary())
-    run = _Upload(archive, store, previous.entries, report, lambda files, nbytes: None)
+    run = _Upload(archive, store, previous.entries, report, lambda files, nbytes: None, lease)
     try:
         run.upload_all(wanted, jobs)
     finally:
@@ -163,8 +181,10 @@ class _Upload:
         previous: dict[str, Expected],
         report: BackupReport,
         progress: Progress,
+        lease: Lease | None = None,
     ) -> None:
         self.archive, self.store, self.report, self.progress = archive, store, report, progress
+        self.lease = lease
         self.summary: OffsiteSummary = report.summary  # type: ignore[assignment]
         self.previous = previous
         self.entries: dict[str, Expected] = dict(previous)  # kept: files the archive lost
@@ -263,7 +283,9 @@ class _Upload:
         self.progress(1, 0)
 
     def commit(self) -> None:
-        """List what was uploaded in the manifest (one PUT replaces it whole)."""
+        """List what was uploaded in the manifest (one PUT replaces it whole), while the lease is ours."""
+        if self.lease is not None:
+            self.lease.check()
         if self.dirty or not self.previous:
             self.store.put_bytes(MANIFEST_NAME, encode_manifest(self.entries.values()))
         self.dirty = False
@@ -297,7 +319,7 @@ def _heads(
 
 def _check_is_backup(store: ObjectStore, listing: dict[str, int]) -> None:
     """A prefix without a manifest must be empty, or hold only what an interrupted first run left."""
-    known = (f"{OBJECTS}/", f"{QUARANTINE}/", CONFIG_NAME, AUDIT_LOG)
+    known = (f"{OBJECTS}/", f"{QUARANTINE}/", CONFIG_NAME, AUDIT_LOG, LEASE_NAME)
     foreign = [p for p in listing if not p.startswith(known)]
     if foreign:
         raise UsageError(

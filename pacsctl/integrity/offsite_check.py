@@ -31,6 +31,7 @@ from pacsctl.integrity.verify import (
     _mode_name,
     compare_with_archive,
 )
+from pacsctl.storage.lease import Lease
 from pacsctl.storage.objects import ObjectStore, ObjectStoreError, ObjectStoreFailure
 
 Progress = Callable[[int, int], None]  # (files done, bytes read) since the last call
@@ -46,8 +47,12 @@ def verify_bucket(
     repair: bool = False,
     on_total: Callable[[int], None] = lambda total: None,
     progress: Progress = lambda files, nbytes: None,
+    wait: bool = False,
 ) -> VerifyReport:
-    """Check a bucket backup against its manifest, and the manifest against the archive's index."""
+    """Check a bucket backup against its manifest, and the manifest against the archive's index.
+
+    With `repair`, the whole run holds the prefix's lease (as a backup does): refused (LockBusy)
+    while a backup runs, or with `wait` waits for it."""
     if repair and archive is None:
         raise UsageError(
             "--repair copies from the archive, and there is none here", hint="give the archive with --archive"
@@ -56,6 +61,22 @@ def verify_bucket(
         raise UsageError(f"unknown verify mode {mode!r}")
     if sample is not None and not 0 < sample <= 1:
         raise UsageError(f"--sample must be a fraction in (0, 1], not {sample}")
+    if repair:
+        with Lease(store, "verify --repair", wait=wait) as lease:
+            return _verify_bucket(store, archive, mode, sample, jobs, on_total, progress, lease)
+    return _verify_bucket(store, archive, mode, sample, jobs, on_total, progress, None)
+
+
+def _verify_bucket(
+    store: ObjectStore,
+    archive: Archive | None,
+    mode: str,
+    sample: float | None,
+    jobs: int | None,
+    on_total: Callable[[int], None],
+    progress: Progress,
+    lease: Lease | None,
+) -> VerifyReport:
     started = time.monotonic()
     manifest = read_bucket_manifest(store)
     if manifest is None:
@@ -101,8 +122,8 @@ def verify_bucket(
     if archive is not None:
         recorded = recorded_files(archive.index.iter_instances())
         report.findings += compare_with_archive(manifest.entries, recorded)
-        if repair:
-            _upload_damaged(archive, store, recorded, report.findings, jobs or DEFAULT_UPLOADS)
+        if lease is not None:  # repairing
+            _upload_damaged(archive, store, recorded, report.findings, jobs or DEFAULT_UPLOADS, lease)
     return report.finish(started)
 
 
@@ -130,7 +151,12 @@ def _rehash(store: ObjectStore, entry: Expected) -> tuple[Expected, Finding | No
 
 
 def _upload_damaged(
-    archive: Archive, store: ObjectStore, recorded: dict[str, Expected], found: list[Finding], jobs: int
+    archive: Archive,
+    store: ObjectStore,
+    recorded: dict[str, Expected],
+    found: list[Finding],
+    jobs: int,
+    lease: Lease,
 ) -> None:
     """Upload again from the archive the objects found damaged; each finding says what happened."""
     damaged = [f for f in found if f.where == F.BACKUP and f.problem in F.DAMAGE]
@@ -140,7 +166,7 @@ def _upload_damaged(
     wanted = [recorded[f.path] for f in damaged if f.path in recorded]
     if not wanted:
         return
-    failed = upload_again(archive, store, wanted, jobs)
+    failed = upload_again(archive, store, wanted, jobs, lease)
     for finding in damaged:
         if finding.path in recorded:
             finding.action = f"not repaired: {failed[finding.path]}" if finding.path in failed else F.RECOPIED

@@ -257,6 +257,7 @@ def verify_backup(
     repair: bool = False,
     on_total: Callable[[int], None] = lambda total: None,
     progress: Progress = _no_progress,
+    wait: bool = False,
 ) -> VerifyReport:
     """Check a backup folder against its manifest, and the manifest against the archive's index.
 
@@ -275,7 +276,8 @@ def verify_backup(
             f"{dest} has no {MANIFEST_NAME}: not a pacsctl backup", hint="make one with `pacsctl backup DEST`"
         )
     report = VerifyReport(summary=VerifySummary(F.BACKUP, _mode_name(mode, sample)))
-    with locked_backup(dest):
+    # One lock over the check and the repair: no backup may run in between (LockBusy, exit 1).
+    with locked_backup(dest, "verify --repair" if repair else "verify", wait=wait):
         report.findings += [
             Finding(MANIFEST_NAME, F.MANIFEST_DAMAGED, text, where=F.BACKUP) for text in manifest.damage
         ]
@@ -291,11 +293,11 @@ def verify_backup(
         report.findings += [
             _unknown_file(dest, path, F.BACKUP, "not in the backup manifest") for path in sorted(unknown)
         ]
-    if archive is not None:
-        recorded = recorded_files(archive.index.iter_instances())
-        report.findings += compare_with_archive(manifest.entries, recorded)
-        if repair:
-            _recopy_damaged(archive, dest, recorded, report.findings)
+        if archive is not None:
+            recorded = recorded_files(archive.index.iter_instances())
+            report.findings += compare_with_archive(manifest.entries, recorded)
+            if repair:
+                _recopy_damaged(archive, dest, recorded, report.findings)
     return report.finish(started)
 
 
@@ -312,8 +314,7 @@ def _recopy_damaged(
     wanted = [recorded[f.path] for f in damaged if f.path in recorded]
     if not wanted:
         return
-    with locked_backup(dest):
-        failed = recopy(archive, dest, wanted)
+    failed = recopy(archive, dest, wanted)  # under the lock verify_backup holds
     for finding in damaged:
         if finding.path in recorded:
             finding.action = f"not repaired: {failed[finding.path]}" if finding.path in failed else F.RECOPIED

@@ -157,6 +157,11 @@ def temp_owner_alive(path: Path) -> bool:
         pid = int(path.name.split("-", 1)[0])
     except ValueError:
         return False
+    return process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (a zombie does not)."""
     if pid == os.getpid():
         return True
     try:

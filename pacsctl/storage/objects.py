@@ -52,6 +52,9 @@ _AUTH_CODES = frozenset(
 )
 _NO_BUCKET_CODES = frozenset({"NoSuchBucket"})
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+# A conditional PUT refused: the object exists (412), or another conditional write raced it (409).
+_PRECONDITION_CODES = frozenset({"412", "PreconditionFailed", "409", "ConditionalRequestConflict"})
+_UNSUPPORTED_CODES = frozenset({"501", "NotImplemented"})  # Swift's s3api: no conditional PUTs
 
 
 class ObjectStoreFailure(Enum):
@@ -68,10 +71,21 @@ class ObjectStoreFailure(Enum):
 class ObjectStoreError(PacsctlError):
     """An object-store request failed; `failure` says how (exit 4 for the network, else 1)."""
 
-    def __init__(self, message: str, failure: ObjectStoreFailure, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, failure: ObjectStoreFailure, hint: str | None = None, code: str = ""
+    ) -> None:
         super().__init__(message, hint)
         self.failure = failure
+        self.code = code  # the store's error code, when it answered one
         self.exit_code = EXIT_NETWORK if failure is ObjectStoreFailure.NETWORK else EXIT_ERROR
+
+
+class CreateResult(Enum):
+    """What a conditional create (`ObjectStore.create_bytes`) did."""
+
+    CREATED = "created"
+    EXISTS = "exists"  # an object of that name is there: nothing written
+    UNSUPPORTED = "unsupported"  # the store has no conditional writes: nothing written
 
 
 @dataclass(frozen=True)
@@ -232,6 +246,25 @@ class ObjectStore:
             ),
         )
         return PutResult(len(data), digest.hex())
+
+    def create_bytes(self, relpath: str, data: bytes) -> CreateResult:
+        """Store `data` only if no object `relpath` exists, in one conditional PUT
+        (`If-None-Match: *`): race-free where the store supports it (AWS S3, recent MinIO/Ceph)."""
+        try:
+            self._call(
+                "put",
+                relpath,
+                lambda: self._client.put_object(
+                    Bucket=self.url.bucket, Key=self.url.key(relpath), Body=data, IfNoneMatch="*"
+                ),
+            )
+        except ObjectStoreError as exc:
+            if exc.code in _PRECONDITION_CODES:
+                return CreateResult.EXISTS
+            if exc.code in _UNSUPPORTED_CODES:
+                return CreateResult.UNSUPPORTED
+            raise
+        return CreateResult.CREATED
 
     def put_file(
         self, relpath: str, path: str | os.PathLike[str], *, expected_sha256: str | None = None
@@ -454,7 +487,7 @@ def _error_for(what: str, url: ObjectURL, relpath: str, code: str) -> ObjectStor
         )
     if code in _NOT_FOUND_CODES:
         return ObjectStoreError(f"{what} {where}: no such object", ObjectStoreFailure.NOT_FOUND)
-    return ObjectStoreError(f"{what} {where}: the store answered {code}", ObjectStoreFailure.OTHER)
+    return ObjectStoreError(f"{what} {where}: the store answered {code}", ObjectStoreFailure.OTHER, code=code)
 
 
 def _check_content(relpath: str, actual: str, expected: str | None) -> None:
