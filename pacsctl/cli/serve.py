@@ -288,4 +288,6 @@ def _web_sidecar(
             f"cannot listen on {host}:{port} for the web side: {exc.strerror or exc}",
             hint="choose another --web-port, or stop what uses it",
         ) from None
-    return SidecarSpec("web server", lambda should_stop: run_web(root, options, sock, should_stop), (sock,))
+    return SidecarSpec(
+        "web server", lambda should_stop, alive: run_web(root, options, sock, should_stop, alive), (sock,)
+    )

@@ -10,13 +10,10 @@ runs, for `kill -HUP`.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import mmap
 import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,6 +24,7 @@ from pacsctl.net.balance import SharedLoad, WorkerSlot
 from pacsctl.net.listener import bind_listener
 from pacsctl.net.scp import log_failure
 from pacsctl.net.types import ScpOptions
+from pacsctl.node.heartbeats import BEAT, Heartbeats
 from pacsctl.node.pidfile import remove_pid_file, write_pid_file
 from pacsctl.node.service import serve
 from pacsctl.node.settings import reload_settings
@@ -41,34 +39,7 @@ KILL_AFTER = 5.0  # seconds a stopping worker may show no sign of life, or overr
 # holding the GIL that long (a C call that never returns) has taken the worker's associations
 # down with it already; its port share goes to a fresh worker.
 WEDGED_AFTER = 30.0
-_BEAT = 0.2  # how often a worker's main thread shows it is alive
-
-
-class _Heartbeats:
-    """When each worker last ran Python (monotonic clock, shared with the forked workers): a
-    thread of its own beats every `_BEAT` s. A worker whose beat goes stale cannot run Python
-    (stopped, or a thread holding the GIL): it cannot stop either."""
-
-    def __init__(self, workers: int) -> None:
-        self._memory = mmap.mmap(-1, 8 * workers)
-        self._beats = (ctypes.c_double * workers).from_buffer(self._memory)
-
-    def beat(self, index: int) -> None:
-        self._beats[index] = time.monotonic()
-
-    def silent_for(self, index: int) -> float:
-        return time.monotonic() - self._beats[index]
-
-    def keep_beating(self, index: int) -> None:
-        """In the worker: beat from a daemon thread for as long as the process can run Python
-        (also while it opens the archive or folds its index on the way out)."""
-
-        def run() -> None:
-            while True:
-                self.beat(index)
-                time.sleep(_BEAT)
-
-        threading.Thread(target=run, name="pacsctl-heartbeat", daemon=True).start()
+_BEAT = BEAT  # how often a worker shows it is alive, and the supervisor looks
 
 
 def _serve_in_this_process(
@@ -117,8 +88,9 @@ def run_node(
     accepting each connection (`net.balance`), so several associations use several cores; a
     worker that dies is replaced. `ready(port)` is called once the node accepts connections.
     SIGHUP reloads the settings `node.settings` can change, except those named in `fixed`.
-    A `sidecar` (the DICOMweb server) runs in a process of its own from start to stop; its
-    exit code counts like a worker's."""
+    A `sidecar` (the DICOMweb server) runs in a process of its own from start to stop, brought
+    back by its keeper when it dies or hangs (`node.sidecar`); its exit code at the stop counts
+    like a worker's."""
     pid_file = write_pid_file(root, root / "tmp")
     try:
         with NodeSignals() as signals:  # before any thread or worker starts
@@ -151,7 +123,7 @@ def _supervise(
     per_worker = max(1, -(-options.max_associations // workers))
     child_options = replace(options, port=port, max_associations=per_worker)
     load = SharedLoad(workers)
-    heartbeats = _Heartbeats(workers)
+    heartbeats = Heartbeats(workers)
 
     def spawn(index: int) -> int:
         parent = os.getpid()
@@ -216,7 +188,7 @@ def _signal_all(children: dict[int, int], signum: int) -> None:
 
 
 def _stop_workers(
-    children: dict[int, int], heartbeats: _Heartbeats, signals: NodeSignals, grace: float
+    children: dict[int, int], heartbeats: Heartbeats, signals: NodeSignals, grace: float
 ) -> int:
     """SIGTERM every worker and wait for them; a second stop signal has them abort what is in
     flight. SIGKILL a worker that is silent for `KILL_AFTER` s (it cannot run its stop) or still

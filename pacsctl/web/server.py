@@ -2,7 +2,8 @@
 
 `serve --web-port` runs this in a process of its own (forked by the node's supervisor, see
 `node.sidecar`), so HTTP requests never take the DIMSE workers' interpreter. The listening socket
-is bound before the fork, so a port in use fails `serve` at once with one clear error.
+is bound before the fork, so a port in use fails `serve` at once with one clear error; it stays
+open in the node's keeper process, which starts a new web process on it when one dies or hangs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pacsctl.web.metadata import Warmer
 
 LOG = logging.getLogger(__name__)
 STOP_GRACE = 5.0  # seconds open requests get to finish when the node stops
+ALIVE_EVERY = 0.2  # seconds between the event loop's `alive()` calls
 
 
 def bind_web_socket(options: WebOptions) -> socket.socket:
@@ -35,10 +37,16 @@ def bind_web_socket(options: WebOptions) -> socket.socket:
 
 
 def run_web(
-    root: Path, options: WebOptions, sock: socket.socket, should_stop: Callable[[float], bool]
+    root: Path,
+    options: WebOptions,
+    sock: socket.socket,
+    should_stop: Callable[[float], bool],
+    alive: Callable[[], None] | None = None,
 ) -> int:
     """Serve DICOMweb for the archive at `root` on `sock` until `should_stop(timeout)` says so
-    (it waits up to `timeout` seconds for the stop); returns 0."""
+    (it waits up to `timeout` seconds for the stop); returns 0. `alive()` is called every
+    `ALIVE_EVERY` s from the server's event loop while it serves (a blocked loop stops calling:
+    the node's keeper replaces the process)."""
     import uvicorn
 
     archive = Archive.open(root, create=False)
@@ -56,9 +64,16 @@ def run_web(
         lifespan="off",
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(
-        target=lambda: asyncio.run(server.serve(sockets=[sock])), name="pacsctl-web", daemon=True
-    )
+
+    async def serve() -> None:
+        beating = asyncio.create_task(_call_every(ALIVE_EVERY, alive)) if alive is not None else None
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            if beating is not None:
+                beating.cancel()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), name="pacsctl-web", daemon=True)
     thread.start()
     try:
         while thread.is_alive() and not should_stop(0.2):
@@ -71,3 +86,9 @@ def run_web(
         with ctx.lock:
             archive.close()
     return 0
+
+
+async def _call_every(seconds: float, function: Callable[[], None]) -> None:
+    while True:
+        function()
+        await asyncio.sleep(seconds)
