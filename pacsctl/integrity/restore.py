@@ -35,7 +35,7 @@ from pacsctl.integrity.findings import Finding
 from pacsctl.integrity.manifest import LOCK_NAME, MANIFEST_NAME, Manifest, read_manifest
 from pacsctl.integrity.reindex import reindex
 from pacsctl.integrity.verify import VerifyReport, verify_archive
-from pacsctl.storage import files
+from pacsctl.storage import files, locks
 from pacsctl.storage.objects import ObjectStore, ObjectStoreError, ObjectStoreFailure
 from pacsctl.summary import SummaryRecord
 
@@ -182,6 +182,25 @@ def restore_archive(
     target = Path(target).expanduser().absolute()
     manifest = _manifest_of(source)
     _prepare_target(target)
+    # One restore per folder: the marker is its lock (LockBusy, exit 1, names the other run).
+    with locks.exclusive(target / MARKER, "restore", resource=str(target), hint="wait for it to finish"):
+        if not (target / MARKER).exists():  # the other run finished and removed it meanwhile
+            raise UsageError(f"{target} was just restored by another run", hint="check it: `pacsctl verify`")
+        files.fsync_dir(target)  # the marker is there for good: a re-run after a crash is allowed in
+        for sub in (OBJECTS, TMP, INDEX, QUARANTINE):
+            files.ensure_dir(target / sub)
+        return _restore_archive(source, target, manifest, jobs, on_total, progress, started)
+
+
+def _restore_archive(
+    source: BackupSource,
+    target: Path,
+    manifest: Manifest,
+    jobs: int | None,
+    on_total: Callable[[int], None],
+    progress: Progress,
+    started: float,
+) -> RestoreReport:
     report = RestoreReport(summary=RestoreSummary(source=source.name))
     report.findings += [
         Finding(MANIFEST_NAME, F.MANIFEST_DAMAGED, text, where=F.BACKUP) for text in manifest.damage
@@ -333,7 +352,7 @@ def _manifest_of(source: BackupSource) -> Manifest:
 
 
 def _prepare_target(target: Path) -> None:
-    """A new or empty folder (or one an interrupted restore left), marked as being restored."""
+    """Check the target is a new or empty folder (or one an interrupted restore left); create it."""
     if target.exists() and not target.is_dir():
         raise UsageError(f"{target} is not a folder")
     if target.is_dir() and any(target.iterdir()) and not (target / MARKER).exists():
@@ -345,12 +364,7 @@ def _prepare_target(target: Path) -> None:
         raise UsageError(
             f"no folder {target.parent}", hint="the archive folder is created, its parent must exist"
         )
-    files.ensure_dir(target)
-    marker = target / MARKER
-    if not marker.exists():
-        files.write_atomic(target, marker, b"a restore into this folder has not finished: run it again\n")
-    for sub in (OBJECTS, TMP, INDEX, QUARANTINE):
-        files.ensure_dir(target / sub)
+    files.ensure_dir(target)  # the marker is created by the lock taken on it (never renamed over)
 
 
 def _copy_other(source: BackupSource, target: Path, relpath: str) -> int:

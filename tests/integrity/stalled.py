@@ -16,13 +16,16 @@ from pacsctl.archive.archive import Archive
 from tests.helpers import cli_env
 
 
-class StalledBackup:
-    """`python -m pacsctl ARGS` with `archive`'s first file a FIFO; started by `start`."""
+def first_file(archive: Archive) -> str:
+    """The archive-relative path of the archive's first instance file."""
+    return str(sorted(archive.index.iter_instances(), key=lambda r: r["path"])[0]["path"])
 
-    def __init__(self, archive: Archive, *args: str, env: dict[str, str] | None = None) -> None:
-        first = sorted(archive.index.iter_instances(), key=lambda r: r["path"])[0]
-        self.relpath = str(first["path"])
-        self.path = archive.path_of(self.relpath)
+
+class StalledBackup:
+    """`python -m pacsctl ARGS` that blocks reading the file `stall` (made a FIFO by `start`)."""
+
+    def __init__(self, stall: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.path = stall
         self.data = self.path.read_bytes()
         self.args, self.env = args, env
         self.child: subprocess.Popen[str] | None = None

@@ -18,7 +18,7 @@ from pacsctl.storage.lease import LEASE_NAME, TTL_ENV, Lease, LeaseRecord
 from pacsctl.storage.locks import LockBusy
 from pacsctl.storage.objects import ObjectStore
 from tests.helpers import invoke_cli
-from tests.integrity.stalled import StalledBackup
+from tests.integrity.stalled import StalledBackup, first_file
 from tests.integrity.test_verify import make_archive
 
 pytestmark = pytest.mark.interop
@@ -34,7 +34,7 @@ def short_leases(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def stalled(archive_dir: Path, ct_factory: Any, s3_url: str) -> Iterator[StalledBackup]:
     archive = make_archive(archive_dir, ct_factory.series(4, patient_id="P1"))
-    run = StalledBackup(archive, "backup", s3_url, "--jobs", "2")
+    run = StalledBackup(archive.path_of(first_file(archive)), "backup", s3_url, "--jobs", "2")
     archive.close()
     yield run
     run.close()

@@ -13,9 +13,10 @@ import pytest
 
 from pacsctl.integrity.backup import backup
 from pacsctl.integrity.manifest import LOCK_NAME, read_manifest
+from pacsctl.integrity.restore import MARKER
 from pacsctl.storage.locks import LockBusy, LockHolder, read_holder
 from tests.helpers import cli_env, invoke_cli
-from tests.integrity.stalled import StalledBackup
+from tests.integrity.stalled import StalledBackup, first_file
 from tests.integrity.test_verify import make_archive
 
 
@@ -28,7 +29,7 @@ def dest(tmp_path: Path) -> Path:
 def stalled(archive_dir: Path, ct_factory: Any, dest: Path) -> Iterator[StalledBackup]:
     """A folder backup of a 6-instance archive, not yet started."""
     archive = make_archive(archive_dir, ct_factory.series(6, patient_id="P1"))
-    run = StalledBackup(archive, "backup", str(dest))
+    run = StalledBackup(archive.path_of(first_file(archive)), "backup", str(dest))
     archive.close()
     yield run
     run.close()
@@ -57,9 +58,9 @@ def test_a_second_backup_exits_1_naming_the_running_one_which_finishes(stalled: 
     assert invoke_cli("verify", "--backup", dest).returncode == 0
 
 
-def test_verify_repair_beside_a_backup_is_refused(stalled: StalledBackup, dest: Path) -> None:
+def test_verify_repair_beside_a_backup_is_refused(stalled: StalledBackup, dest: Path, archive_dir: Path) -> None:
     assert invoke_cli("backup", dest).returncode == 0
-    (dest / stalled.relpath).unlink()  # so the next backup copies the stalled file again
+    (dest / stalled.path.relative_to(archive_dir)).unlink()  # so the next backup copies the stalled file again
     pid = stalled.start(holds_folder(dest))
     refused = invoke_cli("verify", "--backup", dest, "--repair")
     assert refused.returncode == 1
@@ -110,3 +111,25 @@ def test_the_library_call_raises_lockbusy_with_the_holder(stalled: StalledBackup
     assert isinstance(caught.value.holder, LockHolder) and caught.value.holder.pid == pid
     assert caught.value.exit_code == 1
     assert stalled.feed().returncode == 0
+
+
+def test_a_second_restore_into_the_same_folder_exits_1_naming_the_first(
+    archive_dir: Path, ct_factory: Any, dest: Path, tmp_path: Path
+) -> None:
+    archive = make_archive(archive_dir, ct_factory.series(3, patient_id="P1"))
+    relpath = first_file(archive)
+    archive.close()
+    assert invoke_cli("backup", dest).returncode == 0
+    target = tmp_path / "restored"
+    run = StalledBackup(dest / relpath, "--archive", str(target), "restore", str(dest))
+    try:
+        pid = run.start(lambda pid: (h := read_holder(target / MARKER)) is not None and h.pid == pid)
+        second = invoke_cli("--archive", target, "restore", dest)
+        assert second.returncode == 1
+        assert f"error: {target} is in use by restore (pid {pid}, since " in second.stderr
+        first = run.feed()
+        assert first.returncode == 0, first.stderr
+        assert not (target / MARKER).exists()
+        assert invoke_cli("--archive", target, "restore", dest).returncode == 2  # restored: not empty
+    finally:
+        run.close()
