@@ -115,6 +115,9 @@ def add(
         user=user,
         password_file=password_file or "",
     )
+    for secret_file in (token_file, password_file):
+        if secret_file is not None and secret_file.stat().st_mode & 0o077:
+            output.warn(f"{secret_file} can be read by other users (chmod 600 it)")
     output.stderr.print(f"added route {route.name} -> {route.to}", highlight=False)
 
 

@@ -3,10 +3,10 @@ the answer which of them the server stored.
 
 A 200 alone proves nothing (servers answer 200 and store nothing): an instance counts as stored
 only when its SOP Instance UID is in the response's Referenced SOP Sequence (0008,1199).
-Standard library only (http.client): one request per batch, the body built in memory (batches
-are bounded by the caller). A route's credentials (`HttpAuth`) name a file, read at every request
-(a rotated token needs no `route add` again); the secret goes into the Authorization header only,
-never into a message.
+Standard library only (http.client): one request per batch, the instances in memory (batches
+are bounded by the caller), sent piece by piece. A route's credentials (`HttpAuth`) name a file,
+read at every request (a rotated token needs no `route add` again); the secret goes into the
+Authorization header only, never into a message.
 """
 
 from __future__ import annotations
@@ -120,16 +120,18 @@ class StowClient:
     def store(self, instances: list[bytes]) -> StowAnswer:
         """Send `instances` (Part-10 bytes) in one request. Raises StowError."""
         authorization = self.auth.header() if self.auth is not None else None
-        boundary = uuid.uuid4().hex
-        body = b"".join(
-            b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
-            for data in instances
-        )
-        body += b"--" + boundary.encode() + b"--\r\n"
+        boundary = uuid.uuid4().hex.encode()
+        # The body as pieces sent one after the other (http.client takes an iterable with a
+        # Content-Length): the instances' bytes are not copied into one more buffer.
+        part_head = b"--" + boundary + b"\r\nContent-Type: application/dicom\r\n\r\n"
+        body: list[bytes] = []
+        for i, data in enumerate(instances):
+            body += [b"\r\n" + part_head if i else part_head, data]
+        body.append((b"\r\n" if instances else b"") + b"--" + boundary + b"--\r\n")
         headers = {
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary.decode()}',
             "Accept": "application/dicom+json",
-            "Content-Length": str(len(body)),
+            "Content-Length": str(sum(len(piece) for piece in body)),
         }
         if authorization is not None:
             headers["Authorization"] = authorization

@@ -180,6 +180,10 @@ def test_credentials_are_checked_when_the_route_is_added(archive_dir: Path, tmp_
     result = invoke_cli("--archive", archive_dir, "route", "add", "r", "--to", url,
                         "--user", "alice", "--password-file", password)
     assert result.returncode == 0, result.stderr
+    assert "other users" not in result.stderr
+    token.chmod(0o644)
+    result = invoke_cli("--archive", archive_dir, "route", "add", "t", "--to", url, "--token-file", token)
+    assert result.returncode == 0 and f"{token} can be read by other users" in result.stderr
     listed = invoke_cli("--archive", archive_dir, "route", "list")
     assert "basic" in listed.stdout and "pa55" not in listed.stdout
     config = (archive_dir / "pacsctl.toml").read_text()
