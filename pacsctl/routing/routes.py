@@ -201,6 +201,7 @@ def route_status(
                 **counts,
                 "oldest_pending_s": round(now - oldest, 1) if oldest else None,
                 "auth": auth_of(route),
+                "auth_file": route.token_file or route.password_file,  # its path, never its content
                 "down": state.get("down", ""),
                 "down_cause": state.get("cause"),
                 "next_try_s": round(max(0.0, state["next_try"] - now), 1) if "next_try" in state else None,

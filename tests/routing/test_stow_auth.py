@@ -126,7 +126,8 @@ def test_a_wrong_or_unreadable_token_holds_the_queue_and_fixing_the_file_deliver
     assert (route["auth"], route["token_file"]) == ("bearer", str(token_file))
     for text in (result.stdout, result.stderr, listed.stdout, status.stdout, status.stderr):
         assert wrong not in text
-    assert json.loads(status.stdout.splitlines()[0])["pending"] == 2
+    row = json.loads(status.stdout.splitlines()[0])
+    assert (row["pending"], row["auth"], row["auth_file"]) == (2, "bearer", str(token_file))
 
     token_file.unlink()  # unreadable: down too, nothing counted against the instances
     [report] = run_once(archive_dir)
