@@ -7,6 +7,12 @@ with three is held to one core by its GIL while the other idles. Instead, each w
 its open connections in memory shared by all of them, and leaves a connection to a worker with
 fewer. Should that worker not take it within `PATIENCE` seconds (wedged, or just replaced),
 the busier one takes it after all: a connection is never left waiting.
+
+The wait ends only when this worker accepts, or its accept loop finds the socket quiet
+(`quiet()`: a poll with nothing pending, so the connection went to another worker). It once also
+ended after a 10 ms gap between two looks, taken for quiet; on a loaded machine every gap was
+longer, each look started the wait anew, and a busier worker left a connection for good to a
+less busy one that was stopped (SIGSTOP, or wedged): nobody answered it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import time
 
 PATIENCE = 0.2  # seconds a connection waits for a less busy worker to accept it
 _PAUSE = 0.001  # how long a worker that leaves a connection to another waits before looking again
-_NEW_EPISODE = 0.01  # a gap this long between look-ups: the socket went quiet, a new connection
 
 
 class SharedLoad:
@@ -41,8 +46,7 @@ class WorkerSlot:
         self._counts = load.counts
         self._index = index
         self._lock = threading.Lock()  # accept loop and association threads both update it
-        self._declining_since: float | None = None
-        self._last_look = 0.0
+        self._declining_since: float | None = None  # when this worker began leaving a connection
 
     def opened(self) -> None:
         with self._lock:
@@ -56,9 +60,6 @@ class WorkerSlot:
         """Whether this worker should accept the pending connection now. When not, the caller
         waits `pause()` and asks again (the connection stays queued for the others)."""
         now = time.monotonic() if now is None else now
-        if now - self._last_look > _NEW_EPISODE:
-            self._declining_since = None
-        self._last_look = now
         mine = self._counts[self._index]
         if all(mine <= other for other in self._counts):
             self._declining_since = None
@@ -66,6 +67,10 @@ class WorkerSlot:
         if self._declining_since is None:
             self._declining_since = now
         return now - self._declining_since >= PATIENCE
+
+    def quiet(self) -> None:
+        """The accept loop found no connection pending: the next one starts a new wait."""
+        self._declining_since = None
 
     @staticmethod
     def pause() -> None:

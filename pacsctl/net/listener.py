@@ -75,11 +75,22 @@ class Server(ThreadedAssociationServer):
     _counted: set[Any] = set()  # the connections `load` counts as open
     _counted_lock = threading.Lock()
 
+    _looked = False  # whether this pass of the accept loop found a connection pending
+
     def _handle_request_noblock(self) -> None:
+        self._looked = True
         if self.load is not None and not self.load.should_accept():
             self.load.pause()  # a less busy worker takes this connection
             return
         super()._handle_request_noblock()  # type: ignore[misc]
+
+    def service_actions(self) -> None:
+        # Called after every pass of `serve_forever`'s loop: a pass that found nothing pending
+        # (its poll timed out) tells the balance the socket went quiet.
+        if self.load is not None and not self._looked:
+            self.load.quiet()
+        self._looked = False
+        super().service_actions()
 
     def server_bind(self) -> None:
         if self.adopt_socket is None:

@@ -68,6 +68,7 @@ from pacsctl.net.types import (
 )
 
 LOG = logging.getLogger(__name__)
+_POLL = 0.2  # seconds between the accept loop's looks at a stop request
 
 _MODELS: dict[str, tuple[QueryModel, str]] = {
     PatientRootQueryRetrieveInformationModelFind: ("P", "find"),
@@ -134,7 +135,7 @@ def assoc_info(assoc: Association) -> AssocInfo:
 
 
 class RunningScp:
-    """A listener running in background threads."""
+    """A listener running in background threads (its accept loop too, unless `accept_here`)."""
 
     def __init__(self, ae: AE, server: Server, options: ScpOptions) -> None:
         self.ae = ae
@@ -143,6 +144,22 @@ class RunningScp:
         self.port: int = int(server.server_address[1])
         self.host: str = str(server.server_address[0])
         self._stopped = False
+        self._stop_lock = threading.Lock()
+
+    def accept_here(self) -> None:
+        """Run the accept loop in the calling thread until `stop_accepting` (from another
+        thread), for a listener started with `accept_in_caller`."""
+        self.server.serve_forever(poll_interval=_POLL)
+
+    def stop_accepting(self) -> None:
+        """Stop the accept loop, close the listening socket, drop connections that have not
+        associated (nothing to finish). Idempotent."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self.server.shutdown()  # stops the accept loop and closes the listening socket
+            self.server.connections.drop_unassociated()
 
     @property
     def active_associations(self) -> int:
@@ -155,10 +172,7 @@ class RunningScp:
         """Stop accepting connections; when `graceful`, wait (up to `timeout` s, or until
         `abort()` is true) for in-flight associations to finish, then abort whatever is left.
         True if none had to be aborted."""
-        if not self._stopped:
-            self._stopped = True
-            self.server.shutdown()  # stops the accept loop and closes the listening socket
-            self.server.connections.drop_unassociated()  # nothing to finish: drop at once
+        self.stop_accepting()
         deadline = None if timeout is None else time.monotonic() + timeout
         busy = self.server.connections.in_flight()  # idle associations need no waiting for
         while graceful and busy:
@@ -571,10 +585,12 @@ def start_scp(
     options: ScpOptions,
     sock: socket.socket | None = None,
     load: WorkerSlot | None = None,
+    accept_in_caller: bool = False,
 ) -> RunningScp:
     """Start a listener in background threads and return it; raises NetworkError when the
     address cannot be bound. With `sock`, serve that already-listening socket instead; with
-    `load`, as one of several workers sharing it (see `net.balance`)."""
+    `load`, as one of several workers sharing it (see `net.balance`). With `accept_in_caller`,
+    no thread accepts: the caller runs `RunningScp.accept_here` (a worker's main thread)."""
     if options.temp_dir is not None:
         Path(options.temp_dir).mkdir(parents=True, exist_ok=True)
         receive.set_temp_dir(Path(options.temp_dir))
@@ -628,12 +644,13 @@ def start_scp(
             hint="is another node using the port? choose another port",
         ) from exc
     server = _configure(server, options, d)
-    thread = threading.Thread(
-        target=partial(server.serve_forever, poll_interval=0.2),
-        name=f"pacsctl-scp-{server.server_address[1]}",
-        daemon=True,
-    )
-    thread.start()
+    if not accept_in_caller:
+        thread = threading.Thread(
+            target=partial(server.serve_forever, poll_interval=_POLL),
+            name=f"pacsctl-scp-{server.server_address[1]}",
+            daemon=True,
+        )
+        thread.start()
     ae._servers.append(server)
     return RunningScp(ae, server, options)
 

@@ -183,14 +183,18 @@ class RunningNode:
 
 
 def serve(
-    archive: Archive, options: ScpOptions, sock: socket.socket | None = None, load: WorkerSlot | None = None
+    archive: Archive,
+    options: ScpOptions,
+    sock: socket.socket | None = None,
+    load: WorkerSlot | None = None,
+    accept_in_caller: bool = False,
 ) -> RunningNode:
-    """Start serving `archive` with `options` (its temp dir defaults to the archive's); `sock`
-    and `load` as for `net.scp.start_scp` (a worker of several sharing a port)."""
+    """Start serving `archive` with `options` (its temp dir defaults to the archive's); `sock`,
+    `load` and `accept_in_caller` as for `net.scp.start_scp` (a worker of several sharing a port)."""
     if options.temp_dir is None:
         options.temp_dir = archive.tmp_dir
     service = ArchiveService(archive)
-    scp = start_scp(service.handlers(), options, sock=sock, load=load)
+    scp = start_scp(service.handlers(), options, sock=sock, load=load, accept_in_caller=accept_in_caller)
     return RunningNode(scp, service)
 
 

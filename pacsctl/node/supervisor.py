@@ -26,7 +26,7 @@ from pacsctl.net.scp import log_failure
 from pacsctl.net.types import ScpOptions
 from pacsctl.node.heartbeats import BEAT, Heartbeats
 from pacsctl.node.pidfile import remove_pid_file, write_pid_file
-from pacsctl.node.service import serve
+from pacsctl.node.service import RunningNode, serve
 from pacsctl.node.settings import reload_settings
 from pacsctl.node.sidecar import SidecarSpec, start_sidecar
 from pacsctl.node.signals import NodeSignal, NodeSignals
@@ -53,16 +53,40 @@ def _serve_in_this_process(
     fixed: frozenset[str] = frozenset(),
 ) -> int:
     """Serve until a stop signal, then stop gracefully (a second stop signal aborts); reload
-    the settings on SIGHUP, except those in `fixed` (given on the command line)."""
-    node = serve(Archive.open(root), options, sock=sock, load=load)
+    the settings on SIGHUP, except those in `fixed` (given on the command line).
+
+    A worker (`load` given) runs its accept loop in the main thread, and waits for the signals
+    in another. Linux wakes the main thread for a signal sent to the process, so a SIGSTOP
+    flags the accepting thread before `kill()` returns: it stops before it can accept another
+    connection. Accepting in a thread of its own, a worker went on until its main thread got a
+    CPU and stopped the others; on a loaded machine it took a connection the kernel queued
+    after the SIGSTOP and froze with it, unanswered, while the other worker idled. A single
+    process keeps waiting in its main thread: threads C libraries started before the signals
+    were blocked (numpy's OpenBLAS pool, at import) would be handed a SIGHUP or SIGTERM the
+    main thread did not wait for, and the process die of it; a forked worker has none."""
+    worker = load is not None
+    node = serve(Archive.open(root), options, sock=sock, load=load, accept_in_caller=worker)
     if ready is not None:
         ready(node.port)
-    while True:
-        received = signals.wait(_BEAT)
-        if received is NodeSignal.STOP:
-            break
-        if received is NodeSignal.RELOAD:
-            reload_settings(node, fixed)
+    if not worker:
+        _obey_until_stop(node, signals, fixed)
+    else:
+        failed: list[BaseException] = []
+
+        def watch_signals() -> None:
+            try:
+                _obey_until_stop(node, signals, fixed)
+            except BaseException as exc:
+                failed.append(exc)  # raised in the main thread, as when it waited itself
+            finally:
+                node.scp.stop_accepting()  # ends `accept_here` in the main thread
+
+        watcher = threading.Thread(target=watch_signals, name="pacsctl-signals", daemon=True)
+        watcher.start()
+        node.scp.accept_here()
+        watcher.join()
+        if failed:
+            raise failed[0]
     LOG.info("stopping: no new associations; waiting for %d in flight", node.scp.active_associations)
 
     def abort_now() -> bool:
@@ -70,6 +94,16 @@ def _serve_in_this_process(
 
     node.stop(graceful=True, timeout=grace, abort=abort_now)
     return 0
+
+
+def _obey_until_stop(node: RunningNode, signals: NodeSignals, fixed: frozenset[str]) -> None:
+    """Reload the settings on each SIGHUP until a stop signal comes."""
+    while True:
+        received = signals.wait(_BEAT)
+        if received is NodeSignal.STOP:
+            return
+        if received is NodeSignal.RELOAD:
+            reload_settings(node, fixed)
 
 
 def run_node(

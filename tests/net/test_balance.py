@@ -39,8 +39,23 @@ def test_a_connection_never_waits_longer_than_the_patience() -> None:
     while not busy.should_accept(now=now):
         now += 0.001  # the accept loop looks again after each pause
     assert PATIENCE <= now - 100.0 < PATIENCE + 0.01
-    # Quiet for a while: the next connection starts a new wait.
+    busy.quiet()  # the accept loop found nothing pending: the next connection starts a new wait
     assert not busy.should_accept(now=now + 1.0)
+
+
+def test_a_loaded_accept_loop_still_takes_the_connection_after_the_patience() -> None:
+    """On a loaded machine the accept loop looks again 50 ms later, not 1 ms. Each such gap
+    once counted as a new connection and restarted the wait: the busier worker left the
+    connection for good to an idle worker that was stopped, and nobody answered it."""
+    load = SharedLoad(2)
+    busy = load.slot(0)
+    load.slot(1)  # the less busy worker, which never takes it (SIGSTOPped)
+    busy.opened()
+    now = 100.0
+    while not busy.should_accept(now=now):
+        now += 0.05
+        assert now < 110.0, "the busier worker never took the connection"
+    assert PATIENCE <= now - 100.0 < PATIENCE + 0.06
 
 
 def test_the_counts_are_shared_with_forked_workers() -> None:
