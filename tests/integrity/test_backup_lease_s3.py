@@ -161,3 +161,21 @@ def test_a_lease_taken_over_meanwhile_stops_the_run_at_its_next_manifest_write(s
     finally:
         held.release()
     assert lease_of(s3_url).pid == 4242  # the other run's lease is left alone
+
+
+def test_wait_waits_for_a_live_lease_to_expire_then_takes_it_over(s3_url: str) -> None:
+    store = open_store(s3_url)
+    plant_lease(s3_url, host="other-host.example", pid=4242, expires_in=3.0)
+    waited: list[Any] = []
+    taken: list[str] = []
+    lease = Lease(
+        store, "backup", ttl=TTL, settle=0.2, wait=True,
+        on_wait=waited.append, on_takeover=lambda holder, why: taken.append(why),
+    )
+    lease.acquire()
+    try:
+        assert [h.pid for h in waited] == [4242] and len(taken) == 1 and "expired at" in taken[0]
+        assert lease_of(s3_url).owner == lease.owner
+    finally:
+        lease.release()
+    assert lease_of(s3_url) is None
