@@ -22,6 +22,7 @@ restored from alone.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -191,6 +192,9 @@ class _Upload:
         self.published: set[str] = set()
         self.dirty = False
         self.last_checkpoint = time.monotonic()
+        # Set by the first upload that finds the store gone: the uploads queued behind it must
+        # not start (on a dead link each would wait out every time-out and retry again).
+        self.store_failed = threading.Event()
 
     def plan(self, snapshot: Iterable[Expected], listing: dict[str, int], threads: int) -> list[Expected]:
         """What must be uploaded; the rest is counted as skipped (or adopted, after a HEAD)."""
@@ -231,8 +235,16 @@ class _Upload:
                     if not pending:
                         break
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        self._settle(*future.result())
+                    failure: BaseException | None = None
+                    for future in done:  # every upload that finished is listed, even after a failure
+                        try:
+                            self._settle(*future.result())
+                        except _NotStarted:  # the failure that stopped it comes in its own time
+                            pass
+                        except BaseException as exc:  # noqa: BLE001 - raised once all are settled
+                            failure = failure or exc
+                    if failure is not None:
+                        raise failure
                     if self.dirty and time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS:
                         self.commit()
             except BaseException:
@@ -247,6 +259,8 @@ class _Upload:
                 raise
 
     def _upload(self, expected: Expected) -> tuple[Expected, Exception | None]:
+        if self.store_failed.is_set():
+            raise _NotStarted()
         try:
             self.store.put_file(
                 expected.path, self.archive.path_of(expected.path), expected_sha256=expected.sha256
@@ -258,6 +272,7 @@ class _Upload:
         except ObjectStoreError as exc:
             if exc.failure is ObjectStoreFailure.CONTENT:
                 return expected, exc
+            self.store_failed.set()
             raise  # the store as a whole failed (network, credentials): stop the run
         return expected, None
 
@@ -306,6 +321,10 @@ class _Upload:
         self.commit()
         self.store.delete(doomed)
         return len(doomed)
+
+
+class _NotStarted(Exception):
+    """An upload not begun because the store had already failed (never reported)."""
 
 
 def _heads(

@@ -58,6 +58,7 @@ class SendOutcome:
     status: int | None = None
     reason: str | None = None
     interrupted: bool = False  # not sent (or not answered) because a stop was requested
+    unreached: bool = False  # never got to the peer whole: the association or the link had gone
 
 
 @dataclass
@@ -373,7 +374,15 @@ class _Sender:
         """Account for a file that did not reach the peer."""
         size = self.sizes.get(path, 0)
         self.account(
-            SendOutcome(path, False, size=size, sop_instance_uid=uid, reason=reason, interrupted=interrupted)
+            SendOutcome(
+                path,
+                False,
+                size=size,
+                sop_instance_uid=uid,
+                reason=reason,
+                interrupted=interrupted,
+                unreached=True,
+            )
         )
 
     def _result(self, res: StoreResult) -> None:
@@ -386,6 +395,7 @@ class _Sender:
                 status=res.status,
                 reason=None if res.ok else (res.error or _status_text(res.status)),
                 interrupted=res.failure is StoreFailure.INTERRUPTED,
+                unreached=res.failure is StoreFailure.NOT_SENT,
             )
         )
 

@@ -97,7 +97,10 @@ class DicomDestination:
         def on_outcome(outcome: SendOutcome) -> None:
             if outcome.ok:
                 result = Delivered(Delivery.DELIVERED)
-            elif outcome.interrupted:
+            elif outcome.interrupted or outcome.unreached:
+                # a link that broke (or a node gone mid-association) is no fault of the
+                # instance: no attempt counted, no dead letter. An instance sent whole and
+                # left unanswered even alone (a peer that aborts on it) still counts.
                 result = Delivered(Delivery.NOT_SENT, outcome.reason or "not sent")
             else:
                 result = Delivered(Delivery.REFUSED, outcome.reason or "refused")

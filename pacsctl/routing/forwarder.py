@@ -129,10 +129,12 @@ class RouteForwarder:
                 self._destination = self.factory(self.root, self.route, self.config)
             results = self._destination.deliver(due)
         except DestinationDown as exc:
-            self._down(str(exc), now, exc.cause)
+            # the back-off counts from the failure: a round that waited out a time-out
+            # longer than the back-off would otherwise be retried at once
+            self._down(str(exc), time.time(), exc.cause)
             return 0.0 if ignore_backoff else min(self.down_until - now, POLL)
         except (PacsctlError, OSError) as exc:
-            self._down(str(exc), now, DownCause.UNREACHABLE)
+            self._down(str(exc), time.time(), DownCause.UNREACHABLE)
             return 0.0 if ignore_backoff else min(self.down_until - now, POLL)
         if self.down_count:
             LOG.warning("route %s: %s reachable again", self.route.name, self._where())

@@ -35,6 +35,14 @@ PART_SIZE = 8 << 20  # S3's minimum is 5 MiB (but for the last part)
 MIN_PART_SIZE = 5 << 20
 READ_CHUNK = 1 << 20
 DEFAULT_REGION = "us-east-1"
+# A dead link (packets dropped, nothing closed) must end a run, not hang it: every socket
+# connect and read gives up after these many seconds, each request after MAX_ATTEMPTS tries
+# (botocore's "standard" retries: exponential back-off, at most 20 s between tries). A request
+# on a dead link so fails within MAX_ATTEMPTS * (CONNECT_TIMEOUT + READ_TIMEOUT) + ~15 s of
+# back-off: about 6 minutes with these values.
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
+MAX_ATTEMPTS = 5
 
 _AUTH_CODES = frozenset(
     {
@@ -536,9 +544,9 @@ def _make_client(endpoint_url: str | None, max_connections: int) -> Any:
     config = Config(
         s3=s3_settings or None,
         max_pool_connections=max_connections,
-        retries={"mode": "standard", "max_attempts": 5},
-        connect_timeout=10,
-        read_timeout=60,
+        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
         request_checksum_calculation="when_required",  # the SHA-256 is given, no CRC32 on top
         response_checksum_validation="when_required",
     )

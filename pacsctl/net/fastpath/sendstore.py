@@ -50,9 +50,11 @@ USES = (
 )
 
 
-@dataclass(frozen=True)
 class WriteFailed(Exception):
-    """The message could not be written whole: the association is broken."""
+    """The message could not be written whole: the association is broken.
+
+    (A plain exception: a frozen dataclass without fields takes no message, so raising it
+    with one was a TypeError that killed the sending thread when a link broke mid-write.)"""
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,11 @@ def send_stored(
         if prefetch is not None:
             _prefetch(assoc, *prefetch)
         _cx_id, rsp = assoc.dimse.get_msg(block=True)
+        if rsp is None and assoc.is_established:
+            # The DIMSE time-out on a link gone silent: abort, as send_c_store does. Else the
+            # next file goes on the dead association (a time-out each), and a late answer
+            # would be taken for the next file's.
+            assoc.abort()
     finally:
         checkpoint.set()
     status = getattr(rsp, "Status", None)
