@@ -39,7 +39,9 @@ DEFAULT_REGION = "us-east-1"
 # connect and read gives up after these many seconds, each request after MAX_ATTEMPTS tries
 # (botocore's "standard" retries: exponential back-off, at most 20 s between tries). A request
 # on a dead link so fails within MAX_ATTEMPTS * (CONNECT_TIMEOUT + READ_TIMEOUT) + ~15 s of
-# back-off: about 6 minutes with these values.
+# back-off: about 6 minutes with these values. Once one has, the store's next requests try
+# once each (at most 70 s) until one succeeds: a run's last-chance writes (its manifest, its
+# lease) do not add a full retry cycle each.
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 MAX_ATTEMPTS = 5
@@ -192,7 +194,10 @@ class ObjectStore:
         self.url = url if isinstance(url, ObjectURL) else ObjectURL.parse(url)
         self.multipart_threshold = multipart_threshold
         self.part_size = max(part_size, MIN_PART_SIZE)
-        self._client = _make_client(endpoint_url, max_connections)
+        self._full_client = self._client = _make_client(endpoint_url, max_connections)
+        self._single_try_client: Any = None
+        self._endpoint_url, self._max_connections = endpoint_url, max_connections
+        self._client_lock = threading.Lock()
         self._local = threading.local()
 
     # ---- the bucket ----
@@ -438,8 +443,23 @@ class ObjectStore:
         from botocore import exceptions as bx
 
         try:
-            return request()
+            answer = request()
+        except (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ConnectTimeoutError) as exc:
+            self._link_failed()
+            raise ObjectStoreError(
+                f"{what} {self.url}: cannot reach the store ({type(exc).__name__})",
+                ObjectStoreFailure.NETWORK,
+                hint="check the endpoint (AWS_ENDPOINT_URL or --endpoint-url) and the network",
+            ) from None
+        except (bx.ReadTimeoutError, bx.ResponseStreamingError, bx.HTTPClientError) as exc:
+            self._link_failed()
+            raise ObjectStoreError(
+                f"{what} {_where(self.url, relpath)}: the connection broke ({type(exc).__name__})",
+                ObjectStoreFailure.NETWORK,
+                hint="run it again: completed work is kept",
+            ) from None
         except bx.ClientError as exc:
+            self._client = self._full_client  # an answer, if a refusal: the link works
             code = str((exc.response.get("Error") or {}).get("Code", ""))
             raise _error_for(what, self.url, relpath, code) from None
         except bx.NoCredentialsError:
@@ -448,24 +468,22 @@ class ObjectStore:
                 ObjectStoreFailure.AUTH,
                 hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
             ) from None
-        except (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ConnectTimeoutError) as exc:
-            raise ObjectStoreError(
-                f"{what} {self.url}: cannot reach the store ({type(exc).__name__})",
-                ObjectStoreFailure.NETWORK,
-                hint="check the endpoint (AWS_ENDPOINT_URL or --endpoint-url) and the network",
-            ) from None
-        except (bx.ReadTimeoutError, bx.ResponseStreamingError, bx.HTTPClientError) as exc:
-            raise ObjectStoreError(
-                f"{what} {_where(self.url, relpath)}: the connection broke ({type(exc).__name__})",
-                ObjectStoreFailure.NETWORK,
-                hint="run it again: completed work is kept",
-            ) from None
         except bx.BotoCoreError as exc:  # configuration: a profile that does not exist, a bad region
             raise ObjectStoreError(
                 f"{what} {self.url}: {type(exc).__name__}",
                 ObjectStoreFailure.OTHER,
                 hint="check the AWS settings",
             ) from None
+        if self._client is not self._full_client:  # the link works again: full retries
+            self._client = self._full_client
+        return answer
+
+    def _link_failed(self) -> None:
+        """A request failed on the network after all its tries: the next ones try once."""
+        with self._client_lock:
+            if self._single_try_client is None:
+                self._single_try_client = _make_client(self._endpoint_url, self._max_connections, attempts=1)
+            self._client = self._single_try_client
 
 
 def _where(url: ObjectURL, relpath: str) -> str:
@@ -513,7 +531,7 @@ def _sha256_of(fh: Any) -> str:
     return digest.hexdigest()
 
 
-def _make_client(endpoint_url: str | None, max_connections: int) -> Any:
+def _make_client(endpoint_url: str | None, max_connections: int, attempts: int | None = None) -> Any:
     """A boto3 S3 client from the AWS environment and config files, `endpoint_url` overriding."""
     import boto3
     from botocore import exceptions as bx
@@ -544,7 +562,7 @@ def _make_client(endpoint_url: str | None, max_connections: int) -> Any:
     config = Config(
         s3=s3_settings or None,
         max_pool_connections=max_connections,
-        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+        retries={"mode": "standard", "max_attempts": attempts or MAX_ATTEMPTS},
         connect_timeout=CONNECT_TIMEOUT,
         read_timeout=READ_TIMEOUT,
         request_checksum_calculation="when_required",  # the SHA-256 is given, no CRC32 on top
