@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import struct
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,6 +28,7 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 from pynetdicom import dimse_messages as _dimse_messages
 
 from pacsctl.net.fastpath import encoding, storersp
+from pacsctl.net.fastpath.commandset import CommandSet, NotPlain, decode_elements
 
 FILE_MODE = 0o600
 
@@ -185,13 +184,6 @@ _pydicom_write_file_meta_info = _dimse_messages.write_file_meta_info
 # decode those directly; anything else (other commands, unexpected elements) goes to pydicom.
 
 
-class _Elem(NamedTuple):
-    tag: int
-    keyword: str
-    value: Any
-    VM: int = 1
-
-
 # tag -> (keyword, kind); kind: "US", "UI", "AE" or "UL"
 _C_STORE_RQ_ELEMENTS = {
     0x00000000: ("CommandGroupLength", "UL"),
@@ -204,39 +196,40 @@ _C_STORE_RQ_ELEMENTS = {
     0x00001030: ("MoveOriginatorApplicationEntityTitle", "AE"),
     0x00001031: ("MoveOriginatorMessageID", "US"),
 }
-_REQUIRED = {0x00000002, 0x00000100, 0x00000110, 0x00000700, 0x00000800, 0x00001000}
+_REQUIRED = frozenset({0x00000002, 0x00000100, 0x00000110, 0x00000700, 0x00000800, 0x00001000})
 # What a command needs to be answered at all (a response names the message it answers).
-_REQUIRED_TO_ANSWER = {0x00000100, 0x00000110, 0x00000800}
+_REQUIRED_TO_ANSWER = frozenset({0x00000100, 0x00000110, 0x00000800})
 _AFFECTED_UIDS = ("AffectedSOPClassUID", "AffectedSOPInstanceUID")
 _C_STORE_RQ = 0x0001
 _NO_DATA_SET = 0x0101
 
 
-class StoreCommand:
-    """A decoded C-STORE-RQ command set: the attribute and iteration interface pynetdicom's
-    DIMSE message code uses on a pydicom Dataset."""
-
-    def __init__(self, elems: list[_Elem]) -> None:
-        self._elems = elems
-        for e in elems:
-            setattr(self, e.keyword, e.value)
-
-    def __iter__(self) -> Iterator[_Elem]:
-        return iter(self._elems)
-
-    def __getattr__(self, keyword: str) -> Any:  # the elements are set as attributes
-        raise AttributeError(keyword)
-
-    def __contains__(self, keyword: object) -> bool:
-        return any(e.keyword == keyword for e in self._elems)
-
-    def get(self, keyword: str, default: Any = None) -> Any:
-        return getattr(self, keyword, default)
+class StoreCommand(CommandSet):
+    """A decoded C-STORE-RQ command set."""
 
     @property
     def has_valid_uids(self) -> bool:
         """Whether the Affected SOP Class and Instance UIDs are there and are UIDs."""
         return all(encoding.is_uid(self.get(k)) for k in _AFFECTED_UIDS)
+
+
+def _read_text(kind: str, value: bytes) -> Any:
+    """A UID that is not one makes the command not plain (pydicom's path)."""
+    text = value.decode("ascii", "replace")
+    if kind != "UI":
+        return text.strip()
+    uid = text.rstrip("\x00 ").strip()
+    if not encoding.is_uid(uid):
+        raise NotPlain
+    return uid
+
+
+def _read_text_lenient(kind: str, value: bytes) -> Any:
+    """A UID that is not one reads as None (the command is refused with a status)."""
+    try:
+        return _read_text(kind, value)
+    except NotPlain:
+        return None
 
 
 def decode_store_command(raw: bytes, strict: bool = True) -> StoreCommand | None:
@@ -246,40 +239,11 @@ def decode_store_command(raw: bytes, strict: bool = True) -> StoreCommand | None
     Not `strict`: a command whose Affected SOP Class/Instance UID is missing or not a UID
     (non-ASCII bytes, letters) is decoded too, with None for such a UID, so that it can be
     refused with a status (`has_valid_uids` is False)."""
-    elems: list[_Elem] = []
-    pos, end = 0, len(raw)
-    seen: set[int] = set()
-    while pos < end:
-        if pos + 8 > end:
-            return None
-        group, element, length = struct.unpack_from("<HHI", raw, pos)
-        pos += 8
-        tag = (group << 16) | element
-        spec = _C_STORE_RQ_ELEMENTS.get(tag)
-        if spec is None or pos + length > end or tag in seen:
-            return None
-        seen.add(tag)
-        value_bytes = raw[pos : pos + length]
-        pos += length
-        keyword, kind = spec
-        if kind == "US":
-            if length != 2:
-                return None
-            value: Any = struct.unpack("<H", value_bytes)[0]
-        elif kind == "UL":
-            if length != 4:
-                return None
-            value = struct.unpack("<I", value_bytes)[0]
-        elif kind == "UI":
-            value = bytes(value_bytes).decode("ascii", "replace").rstrip("\x00 ").strip()
-            if not encoding.is_uid(value):
-                if strict:
-                    return None
-                value = None
-        else:
-            value = bytes(value_bytes).decode("ascii", "replace").strip()
-        elems.append(_Elem(tag, keyword, value))
-    if not (_REQUIRED if strict else _REQUIRED_TO_ANSWER) <= seen:
+    if strict:
+        elems = decode_elements(raw, _C_STORE_RQ_ELEMENTS, _read_text, _REQUIRED)
+    else:
+        elems = decode_elements(raw, _C_STORE_RQ_ELEMENTS, _read_text_lenient, _REQUIRED_TO_ANSWER)
+    if elems is None:
         return None
     command = StoreCommand(elems)
     if command.CommandField != _C_STORE_RQ:

@@ -10,20 +10,11 @@ copy of a tag, a wrong length, another command) returns None and pydicom decodes
 
 from __future__ import annotations
 
-import struct
-from typing import Any, NamedTuple
+from typing import Any
+
+from pacsctl.net.fastpath.commandset import CommandSet, NotPlain, decode_elements
 
 C_STORE_RSP = 0x8001
-
-
-class Element(NamedTuple):
-    """What pynetdicom's `message_to_primitive` reads of a pydicom DataElement."""
-
-    tag: int
-    keyword: str
-    value: Any
-    VM: int = 1
-
 
 # tag -> (keyword, kind); kind: "UL", "US", "UI" or "LO"
 _ELEMENTS = {
@@ -39,67 +30,26 @@ _ELEMENTS = {
 _REQUIRED = frozenset({0x00000100, 0x00000120, 0x00000800, 0x00000900})
 
 
-class StoreResponse:
-    """A decoded C-STORE-RSP command set, with the attribute and iteration interface
-    pynetdicom's DIMSE code uses on a pydicom Dataset."""
+class StoreResponse(CommandSet):
+    """A decoded C-STORE-RSP command set."""
 
-    def __init__(self, elems: list[Element]) -> None:
-        self._elems = elems
-        for e in elems:
-            setattr(self, e.keyword, e.value)
 
-    def __iter__(self) -> Any:
-        return iter(self._elems)
-
-    def __getattr__(self, keyword: str) -> Any:  # the elements are set as attributes
-        raise AttributeError(keyword)
-
-    def __contains__(self, keyword: object) -> bool:
-        return any(e.keyword == keyword for e in self._elems)
-
-    def get(self, keyword: str, default: Any = None) -> Any:
-        return getattr(self, keyword, default)
+def _read_text(kind: str, value: bytes) -> Any:
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        raise NotPlain from None
+    # pydicom: a UID loses trailing NUL padding and spaces, LO text trailing spaces and NULs
+    # (leading spaces are significant in LO, kept).
+    text = text.rstrip("\x00 ")
+    return text.strip() if kind == "UI" else text
 
 
 def decode_store_response(raw: bytes | memoryview) -> StoreResponse | None:
     """Decode an implicit VR little endian C-STORE-RSP command set, or None when it is not a
     plain one (the caller then uses pydicom)."""
-    elems: list[Element] = []
-    seen: set[int] = set()
-    pos, end = 0, len(raw)
-    while pos < end:
-        if pos + 8 > end:
-            return None
-        group, element, length = struct.unpack_from("<HHI", raw, pos)
-        pos += 8
-        tag = (group << 16) | element
-        spec = _ELEMENTS.get(tag)
-        if spec is None or tag in seen or pos + length > end:
-            return None
-        seen.add(tag)
-        keyword, kind = spec
-        value: Any
-        if kind == "US":
-            if length != 2:
-                return None
-            (value,) = struct.unpack_from("<H", raw, pos)
-        elif kind == "UL":
-            if length != 4:
-                return None
-            (value,) = struct.unpack_from("<I", raw, pos)
-        else:
-            try:
-                text = bytes(raw[pos : pos + length]).decode("ascii")
-            except UnicodeDecodeError:
-                return None
-            # pydicom: a UID loses trailing NUL padding and spaces, LO text trailing spaces
-            # and NULs (leading spaces are significant in LO, kept).
-            value = text.rstrip("\x00 ")
-            if kind == "UI":
-                value = value.strip()
-        pos += length
-        elems.append(Element(tag, keyword, value))
-    if not _REQUIRED <= seen:
+    elems = decode_elements(raw, _ELEMENTS, _read_text, _REQUIRED)
+    if elems is None:
         return None
     response = StoreResponse(elems)
     if response.CommandField != C_STORE_RSP:
